@@ -1,0 +1,161 @@
+"""SIP Identity header values (RFC 8224 section 4) -> IdentityHeader. Pure.
+
+Grammar (RFC 8224 section 4.1)::
+
+    Identity = "Identity" HCOLON signed-identity-digest SEMI ident-info *( SEMI ident-info-params )
+    signed-identity-digest = 1*(base64-char / ".")
+    ident-info = "info" EQUAL ident-info-uri          ident-info-uri = LAQUOT absoluteURI RAQUOT
+    ident-info-params = ident-info-alg / ident-type / ident-info-extension
+
+What is checked here is the syntax only. Whether ``info`` is present and an absolute URI,
+and whether ``alg``/``ppt`` are acceptable, are judged by the pipeline (``verify.py``), each
+at its place in the order of checks. Parameter names are case-insensitive; values of
+``ppt`` and ``alg`` may be quoted (real carriers send ``ppt="shaken"``); whitespace around
+``;`` and ``=`` is tolerated; unknown parameters are kept and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .errors import CompactForm, MalformedIdentity
+
+__all__ = ["MAX_IDENTITY_LENGTH", "IdentityHeader", "parse_identity", "split_identity_values"]
+
+#: Longer values are refused unparsed: a SHAKEN Identity header is well under 1 KiB.
+MAX_IDENTITY_LENGTH = 16384
+
+_TOKEN = re.compile(r"\s*([A-Za-z0-9+/=_.-]*)")
+_PARAM = re.compile(
+    r"""\s*;\s*([A-Za-z0-9.!%*_+`'~-]+)"""  # name
+    r"""(?:\s*=\s*(<[^<>]*>|"(?:[^"\\\r\n]|\\.)*"|[^\s;,"<>=]+))?"""  # value
+    r"""\s*"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeader:
+    """One parsed Identity header value. You get one from :func:`parse_identity`."""
+
+    raw: str
+    token: str
+    params: Mapping[str, str]
+
+    @property
+    def info(self) -> str | None:
+        """The raw ``info`` parameter value, angle brackets included; None when absent."""
+        return self.params.get("info")
+
+    @property
+    def alg(self) -> str | None:
+        return self.params.get("alg")
+
+    @property
+    def ppt(self) -> str | None:
+        return self.params.get("ppt")
+
+    @property
+    def signature_segment(self) -> str:
+        """The third JWS segment: what RFC 9410 ``ppi`` carries to name this header."""
+        return self.token.rpartition(".")[2]
+
+
+def split_identity_values(values: str | Iterable[str]) -> list[str]:
+    """Each Identity header value, from a list of values or header lines holding several.
+
+    Commas separate values on one header line (RFC 3261 section 7.3.1); commas inside
+    ``<...>`` or a quoted string do not.
+    """
+    items = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise MalformedIdentity("an Identity header value must be a string")
+        if "," not in item:
+            if item.strip():
+                out.append(item.strip())
+            continue
+        depth_angle = False
+        quoted = False
+        escaped = False
+        start = 0
+        for i, ch in enumerate(item):
+            if quoted:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    quoted = False
+            elif ch == '"':
+                quoted = True
+            elif ch == "<":
+                depth_angle = True
+            elif ch == ">":
+                depth_angle = False
+            elif ch == "," and not depth_angle:
+                part = item[start:i].strip()
+                if part:
+                    out.append(part)
+                start = i + 1
+        part = item[start:].strip()
+        if part:
+            out.append(part)
+    return out
+
+
+def parse_identity(value: str) -> IdentityHeader:
+    """Parse one Identity header value.
+
+    Raises:
+        CompactForm: the PASSporT is in compact form (``..signature``); SHAKEN requires
+            the full form.
+        MalformedIdentity: anything else that does not follow the grammar.
+    """
+    if not isinstance(value, str):
+        raise MalformedIdentity("an Identity header value must be a string")
+    if len(value) > MAX_IDENTITY_LENGTH:
+        raise MalformedIdentity(
+            f"Identity header value is {len(value)} characters, over {MAX_IDENTITY_LENGTH}"
+        )
+    match = _TOKEN.match(value)
+    if match is None:  # pragma: no cover - the pattern matches the empty string
+        raise MalformedIdentity("Identity header value is empty")
+    token = match.group(1)
+    if not token:
+        raise MalformedIdentity("Identity header value does not start with a PASSporT")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise MalformedIdentity(
+            f"PASSporT must have 3 dot-separated parts (header.payload.signature),"
+            f" found {len(parts)}"
+        )
+    if not parts[0] and not parts[1]:
+        raise CompactForm(
+            "PASSporT is in compact form (empty header and payload); SHAKEN requires the full form"
+        )
+    if not parts[0] or not parts[1] or not parts[2]:
+        raise MalformedIdentity("PASSporT has an empty header, payload or signature part")
+    params: dict[str, str] = {}
+    pos = match.end()
+    end = len(value.rstrip())
+    while pos < end:
+        m = _PARAM.match(value, pos)
+        if m is None or m.end() == pos:
+            snippet = value[pos : pos + 24]
+            raise MalformedIdentity(f"Identity header parameters malformed near {snippet!r}")
+        name = m.group(1).lower()
+        raw = m.group(2)
+        if name in params:
+            raise MalformedIdentity(f"Identity header parameter {name!r} appears twice")
+        params[name] = _unquote(raw) if raw is not None else ""
+        pos = m.end()
+    return IdentityHeader(raw=value, token=token, params=params)
+
+
+def _unquote(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", raw[1:-1])
+    return raw

@@ -1,0 +1,336 @@
+"""PASSporT (RFC 8225, RFC 8588): JWS decoding, protected header, claims, iat, ES256. Pure.
+
+Each function checks one thing and raises the typed error of :mod:`verifier.errors` when
+it fails; the order in which they run is the pipeline's business (``verify.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from . import errors
+from .tn import canonical_tn, is_canonical
+
+__all__ = [
+    "ATTESTATIONS",
+    "DecodedJws",
+    "ShakenClaims",
+    "b64url_decode",
+    "check_algorithm",
+    "check_freshness",
+    "check_ppt",
+    "check_shaken_claims",
+    "check_x5u",
+    "decode_jws",
+    "ppt_of",
+    "verify_es256",
+]
+
+ATTESTATIONS = frozenset({"A", "B", "C"})
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_B64_VALUES = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"]+")
+_ES256 = ec.ECDSA(hashes.SHA256())
+_HEADER_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedJws:
+    """A PASSporT split and decoded, nothing judged yet. You get one from :func:`decode_jws`."""
+
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShakenClaims:
+    """The SHAKEN claims, checked and canonicalised. From :func:`check_shaken_claims`."""
+
+    attest: str
+    orig_tn: str
+    dest_tns: tuple[str, ...]
+    dest_uris: tuple[str, ...]
+    iat: int
+    origid: str
+    warnings: tuple[str, ...] = field(default=())
+
+
+def b64url_decode(segment: str, what: str) -> bytes:
+    """Strict base64url: RFC 7515 alphabet, no padding, no stray bits.
+
+    Raises:
+        InvalidEncoding: anything else (standard base64, ``=`` padding, whitespace...).
+    """
+    n = len(segment)
+    if n % 4 == 1 or _B64URL.fullmatch(segment) is None:
+        raise errors.InvalidEncoding(f"{what} is not unpadded base64url")
+    rem = n % 4
+    if rem:
+        last = _B64_VALUES[segment[-1]]
+        if last & (0x0F if rem == 2 else 0x03):
+            raise errors.InvalidEncoding(f"{what} is not canonical base64url (stray bits)")
+        segment += "==" if rem == 2 else "="
+    return base64.urlsafe_b64decode(segment)
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise errors.DuplicateJsonKey(f"duplicate JSON key {key!r}")
+            seen.add(key)
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_no_constants)
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+        value = _DECODER.decode(text)
+    except errors.DuplicateJsonKey as exc:
+        raise errors.DuplicateJsonKey(f"{what}: {exc.detail}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise errors.MalformedPassport(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise errors.MalformedPassport(f"{what} is JSON but not an object")
+    return value
+
+
+def decode_jws(
+    token: str, header_cache: MutableMapping[str, dict[str, Any]] | None = None
+) -> DecodedJws:
+    """Split a full-form JWS and decode its three parts.
+
+    ``header_cache`` (optional) memoises decoded protected headers: every PASSporT signed
+    under one certificate carries the same header segment, so the hot path decodes it once.
+    The decoded header dicts must be treated as read-only.
+
+    Raises:
+        CompactForm, MalformedIdentity: wrong number of parts, compact form.
+        InvalidEncoding: a part is not strict base64url; the signature is not 64 bytes.
+        MalformedPassport, DuplicateJsonKey: header or payload is not a JSON object.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise errors.MalformedIdentity(f"PASSporT must have 3 parts, found {len(parts)}")
+    h64, p64, s64 = parts
+    if not h64 and not p64:
+        raise errors.CompactForm("PASSporT is in compact form; SHAKEN requires the full form")
+    header = header_cache.get(h64) if header_cache is not None else None
+    if header is None:
+        header = _json_object(b64url_decode(h64, "PASSporT header"), "PASSporT header")
+        if header_cache is not None:
+            if len(header_cache) >= _HEADER_CACHE_MAX:
+                header_cache.clear()
+            header_cache[h64] = header
+    payload = _json_object(b64url_decode(p64, "PASSporT payload"), "PASSporT payload")
+    signature = b64url_decode(s64, "PASSporT signature")
+    if len(signature) != 64:
+        raise errors.InvalidEncoding(
+            f"signature is {len(signature)} bytes; ES256 needs the 64-byte R||S form"
+            " (RFC 7518 section 3.4), not DER"
+        )
+    return DecodedJws(
+        header=header,
+        payload=payload,
+        signing_input=f"{h64}.{p64}".encode("ascii"),
+        signature=signature,
+    )
+
+
+def ppt_of(header: dict[str, Any]) -> str | None:
+    ppt = header.get("ppt")
+    return ppt if isinstance(ppt, str) else None
+
+
+def check_algorithm(header: dict[str, Any], alg_param: str | None) -> None:
+    """``alg`` (header parameter and protected header) must be ES256, ``typ`` passport.
+
+    Raises:
+        UnsupportedAlgorithm, UnsupportedType: 437.
+    """
+    if alg_param is not None and alg_param != "ES256":
+        raise errors.UnsupportedAlgorithm(
+            f"Identity header parameter alg={alg_param!r} is not supported; only ES256 is"
+        )
+    alg = header.get("alg")
+    if alg != "ES256":
+        what = "missing" if alg is None else f"{alg!r}"
+        raise errors.UnsupportedAlgorithm(f"PASSporT header alg is {what}; SHAKEN requires ES256")
+    typ = header.get("typ")
+    if typ != "passport":
+        what = "missing" if typ is None else f"{typ!r}"
+        raise errors.UnsupportedType(f"PASSporT header typ is {what}; must be 'passport'")
+
+
+def check_ppt(header: dict[str, Any], ppt_param: str | None, expected: str) -> None:
+    """The protected header's ``ppt`` must be ``expected``, and agree with the parameter.
+
+    Raises:
+        InvalidPpt: 438.
+    """
+    if ppt_param is not None and ppt_param != expected:
+        raise errors.InvalidPpt(f"Identity header parameter ppt={ppt_param!r}, not {expected!r}")
+    ppt = header.get("ppt")
+    if ppt != expected:
+        what = "missing" if ppt is None else f"{ppt!r}"
+        raise errors.InvalidPpt(f"PASSporT header ppt is {what}; must be {expected!r}")
+
+
+def check_x5u(header: dict[str, Any], info: str | None, *, require_info: bool = True) -> str:
+    """The ``info`` parameter must be ``<absoluteURI>``; ``x5u`` must be present and equal it.
+
+    ``require_info`` is False for a bare PASSporT (no Identity header, so no ``info``).
+    Returns the x5u. The x5u URL rules (https, port...) belong to the fetcher.
+
+    Raises:
+        InfoMissing, InfoInvalid, X5uMissing, X5uMismatch: 436.
+    """
+    info_uri: str | None = None
+    if require_info:
+        if info is None:
+            raise errors.InfoMissing("Identity header has no info parameter")
+        if not (len(info) > 2 and info[0] == "<" and info[-1] == ">"):
+            raise errors.InfoInvalid(f"info parameter {info!r} is not <URI>")
+        info_uri = info[1:-1]
+        if _ABSOLUTE_URI.fullmatch(info_uri) is None:
+            raise errors.InfoInvalid(f"info parameter <{info_uri}> is not an absolute URI")
+    x5u = header.get("x5u")
+    if not isinstance(x5u, str) or not x5u:
+        raise errors.X5uMissing("PASSporT header has no x5u")
+    if info_uri is not None and x5u != info_uri:
+        raise errors.X5uMismatch(f"x5u {x5u!r} does not equal the info parameter <{info_uri}>")
+    if _ABSOLUTE_URI.fullmatch(x5u) is None:
+        raise errors.X5uRefused(f"x5u {x5u!r} is not an absolute URI")
+    return x5u
+
+
+def _tn_claim(value: Any, where: str, warnings: list[str]) -> str:
+    if not isinstance(value, str):
+        raise errors.InvalidTn(f"{where} must be a string, found {type(value).__name__}")
+    tn = canonical_tn(value)
+    if tn is None:
+        raise errors.InvalidTn(f"{where} {value!r} is not a telephone number")
+    if not is_canonical(value):
+        warnings.append(f"{where} {value!r} is not in canonical form (RFC 8224 section 8.3)")
+    return tn
+
+
+def check_shaken_claims(payload: dict[str, Any]) -> ShakenClaims:
+    """attest, orig.tn, dest.tn / dest.uri, iat, origid: present and well typed.
+
+    Unknown claims are allowed (the caller keeps the payload). Non-canonical TNs and a
+    non-UUID origid are accepted with a warning.
+
+    Raises:
+        InvalidAttest, InvalidTn, InvalidClaims: 438.
+    """
+    warnings: list[str] = []
+    attest = payload.get("attest")
+    if attest not in ATTESTATIONS:
+        what = "missing" if attest is None else f"{attest!r}"
+        raise errors.InvalidAttest(f"attest is {what}; must be A, B or C")
+
+    orig = payload.get("orig")
+    if not isinstance(orig, dict):
+        what = "missing" if orig is None else f"a {type(orig).__name__}"
+        raise errors.InvalidClaims(f"orig is {what}; must be an object with tn")
+    if "tn" not in orig:
+        raise errors.InvalidClaims("orig has no tn; SHAKEN identifies the caller by number")
+    orig_tn = _tn_claim(orig["tn"], "orig.tn", warnings)
+
+    dest = payload.get("dest")
+    if not isinstance(dest, dict):
+        what = "missing" if dest is None else f"a {type(dest).__name__}"
+        raise errors.InvalidClaims(f"dest is {what}; must be an object with tn or uri")
+    dest_tns: list[str] = []
+    dest_uris: list[str] = []
+    if "tn" in dest:
+        tns = dest["tn"]
+        if not isinstance(tns, list) or not tns:
+            raise errors.InvalidTn("dest.tn must be a non-empty array of strings")
+        dest_tns = [_tn_claim(v, "dest.tn", warnings) for v in tns]
+    if "uri" in dest:
+        uris = dest["uri"]
+        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+            raise errors.InvalidClaims("dest.uri must be a non-empty array of strings")
+        dest_uris = list(uris)
+    if not dest_tns and not dest_uris:
+        raise errors.InvalidClaims("dest has neither tn nor uri")
+
+    iat = payload.get("iat")
+    if type(iat) is not int:
+        what = "missing" if iat is None else f"a {type(iat).__name__}"
+        raise errors.InvalidClaims(f"iat is {what}; must be an integer NumericDate")
+
+    origid = payload.get("origid")
+    if not isinstance(origid, str):
+        what = "missing" if origid is None else f"a {type(origid).__name__}"
+        raise errors.InvalidClaims(f"origid is {what}; must be a string")
+    if _UUID.fullmatch(origid) is None:
+        warnings.append(f"origid {origid!r} is not a UUID (ATIS-1000074 expects one)")
+
+    return ShakenClaims(
+        attest=attest,
+        orig_tn=orig_tn,
+        dest_tns=tuple(dest_tns),
+        dest_uris=tuple(dest_uris),
+        iat=iat,
+        origid=origid,
+        warnings=tuple(warnings),
+    )
+
+
+def check_freshness(iat: int, now: float, *, max_age: float, max_future_skew: float) -> None:
+    """``iat`` no older than ``max_age`` and no further ahead than ``max_future_skew``.
+
+    Raises:
+        IatTooOld, IatInFuture: 403.
+    """
+    age = now - iat
+    if age > max_age:
+        raise errors.IatTooOld(f"iat {iat} is {age:.0f} s old; at most {max_age:g} s allowed")
+    if -age > max_future_skew:
+        raise errors.IatInFuture(
+            f"iat {iat} is {-age:.0f} s in the future; at most {max_future_skew:g} s allowed"
+        )
+
+
+def verify_es256(
+    public_key: ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes
+) -> None:
+    """Verify a raw 64-byte R||S ES256 signature.
+
+    Raises:
+        InvalidSignature: 438 / TN-Validation-Failed.
+    """
+    der = encode_dss_signature(
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    )
+    try:
+        public_key.verify(der, signing_input, _ES256)
+    except _CryptoInvalidSignature:
+        raise errors.InvalidSignature("ES256 signature does not verify") from None

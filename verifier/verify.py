@@ -1,0 +1,481 @@
+"""The one ordered verification pipeline. Pure: every input, ``now`` included, is an argument.
+
+Order of checks (cheap first; the first failure is the verdict)::
+
+    1  Identity present                                  428
+    2  Identity syntax, full form                        438
+    3  JWS parts decode (strict base64url, JSON, R||S)   438
+    4  alg parameter / header alg = ES256, typ passport  437
+    5  ppt = shaken (parameter and header)               438
+    6  info = <absoluteURI>, x5u present and = info      436
+    7  claims: attest, orig, dest, iat, origid           438
+    8  iat freshness                                     403
+    9  orig / dest against the call's numbers            438
+    10 x5u URL rules, fetch                              436
+    11 certificate chain, validity, TNAuthList SPC       437
+    12 ES256 signature                                   438  (TN-Validation-Failed)
+
+With a credential supplied out of band (``verifier verify --cert/--key``: forensic work on a
+recorded call), the signature (12) is checked right after the algorithm (4): the first
+question there is "did this key sign these bytes?", and a tampered PASSporT should say so
+rather than hide behind its x5u. Steps 5-11 follow, so a PASSporT that could not have been
+verified from the network still fails with its 436/437.
+
+:class:`Verification` runs steps 1-9 for every Identity header when it is built; the caller
+obtains a :class:`~verifier.certs.Credential` for each pending SHAKEN header's x5u (from a
+cache, a fetch, or a file) and hands it to :meth:`Verification.settle`, which runs the rest.
+:func:`verify_offline` does all of it with a supplied certificate or key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cryptography import x509
+
+from . import errors
+from .certs import CertificateInfo, Credential, TrustStore, credential_from_public_key
+from .errors import TN_VALIDATION_PASSED, VerificationError
+from .identity import IdentityHeader, parse_identity, split_identity_values
+from .passport import (
+    DecodedJws,
+    ShakenClaims,
+    check_algorithm,
+    check_freshness,
+    check_ppt,
+    check_shaken_claims,
+    check_x5u,
+    decode_jws,
+    ppt_of,
+    verify_es256,
+)
+from .tn import tn_from_uri
+from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
+
+__all__ = [
+    "CallInfo",
+    "HeaderResult",
+    "Reason",
+    "Result",
+    "Verification",
+    "VerifyOptions",
+    "verify_offline",
+]
+
+SHAKEN = "shaken"
+MAX_IDENTITY_HEADERS = 32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyOptions:
+    """Tunables of the pure pipeline. Defaults follow ATIS-1000074."""
+
+    max_iat_age: float = 60.0
+    max_future_skew: float = 10.0
+    nanp_national_match: bool = True
+    x5u_ports: frozenset[int] = DEFAULT_X5U_PORTS
+    max_identity_headers: int = MAX_IDENTITY_HEADERS
+
+    def __post_init__(self) -> None:
+        if self.max_iat_age <= 0 or self.max_future_skew < 0:
+            raise ValueError("max_iat_age must be > 0 and max_future_skew >= 0")
+        if self.max_identity_headers < 1:
+            raise ValueError("max_identity_headers must be at least 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallInfo:
+    """What the switch says about the call: calling (From, PAI) and called (To, R-URI) parties.
+
+    Each is a bare TN or a SIP/tel URI (name-addr allowed). None means "not given": that
+    side is then not compared.
+    """
+
+    from_: str | None = None
+    pai: str | None = None
+    to: str | None = None
+    ruri: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reason:
+    sip_code: int
+    text: str
+    slug: str
+    detail: str
+
+    @classmethod
+    def of(cls, exc: VerificationError) -> Reason:
+        return cls(sip_code=exc.sip_code, text=exc.text, slug=exc.slug, detail=exc.detail)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sip_code": self.sip_code,
+            "text": self.text,
+            "slug": self.slug,
+            "detail": self.detail,
+        }
+
+
+Status = Literal["passed", "failed", "not_verified", "pending"]
+
+
+@dataclass(slots=True, kw_only=True)
+class HeaderResult:
+    """One Identity header's outcome."""
+
+    index: int
+    ppt: str | None
+    status: Status
+    reason: Reason | None = None
+    x5u: str | None = None
+    ppi: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "ppt": self.ppt,
+            "status": self.status,
+            "reason": self.reason.to_dict() if self.reason else None,
+            "x5u": self.x5u,
+            "ppi": self.ppi,
+        }
+
+
+@dataclass(slots=True, kw_only=True)
+class Result:
+    """The verdict: plain data, ``to_dict()`` is JSON-serialisable."""
+
+    verstat: str
+    attest: str | None = None
+    reason: Reason | None = None
+    claims: dict[str, Any] | None = None
+    certificate: CertificateInfo | None = None
+    x5u: str | None = None
+    origid: str | None = None
+    matched: dict[str, str | None] = field(default_factory=dict)
+    identities: list[HeaderResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.verstat == TN_VALIDATION_PASSED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verstat": self.verstat,
+            "attest": self.attest,
+            "reason": self.reason.to_dict() if self.reason else None,
+            "claims": self.claims,
+            "certificate": self.certificate.to_dict() if self.certificate else None,
+            "x5u": self.x5u,
+            "origid": self.origid,
+            "matched": dict(self.matched),
+            "identities": [h.to_dict() for h in self.identities],
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(slots=True, kw_only=True)
+class _Entry:
+    result: HeaderResult
+    ident: IdentityHeader | None = None
+    jws: DecodedJws | None = None
+    claims: ShakenClaims | None = None
+    error: VerificationError | None = None
+    credential: Credential | None = None
+    matched: dict[str, str | None] = field(default_factory=dict)
+    shaken: bool = True
+
+
+class Verification:
+    """One verification of a request's Identity headers, advanced step by step.
+
+    Build it with the request's values; then, for each entry of :meth:`pending`, obtain a
+    Credential for its x5u and call :meth:`settle` (or :meth:`fail` with the error that
+    obtaining it raised); then :meth:`result`.
+    """
+
+    def __init__(
+        self,
+        values: str | Iterable[str] | None,
+        *,
+        now: float,
+        call: CallInfo | None = None,
+        options: VerifyOptions | None = None,
+        bare: bool = False,
+        signature_key: Credential | None = None,
+        header_cache: MutableMapping[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.now = now
+        self.call = call or CallInfo()
+        self.options = options or VerifyOptions()
+        self._signature_key = signature_key
+        self._header_cache = header_cache
+        self._entries: list[_Entry] = []
+        self._top_error: VerificationError | None = None
+        try:
+            raw = self._split(values)
+        except VerificationError as exc:
+            self._top_error = exc
+            return
+        for index, value in enumerate(raw):
+            self._entries.append(self._check(index, value, bare=bare))
+
+    # -- steps 1-9 -------------------------------------------------------------------------
+
+    def _split(self, values: str | Iterable[str] | None) -> list[str]:
+        if values is None:
+            raise errors.NoIdentity("no Identity header")
+        raw = split_identity_values(values)
+        if not raw:
+            raise errors.NoIdentity("no Identity header")
+        limit = self.options.max_identity_headers
+        if len(raw) > limit:
+            raise errors.MalformedIdentity(
+                f"{len(raw)} Identity header values; at most {limit} are verified"
+            )
+        return raw
+
+    def _check(self, index: int, value: str, *, bare: bool) -> _Entry:
+        entry = _Entry(result=HeaderResult(index=index, ppt=None, status="pending"))
+        try:
+            if bare:
+                token = value.strip()
+                if ";" in token:
+                    raise errors.MalformedIdentity("a bare PASSporT carries no parameters")
+                ident = None
+            else:
+                ident = parse_identity(value)
+                token = ident.token
+                entry.ident = ident
+                entry.result.ppt = ident.ppt
+                entry.result.ppi = ident.signature_segment
+            param_ppt = ident.ppt if ident else None
+            if param_ppt is not None and param_ppt != SHAKEN:
+                entry.shaken = False
+            jws = decode_jws(token, self._header_cache)
+            entry.jws = jws
+            header_ppt = ppt_of(jws.header)
+            if entry.result.ppt is None:
+                entry.result.ppt = header_ppt
+            if param_ppt is None and header_ppt is not None and header_ppt != SHAKEN:
+                entry.shaken = False
+            if not entry.shaken:
+                entry.result.status = "not_verified"
+                entry.result.reason = Reason(
+                    sip_code=errors.InvalidPpt.sip_code,
+                    text=errors.InvalidPpt.text,
+                    slug="unsupported_ppt",
+                    detail=f"not verified: unsupported ppt {entry.result.ppt!r}",
+                )
+                return entry
+            check_algorithm(jws.header, ident.alg if ident else None)
+            if self._signature_key is not None:
+                verify_es256(self._signature_key.public_key, jws.signing_input, jws.signature)
+            check_ppt(jws.header, param_ppt, SHAKEN)
+            x5u = check_x5u(jws.header, ident.info if ident else None, require_info=not bare)
+            entry.result.x5u = x5u
+            claims = check_shaken_claims(jws.payload)
+            entry.claims = claims
+            check_freshness(
+                claims.iat,
+                self.now,
+                max_age=self.options.max_iat_age,
+                max_future_skew=self.options.max_future_skew,
+            )
+            entry.matched = _match_numbers(claims, self.call, self.options)
+        except VerificationError as exc:
+            self._fail(entry, exc)
+        return entry
+
+    # -- steps 10-12 -----------------------------------------------------------------------
+
+    def pending(self) -> list[_Entry]:
+        """The SHAKEN headers that passed steps 1-9 and wait for a credential."""
+        return [e for e in self._entries if e.result.status == "pending"]
+
+    @staticmethod
+    def x5u_of(entry: _Entry) -> str:
+        if entry.result.x5u is None:
+            raise RuntimeError("entry is not pending")
+        return entry.result.x5u
+
+    def settle(self, entry: _Entry, credential: Credential) -> None:
+        """Steps 11 (validity at ``now``) and 12 (signature) with a validated credential."""
+        try:
+            credential.check_time(self.now)
+            if entry.jws is None:
+                raise RuntimeError("entry is not pending")
+            if self._signature_key is None:  # else checked at step 4 (module docstring)
+                verify_es256(credential.public_key, entry.jws.signing_input, entry.jws.signature)
+        except VerificationError as exc:
+            self._fail(entry, exc)
+            return
+        entry.credential = credential
+        entry.result.status = "passed"
+
+    def fail(self, entry: _Entry, exc: VerificationError) -> None:
+        """Record that no credential could be had for ``entry`` (436/437)."""
+        self._fail(entry, exc)
+
+    @staticmethod
+    def _fail(entry: _Entry, exc: VerificationError) -> None:
+        entry.error = exc
+        entry.result.status = "failed"
+        entry.result.reason = Reason.of(exc)
+
+    # -- the verdict -----------------------------------------------------------------------
+
+    def result(self) -> Result:
+        identities = [e.result for e in self._entries]
+        if self._top_error is not None:
+            return _failed(self._top_error, identities)
+        shaken = [e for e in self._entries if e.shaken]
+        if not shaken:
+            ppts = ", ".join(repr(e.result.ppt) for e in self._entries)
+            return _failed(
+                errors.NoShakenPassport(
+                    f"no SHAKEN PASSporT among the Identity headers (ppt {ppts})"
+                ),
+                identities,
+            )
+        if any(e.result.status == "pending" for e in shaken):
+            raise RuntimeError("Verification.result() called with headers still pending")
+        chosen = next((e for e in shaken if e.result.status == "passed"), shaken[0])
+        warnings = list(chosen.claims.warnings) if chosen.claims else []
+        if len(shaken) > 1:
+            warnings.append(
+                f"{len(shaken)} SHAKEN PASSporTs; the verdict is header {chosen.result.index}'s"
+            )
+        if chosen.credential is not None:
+            warnings.extend(chosen.credential.warnings)
+        claims = chosen.claims
+        if chosen.error is not None:
+            result = _failed(chosen.error, identities)
+        else:
+            result = Result(verstat=TN_VALIDATION_PASSED, identities=identities)
+        result.attest = claims.attest if claims else None
+        result.claims = chosen.jws.payload if chosen.jws is not None and claims else None
+        result.certificate = chosen.credential.certificate if chosen.credential else None
+        result.x5u = chosen.result.x5u
+        result.origid = claims.origid if claims else None
+        result.matched = chosen.matched
+        result.warnings = warnings
+        return result
+
+
+def _failed(exc: VerificationError, identities: list[HeaderResult]) -> Result:
+    return Result(verstat=exc.verstat, reason=Reason.of(exc), identities=identities)
+
+
+# -- TN match (step 9) -------------------------------------------------------------------------
+
+
+def _same_tn(given: str, claimed: str, nanp: bool) -> bool:
+    if given == claimed:
+        return True
+    if nanp:
+        if len(given) == 10 and claimed == "1" + given:
+            return True
+        if len(claimed) == 10 and given == "1" + claimed:
+            return True
+    return False
+
+
+def _uri_key(value: str) -> str:
+    text = value.strip()
+    if "<" in text and ">" in text:
+        text = text[text.index("<") + 1 : text.index(">")]
+    return text.split(";", 1)[0].lower()
+
+
+def _match_numbers(
+    claims: ShakenClaims, call: CallInfo, options: VerifyOptions
+) -> dict[str, str | None]:
+    matched: dict[str, str | None] = {"orig": None, "dest": None}
+    calling = [(n, v) for n, v in (("pai", call.pai), ("from", call.from_)) if v]
+    if calling:
+        for name, value in calling:
+            tn = tn_from_uri(value)
+            if tn is not None and _same_tn(tn, claims.orig_tn, options.nanp_national_match):
+                matched["orig"] = name
+                break
+        else:
+            given = " nor ".join(f"{n} {v!r}" for n, v in calling)
+            raise errors.OrigMismatch(f"orig.tn {claims.orig_tn!r} does not match {given}")
+    called = [(n, v) for n, v in (("to", call.to), ("ruri", call.ruri)) if v]
+    if called:
+        uris = {_uri_key(u) for u in claims.dest_uris}
+        uri_tns = {t for t in (tn_from_uri(u) for u in claims.dest_uris) if t}
+        targets = set(claims.dest_tns) | uri_tns
+        for name, value in called:
+            tn = tn_from_uri(value)
+            hit = (
+                tn is not None
+                and any(_same_tn(tn, t, options.nanp_national_match) for t in targets)
+            ) or _uri_key(value) in uris
+            if hit:
+                matched["dest"] = name
+                break
+        else:
+            given = " nor ".join(f"{n} {v!r}" for n, v in called)
+            dest = list(claims.dest_tns) + list(claims.dest_uris)
+            raise errors.DestMismatch(f"dest {dest!r} does not match {given}")
+    return matched
+
+
+# -- offline (forensic) verification -----------------------------------------------------------
+
+
+def verify_offline(
+    values: str | Iterable[str] | None,
+    *,
+    now: float,
+    call: CallInfo | None = None,
+    options: VerifyOptions | None = None,
+    chain: Sequence[x509.Certificate] | None = None,
+    public_key: Any = None,
+    trust: TrustStore | None = None,
+    bare: bool = False,
+) -> Result:
+    """Verify with the signer's certificate chain (or a bare public key) supplied by the caller.
+
+    ``chain`` (leaf first) is validated against ``trust`` at ``now``; ``public_key`` skips
+    every certificate check (the result warns). Exactly one of them must be given.
+    ``bare`` takes each value as a bare PASSporT (JWS) rather than an Identity header.
+    """
+    if (chain is None) == (public_key is None):
+        raise ValueError("give exactly one of chain and public_key")
+    options = options or VerifyOptions()
+    try:
+        if chain is not None:
+            if not chain:
+                raise errors.CertificateInvalid("no certificate supplied")
+            key_cred = credential_from_public_key(chain[0].public_key())
+        else:
+            key_cred = credential_from_public_key(public_key)
+    except VerificationError as exc:
+        verification = Verification(values, now=now, call=call, options=options, bare=bare)
+        for entry in verification.pending():
+            verification.fail(entry, exc)
+        return verification.result()
+    verification = Verification(
+        values, now=now, call=call, options=options, bare=bare, signature_key=key_cred
+    )
+    for entry in verification.pending():
+        try:
+            check_x5u_url(Verification.x5u_of(entry), options.x5u_ports)
+            if chain is not None:
+                if trust is None:
+                    raise errors.CertificateNotTrusted("no trust anchors configured")
+                credential = trust.validate(chain, now)
+            else:
+                credential = key_cred
+        except VerificationError as exc:
+            verification.fail(entry, exc)
+            continue
+        verification.settle(entry, credential)
+    return verification.result()
