@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cryptography import x509
 
@@ -56,11 +56,13 @@ from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
 
 __all__ = [
     "CallInfo",
+    "CredentialSource",
     "HeaderResult",
     "Reason",
     "Result",
     "Verification",
     "VerifyOptions",
+    "verify",
     "verify_offline",
 ]
 
@@ -474,6 +476,45 @@ def verify_offline(
                 credential = trust.validate(chain, now)
             else:
                 credential = key_cred
+        except VerificationError as exc:
+            verification.fail(entry, exc)
+            continue
+        verification.settle(entry, credential)
+    return verification.result()
+
+
+# -- online verification -----------------------------------------------------------------------
+
+
+class CredentialSource(Protocol):
+    """Where the network pipeline gets the validated credential for an x5u (``fetch.py``)."""
+
+    async def get(self, x5u: str, *, now: float) -> Credential:
+        """The validated Credential for ``x5u``, applying the x5u URL rules first.
+
+        Raises:
+            BadIdentityInfo: 436, the x5u is refused or cannot be fetched.
+            UnsupportedCredential: 437, the chain is not trusted, revoked or has no SPC.
+        """
+        ...
+
+
+async def verify(
+    values: str | Iterable[str] | None,
+    *,
+    now: float,
+    credentials: CredentialSource,
+    call: CallInfo | None = None,
+    options: VerifyOptions | None = None,
+    header_cache: MutableMapping[str, dict[str, Any]] | None = None,
+) -> Result:
+    """The online pipeline: steps 1-9, then each pending header's credential, then 11-12."""
+    verification = Verification(
+        values, now=now, call=call, options=options, header_cache=header_cache
+    )
+    for entry in verification.pending():
+        try:
+            credential = await credentials.get(Verification.x5u_of(entry), now=now)
         except VerificationError as exc:
             verification.fail(entry, exc)
             continue
