@@ -18,16 +18,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import CompactForm, MalformedIdentity
 
-__all__ = ["MAX_IDENTITY_LENGTH", "IdentityHeader", "parse_identity", "split_identity_values"]
+__all__ = [
+    "MAX_IDENTITY_LENGTH",
+    "IdentityHeader",
+    "parse_identity",
+    "parse_params",
+    "split_identity_values",
+    "split_value",
+]
 
 #: Longer values are refused unparsed: a SHAKEN Identity header is well under 1 KiB.
 MAX_IDENTITY_LENGTH = 16384
 
-_TOKEN = re.compile(r"\s*([A-Za-z0-9+/=_.-]*)")
+_JWS = re.compile(r"[A-Za-z0-9+/=_-]+\.[A-Za-z0-9+/=_-]+\.[A-Za-z0-9+/=_-]+")
 _PARAM = re.compile(
     r"""\s*;\s*([A-Za-z0-9.!%*_+`'~-]+)"""  # name
     r"""(?:\s*=\s*(<[^<>]*>|"(?:[^"\\\r\n]|\\.)*"|[^\s;,"<>=]+))?"""  # value
@@ -35,8 +42,7 @@ _PARAM = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class IdentityHeader:
+class IdentityHeader(NamedTuple):
     """One parsed Identity header value. You get one from :func:`parse_identity`."""
 
     raw: str
@@ -106,24 +112,32 @@ def split_identity_values(values: str | Iterable[str]) -> list[str]:
     return out
 
 
-def parse_identity(value: str) -> IdentityHeader:
-    """Parse one Identity header value.
+def split_value(value: str) -> tuple[str, str]:
+    """``(token, parameters)`` of one Identity header value: the PASSporT, checked to be
+    three base64-ish parts (not the compact form), and the raw ``;...`` parameter string.
 
     Raises:
         CompactForm: the PASSporT is in compact form (``..signature``); SHAKEN requires
             the full form.
         MalformedIdentity: anything else that does not follow the grammar.
     """
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise MalformedIdentity("an Identity header value must be a string")
     if len(value) > MAX_IDENTITY_LENGTH:
         raise MalformedIdentity(
             f"Identity header value is {len(value)} characters, over {MAX_IDENTITY_LENGTH}"
         )
-    match = _TOKEN.match(value)
-    if match is None:  # pragma: no cover - the pattern matches the empty string
-        raise MalformedIdentity("Identity header value is empty")
-    token = match.group(1)
+    semi = value.find(";")
+    if semi < 0:
+        token, suffix = value.strip(), ""
+    else:
+        token, suffix = value[:semi].strip(), value[semi:].rstrip()
+    if _JWS.fullmatch(token) is None:
+        _diagnose_token(token)
+    return token, suffix
+
+
+def _diagnose_token(token: str) -> None:
     if not token:
         raise MalformedIdentity("Identity header value does not start with a PASSporT")
     parts = token.split(".")
@@ -138,13 +152,37 @@ def parse_identity(value: str) -> IdentityHeader:
         )
     if not parts[0] or not parts[1] or not parts[2]:
         raise MalformedIdentity("PASSporT has an empty header, payload or signature part")
+    raise MalformedIdentity(
+        "Identity header value: the PASSporT holds characters outside base64 and '.',"
+        " or is not followed by ';' and parameters"
+    )
+
+
+def parse_identity(value: str) -> IdentityHeader:
+    """Parse one Identity header value.
+
+    Raises:
+        CompactForm: the PASSporT is in compact form (``..signature``); SHAKEN requires
+            the full form.
+        MalformedIdentity: anything else that does not follow the grammar.
+    """
+    token, suffix = split_value(value)
+    return IdentityHeader(raw=value, token=token, params=parse_params(suffix))
+
+
+def parse_params(suffix: str) -> dict[str, str]:
+    """The parameters in ``;name=value...`` (names lower-cased, values unquoted).
+
+    Raises:
+        MalformedIdentity: the string does not follow the grammar; a name appears twice.
+    """
     params: dict[str, str] = {}
-    pos = match.end()
-    end = len(value.rstrip())
+    pos = 0
+    end = len(suffix)
     while pos < end:
-        m = _PARAM.match(value, pos)
+        m = _PARAM.match(suffix, pos)
         if m is None or m.end() == pos:
-            snippet = value[pos : pos + 24]
+            snippet = suffix[pos : pos + 24]
             raise MalformedIdentity(f"Identity header parameters malformed near {snippet!r}")
         name = m.group(1).lower()
         raw = m.group(2)
@@ -152,7 +190,7 @@ def parse_identity(value: str) -> IdentityHeader:
             raise MalformedIdentity(f"Identity header parameter {name!r} appears twice")
         params[name] = _unquote(raw) if raw is not None else ""
         pos = m.end()
-    return IdentityHeader(raw=value, token=token, params=params)
+    return params
 
 
 def _unquote(raw: str) -> str:

@@ -6,12 +6,11 @@ it fails; the order in which they run is the pipeline's business (``verify.py``)
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
+import math
 import re
-from collections.abc import MutableMapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from . import errors
-from .tn import canonical_tn, is_canonical
+from .tn import CANONICAL_TN, canonical_tn
 
 __all__ = [
     "ATTESTATIONS",
@@ -31,24 +30,26 @@ __all__ = [
     "check_ppt",
     "check_shaken_claims",
     "check_x5u",
+    "decode_header",
     "decode_jws",
+    "decode_payload",
+    "decode_signature",
     "ppt_of",
     "verify_es256",
 ]
 
 ATTESTATIONS = frozenset({"A", "B", "C"})
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _B64_VALUES = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 }
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"]+")
 _ES256 = ec.ECDSA(hashes.SHA256())
-_HEADER_CACHE_MAX = 4096
+_CANONICAL_TN = CANONICAL_TN.fullmatch
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedJws:
+class DecodedJws(NamedTuple):
     """A PASSporT split and decoded, nothing judged yet. You get one from :func:`decode_jws`."""
 
     header: dict[str, Any]
@@ -57,8 +58,7 @@ class DecodedJws:
     signature: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ShakenClaims:
+class ShakenClaims(NamedTuple):
     """The SHAKEN claims, checked and canonicalised. From :func:`check_shaken_claims`."""
 
     attest: str
@@ -67,7 +67,7 @@ class ShakenClaims:
     dest_uris: tuple[str, ...]
     iat: int
     origid: str
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()
 
 
 def b64url_decode(segment: str, what: str) -> bytes:
@@ -76,16 +76,20 @@ def b64url_decode(segment: str, what: str) -> bytes:
     Raises:
         InvalidEncoding: anything else (standard base64, ``=`` padding, whitespace...).
     """
-    n = len(segment)
-    if n % 4 == 1 or _B64URL.fullmatch(segment) is None:
+    # a2b_base64's strict mode refuses anything outside the alphabet once "-_" become "+/";
+    # so "+", "/" and "=" (standard base64, padding) are refused before the translation.
+    rem = len(segment) & 3
+    if rem == 1 or "+" in segment or "/" in segment or "=" in segment:
         raise errors.InvalidEncoding(f"{what} is not unpadded base64url")
-    rem = n % 4
-    if rem:
-        last = _B64_VALUES[segment[-1]]
-        if last & (0x0F if rem == 2 else 0x03):
-            raise errors.InvalidEncoding(f"{what} is not canonical base64url (stray bits)")
-        segment += "==" if rem == 2 else "="
-    return base64.urlsafe_b64decode(segment)
+    try:
+        raw = segment.encode("ascii").translate(_TO_STANDARD)
+        if rem:
+            if _B64_VALUES[segment[-1]] & (0x0F if rem == 2 else 0x03):
+                raise errors.InvalidEncoding(f"{what} is not canonical base64url (stray bits)")
+            raw += b"==" if rem == 2 else b"="
+        return binascii.a2b_base64(raw, strict_mode=True)
+    except (UnicodeEncodeError, KeyError, binascii.Error):
+        raise errors.InvalidEncoding(f"{what} is not unpadded base64url") from None
 
 
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -119,14 +123,41 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def decode_jws(
-    token: str, header_cache: MutableMapping[str, dict[str, Any]] | None = None
-) -> DecodedJws:
-    """Split a full-form JWS and decode its three parts.
+def decode_header(h64: str) -> dict[str, Any]:
+    """The protected header (first JWS part) as a JSON object.
 
-    ``header_cache`` (optional) memoises decoded protected headers: every PASSporT signed
-    under one certificate carries the same header segment, so the hot path decodes it once.
-    The decoded header dicts must be treated as read-only.
+    Raises:
+        InvalidEncoding, MalformedPassport, DuplicateJsonKey: 438.
+    """
+    return _json_object(b64url_decode(h64, "PASSporT header"), "PASSporT header")
+
+
+def decode_payload(p64: str) -> dict[str, Any]:
+    """The claims (second JWS part) as a JSON object.
+
+    Raises:
+        InvalidEncoding, MalformedPassport, DuplicateJsonKey: 438.
+    """
+    return _json_object(b64url_decode(p64, "PASSporT payload"), "PASSporT payload")
+
+
+def decode_signature(s64: str) -> bytes:
+    """The third JWS part: a 64-byte R||S ES256 signature (RFC 7518 section 3.4).
+
+    Raises:
+        InvalidEncoding: not base64url, or not 64 bytes (a DER signature, say): 438.
+    """
+    signature = b64url_decode(s64, "PASSporT signature")
+    if len(signature) != 64:
+        raise errors.InvalidEncoding(
+            f"signature is {len(signature)} bytes; ES256 needs the 64-byte R||S form"
+            " (RFC 7518 section 3.4), not DER"
+        )
+    return signature
+
+
+def decode_jws(token: str) -> DecodedJws:
+    """Split a full-form JWS and decode its three parts.
 
     Raises:
         CompactForm, MalformedIdentity: wrong number of parts, compact form.
@@ -139,25 +170,11 @@ def decode_jws(
     h64, p64, s64 = parts
     if not h64 and not p64:
         raise errors.CompactForm("PASSporT is in compact form; SHAKEN requires the full form")
-    header = header_cache.get(h64) if header_cache is not None else None
-    if header is None:
-        header = _json_object(b64url_decode(h64, "PASSporT header"), "PASSporT header")
-        if header_cache is not None:
-            if len(header_cache) >= _HEADER_CACHE_MAX:
-                header_cache.clear()
-            header_cache[h64] = header
-    payload = _json_object(b64url_decode(p64, "PASSporT payload"), "PASSporT payload")
-    signature = b64url_decode(s64, "PASSporT signature")
-    if len(signature) != 64:
-        raise errors.InvalidEncoding(
-            f"signature is {len(signature)} bytes; ES256 needs the 64-byte R||S form"
-            " (RFC 7518 section 3.4), not DER"
-        )
     return DecodedJws(
-        header=header,
-        payload=payload,
+        header=decode_header(h64),
+        payload=decode_payload(p64),
         signing_input=f"{h64}.{p64}".encode("ascii"),
-        signature=signature,
+        signature=decode_signature(s64),
     )
 
 
@@ -229,12 +246,14 @@ def check_x5u(header: dict[str, Any], info: str | None, *, require_info: bool = 
 
 
 def _tn_claim(value: Any, where: str, warnings: list[str]) -> str:
-    if not isinstance(value, str):
+    if type(value) is str and _CANONICAL_TN(value) is not None:
+        return value
+    if type(value) is not str:
         raise errors.InvalidTn(f"{where} must be a string, found {type(value).__name__}")
     tn = canonical_tn(value)
     if tn is None:
         raise errors.InvalidTn(f"{where} {value!r} is not a telephone number")
-    if not is_canonical(value):
+    if tn != value:
         warnings.append(f"{where} {value!r} is not in canonical form (RFC 8224 section 8.3)")
     return tn
 
@@ -250,7 +269,7 @@ def check_shaken_claims(payload: dict[str, Any]) -> ShakenClaims:
     """
     warnings: list[str] = []
     attest = payload.get("attest")
-    if attest not in ATTESTATIONS:
+    if not isinstance(attest, str) or attest not in ATTESTATIONS:  # a list/dict is unhashable
         what = "missing" if attest is None else f"{attest!r}"
         raise errors.InvalidAttest(f"attest is {what}; must be A, B or C")
 
@@ -266,18 +285,18 @@ def check_shaken_claims(payload: dict[str, Any]) -> ShakenClaims:
     if not isinstance(dest, dict):
         what = "missing" if dest is None else f"a {type(dest).__name__}"
         raise errors.InvalidClaims(f"dest is {what}; must be an object with tn or uri")
-    dest_tns: list[str] = []
-    dest_uris: list[str] = []
-    if "tn" in dest:
-        tns = dest["tn"]
-        if not isinstance(tns, list) or not tns:
+    dest_tns: tuple[str, ...] = ()
+    dest_uris: tuple[str, ...] = ()
+    tns = dest.get("tn")
+    if tns is not None:
+        if type(tns) is not list or not tns:
             raise errors.InvalidTn("dest.tn must be a non-empty array of strings")
-        dest_tns = [_tn_claim(v, "dest.tn", warnings) for v in tns]
-    if "uri" in dest:
-        uris = dest["uri"]
-        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+        dest_tns = tuple([_tn_claim(v, "dest.tn", warnings) for v in tns])
+    uris = dest.get("uri")
+    if uris is not None:
+        if type(uris) is not list or not uris or not all(type(u) is str for u in uris):
             raise errors.InvalidClaims("dest.uri must be a non-empty array of strings")
-        dest_uris = list(uris)
+        dest_uris = tuple(uris)
     if not dest_tns and not dest_uris:
         raise errors.InvalidClaims("dest has neither tn nor uri")
 
@@ -293,15 +312,7 @@ def check_shaken_claims(payload: dict[str, Any]) -> ShakenClaims:
     if _UUID.fullmatch(origid) is None:
         warnings.append(f"origid {origid!r} is not a UUID (ATIS-1000074 expects one)")
 
-    return ShakenClaims(
-        attest=attest,
-        orig_tn=orig_tn,
-        dest_tns=tuple(dest_tns),
-        dest_uris=tuple(dest_uris),
-        iat=iat,
-        origid=origid,
-        warnings=tuple(warnings),
-    )
+    return ShakenClaims(attest, orig_tn, dest_tns, dest_uris, iat, origid, tuple(warnings))
 
 
 def check_freshness(iat: int, now: float, *, max_age: float, max_future_skew: float) -> None:
@@ -310,7 +321,10 @@ def check_freshness(iat: int, now: float, *, max_age: float, max_future_skew: fl
     Raises:
         IatTooOld, IatInFuture: 403.
     """
-    age = now - iat
+    try:
+        age = float(now - iat)
+    except OverflowError:  # JSON allows any integer; one beyond float range is far off
+        age = -math.inf if iat > now else math.inf
     if age > max_age:
         raise errors.IatTooOld(f"iat {iat} is {age:.0f} s old; at most {max_age:g} s allowed")
     if -age > max_future_skew:

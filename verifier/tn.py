@@ -9,27 +9,27 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["canonical_tn", "is_canonical", "tn_from_uri"]
+__all__ = ["CANONICAL_TN", "canonical_tn", "is_canonical", "tn_from_uri"]
 
 _MAX_DIGITS = 15
-_CANONICAL = re.compile(rf"[0-9*#]{{1,{_MAX_DIGITS}}}")
+CANONICAL_TN = re.compile(rf"[0-9*#]{{1,{_MAX_DIGITS}}}")
 _DROPPED = str.maketrans("", "", "-.() ")
 _NAME_ADDR = re.compile(r'^\s*(?:"(?:[^"\\]|\\.)*"|[^<"]*)?\s*<([^>]*)>')
 
 
 def is_canonical(value: str) -> bool:
-    return _CANONICAL.fullmatch(value) is not None
+    return CANONICAL_TN.fullmatch(value) is not None
 
 
 def canonical_tn(value: str) -> str | None:
     """The canonical form of ``value``, or None when it is not a telephone number."""
-    if _CANONICAL.fullmatch(value):
+    if CANONICAL_TN.fullmatch(value):
         return value
     text = value.strip()
     if text.startswith("+"):
         text = text[1:]
     text = text.translate(_DROPPED)
-    if _CANONICAL.fullmatch(text):
+    if CANONICAL_TN.fullmatch(text):
         return text
     return None
 
@@ -42,6 +42,8 @@ def tn_from_uri(value: str) -> str | None:
     inside a name-addr (``"Alice" <sip:+1215...@host;user=phone>;tag=x``). Returns None for
     anything else (``sip:anonymous@anonymous.invalid``, an email-like user part...).
     """
+    if CANONICAL_TN.fullmatch(value):
+        return value
     text = value.strip()
     match = _NAME_ADDR.match(text)
     if match:

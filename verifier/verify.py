@@ -29,7 +29,7 @@ cache, a fetch, or a file) and hands it to :meth:`Verification.settle`, which ru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -38,16 +38,17 @@ from cryptography import x509
 from . import errors
 from .certs import CertificateInfo, Credential, TrustStore, credential_from_public_key
 from .errors import TN_VALIDATION_PASSED, VerificationError
-from .identity import IdentityHeader, parse_identity, split_identity_values
+from .identity import parse_params, split_identity_values, split_value
 from .passport import (
-    DecodedJws,
     ShakenClaims,
     check_algorithm,
     check_freshness,
     check_ppt,
     check_shaken_claims,
     check_x5u,
-    decode_jws,
+    decode_header,
+    decode_payload,
+    decode_signature,
     ppt_of,
     verify_es256,
 )
@@ -57,6 +58,7 @@ from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
 __all__ = [
     "CallInfo",
     "CredentialSource",
+    "DecodeCache",
     "HeaderResult",
     "Reason",
     "Result",
@@ -99,6 +101,10 @@ class CallInfo:
     pai: str | None = None
     to: str | None = None
     ruri: str | None = None
+
+
+_NO_CALL = CallInfo()
+_DEFAULT_OPTIONS = VerifyOptions()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,16 +186,64 @@ class Result:
         }
 
 
-@dataclass(slots=True, kw_only=True)
+class DecodeCache:
+    """Bounded memo of what repeats across calls from one signer: the protected header
+    and the Identity parameters, decoded and judged (steps 3-6 for those two parts).
+    One per service (the app holds it); never module-level."""
+
+    __slots__ = ("contexts", "max_size")
+
+    def __init__(self, max_size: int = 4096) -> None:
+        self.contexts: dict[tuple[str, str], _Context] = {}
+        self.max_size = max_size
+
+    def store(self, key: tuple[str, str], context: _Context) -> None:
+        if len(self.contexts) >= self.max_size:
+            self.contexts.clear()
+        self.contexts[key] = context
+
+
+class _Context:
+    """What one (protected header, Identity parameters) pair yields. ``x5u`` is set once
+    steps 4-6 passed for it; only then (or when the header is not SHAKEN) is it cached."""
+
+    __slots__ = ("header", "params", "ppt", "shaken", "x5u")
+
+    def __init__(self, header: dict[str, Any], params: Mapping[str, str]) -> None:
+        self.header = header
+        self.params = params
+        param_ppt = params.get("ppt")
+        header_ppt = ppt_of(header)
+        self.ppt = param_ppt if param_ppt is not None else header_ppt
+        # A header is routed by its ppt parameter, else by the PASSporT's own ppt. One with
+        # neither is taken as a SHAKEN candidate, so that it fails with its own reason.
+        self.shaken = self.ppt is None or self.ppt == SHAKEN
+        self.x5u: str | None = None
+
+
 class _Entry:
-    result: HeaderResult
-    ident: IdentityHeader | None = None
-    jws: DecodedJws | None = None
-    claims: ShakenClaims | None = None
-    error: VerificationError | None = None
-    credential: Credential | None = None
-    matched: dict[str, str | None] = field(default_factory=dict)
-    shaken: bool = True
+    __slots__ = (
+        "claims",
+        "credential",
+        "error",
+        "matched",
+        "payload",
+        "result",
+        "shaken",
+        "signature",
+        "signing_input",
+    )
+
+    def __init__(self, result: HeaderResult) -> None:
+        self.result = result
+        self.shaken = True
+        self.claims: ShakenClaims | None = None
+        self.payload: dict[str, Any] | None = None
+        self.signing_input = b""
+        self.signature = b""
+        self.error: VerificationError | None = None
+        self.credential: Credential | None = None
+        self.matched: dict[str, str | None] = {}
 
 
 class Verification:
@@ -209,13 +263,14 @@ class Verification:
         options: VerifyOptions | None = None,
         bare: bool = False,
         signature_key: Credential | None = None,
-        header_cache: MutableMapping[str, dict[str, Any]] | None = None,
+        cache: DecodeCache | None = None,
     ) -> None:
         self.now = now
-        self.call = call or CallInfo()
-        self.options = options or VerifyOptions()
+        self.call = call or _NO_CALL
+        self.options = options or _DEFAULT_OPTIONS
         self._signature_key = signature_key
-        self._header_cache = header_cache
+        # Cached contexts were judged with no signature check between steps 4 and 5.
+        self._cache = cache if signature_key is None else None
         self._entries: list[_Entry] = []
         self._top_error: VerificationError | None = None
         try:
@@ -224,7 +279,7 @@ class Verification:
             self._top_error = exc
             return
         for index, value in enumerate(raw):
-            self._entries.append(self._check(index, value, bare=bare))
+            self._entries.append(self._check(index, value, bare))
 
     # -- steps 1-9 -------------------------------------------------------------------------
 
@@ -241,56 +296,67 @@ class Verification:
             )
         return raw
 
-    def _check(self, index: int, value: str, *, bare: bool) -> _Entry:
-        entry = _Entry(result=HeaderResult(index=index, ppt=None, status="pending"))
+    def _check(self, index: int, value: str, bare: bool) -> _Entry:
+        result = HeaderResult(index=index, ppt=None, status="pending")
+        entry = _Entry(result)
         try:
-            if bare:
-                token = value.strip()
-                if ";" in token:
-                    raise errors.MalformedIdentity("a bare PASSporT carries no parameters")
-                ident = None
-            else:
-                ident = parse_identity(value)
-                token = ident.token
-                entry.ident = ident
-                entry.result.ppt = ident.ppt
-                entry.result.ppi = ident.signature_segment
-            param_ppt = ident.ppt if ident else None
-            if param_ppt is not None and param_ppt != SHAKEN:
-                entry.shaken = False
-            jws = decode_jws(token, self._header_cache)
-            entry.jws = jws
-            header_ppt = ppt_of(jws.header)
-            if entry.result.ppt is None:
-                entry.result.ppt = header_ppt
-            if param_ppt is None and header_ppt is not None and header_ppt != SHAKEN:
-                entry.shaken = False
-            if not entry.shaken:
-                entry.result.status = "not_verified"
-                entry.result.reason = Reason(
-                    sip_code=errors.InvalidPpt.sip_code,
-                    text=errors.InvalidPpt.text,
-                    slug="unsupported_ppt",
-                    detail=f"not verified: unsupported ppt {entry.result.ppt!r}",
-                )
-                return entry
-            check_algorithm(jws.header, ident.alg if ident else None)
-            if self._signature_key is not None:
-                verify_es256(self._signature_key.public_key, jws.signing_input, jws.signature)
-            check_ppt(jws.header, param_ppt, SHAKEN)
-            x5u = check_x5u(jws.header, ident.info if ident else None, require_info=not bare)
-            entry.result.x5u = x5u
-            claims = check_shaken_claims(jws.payload)
-            entry.claims = claims
-            check_freshness(
+            token, suffix = split_value(value)  # step 2
+            if bare and suffix:
+                raise errors.MalformedIdentity("a bare PASSporT carries no parameters")
+            h64, p64, s64 = token.split(".")
+            if not bare:
+                result.ppi = s64
+            key = (h64, suffix)
+            cache = self._cache
+            ctx = cache.contexts.get(key) if cache is not None else None
+            if ctx is None:
+                params = parse_params(suffix)
+                param_ppt = params.get("ppt")
+                if param_ppt is not None and param_ppt != SHAKEN:
+                    result.ppt = param_ppt
+                    return self._not_verified(entry)
+                ctx = _Context(decode_header(h64), params)  # step 3
+            result.ppt = ctx.ppt
+            if not ctx.shaken:
+                if cache is not None:
+                    cache.store(key, ctx)
+                return self._not_verified(entry)
+            entry.payload = payload = decode_payload(p64)  # step 3
+            entry.signature = decode_signature(s64)
+            entry.signing_input = f"{h64}.{p64}".encode("ascii")
+            if ctx.x5u is None:
+                check_algorithm(ctx.header, ctx.params.get("alg"))  # step 4
+                if self._signature_key is not None:
+                    verify_es256(
+                        self._signature_key.public_key, entry.signing_input, entry.signature
+                    )
+                check_ppt(ctx.header, ctx.params.get("ppt"), SHAKEN)  # step 5
+                ctx.x5u = check_x5u(ctx.header, ctx.params.get("info"), require_info=not bare)
+                if cache is not None:
+                    cache.store(key, ctx)
+            result.x5u = ctx.x5u
+            entry.claims = claims = check_shaken_claims(payload)  # step 7
+            check_freshness(  # step 8
                 claims.iat,
                 self.now,
                 max_age=self.options.max_iat_age,
                 max_future_skew=self.options.max_future_skew,
             )
-            entry.matched = _match_numbers(claims, self.call, self.options)
+            entry.matched = _match_numbers(claims, self.call, self.options)  # step 9
         except VerificationError as exc:
             self._fail(entry, exc)
+        return entry
+
+    @staticmethod
+    def _not_verified(entry: _Entry) -> _Entry:
+        entry.shaken = False
+        entry.result.status = "not_verified"
+        entry.result.reason = Reason(
+            sip_code=errors.InvalidPpt.sip_code,
+            text=errors.InvalidPpt.text,
+            slug="unsupported_ppt",
+            detail=f"not verified: unsupported ppt {entry.result.ppt!r}",
+        )
         return entry
 
     # -- steps 10-12 -----------------------------------------------------------------------
@@ -309,10 +375,8 @@ class Verification:
         """Steps 11 (validity at ``now``) and 12 (signature) with a validated credential."""
         try:
             credential.check_time(self.now)
-            if entry.jws is None:
-                raise RuntimeError("entry is not pending")
             if self._signature_key is None:  # else checked at step 4 (module docstring)
-                verify_es256(credential.public_key, entry.jws.signing_input, entry.jws.signature)
+                verify_es256(credential.public_key, entry.signing_input, entry.signature)
         except VerificationError as exc:
             self._fail(entry, exc)
             return
@@ -335,8 +399,19 @@ class Verification:
         identities = [e.result for e in self._entries]
         if self._top_error is not None:
             return _failed(self._top_error, identities)
-        shaken = [e for e in self._entries if e.shaken]
-        if not shaken:
+        first: _Entry | None = None
+        chosen: _Entry | None = None
+        count = 0
+        for e in self._entries:
+            if not e.shaken:
+                continue
+            if e.result.status == "pending":
+                raise RuntimeError("Verification.result() called with headers still pending")
+            count += 1
+            first = first or e
+            if chosen is None and e.result.status == "passed":
+                chosen = e
+        if first is None:
             ppts = ", ".join(repr(e.result.ppt) for e in self._entries)
             return _failed(
                 errors.NoShakenPassport(
@@ -344,29 +419,29 @@ class Verification:
                 ),
                 identities,
             )
-        if any(e.result.status == "pending" for e in shaken):
-            raise RuntimeError("Verification.result() called with headers still pending")
-        chosen = next((e for e in shaken if e.result.status == "passed"), shaken[0])
-        warnings = list(chosen.claims.warnings) if chosen.claims else []
-        if len(shaken) > 1:
-            warnings.append(
-                f"{len(shaken)} SHAKEN PASSporTs; the verdict is header {chosen.result.index}'s"
-            )
-        if chosen.credential is not None:
-            warnings.extend(chosen.credential.warnings)
+        chosen = chosen or first
         claims = chosen.claims
-        if chosen.error is not None:
-            result = _failed(chosen.error, identities)
-        else:
-            result = Result(verstat=TN_VALIDATION_PASSED, identities=identities)
-        result.attest = claims.attest if claims else None
-        result.claims = chosen.jws.payload if chosen.jws is not None and claims else None
-        result.certificate = chosen.credential.certificate if chosen.credential else None
-        result.x5u = chosen.result.x5u
-        result.origid = claims.origid if claims else None
-        result.matched = chosen.matched
-        result.warnings = warnings
-        return result
+        credential = chosen.credential
+        warnings = list(claims.warnings) if claims else []
+        if count > 1:
+            warnings.append(
+                f"{count} SHAKEN PASSporTs; the verdict is header {chosen.result.index}'s"
+            )
+        if credential is not None and credential.warnings:
+            warnings.extend(credential.warnings)
+        error = chosen.error
+        return Result(
+            verstat=error.verstat if error is not None else TN_VALIDATION_PASSED,
+            reason=Reason.of(error) if error is not None else None,
+            attest=claims.attest if claims else None,
+            claims=chosen.payload if claims else None,
+            certificate=credential.certificate if credential else None,
+            x5u=chosen.result.x5u,
+            origid=claims.origid if claims else None,
+            matched=chosen.matched,
+            identities=identities,
+            warnings=warnings,
+        )
 
 
 def _failed(exc: VerificationError, identities: list[HeaderResult]) -> Result:
@@ -397,36 +472,46 @@ def _uri_key(value: str) -> str:
 def _match_numbers(
     claims: ShakenClaims, call: CallInfo, options: VerifyOptions
 ) -> dict[str, str | None]:
-    matched: dict[str, str | None] = {"orig": None, "dest": None}
-    calling = [(n, v) for n, v in (("pai", call.pai), ("from", call.from_)) if v]
-    if calling:
-        for name, value in calling:
-            tn = tn_from_uri(value)
-            if tn is not None and _same_tn(tn, claims.orig_tn, options.nanp_national_match):
-                matched["orig"] = name
-                break
+    nanp = options.nanp_national_match
+    orig: str | None = None
+    if call.pai or call.from_:
+        for name, value in (("pai", call.pai), ("from", call.from_)):
+            if value:
+                tn = tn_from_uri(value)
+                if tn is not None and _same_tn(tn, claims.orig_tn, nanp):
+                    orig = name
+                    break
         else:
-            given = " nor ".join(f"{n} {v!r}" for n, v in calling)
+            given = " nor ".join(
+                f"{n} {v!r}" for n, v in (("pai", call.pai), ("from", call.from_)) if v
+            )
             raise errors.OrigMismatch(f"orig.tn {claims.orig_tn!r} does not match {given}")
-    called = [(n, v) for n, v in (("to", call.to), ("ruri", call.ruri)) if v]
-    if called:
-        uris = {_uri_key(u) for u in claims.dest_uris}
-        uri_tns = {t for t in (tn_from_uri(u) for u in claims.dest_uris) if t}
-        targets = set(claims.dest_tns) | uri_tns
-        for name, value in called:
-            tn = tn_from_uri(value)
-            hit = (
-                tn is not None
-                and any(_same_tn(tn, t, options.nanp_national_match) for t in targets)
-            ) or _uri_key(value) in uris
-            if hit:
-                matched["dest"] = name
+    dest: str | None = None
+    if call.to or call.ruri:
+        for name, value in (("to", call.to), ("ruri", call.ruri)):
+            if value and _dest_matches(value, claims, nanp):
+                dest = name
                 break
         else:
-            given = " nor ".join(f"{n} {v!r}" for n, v in called)
-            dest = list(claims.dest_tns) + list(claims.dest_uris)
-            raise errors.DestMismatch(f"dest {dest!r} does not match {given}")
-    return matched
+            given = " nor ".join(
+                f"{n} {v!r}" for n, v in (("to", call.to), ("ruri", call.ruri)) if v
+            )
+            targets = list(claims.dest_tns) + list(claims.dest_uris)
+            raise errors.DestMismatch(f"dest {targets!r} does not match {given}")
+    return {"orig": orig, "dest": dest}
+
+
+def _dest_matches(value: str, claims: ShakenClaims, nanp: bool) -> bool:
+    tn = tn_from_uri(value)
+    if tn is not None:
+        if tn in claims.dest_tns or any(_same_tn(tn, t, nanp) for t in claims.dest_tns):
+            return True
+        if any(t is not None and _same_tn(tn, t, nanp) for t in map(tn_from_uri, claims.dest_uris)):
+            return True
+    if claims.dest_uris:
+        key = _uri_key(value)
+        return any(_uri_key(u) == key for u in claims.dest_uris)
+    return False
 
 
 # -- offline (forensic) verification -----------------------------------------------------------
@@ -506,12 +591,10 @@ async def verify(
     credentials: CredentialSource,
     call: CallInfo | None = None,
     options: VerifyOptions | None = None,
-    header_cache: MutableMapping[str, dict[str, Any]] | None = None,
+    cache: DecodeCache | None = None,
 ) -> Result:
     """The online pipeline: steps 1-9, then each pending header's credential, then 11-12."""
-    verification = Verification(
-        values, now=now, call=call, options=options, header_cache=header_cache
-    )
+    verification = Verification(values, now=now, call=call, options=options, cache=cache)
     for entry in verification.pending():
         try:
             credential = await credentials.get(Verification.x5u_of(entry), now=now)

@@ -1,0 +1,88 @@
+"""Verifications per second of the pure pipeline, beside `openssl speed` ECDSA P-256 verify.
+
+The certificate is already validated (what a cache hit gives): the figure is the cost of
+parsing, decoding, checking claims, numbers and freshness, and the ES256 signature.
+Each PASSporT is distinct (its own origid and signature), as in real traffic.
+
+    .venv/bin/python benchmarks/bench_core.py [--seconds 3] [--json]
+
+The ratio to openssl's single-core verify rate is what to compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import time
+
+from verifier.certs import TrustStore
+from verifier.testing import TestPKI
+from verifier.verify import CallInfo, DecodeCache, Verification
+
+
+def openssl_verify_per_s(seconds: int) -> float:
+    """ECDSA P-256 verify/s from `openssl speed` (one core), measured now."""
+    out = subprocess.run(
+        ["openssl", "speed", "-seconds", str(seconds), "ecdsap256"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for line in out.splitlines():
+        m = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", line)
+        if m:
+            return float(m.group(2))
+    raise RuntimeError(f"cannot read openssl speed output:\n{out}")
+
+
+def pipeline_verify_per_s(seconds: float, count: int = 2000) -> float:
+    pki = TestPKI.create()
+    now = time.time()
+    credential = TrustStore([pki.root.cert]).validate(list(pki.signer.chain), now)
+    headers = [pki.signer.identity(iat=int(now)) for _ in range(count)]
+    call = CallInfo(from_="12155551212", to="12155551213")
+    cache = DecodeCache()
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for value in headers:
+            verification = Verification(value, now=now, call=call, cache=cache)
+            for entry in verification.pending():
+                verification.settle(entry, credential)
+            if not verification.result().passed:
+                raise RuntimeError("benchmark PASSporT did not verify")
+        done += len(headers)
+        if time.perf_counter() >= deadline:
+            break
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    ours = pipeline_verify_per_s(args.seconds)
+    openssl = openssl_verify_per_s(args.seconds)
+    ratio = ours / openssl
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "verify_per_s": round(ours, 1),
+                    "openssl_verify_per_s": round(openssl, 1),
+                    "ratio": round(ratio, 3),
+                }
+            )
+        )
+    else:
+        print(f"pipeline verify/s (cached certificate): {ours:10.1f}")
+        print(f"openssl speed ecdsap256 verify/s:       {openssl:10.1f}")
+        print(f"ratio:                                  {ratio:10.3f}  (target >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()
