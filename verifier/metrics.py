@@ -1,0 +1,162 @@
+"""Prometheus metrics, one registry per application (no process-global state).
+
+With ``verifier serve --workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` for its
+workers: counters and histograms are then summed over all workers at every scrape, and the
+cache gauges are those of the worker that answered.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from .verify import Result
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+_FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class _FetcherCollector(Collector):
+    """Cache and fetch counters read from the fetcher at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        s = self._stats()
+        cache = CounterMetricFamily(
+            "verifier_x5u_cache_lookups", "x5u credential cache lookups", labels=["result"]
+        )
+        for result, key in (
+            ("hit", "hits"),
+            ("miss", "misses"),
+            ("stale", "stale_served"),
+            ("negative", "negative_hits"),
+            ("coalesced", "coalesced"),
+        ):
+            cache.add_metric([result], s.get(key, 0))
+        yield cache
+        yield GaugeMetricFamily(
+            "verifier_x5u_cache_entries",
+            "validated credentials cached",
+            value=s.get("cache_size", 0),
+        )
+        yield GaugeMetricFamily(
+            "verifier_x5u_negative_entries",
+            "failures remembered",
+            value=s.get("negative_size", 0),
+        )
+        yield GaugeMetricFamily(
+            "verifier_x5u_breakers_open",
+            "hosts whose circuit is open",
+            value=s.get("breakers_open", 0),
+        )
+        fetches = CounterMetricFamily("verifier_x5u_fetches", "x5u fetches made", labels=["kind"])
+        fetches.add_metric(["fetch"], s.get("fetches", 0))
+        fetches.add_metric(["refresh"], s.get("refreshes", 0))
+        yield fetches
+        errors = CounterMetricFamily(
+            "verifier_x5u_fetch_errors", "failed x5u fetches by host", labels=["host"]
+        )
+        for host, count in sorted(s.get("fetch_errors", {}).items()):
+            errors.add_metric([host], count)
+        yield errors
+        yield CounterMetricFamily(
+            "verifier_x5u_breaker_opens",
+            "circuit breaker openings",
+            value=s.get("breaker_opens", 0),
+        )
+        crl = CounterMetricFamily("verifier_crl_fetches", "CRL fetches", labels=["result"])
+        crl.add_metric(["ok"], max(0, s.get("crl_fetches", 0) - s.get("crl_failures", 0)))
+        crl.add_metric(["failed"], s.get("crl_failures", 0))
+        yield crl
+
+
+class Metrics:
+    """The service's metrics. You get one per application from :func:`Metrics.create`."""
+
+    def __init__(self, registry: CollectorRegistry, *, multiprocess: bool) -> None:
+        self.registry = registry
+        self._multiprocess = multiprocess
+        self._fetcher: _FetcherCollector | None = None
+        self.verifications = Counter(
+            "verifier_verifications",
+            "verifications by verstat, attestation and failure reason",
+            ["endpoint", "verstat", "attest", "reason"],
+            registry=registry,
+        )
+        self.signers = Counter(
+            "verifier_verifications_by_spc",
+            "verifications by the signer's SPC (from TNAuthList) and verstat",
+            ["spc", "verstat"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "verifier_verification_seconds",
+            "time to answer one verification request",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.fetch_latency = Histogram(
+            "verifier_x5u_fetch_seconds",
+            "time to fetch and validate one x5u",
+            ["outcome"],
+            buckets=_FETCH_BUCKETS,
+            registry=registry,
+        )
+        self.requests_rejected = Counter(
+            "verifier_requests_rejected",
+            "API requests refused before verification (requestError), by messageId",
+            ["message_id"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "verifier_reloads", "SIGHUP reloads by outcome", ["outcome"], registry=registry
+        )
+
+    @classmethod
+    def create(cls) -> Metrics:
+        return cls(CollectorRegistry(), multiprocess="PROMETHEUS_MULTIPROC_DIR" in os.environ)
+
+    def watch_fetcher(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._fetcher = _FetcherCollector(stats)
+        self.registry.register(self._fetcher)
+
+    def observe(self, endpoint: str, result: Result) -> None:
+        reason = result.reason.slug if result.reason is not None else ""
+        self.verifications.labels(endpoint, result.verstat, result.attest or "", reason).inc()
+        if result.certificate is not None:
+            for spc in result.certificate.spc:
+                self.signers.labels(spc, result.verstat).inc()
+
+    def render(self) -> bytes:
+        if self._multiprocess:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            if self._fetcher is not None:
+                merged.register(self._fetcher)
+            return generate_latest(merged)
+        return generate_latest(self.registry)

@@ -1,0 +1,165 @@
+"""SIP artefacts: the headers a verifier needs from an INVITE, and what it hands back. Pure.
+
+:func:`parse_invite` takes a raw SIP request (or just its header lines) and returns the
+Identity values, From, P-Asserted-Identity, To, Request-URI and Date. :func:`reason_header`
+builds the RFC 9410 ``Reason: STIR`` value for a failed verification.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from dataclasses import dataclass, field
+
+from .verify import Reason, Result
+
+__all__ = ["MAX_SIP_HEADERS", "SipError", "SipRequest", "parse_invite", "reason_header"]
+
+MAX_SIP_HEADERS = 512
+_COMPACT = {"f": "from", "t": "to", "i": "call-id", "y": "identity"}
+_REQUEST_LINE = re.compile(r"^([A-Z]+) (\S+) SIP/2\.0$")
+_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
+
+
+class SipError(ValueError):
+    """The text is not a SIP request or header block; the message says why."""
+
+
+@dataclass(slots=True, kw_only=True)
+class SipRequest:
+    method: str | None = None
+    ruri: str | None = None
+    identity: list[str] = field(default_factory=list)
+    from_: str | None = None
+    pai: list[str] = field(default_factory=list)
+    to: str | None = None
+    date: str | None = None
+    diversion: list[str] = field(default_factory=list)
+    history_info: list[str] = field(default_factory=list)
+
+    def date_epoch(self) -> float | None:
+        """The Date header as epoch seconds; None when absent.
+
+        Raises:
+            SipError: a Date that is not an RFC 1123 date.
+        """
+        if self.date is None:
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(self.date).timestamp()
+        except (TypeError, ValueError, IndexError):
+            raise SipError(f"Date {self.date!r} is not an RFC 1123 date") from None
+
+    def calling_pai(self) -> str | None:
+        """The P-Asserted-Identity to compare with orig: the tel URI if there is one."""
+        for value in self.pai:
+            if value.strip().lower().lstrip("<").startswith("tel:") or "<tel:" in value.lower():
+                return value
+        return self.pai[0] if self.pai else None
+
+
+def _split_commas(value: str) -> list[str]:
+    """Header values separated by commas outside quotes and <...>."""
+    out: list[str] = []
+    quoted = angle = escaped = False
+    start = 0
+    for i, ch in enumerate(value):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            angle = True
+        elif ch == ">":
+            angle = False
+        elif ch == "," and not angle:
+            out.append(value[start:i].strip())
+            start = i + 1
+    out.append(value[start:].strip())
+    return [v for v in out if v]
+
+
+def parse_invite(text: str) -> SipRequest:
+    """The verifier's view of a SIP request: a whole INVITE, or just its header lines.
+
+    Folded (continuation) lines are unfolded; compact header names are understood; the
+    body, after the first empty line, is ignored.
+
+    Raises:
+        SipError: no header at all, a line that is not ``Name: value``, or too many headers.
+    """
+    if "\x00" in text:
+        raise SipError("SIP message contains a NUL byte")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    request = SipRequest()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if lines:
+        match = _REQUEST_LINE.match(lines[0].strip())
+        if match:
+            request.method, request.ruri = match.group(1), match.group(2)
+            lines.pop(0)
+        elif lines[0].startswith("SIP/2.0"):
+            raise SipError("this is a SIP response, not a request")
+    headers: list[tuple[str, str]] = []
+    for line in lines:
+        if not line.strip():
+            break
+        if line[0] in " \t":
+            if not headers:
+                raise SipError("a continuation line comes before any header")
+            name, value = headers[-1]
+            headers[-1] = (name, value + " " + line.strip())
+            continue
+        name, colon, value = line.partition(":")
+        name = name.strip()
+        if not colon or not _TOKEN.fullmatch(name):
+            raise SipError(f"not a SIP header line: {line[:40]!r}")
+        headers.append((name, value.strip()))
+        if len(headers) > MAX_SIP_HEADERS:
+            raise SipError(f"more than {MAX_SIP_HEADERS} header lines")
+    if not headers and request.method is None:
+        raise SipError("no SIP request line and no header")
+    for name, value in headers:
+        key = name.lower()
+        key = _COMPACT.get(key, key)
+        if key == "identity":
+            request.identity.extend(_split_commas(value))
+        elif key == "from":
+            request.from_ = value
+        elif key == "to":
+            request.to = value
+        elif key == "p-asserted-identity":
+            request.pai.extend(_split_commas(value))
+        elif key == "date":
+            request.date = value
+        elif key == "diversion":
+            request.diversion.extend(_split_commas(value))
+        elif key == "history-info":
+            request.history_info.extend(_split_commas(value))
+    return request
+
+
+def reason_header(result: Result) -> str | None:
+    """RFC 9410 ``Reason`` header value for a failed verification, None when it passed.
+
+    With several Identity headers, ``ppi`` names the failing one by its signature.
+    The values come from our own reason table and base64url signatures, so nothing a
+    caller sent can inject into the header.
+    """
+    if result.reason is None:
+        return None
+    value = _reason_value(result.reason)
+    failing = [h for h in result.identities if h.status == "failed" and h.ppi]
+    if len(result.identities) > 1 and failing:
+        value += f';ppi="{failing[0].ppi}"'
+    return value
+
+
+def _reason_value(reason: Reason) -> str:
+    return f'STIR;cause={reason.sip_code};text="{reason.text}"'

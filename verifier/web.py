@@ -1,0 +1,639 @@
+"""The HTTP service: ATIS-1000082 REST API, the native API, and operations endpoints.
+
+``create_app(settings)`` builds the aiohttp application; ``run(settings)`` serves it. The
+x5u fetcher (and its client session) is opened and closed in one ``cleanup_ctx``; tests
+pass their own ``credentials`` source and ``clock``.
+
+Answers: a verification that fails is HTTP 200 with its verdict; 4xx (in the ATIS
+``requestError`` shape) is only for a request that cannot be understood. Nothing a caller
+sends produces a 500: the last-resort middleware answers POL5000 and logs the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .certs import TrustStore
+from .config import Settings
+from .errors import NoIdentity, RequestDateStale, VerificationError
+from .fetch import CertificateFetcher
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .sip import SipError, parse_invite, reason_header
+from .tn import tn_from_uri
+from .verify import (
+    CallInfo,
+    CredentialSource,
+    DecodeCache,
+    Reason,
+    Result,
+    verify,
+)
+
+__all__ = ["SERVICE", "ApiError", "Service", "create_app", "run"]
+
+log = logging.getLogger(__name__)
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+JSON = "application/json"
+
+
+# -- API errors (ATIS-1000082 requestError) ----------------------------------------------------
+
+
+class ApiError(Exception):
+    """A request that cannot be served, answered in the ATIS ``requestError`` shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message_id: str,
+        text: str,
+        variables: list[str] | None = None,
+        *,
+        kind: str = "serviceException",
+    ) -> None:
+        super().__init__(f"{message_id} {text} {variables or []}")
+        self.status = status
+        self.message_id = message_id
+        self.text = text
+        self.variables = variables or []
+        self.kind = kind
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "requestError": {
+                self.kind: {
+                    "messageId": self.message_id,
+                    "text": self.text,
+                    "variables": self.variables,
+                }
+            }
+        }
+
+
+def missing(name: str) -> ApiError:
+    return ApiError(400, "SVC4001", "Missing mandatory parameter '%1'", [name])
+
+
+def invalid(name: str, why: str) -> ApiError:
+    return ApiError(400, "SVC4005", "Invalid input value for message part %1: %2", [name, why])
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=_dumps(obj), status=status, content_type=JSON, headers=headers)
+
+
+def _mask(value: str | None, full: bool) -> str | None:
+    if value is None or full:
+        return value
+    tn = tn_from_uri(value)
+    if tn is None:
+        return "<not a TN>"
+    return "*" * max(0, len(tn) - 4) + tn[-4:]
+
+
+# -- the service -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Call:
+    """One verification to run: what the API request said, before verifying."""
+
+    identity: str | list[str] | None
+    call: CallInfo
+    date: float | None
+
+
+class Service:
+    """Everything a request needs, held by the application (``app[SERVICE]``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        trust: TrustStore,
+        *,
+        credentials: CredentialSource | None = None,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.trust = trust
+        self.credentials = credentials
+        self.clock = clock
+        self.metrics = metrics or Metrics.create()
+        self.cache = DecodeCache()
+        self.options = settings.options
+        self.ready = False
+        self._fetcher: CertificateFetcher | None = None
+        self._latency = {
+            name: self.metrics.latency.labels(name) for name in ("atis", "native", "sip", "batch")
+        }
+        api = settings.api
+        if api.reason_key_case == "camel":
+            self._reason_keys = ("reasonCode", "reasonText", "reasonDesc")
+        else:
+            self._reason_keys = ("reasoncode", "reasontext", "reasondesc")
+        self._pass_bodies: dict[str | None, bytes] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def attach_fetcher(self, fetcher: CertificateFetcher) -> None:
+        self._fetcher = fetcher
+        self.credentials = fetcher
+        self.metrics.watch_fetcher(fetcher.stats)
+
+    def reload(self) -> bool:
+        """Reload the trust anchors (SIGHUP). On error the old ones stay in force."""
+        try:
+            trust = TrustStore.from_paths(
+                self.settings.trust_anchors,
+                require_policy_oid=self.settings.verification.require_policy_oid,
+            )
+        except ValueError as exc:
+            log.error("reload_failed", extra={"error": str(exc)})
+            self.metrics.reloads.labels("failed").inc()
+            return False
+        self.trust = trust
+        if self._fetcher is not None:
+            self._fetcher.set_trust(trust)
+        self.metrics.reloads.labels("ok").inc()
+        log.info("reloaded", extra={"trust_anchors": len(trust.anchors)})
+        return True
+
+    # -- verifying -------------------------------------------------------------------------
+
+    async def verify(self, item: _Call, endpoint: str, request_id: str) -> Result:
+        now = self.clock()
+        if item.identity is None or item.identity == [] or item.identity == "":
+            result = _verdict(NoIdentity("the request carries no Identity header"))
+        elif (
+            item.date is not None
+            and abs(now - item.date) > self.settings.verification.max_date_skew
+        ):
+            result = _verdict(
+                RequestDateStale(
+                    f"request date {item.date:.0f} is {abs(now - item.date):.0f} s from now;"
+                    f" at most {self.settings.verification.max_date_skew:g} s allowed"
+                )
+            )
+        else:
+            if self.credentials is None:  # pragma: no cover - cleanup_ctx always attaches one
+                raise RuntimeError("no credential source")
+            result = await verify(
+                item.identity,
+                now=now,
+                credentials=self.credentials,
+                call=item.call,
+                options=self.options,
+                cache=self.cache,
+            )
+        self.metrics.observe(endpoint, result)
+        if self.settings.api.log_verifications:
+            self._log(endpoint, request_id, item, result)
+        return result
+
+    def _log(self, endpoint: str, request_id: str, item: _Call, result: Result) -> None:
+        full = self.settings.api.log_full_numbers
+        call = item.call
+        to = call.to if isinstance(call.to, str) or call.to is None else ",".join(call.to)
+        log.info(
+            "verification",
+            extra={
+                "endpoint": endpoint,
+                "request_id": request_id,
+                "verstat": result.verstat,
+                "attest": result.attest,
+                "reason": result.reason.slug if result.reason else None,
+                "sip_code": result.reason.sip_code if result.reason else None,
+                "spc": list(result.certificate.spc) if result.certificate else None,
+                "x5u": result.x5u,
+                "origid": result.origid,
+                "orig": _mask(call.pai or call.from_, full),
+                "dest": _mask(to or call.ruri, full),
+            },
+        )
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def atis_body(self, result: Result) -> bytes:
+        if result.reason is None:
+            body = self._pass_bodies.get(result.attest)
+            if body is None:
+                answer: dict[str, Any] = {"verstat": result.verstat}
+                if self.settings.api.include_attest and result.attest:
+                    answer["attest"] = result.attest
+                body = self._pass_bodies[result.attest] = _dumps({"verificationResponse": answer})
+            return body
+        code, text, desc = self._reason_keys
+        reason = result.reason
+        return _dumps(
+            {
+                "verificationResponse": {
+                    code: reason.sip_code,
+                    text: reason.text,
+                    desc: reason.detail,
+                    "verstat": result.verstat,
+                }
+            }
+        )
+
+    @staticmethod
+    def native_body(result: Result, request_id: str) -> dict[str, Any]:
+        body = result.to_dict()
+        body["request_id"] = request_id
+        body["sip"] = {
+            "verstat": result.verstat,
+            "reason": reason_header(result),
+            "reasons": [
+                f'STIR;cause={h.reason.sip_code};text="{h.reason.text}";ppi="{h.ppi}"'
+                for h in result.identities
+                if h.status == "failed" and h.reason is not None and h.ppi
+            ],
+        }
+        return body
+
+
+def _verdict(exc: VerificationError) -> Result:
+    return Result(verstat=exc.verstat, reason=Reason.of(exc))
+
+
+SERVICE = web.AppKey("service", Service)
+
+
+# -- request parsing ---------------------------------------------------------------------------
+
+
+def _request_id(request: web.Request) -> str:
+    rid = request.headers.get("X-RequestID")
+    if rid is not None and 0 < len(rid) <= 128 and rid.isprintable():
+        return rid
+    return os.urandom(8).hex()
+
+
+def _check_accept(request: web.Request) -> None:
+    accept = request.headers.get("Accept")
+    if not accept:
+        return
+    for part in accept.split(","):
+        media = part.split(";", 1)[0].strip().lower()
+        if media in (JSON, "application/*", "*/*") or media.endswith("+json"):
+            return
+    raise ApiError(406, "SVC4002", "Not Acceptable: %1", [accept[:100]])
+
+
+async def _read_body(request: web.Request, limit: int, types: tuple[str, ...] = (JSON,)) -> bytes:
+    _check_accept(request)
+    if request.content_type not in types:
+        raise ApiError(
+            415, "SVC4004", "Unsupported Media Type: %1", [request.content_type or "none"]
+        )
+    length = request.content_length
+    if length is None:
+        raise ApiError(411, "SVC4007", "Length Required", [])
+    if length > limit:
+        raise ApiError(413, "SVC4000", "Request body larger than %1 bytes", [str(limit)])
+    body = await request.read()
+    if not body:
+        raise ApiError(400, "SVC4000", "Missing request body", [])
+    return body
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ApiError(
+            400, "SVC4006", "Failed to parse message body: %1", [str(exc)[:200]]
+        ) from None
+
+
+def _tn_field(obj: dict[str, Any], outer: str) -> Any:
+    if outer not in obj:
+        raise missing(outer)
+    part = obj[outer]
+    if not isinstance(part, dict):
+        raise invalid(outer, "must be an object")
+    if "tn" not in part:
+        raise missing(f"{outer}.tn")
+    return part["tn"]
+
+
+def _atis_call(data: Any) -> _Call:
+    if not isinstance(data, dict):
+        raise invalid("body", "must be a JSON object")
+    request = data.get("verificationRequest")
+    if request is None:
+        raise missing("verificationRequest")
+    if not isinstance(request, dict):
+        raise invalid("verificationRequest", "must be an object")
+    orig = _tn_field(request, "from")
+    if not isinstance(orig, str) or tn_from_uri(orig) is None:
+        raise invalid("from.tn", "must be a telephone number")
+    dest = _tn_field(request, "to")
+    if not isinstance(dest, list) or not dest or not all(isinstance(t, str) for t in dest):
+        raise invalid("to.tn", "must be a non-empty array of telephone numbers")
+    if any(tn_from_uri(t) is None for t in dest):
+        raise invalid("to.tn", "must be a non-empty array of telephone numbers")
+    if "time" not in request:
+        raise missing("time")
+    when = request["time"]
+    if type(when) is not int:
+        raise invalid("time", "must be an integer (epoch seconds)")
+    identity = request.get("identity")
+    if identity is not None and not _identity_ok(identity):
+        raise invalid("identity", "must be a string or an array of strings")
+    return _Call(identity=identity, call=CallInfo(from_=orig, to=tuple(dest)), date=float(when))
+
+
+def _identity_ok(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+_NATIVE_FIELDS = frozenset({"identity", "from", "pai", "to", "ruri", "date"})
+
+
+def _native_call(data: Any, where: str = "") -> _Call:
+    if not isinstance(data, dict):
+        raise invalid(where or "body", "must be a JSON object")
+    unknown = set(data) - _NATIVE_FIELDS
+    if unknown:
+        raise invalid(f"{where}{sorted(unknown)[0]}", "unknown field")
+    identity = data.get("identity")
+    if identity is not None and not _identity_ok(identity):
+        raise invalid(f"{where}identity", "must be a string or an array of strings")
+    parties: dict[str, str | None] = {}
+    for name in ("from", "pai", "to", "ruri"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise invalid(f"{where}{name}", "must be a string (a TN or a SIP/tel URI)")
+        parties[name] = value
+    date = data.get("date")
+    when: float | None = None
+    if date is not None:
+        if type(date) is int:
+            when = float(date)
+        elif isinstance(date, str):
+            from email.utils import parsedate_to_datetime
+
+            try:
+                when = parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError, IndexError):
+                raise invalid(f"{where}date", "must be epoch seconds or an RFC 1123 date") from None
+        else:
+            raise invalid(f"{where}date", "must be epoch seconds or an RFC 1123 date")
+    return _Call(
+        identity=identity,
+        call=CallInfo(
+            from_=parties["from"], pai=parties["pai"], to=parties["to"], ruri=parties["ruri"]
+        ),
+        date=when,
+    )
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/stir/v1/verification")
+async def atis_verification(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    rid = _request_id(request)
+    started = time.perf_counter()
+    item = _atis_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
+    result = await service.verify(item, "atis", rid)
+    service._latency["atis"].observe(time.perf_counter() - started)
+    return web.Response(
+        body=service.atis_body(result), content_type=JSON, headers={"X-RequestID": rid}
+    )
+
+
+@routes.post("/v1/verify")
+async def native_verify(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    rid = _request_id(request)
+    started = time.perf_counter()
+    item = _native_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
+    result = await service.verify(item, "native", rid)
+    service._latency["native"].observe(time.perf_counter() - started)
+    return _json(service.native_body(result, rid), headers={"X-RequestID": rid})
+
+
+@routes.post("/v1/verify/sip")
+async def sip_verify(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    rid = _request_id(request)
+    started = time.perf_counter()
+    body = await _read_body(
+        request, service.settings.api.body_limit, ("text/plain", "message/sip", "application/sip")
+    )
+    try:
+        sip = parse_invite(body.decode("utf-8"))
+        date = sip.date_epoch()
+    except UnicodeDecodeError:
+        raise ApiError(400, "SVC4006", "Failed to parse message body: %1", ["not UTF-8"]) from None
+    except SipError as exc:
+        raise ApiError(400, "SVC4006", "Failed to parse message body: %1", [str(exc)]) from None
+    item = _Call(
+        identity=sip.identity,
+        call=CallInfo(from_=sip.from_, pai=sip.calling_pai(), to=sip.to, ruri=sip.ruri),
+        date=date,
+    )
+    result = await service.verify(item, "sip", rid)
+    service._latency["sip"].observe(time.perf_counter() - started)
+    return _json(service.native_body(result, rid), headers={"X-RequestID": rid})
+
+
+@routes.post("/v1/verify/batch")
+async def batch_verify(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    rid = _request_id(request)
+    started = time.perf_counter()
+    api = service.settings.api
+    data = _parse_json(await _read_body(request, api.batch_body_limit))
+    if not isinstance(data, dict):
+        raise invalid("body", "must be a JSON object")
+    if "requests" not in data:
+        raise missing("requests")
+    items = data["requests"]
+    if not isinstance(items, list):
+        raise invalid("requests", "must be an array")
+    if len(items) > api.batch_max:
+        raise invalid("requests", f"at most {api.batch_max} requests in one batch")
+    results: list[dict[str, Any]] = []
+    for index, raw in enumerate(items):
+        try:
+            item = _native_call(raw, f"requests[{index}].")
+        except ApiError as exc:
+            service.metrics.requests_rejected.labels(exc.message_id).inc()
+            results.append(exc.body())
+            continue
+        result = await service.verify(item, "batch", f"{rid}/{index}")
+        results.append(service.native_body(result, f"{rid}/{index}"))
+    service._latency["batch"].observe(time.perf_counter() - started)
+    return _json({"request_id": rid, "results": results}, headers={"X-RequestID": rid})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok", "version": __version__})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    ready = service.ready and service.credentials is not None
+    body = {
+        "status": "ready" if ready else "not ready",
+        "trust_anchors": len(service.trust.anchors),
+    }
+    return _json(body, status=200 if ready else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI_PATH.read_bytes(), content_type=JSON)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    error_source: Exception | None = None
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        error_source = exc
+        if exc.status == 404:
+            error = ApiError(404, "SVC4003", "Resource not found: %1", [request.path[:200]])
+        elif exc.status == 405:
+            error = ApiError(
+                405, "POL4050", "Method not allowed: %1", [request.method], kind="policyException"
+            )
+        elif exc.status == 413:
+            error = ApiError(413, "SVC4000", "Request body too large", [])
+        else:
+            raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("internal_error", extra={"path": request.path})
+        error = ApiError(500, "POL5000", "Internal server error", [], kind="policyException")
+    service = request.app.get(SERVICE)
+    if service is not None:
+        service.metrics.requests_rejected.labels(error.message_id).inc()
+    headers = {}
+    rid = request.headers.get("X-RequestID")
+    if rid is not None and 0 < len(rid) <= 128 and rid.isprintable():
+        headers["X-RequestID"] = rid
+    if isinstance(error_source, web.HTTPException) and "Allow" in error_source.headers:
+        headers["Allow"] = error_source.headers["Allow"]
+    return _json(error.body(), status=error.status, headers=headers)
+
+
+# -- application -------------------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings,
+    *,
+    trust: TrustStore | None = None,
+    credentials: CredentialSource | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The aiohttp application.
+
+    ``trust`` defaults to the settings' trust anchors; ``credentials`` to an x5u fetcher
+    opened with the application (one shared client session). Tests pass their own.
+
+    Raises:
+        ValueError: no trust anchor could be loaded (the service refuses to start).
+    """
+    if trust is None:
+        trust = TrustStore.from_paths(
+            settings.trust_anchors,
+            require_policy_oid=settings.verification.require_policy_oid,
+        )
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.api.batch_body_limit
+    )
+    service = Service(settings, trust, credentials=credentials, clock=clock)
+    app[SERVICE] = service
+    app.add_routes(routes)
+    app.cleanup_ctx.append(_fetcher_ctx)
+    app.on_shutdown.append(_not_ready)
+    return app
+
+
+async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE]
+    if service.credentials is not None:
+        service.ready = True
+        yield
+        service.ready = False
+        return
+    async with CertificateFetcher(
+        service.trust, service.settings.x5u, clock=service.clock
+    ) as fetcher:
+        service.attach_fetcher(fetcher)
+        service.ready = True
+        yield
+        service.ready = False
+
+
+async def _not_ready(app: web.Application) -> None:
+    app[SERVICE].ready = False
+
+
+def run(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the trust anchors.
+
+    Raises:
+        ValueError: no trust anchor could be loaded.
+    """
+    app = create_app(settings)
+
+    async def on_startup(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, app[SERVICE].reload)
+
+    app.on_startup.append(on_startup)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port or None,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        print=lambda *_: None,
+        handle_signals=True,
+    )
