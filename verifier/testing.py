@@ -429,3 +429,31 @@ def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def make_crl(
+    ca: CA,
+    revoked_serials: Iterable[int] = (),
+    *,
+    next_update: dt.datetime | None = None,
+    last_update: dt.datetime | None = None,
+    signer: PrivateKey | None = None,
+) -> bytes:
+    """A DER CRL issued by ``ca`` listing ``revoked_serials``; ``signer`` (another key)
+    makes one whose signature does not verify."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(last_update or now - dt.timedelta(hours=1))
+        .next_update(next_update or now + _DAY)
+    )
+    for serial in revoked_serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(minutes=30))
+            .build()
+        )
+    key = signer or ca.key
+    return builder.sign(key, _hash_for(key)).public_bytes(serialization.Encoding.DER)

@@ -1,0 +1,753 @@
+"""verifier.fetch: x5u rules, SSRF refusals, the cache layers, against a real local HTTPS
+repository (verifier.repository) on 127.0.0.1. The only fakes: the clock, and DNS answers
+for names of other networks. Nothing here connects anywhere but 127.0.0.1."""
+
+# STYLE.md: asserts read ``expected == actual``.
+# ruff: noqa: SIM300
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from verifier import errors
+from verifier.certs import TrustStore
+from verifier.fetch import CertificateFetcher, FetchSettings
+from verifier.repository import Repository
+from verifier.testing import TestPKI, pem
+from verifier.verify import CallInfo, verify
+
+SLOW = 0.3  # the total timeout in tests that wait for one
+
+
+class Clock:
+    """The fetcher's bookkeeping clock, moved by hand. Starts at the real time, so that
+    certificate validity (real dates) and cache lifetimes share one time line."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+class NoConnector(aiohttp.BaseConnector):
+    """A connector that never opens a socket: it records the attempt and fails. Sessions
+    built on it prove that a refusal happened before any connection was tried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: list[str] = []
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        self.attempts.append(str(req.url))
+        raise aiohttp.ClientConnectorError(req.connection_key, OSError("no network in tests"))
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPKI:
+    return TestPKI.create()
+
+
+@pytest.fixture(scope="module")
+def trust(pki: TestPKI) -> TrustStore:
+    return TrustStore([pki.root.cert])
+
+
+@pytest.fixture
+async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
+    async with Repository.create(pki) as repository:
+        yield repository
+
+
+@pytest.fixture
+def ca_file(repo: Repository, tmp_path: Path) -> str:
+    path = tmp_path / "repo-ca.pem"
+    path.write_bytes(repo.ca_pem)
+    return str(path)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+MakeFetcher = Callable[..., Awaitable[CertificateFetcher]]
+
+
+@pytest.fixture
+async def make_fetcher(
+    repo: Repository, ca_file: str, trust: TrustStore, clock: Clock
+) -> AsyncIterator[MakeFetcher]:
+    """``await make_fetcher(**settings)``: a fetcher for the repository (its port allowed,
+    loopback allowed, its TLS CA trusted, the fake clock), closed after the test."""
+    opened: list[CertificateFetcher] = []
+
+    async def make(
+        *, session: aiohttp.ClientSession | None = None, resolver: Any = None, **kw: Any
+    ) -> CertificateFetcher:
+        kw.setdefault("ports", frozenset({repo.port}))
+        kw.setdefault("allow_private_x5u", True)
+        kw.setdefault("ca_file", ca_file)
+        kw.setdefault("timeout", 2.0)
+        extra: dict[str, Any] = {"resolver": resolver} if resolver is not None else {}
+        fetcher = CertificateFetcher(
+            kw.pop("trust", trust), FetchSettings(**kw), session=session, clock=clock, **extra
+        )
+        await fetcher.__aenter__()
+        opened.append(fetcher)
+        return fetcher
+
+    yield make
+    for fetcher in opened:
+        await fetcher.close()
+
+
+@pytest.fixture
+async def no_network() -> AsyncIterator[tuple[aiohttp.ClientSession, NoConnector]]:
+    connector = NoConnector()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session, connector
+
+
+# -- fetching ----------------------------------------------------------------------------------
+
+
+async def test_fetches_validates_and_caches(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher()
+    first = await fetcher.get(url, now=time.time())
+    second = await fetcher.get(url, now=time.time())
+    assert ("1234",) == first.certificate.spc if first.certificate else None
+    assert first is second
+    assert 1 == repo.counts["/sp.pem"]
+    stats = fetcher.stats()
+    assert (1, 1, 1, 1) == (stats["misses"], stats["hits"], stats["fetches"], stats["cache_size"])
+
+
+async def test_der_body(repo: Repository, make_fetcher: MakeFetcher, pki: TestPKI) -> None:
+    url = repo.put(
+        "/sp.der", pki.signer.cert.public_bytes(Encoding.DER), content_type="application/pkix-cert"
+    )
+    fetcher = await make_fetcher(trust=TrustStore([pki.ca.cert]))  # the leaf alone: CA anchors
+    credential = await fetcher.get(url, now=time.time())
+    assert credential.certificate is not None
+    assert pki.signer.cert.serial_number == int(credential.certificate.serial, 16)
+
+
+async def test_pipeline_verifies_with_fetched_x5u(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    signer = pki.ca.issue_leaf("5678", x5u=url)
+    repo.put("/sp.pem", signer.chain_pem())
+    fetcher = await make_fetcher()
+    now = time.time()
+    result = await verify(
+        signer.identity(orig="12155551212", dest="12155551213", iat=int(now)),
+        now=now,
+        credentials=fetcher,
+        call=CallInfo(from_="12155551212", to="12155551213"),
+    )
+    assert errors.TN_VALIDATION_PASSED == result.verstat
+    assert result.certificate is not None and ("5678",) == result.certificate.spc
+
+
+# -- the URL rules: refused before anything is sent ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("http://127.0.0.1:{port}/sp.pem", "scheme must be https"),
+        ("https://127.0.0.1:{bad}/sp.pem", "port"),
+        ("https://127.0.0.1:{port}/sp.pem?x=1", "query"),
+        ("https://user@127.0.0.1:{port}/sp.pem", "userinfo"),
+        ("https://127.0.0.1:{port}/sp.pem#f", "fragment"),
+    ],
+)
+async def test_url_rules(
+    repo: Repository,
+    make_fetcher: MakeFetcher,
+    no_network: tuple[aiohttp.ClientSession, NoConnector],
+    template: str,
+    words: str,
+) -> None:
+    session, connector = no_network
+    fetcher = await make_fetcher(session=session)
+    url = template.format(port=repo.port, bad=repo.http_port)
+    with pytest.raises(errors.X5uRefused, match=words):
+        await fetcher.get(url, now=time.time())
+    assert [] == connector.attempts
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://10.0.0.1/sp.pem", "private"),
+        ("https://169.254.169.254/latest/meta-data", "link-local"),
+        ("https://127.0.0.1/sp.pem", "loopback"),
+        ("https://[::1]/sp.pem", "loopback"),
+        ("https://[::ffff:10.0.0.1]/sp.pem", "IPv4-mapped private"),
+        ("https://100.64.0.1/sp.pem", "CGNAT"),
+        ("https://[fe80::1]/sp.pem", "link-local"),
+        ("https://0.0.0.0/sp.pem", "this network"),
+    ],
+)
+async def test_refused_addresses_are_never_connected(
+    make_fetcher: MakeFetcher,
+    no_network: tuple[aiohttp.ClientSession, NoConnector],
+    url: str,
+    why: str,
+) -> None:
+    session, connector = no_network
+    fetcher = await make_fetcher(session=session, allow_private_x5u=False, ports=frozenset({443}))
+    with pytest.raises(errors.X5uRefused, match=why) as info:
+        await fetcher.get(url, now=time.time())
+    assert "refused before connecting" in info.value.detail
+    assert 436 == info.value.sip_code
+    assert [] == connector.attempts
+
+
+async def test_loopback_refused_without_the_allowance(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher(allow_private_x5u=False)
+    with pytest.raises(errors.X5uRefused, match=r"127\.0\.0\.1 is loopback"):
+        await fetcher.get(url, now=time.time())
+    assert 0 == repo.requests
+
+
+async def test_allow_list_cidr_admits_loopback(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher(allow_private_x5u=False, private_allow=("127.0.0.0/8",))
+    assert (await fetcher.get(url, now=time.time())).certificate is not None
+
+
+async def test_name_resolving_to_private_address_is_refused(
+    make_fetcher: MakeFetcher, no_network: tuple[aiohttp.ClientSession, NoConnector]
+) -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def dns(host: str, port: int) -> list[str]:  # the answer of another network
+        asked.append((host, port))
+        return ["192.0.2.10", "10.1.2.3"] if host == "certs.example.net" else []
+
+    session, connector = no_network
+    fetcher = await make_fetcher(
+        session=session, resolver=dns, allow_private_x5u=False, ports=frozenset({443})
+    )
+    with pytest.raises(errors.X5uRefused, match=r"certs\.example\.net resolves to 192\.0\.2\.10"):
+        await fetcher.get("https://certs.example.net/sp.pem", now=time.time())
+    assert [("certs.example.net", 443)] == asked
+    assert [] == connector.attempts
+
+
+async def test_ipv6_repository(pki: TestPKI, make_fetcher: MakeFetcher, tmp_path: Path) -> None:
+    async with Repository.create(pki, host="::1") as repo6:
+        url = repo6.put("/sp.pem", pki.signer.chain_pem())
+        assert url.startswith("https://[::1]:")
+        ca = _write(tmp_path / "ca6.pem", repo6.ca_pem)
+        fetcher = await make_fetcher(ports=frozenset({repo6.port}), ca_file=None)
+        fetcher_ca = await make_fetcher(ports=frozenset({repo6.port}), ca_file=ca)
+        with pytest.raises(errors.X5uFetchFailed, match="TLS certificate"):  # system store
+            await fetcher.get(url, now=time.time())
+        assert (await fetcher_ca.get(url, now=time.time())).certificate is not None
+        assert 1 == repo6.counts["/sp.pem"]
+
+
+async def test_connects_to_the_vetted_address_with_the_original_name(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    asked: list[str] = []
+
+    async def dns(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher(resolver=dns)
+    url = f"https://localhost:{repo.port}/sp.pem"  # the TLS certificate names localhost
+    assert (await fetcher.get(url, now=time.time())).certificate is not None
+    assert ["localhost"] == asked  # resolved once, by us; aiohttp connected to the IP
+    assert 1 == repo.counts["/sp.pem"]
+
+
+async def test_tls_hostname_is_checked_against_the_x5u_host(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    async def dns(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher(resolver=dns)
+    with pytest.raises(errors.X5uFetchFailed, match=r"TLS certificate of evil\.test"):
+        await fetcher.get(f"https://evil.test:{repo.port}/sp.pem", now=time.time())
+    assert 0 == repo.requests
+
+
+async def test_unresolvable_name(
+    make_fetcher: MakeFetcher, no_network: tuple[aiohttp.ClientSession, NoConnector]
+) -> None:
+    async def dns(host: str, port: int) -> list[str]:
+        raise OSError("Name or service not known")
+
+    session, connector = no_network
+    fetcher = await make_fetcher(session=session, resolver=dns, ports=frozenset({443}))
+    with pytest.raises(errors.X5uFetchFailed, match=r"cannot resolve x5u host nx\.example"):
+        await fetcher.get("https://nx.example/sp.pem", now=time.time())
+    assert [] == connector.attempts
+
+
+async def test_repository_tls_untrusted_by_default(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(pem(pki.root.cert))  # a CA that did not issue the TLS certificate
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher(ca_file=str(other))
+    with pytest.raises(
+        errors.X5uFetchFailed, match=r"TLS certificate of 127\.0\.0\.1 not accepted"
+    ):
+        await fetcher.get(url, now=time.time())
+
+
+@pytest.mark.parametrize(
+    ("lists", "words"),
+    [
+        ({"host_deny": ("127.0.0.1",)}, "deny list"),
+        ({"host_allow": (".sti.example",)}, "not on the allow list"),
+    ],
+)
+async def test_host_lists(
+    pki: TestPKI,
+    repo: Repository,
+    make_fetcher: MakeFetcher,
+    lists: dict[str, tuple[str, ...]],
+    words: str,
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher(**lists)
+    with pytest.raises(errors.X5uRefused, match=words):
+        await fetcher.get(url, now=time.time())
+    assert 0 == repo.requests
+
+
+# -- what the repository answers ---------------------------------------------------------------
+
+
+async def test_redirect_not_followed(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    target = repo.put("/real.pem", pki.signer.chain_pem())
+    url = repo.redirect("/moved.pem", target)
+    fetcher = await make_fetcher()
+    with pytest.raises(errors.X5uFetchFailed, match=r"302 redirect .* not followed"):
+        await fetcher.get(url, now=time.time())
+    assert (1, 0) == (repo.counts["/moved.pem"], repo.counts["/real.pem"])
+
+
+@pytest.mark.parametrize("behaviour", ["normal", "endless"])
+async def test_body_cap(
+    repo: Repository, make_fetcher: MakeFetcher, pki: TestPKI, behaviour: Any
+) -> None:
+    url = repo.put("/big.pem", pki.signer.chain_pem() * 40, behaviour=behaviour)
+    fetcher = await make_fetcher(max_body=4096)
+    with pytest.raises(errors.X5uFetchFailed, match=r"limit .*4096"):
+        await fetcher.get(url, now=time.time())
+
+
+async def test_slow_body_times_out(
+    repo: Repository, make_fetcher: MakeFetcher, pki: TestPKI
+) -> None:
+    url = repo.put("/slow.pem", pki.signer.chain_pem(), behaviour="stall")
+    fetcher = await make_fetcher(timeout=SLOW)
+    started = time.monotonic()
+    with pytest.raises(errors.X5uFetchFailed, match=f"no complete answer within {SLOW:g} s"):
+        await fetcher.get(url, now=time.time())
+    assert time.monotonic() - started < SLOW + 1.0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "words"),
+    [
+        (404, b"not here", "text/plain", "HTTP 404, not 200"),
+        (200, b"<html><body>Login</body></html>", "text/html", "looks like HTML"),
+        (200, b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", "", "not a cert"),
+        (200, b"\x30\x03\x02\x01\x01", "application/pkix-cert", "not a certificate chain"),
+    ],
+)
+async def test_bad_answers(
+    repo: Repository,
+    make_fetcher: MakeFetcher,
+    status: int,
+    body: bytes,
+    content_type: str,
+    words: str,
+) -> None:
+    url = repo.put("/x.pem", body, status=status, content_type=content_type or "text/plain")
+    fetcher = await make_fetcher()
+    with pytest.raises(errors.X5uFetchFailed, match=words) as info:
+        await fetcher.get(url, now=time.time())
+    assert 436 == info.value.sip_code
+
+
+async def test_private_key_pem_is_not_a_chain(
+    repo: Repository, make_fetcher: MakeFetcher, pki: TestPKI
+) -> None:
+    url = repo.put("/key.pem", pki.signer.key_pem())
+    fetcher = await make_fetcher()
+    with pytest.raises(errors.X5uFetchFailed, match="not a certificate chain"):
+        await fetcher.get(url, now=time.time())
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("expired", errors.CertificateExpired),
+        ("untrusted", errors.CertificateNotTrusted),
+        ("no-tnauthlist", errors.TNAuthListMissing),
+    ],
+)
+async def test_bad_chains_are_437(
+    repo: Repository, make_fetcher: MakeFetcher, pki: TestPKI, kind: str, error: type[Exception]
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    signer = {
+        "expired": lambda: pki.ca.issue_leaf(
+            not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
+        ),
+        "untrusted": lambda: pki.untrusted_root().issue_leaf(),
+        "no-tnauthlist": lambda: pki.ca.issue_leaf(tnauthlist=None),
+    }[kind]()
+    url = repo.put(f"/{kind}.pem", signer.chain_pem())
+    fetcher = await make_fetcher()
+    with pytest.raises(error) as info:
+        await fetcher.get(url, now=time.time())
+    assert 437 == getattr(info.value, "sip_code", None)
+
+
+async def test_hit_rechecks_validity_at_now(
+    repo: Repository, make_fetcher: MakeFetcher, pki: TestPKI
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher()
+    await fetcher.get(url, now=time.time())
+    later = pki.signer.cert.not_valid_after_utc.timestamp() + 1
+    with pytest.raises(errors.CertificateExpired):
+        await fetcher.get(url, now=later)
+    assert 1 == repo.requests
+
+
+# -- single flight, negative cache, breaker ----------------------------------------------------
+
+
+async def test_single_flight_one_request_for_a_thousand_calls(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    url = repo.put("/sp.pem", b"")
+    signer = pki.ca.issue_leaf("4321", x5u=url)
+    repo.put("/sp.pem", signer.chain_pem(), delay=0.05)
+    fetcher = await make_fetcher()
+    now = time.time()
+    call = CallInfo(from_="12155551212", to="12155551213")
+    values = [
+        signer.identity(orig="12155551212", dest="12155551213", iat=int(now)) for _ in range(1000)
+    ]
+    results = await asyncio.gather(
+        *(verify(v, now=now, credentials=fetcher, call=call) for v in values)
+    )
+    assert {errors.TN_VALIDATION_PASSED} == {r.verstat for r in results}
+    assert 1 == repo.counts["/sp.pem"]
+    assert (1000, 999) == (fetcher.stats()["misses"], fetcher.stats()["coalesced"])
+
+
+async def test_single_flight_shares_failures(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    url = repo.put("/gone.pem", b"", status=404, delay=0.05)
+    fetcher = await make_fetcher()
+    outcomes = await asyncio.gather(
+        *(fetcher.get(url, now=time.time()) for _ in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(o, errors.X5uFetchFailed) for o in outcomes)
+    assert 50 == len({id(o) for o in outcomes})  # each caller gets its own exception
+    assert 1 == repo.counts["/gone.pem"]
+
+
+async def test_failures_are_cached_briefly(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+) -> None:
+    url = repo.put("/sp.pem", b"", status=404)
+    fetcher = await make_fetcher(failure_ttl=30)
+    for _ in range(3):
+        with pytest.raises(errors.X5uFetchFailed, match="404"):
+            await fetcher.get(url, now=time.time())
+    assert 1 == repo.counts["/sp.pem"]
+    assert 2 == fetcher.stats()["negative_hits"]
+    repo.put("/sp.pem", pki.signer.chain_pem())
+    clock.advance(29)
+    with pytest.raises(errors.X5uFetchFailed, match="404"):
+        await fetcher.get(url, now=time.time())
+    clock.advance(2)
+    assert (await fetcher.get(url, now=time.time())).certificate is not None
+    assert 2 == repo.counts["/sp.pem"]
+
+
+async def test_circuit_breaker(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+) -> None:
+    for i in range(5):
+        repo.put(f"/{i}.pem", b"down", status=503)
+    fetcher = await make_fetcher(breaker_threshold=3, breaker_cooldown=60)
+    for i in range(3):
+        with pytest.raises(errors.X5uFetchFailed, match="HTTP 503"):
+            await fetcher.get(repo.url(f"/{i}.pem"), now=time.time())
+    assert 1 == fetcher.stats()["breaker_opens"]
+    with pytest.raises(errors.X5uFetchFailed, match=r"circuit open for 127\.0\.0\.1"):
+        await fetcher.get(repo.url("/3.pem"), now=time.time())
+    assert 0 == repo.counts["/3.pem"]  # failed fast
+    assert 1 == fetcher.stats()["breakers_open"]
+    assert 3 == fetcher.stats()["fetch_errors"]["127.0.0.1"]
+    clock.advance(61)  # cool-down over: one trial, which succeeds and closes the circuit
+    repo.put("/4.pem", pki.signer.chain_pem())
+    assert (await fetcher.get(repo.url("/4.pem"), now=time.time())).certificate is not None
+    assert 0 == fetcher.stats()["breakers_open"]
+
+
+async def test_breaker_ignores_4xx(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    fetcher = await make_fetcher(breaker_threshold=2)
+    for i in range(4):  # a hostile x5u naming missing paths must not shut a host out
+        with pytest.raises(errors.X5uFetchFailed, match="404"):
+            await fetcher.get(repo.url(f"/missing{i}.pem"), now=time.time())
+    assert 0 == fetcher.stats()["breaker_opens"]
+
+
+# -- lifetimes and stale-while-revalidate ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Cache-Control": "max-age=10"}, 300.0),  # raised to min_ttl
+        ({"Cache-Control": "max-age=999999"}, 86400.0),  # lowered to max_ttl
+        ({"Cache-Control": "max-age=1200"}, 1200.0),
+        ({"Cache-Control": "no-store"}, 300.0),
+        ({}, 3600.0),  # default_ttl
+    ],
+)
+async def test_lifetime_clamped(
+    pki: TestPKI,
+    repo: Repository,
+    make_fetcher: MakeFetcher,
+    clock: Clock,
+    headers: dict[str, str],
+    expected: float,
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers=headers)
+    fetcher = await make_fetcher()
+    await fetcher.get(url, now=time.time())
+    entry = fetcher.peek(url)
+    assert entry is not None
+    assert expected == pytest.approx(entry.fresh_until - clock())
+
+
+async def test_lifetime_never_past_not_after(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    short = pki.ca.issue_leaf(not_after=now + dt.timedelta(seconds=900))
+    url = repo.put("/short.pem", short.chain_pem(), headers={"Cache-Control": "max-age=7200"})
+    fetcher = await make_fetcher(stale_grace=3600)
+    await fetcher.get(url, now=time.time())
+    entry = fetcher.peek(url)
+    assert entry is not None
+    not_after = short.cert.not_valid_after_utc.timestamp()
+    assert (not_after, not_after) == (entry.fresh_until, entry.stale_until)
+
+
+async def test_stale_while_revalidate(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
+    fetcher = await make_fetcher(min_ttl=60, stale_grace=600, failure_ttl=30)
+    first = await fetcher.get(url, now=time.time())
+    clock.advance(61)
+    # past its lifetime: served at once, one refresh in the background
+    stale = await asyncio.gather(*(fetcher.get(url, now=time.time()) for _ in range(20)))
+    assert all(c is first for c in stale)
+    await fetcher.wait_idle()
+    assert 2 == repo.counts["/sp.pem"]
+    assert (20, 1) == (fetcher.stats()["stale_served"], fetcher.stats()["refreshes"])
+    refreshed = await fetcher.get(url, now=time.time())
+    assert refreshed is not first and 1 == fetcher.stats()["hits"]
+
+
+async def test_grace_keeps_calls_verifying_while_the_repository_is_down(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
+    fetcher = await make_fetcher(min_ttl=60, stale_grace=600, failure_ttl=30)
+    first = await fetcher.get(url, now=time.time())
+    repo.put("/sp.pem", b"down", status=503)
+    for _ in range(10):  # 61 .. 331 s: stale, refreshes fail, calls still verify
+        clock.advance(30)
+        assert first is await fetcher.get(url, now=time.time())
+        await fetcher.wait_idle()
+    assert 10 == fetcher.stats()["refreshes"] + 1  # not before 61 s, then one per 30 s
+    clock.advance(400)  # grace over
+    with pytest.raises(errors.X5uFetchFailed, match="503"):
+        await fetcher.get(url, now=time.time())
+
+
+async def test_refresh_finding_a_bad_chain_ends_stale_serving(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
+    fetcher = await make_fetcher(min_ttl=60, stale_grace=600)
+    await fetcher.get(url, now=time.time())
+    repo.put("/sp.pem", pki.untrusted_root().issue_leaf().chain_pem())
+    clock.advance(61)
+    await fetcher.get(url, now=time.time())  # stale, starts the refresh
+    await fetcher.wait_idle()
+    with pytest.raises(errors.CertificateNotTrusted):
+        await fetcher.get(url, now=time.time())
+
+
+async def test_set_trust_drops_validated_entries(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher()
+    await fetcher.get(url, now=time.time())
+    fetcher.set_trust(TrustStore([pki.untrusted_root().cert]))
+    with pytest.raises(errors.CertificateNotTrusted):
+        await fetcher.get(url, now=time.time())
+    assert 2 == repo.counts["/sp.pem"]
+
+
+# -- stores: warm cache and preload ------------------------------------------------------------
+
+
+async def test_warm_cache_survives_a_restart(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, tmp_path: Path
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    warm = str(tmp_path / "warm")
+    first = await make_fetcher(warm_cache_dir=warm)
+    await first.get(url, now=time.time())
+    await first.close()
+    second = await make_fetcher(warm_cache_dir=warm)
+    credential = await second.get(url, now=time.time())
+    assert credential.certificate is not None
+    assert (1, 1) == (repo.counts["/sp.pem"], second.stats()["store_hits"])
+    third = await make_fetcher(warm_cache_dir=warm, trust=TrustStore([pki.untrusted_root().cert]))
+    with pytest.raises(errors.CertificateNotTrusted):  # re-validated when loaded
+        await third.get(url, now=time.time())
+
+
+async def test_no_store_is_not_written_to_disk(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, tmp_path: Path
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "no-store"})
+    fetcher = await make_fetcher(warm_cache_dir=str(tmp_path / "warm"))
+    await fetcher.get(url, now=time.time())
+    assert [] == list((tmp_path / "warm").iterdir())
+
+
+async def test_preloaded_certificates_need_no_network(
+    pki: TestPKI,
+    make_fetcher: MakeFetcher,
+    tmp_path: Path,
+    no_network: tuple[aiohttp.ClientSession, NoConnector],
+) -> None:
+    (tmp_path / "sp.pem").write_bytes(pki.signer.chain_pem())
+    x5u = "https://certs.sti.example/sp.pem"
+    (tmp_path / "index.json").write_text(json.dumps({x5u: "sp.pem"}))
+    session, connector = no_network
+    fetcher = await make_fetcher(session=session, preload_dir=str(tmp_path), ports=frozenset({443}))
+    credential = await fetcher.get(x5u, now=time.time())
+    assert credential.certificate is not None
+    assert [] == connector.attempts
+
+
+# -- configuration and lifecycle ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ports": frozenset()},
+        {"timeout": 0},
+        {"max_body": 0},
+        {"min_ttl": 10, "max_ttl": 5},
+        {"crl_mode": "maybe"},
+        {"private_allow": ("10.0.0.0/33",)},
+    ],
+)
+def test_settings_refuse_bad_values(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"must|not a valid address"):
+        FetchSettings(**bad)
+
+
+async def test_session_with_trust_env_refused(trust: TrustStore) -> None:
+    async with aiohttp.ClientSession(trust_env=True) as session:
+        with pytest.raises(ValueError, match="trust_env"):
+            CertificateFetcher(trust, session=session)
+
+
+async def test_get_without_a_session_is_loud(trust: TrustStore) -> None:
+    fetcher = CertificateFetcher(trust, FetchSettings(allow_private_x5u=True))
+    with pytest.raises(RuntimeError, match="async with"):
+        await fetcher.get("https://127.0.0.1/sp.pem", now=time.time())
+    await fetcher.close()
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+async def test_cli_verify_fetches_x5u(
+    pki: TestPKI, repo: Repository, ca_file: str, tmp_path: Path
+) -> None:
+    url = repo.put("/sp.pem", b"")
+    signer = pki.ca.issue_leaf(x5u=url)
+    repo.put("/sp.pem", signer.chain_pem())
+    anchor = tmp_path / "root.pem"
+    anchor.write_bytes(pem(pki.root.cert))
+    value = signer.identity(orig="12155551212", dest="12155551213")
+    args = ["verify", value, "--trust-anchor", str(anchor), "--x5u-ca-file", ca_file]
+    args += ["--x5u-port", str(repo.port), "--allow-private-x5u", "--json"]
+    args += ["--orig", "12155551212", "--dest", "12155551213"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "verifier",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert 0 == proc.returncode, err.decode()
+    assert errors.TN_VALIDATION_PASSED == json.loads(out)["verstat"]
+    assert 1 == repo.counts["/sp.pem"]

@@ -1,0 +1,518 @@
+"""Certificate retrieval: x5u fetch, the chain cache, revocation. The only network I/O.
+
+:class:`CertificateFetcher` is the pipeline's :class:`~verifier.verify.CredentialSource`.
+``await fetcher.get(x5u, now=...)`` returns the validated Credential for an x5u:
+
+1. **Memory tier** (:class:`~verifier.cache.MemoryTier`): a fresh entry is returned at the
+   cost of a dict lookup and the validity check at ``now``. An entry past its lifetime but
+   inside its grace period is served while one background refresh runs
+   (stale-while-revalidate).
+2. **Negative cache**: a failure is remembered, with its reason, for ``failure_ttl``.
+3. **Single flight**: concurrent misses for one x5u await one shared load.
+4. The load tries the **stores** (preloaded certificates, the on-disk warm cache, a shared
+   tier given by the caller), re-validating what they hold, then the **network**: the x5u
+   URL rules (:mod:`verifier.x5u`), the host allow/deny lists, then one GET by
+   :class:`~verifier.transport.PinnedGetter`: the per-host **circuit breaker**, DNS
+   resolution with every address vetted (:mod:`verifier.ssrf`), a connection pinned to a
+   vetted address (TLS SNI and hostname verification against the x5u host), no
+   redirects, a total timeout and a body cap.
+5. The chain is validated against the trust store, then checked against its CRLs
+   (:mod:`verifier.crl`); its lifetime comes from ``Cache-Control``/``Expires``, clamped
+   to the configured bounds and never past the earliest notAfter or a CRL's nextUpdate.
+
+Use it as ``async with CertificateFetcher(trust, settings) as fetcher:`` (it opens and
+closes its own ``aiohttp.ClientSession``), or pass a ``session`` that the caller owns and
+call :meth:`CertificateFetcher.close` on teardown. No state lives at module level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from cachetools import LRUCache
+from yarl import URL
+
+from . import errors
+from .__version__ import __version__
+from .cache import (
+    CacheEntry,
+    ChainStore,
+    DiskStore,
+    MemoryTier,
+    PreloadStore,
+    StoredChain,
+    clamp,
+    lifetime_from_headers,
+)
+from .certs import Credential, TrustStore, load_chain
+from .crl import CrlChecker, CrlMode, Revocation
+from .errors import VerificationError, X5uFetchFailed, X5uRefused
+from .ssrf import AddressPolicy, Resolver, host_matches, system_resolver
+from .transport import Answer, PinnedGetter
+from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
+
+__all__ = ["CertificateFetcher", "FetchSettings", "FetchStats"]
+
+log = logging.getLogger(__name__)
+
+_ACCEPT = "application/pem-certificate-chain, application/x-pem-file, application/pkix-cert"
+_HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchSettings:
+    """Every knob of certificate retrieval, with its default. Times are seconds.
+
+    Raises (constructor):
+        ValueError: a value out of range (naming the field).
+    """
+
+    ports: frozenset[int] = DEFAULT_X5U_PORTS
+    """x5u ports allowed (ATIS-1000074: 443; AT&T's repository uses 8443)."""
+    connect_timeout: float = 1.0
+    """Time to open the TCP connection to one address of the repository."""
+    timeout: float = 2.0
+    """Total time for one x5u fetch: DNS, connect, TLS, headers and body."""
+    max_body: int = 32 * 1024
+    """Largest x5u body read, in bytes; a longer one fails (436)."""
+    ca_file: str | None = None
+    """CA bundle for TLS to the repositories; None: the system trust store."""
+    default_ttl: float = 3600.0
+    """Lifetime when the repository gives neither Cache-Control nor Expires."""
+    min_ttl: float = 300.0
+    """Shortest lifetime of a cached chain, whatever the repository says (no-store too)."""
+    max_ttl: float = 86400.0
+    """Longest lifetime of a cached chain (never past its notAfter or a CRL's nextUpdate)."""
+    failure_ttl: float = 30.0
+    """How long a failure (fetch, chain, CRL) is remembered and answered from the cache."""
+    stale_grace: float = 3600.0
+    """How long past its lifetime an entry may be served while a refresh runs."""
+    breaker_threshold: int = 5
+    """Consecutive failures of a host (network, timeout, 5xx) that open its circuit."""
+    breaker_cooldown: float = 30.0
+    """How long an open circuit fails fast before one trial request is let through."""
+    cache_size: int = 10_000
+    """Most x5u entries held in memory (and failures remembered, and breakers)."""
+    allow_private_x5u: bool = False
+    """Allow loopback, private, link-local... addresses (tests, demos, private networks)."""
+    private_allow: tuple[str, ...] = ()
+    """Hosts (exact or ``.suffix``) and CIDRs allowed to be special-purpose addresses."""
+    host_allow: tuple[str, ...] = ()
+    """If not empty, the only x5u hosts (exact or ``.suffix``) that are fetched."""
+    host_deny: tuple[str, ...] = ()
+    """x5u hosts (exact or ``.suffix``) that are never fetched."""
+    warm_cache_dir: str | None = None
+    """Directory of fetched chains kept across restarts (re-validated when loaded)."""
+    preload_dir: str | None = None
+    """A directory with ``index.json`` mapping x5u -> PEM file: never fetched."""
+    crl_check: bool = True
+    """Check the chain's CRLs (distribution points and ``crl_files``)."""
+    crl_mode: CrlMode = "open"
+    """When no CRL can be had: "open" verifies with a warning, "closed" fails (437)."""
+    crl_files: tuple[str, ...] = ()
+    """CRL files (PEM or DER), matched to certificates by issuer."""
+    crl_max_bytes: int = 1024 * 1024
+    """Largest CRL read, in bytes."""
+    crl_timeout: float = 3.0
+    """Total time for one CRL fetch (http allowed, RFC 5280)."""
+    user_agent: str = f"verifier/{__version__}"
+    """User-Agent sent to repositories and CRL servers."""
+
+    def __post_init__(self) -> None:
+        if not self.ports or any(not 0 < p < 65536 for p in self.ports):
+            raise ValueError("ports must be a non-empty set of TCP ports")
+        for name in ("connect_timeout", "timeout", "crl_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("max_body", "crl_max_bytes", "cache_size", "breaker_threshold"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("default_ttl", "min_ttl", "failure_ttl", "stale_grace", "breaker_cooldown"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.min_ttl > self.max_ttl:
+            raise ValueError("min_ttl must not exceed max_ttl")
+        if self.crl_mode not in ("open", "closed"):
+            raise ValueError(f"crl_mode must be 'open' or 'closed', not {self.crl_mode!r}")
+        AddressPolicy(allow_private=self.allow_private_x5u, allow=self.private_allow)
+
+
+@dataclass(slots=True)
+class FetchStats:
+    """Counters of the cache, for metrics (the transport counts errors and breaker opens)."""
+
+    hits: int = 0
+    misses: int = 0
+    stale_served: int = 0
+    negative_hits: int = 0
+    coalesced: int = 0
+    fetches: int = 0
+    refreshes: int = 0
+    store_hits: int = 0
+
+
+def _fresh(exc: VerificationError) -> VerificationError:
+    """A new exception like ``exc``: a shared one re-raised would pile up tracebacks."""
+    return type(exc)(exc.detail)
+
+
+class CertificateFetcher:
+    """The x5u credential source: fetch, validate, cache. See the module docstring.
+
+    ``trust`` can be swapped with :meth:`set_trust` (SIGHUP reload); ``clock`` (epoch
+    seconds) drives lifetimes, the negative cache and the breaker; ``resolver`` answers
+    DNS (tests fake other networks with it); ``stores`` are extra tiers behind memory.
+
+    Raises (constructor):
+        ValueError: a session created with ``trust_env=True`` (a proxy would bypass the
+            address pinning), or unreadable preload/CRL files.
+    """
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        settings: FetchSettings | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+        resolver: Resolver = system_resolver,
+        stores: Sequence[ChainStore] = (),
+    ) -> None:
+        self.settings = settings = settings or FetchSettings()
+        if session is not None and session.trust_env:
+            raise ValueError("the fetcher's session must not use trust_env (proxies)")
+        self._trust = trust
+        self._generation = 0
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self._getter = PinnedGetter(
+            policy=AddressPolicy(
+                allow_private=settings.allow_private_x5u, allow=settings.private_allow
+            ),
+            resolver=resolver,
+            ssl_context=ssl.create_default_context(cafile=settings.ca_file),
+            clock=clock,
+            connect_timeout=settings.connect_timeout,
+            threshold=settings.breaker_threshold,
+            cooldown=settings.breaker_cooldown,
+            trial_timeout=max(settings.timeout, settings.crl_timeout),
+            user_agent=settings.user_agent,
+            max_hosts=settings.cache_size,
+        )
+        self._memory = MemoryTier(settings.cache_size)
+        self._negative: LRUCache[str, tuple[VerificationError, float]] = LRUCache(
+            maxsize=settings.cache_size
+        )
+        self._inflight: dict[str, asyncio.Task[CacheEntry | VerificationError]] = {}
+        self._preload = PreloadStore(settings.preload_dir) if settings.preload_dir else None
+        self._disk = DiskStore(settings.warm_cache_dir) if settings.warm_cache_dir else None
+        chain_stores: list[ChainStore] = []
+        if self._preload is not None:
+            chain_stores.append(self._preload)
+        if self._disk is not None:
+            chain_stores.append(self._disk)
+        self._stores = (*chain_stores, *stores)
+        self._crl = (
+            CrlChecker(
+                fetch=self._fetch_crl,
+                clock=clock,
+                mode=settings.crl_mode,
+                files=settings.crl_files,
+                max_bytes=settings.crl_max_bytes,
+                failure_ttl=settings.failure_ttl,
+            )
+            if settings.crl_check
+            else None
+        )
+        self.counters = FetchStats()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, limit_per_host=8),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel loads and refreshes still running; close the session if it is ours."""
+        self._closed = True
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._crl is not None:
+            await self._crl.close()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- trust -----------------------------------------------------------------------------
+
+    @property
+    def trust(self) -> TrustStore:
+        return self._trust
+
+    def set_trust(self, trust: TrustStore) -> None:
+        """Swap the trust anchors (SIGHUP reload). Validated entries and remembered failures
+        are dropped; loads already running finish for their callers but are not cached."""
+        self._trust = trust
+        self._generation += 1
+        self._memory.clear()
+        self._negative.clear()
+
+    # -- the credential source -------------------------------------------------------------
+
+    async def get(self, x5u: str, *, now: float) -> Credential:
+        """The validated Credential for ``x5u``, checked to be valid at ``now``.
+
+        Raises:
+            X5uRefused: 436, the URL rules, host lists or address vetting refuse x5u.
+            X5uFetchFailed: 436, no certificate could be had (network, status, body, breaker).
+            CertificateError: 437, the chain is untrusted, expired, revoked, has no SPC, or
+                its revocation status is unknown in fail-closed mode.
+        """
+        clock = self._clock()
+        entry = self._memory.get(x5u)
+        if entry is not None:
+            if clock < entry.fresh_until:
+                self.counters.hits += 1
+                entry.credential.check_time(now)
+                return entry.credential
+            if clock < entry.stale_until:
+                self.counters.stale_served += 1
+                if entry.next_refresh <= clock:
+                    entry.next_refresh = clock + self.settings.failure_ttl
+                    self._start_load(x5u, clock, refresh=True)
+                entry.credential.check_time(now)
+                return entry.credential
+            self._memory.delete(x5u)
+        failed = self._negative.get(x5u)
+        if failed is not None:
+            if clock < failed[1]:
+                self.counters.negative_hits += 1
+                raise _fresh(failed[0])
+            self._negative.pop(x5u, None)
+        self.counters.misses += 1
+        task = self._inflight.get(x5u)
+        if task is None:
+            task = self._start_load(x5u, now, refresh=False)
+        else:
+            self.counters.coalesced += 1
+        got = await asyncio.shield(task)
+        if isinstance(got, VerificationError):
+            raise _fresh(got)
+        got.credential.check_time(now)
+        return got.credential
+
+    def _start_load(
+        self, x5u: str, now: float, *, refresh: bool
+    ) -> asyncio.Task[CacheEntry | VerificationError]:
+        task = self._inflight.get(x5u)
+        if task is not None:
+            return task
+        if self._closed:
+            raise RuntimeError("the fetcher is closed")
+        if refresh:
+            self.counters.refreshes += 1
+        task = asyncio.create_task(self._load(x5u, now, self._generation))
+        self._inflight[x5u] = task
+        task.add_done_callback(lambda t: self._forget(x5u, t))
+        return task
+
+    def _forget(self, x5u: str, task: asyncio.Task[CacheEntry | VerificationError]) -> None:
+        if self._inflight.get(x5u) is task:
+            del self._inflight[x5u]
+
+    async def _load(self, x5u: str, now: float, generation: int) -> CacheEntry | VerificationError:
+        try:
+            entry = await self._obtain(x5u, now, generation)
+        except VerificationError as exc:
+            if generation == self._generation:
+                self._negative[x5u] = (exc, self._clock() + self.settings.failure_ttl)
+                if isinstance(exc, errors.UnsupportedCredential):
+                    self._memory.delete(x5u)  # a definitive answer ends stale serving
+            log.info("x5u_failed", extra={"x5u": x5u, "slug": exc.slug, "detail": exc.detail})
+            return exc
+        if generation == self._generation and entry.fresh_until > self._clock():
+            self._memory.put(x5u, entry)
+            self._negative.pop(x5u, None)
+        return entry
+
+    async def _obtain(self, x5u: str, now: float, generation: int) -> CacheEntry:
+        target = check_x5u_url(x5u, self.settings.ports)
+        settings = self.settings
+        if settings.host_deny and host_matches(target.host, settings.host_deny):
+            raise X5uRefused(f"x5u host {target.host} is on the deny list")
+        if settings.host_allow and not host_matches(target.host, settings.host_allow):
+            raise X5uRefused(f"x5u host {target.host} is not on the allow list")
+        for store in self._stores:
+            stored = await store.load(x5u)
+            if stored is None or stored.expires_at <= self._clock():
+                continue
+            try:
+                credential, revocation = await self._validate(stored.body, now)
+            except VerificationError:
+                if store is self._preload:
+                    raise
+                log.info("x5u_store_entry_invalid", extra={"x5u": x5u})
+                continue
+            self.counters.store_hits += 1
+            source = "preload" if store is self._preload else type(store).__name__
+            return self._entry(credential, revocation, stored.expires_at, generation, source)
+        answer = await self._fetch_x5u(x5u)
+        credential, revocation = await self._validate(answer.body, now)
+        clock = self._clock()
+        lifetime = clamp(
+            lifetime_from_headers(answer.headers, now=clock),
+            default=settings.default_ttl,
+            minimum=settings.min_ttl,
+            maximum=settings.max_ttl,
+        )
+        entry = self._entry(credential, revocation, clock + lifetime, generation, "network")
+        no_store = "no-store" in answer.headers.get("Cache-Control", "").lower()
+        if not no_store and entry.fresh_until > clock:
+            stored = StoredChain(body=answer.body, fetched_at=clock, expires_at=entry.fresh_until)
+            for store in self._stores:
+                await store.save(x5u, stored)
+        return entry
+
+    async def _validate(self, body: bytes, now: float) -> tuple[Credential, Revocation]:
+        try:
+            chain = load_chain(body)
+        except errors.CertificateInvalid as exc:
+            raise X5uFetchFailed(f"x5u body is not a certificate chain: {exc.detail}") from None
+        credential = self._trust.validate(chain, now)
+        if self._crl is None:
+            return credential, Revocation(
+                credential=credential, next_update=float("inf"), complete=True
+            )
+        revocation = await self._crl.check(credential)
+        return revocation.credential, revocation
+
+    def _entry(
+        self,
+        credential: Credential,
+        revocation: Revocation,
+        lifetime_end: float,
+        generation: int,
+        source: str,
+    ) -> CacheEntry:
+        clock = self._clock()
+        fresh = min(lifetime_end, credential.not_after, revocation.next_update)
+        if not revocation.complete:  # failed open: ask for the CRL again soon
+            fresh = min(fresh, clock + self.settings.failure_ttl)
+        stale = min(fresh + self.settings.stale_grace, credential.not_after)
+        if self.settings.crl_mode == "closed":
+            stale = min(stale, revocation.next_update)
+        return CacheEntry(
+            credential=credential,
+            fetched_at=clock,
+            fresh_until=fresh,
+            stale_until=stale,
+            generation=generation,
+            source=source,
+        )
+
+    # -- the network -----------------------------------------------------------------------
+
+    def _session_or_fail(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("no session: use `async with CertificateFetcher(...)`")
+        return self._session
+
+    async def _fetch_x5u(self, x5u: str) -> Answer:
+        """The x5u body (the URL rules were applied by the caller).
+
+        Raises:
+            X5uRefused, X5uFetchFailed: see :meth:`PinnedGetter.get`; HTML is refused too.
+        """
+        self.counters.fetches += 1
+        answer = await self._getter.get(
+            self._session_or_fail(),
+            URL(x5u, encoded=True),
+            max_bytes=self.settings.max_body,
+            seconds=self.settings.timeout,
+            what="x5u",
+            accept=_ACCEPT,
+        )
+        if answer.content_type in _HTML_TYPES or answer.body.lstrip()[:1] == b"<":
+            raise X5uFetchFailed(
+                f"x5u answered {answer.content_type or 'a body'} that looks like HTML, "
+                "not a certificate"
+            )
+        return answer
+
+    async def _fetch_crl(self, url: str) -> bytes:
+        """A CRL's bytes: http or https, any port, same address rules and caps as x5u.
+
+        Raises:
+            X5uRefused, X5uFetchFailed: as for x5u (the CRL checker keeps the detail).
+        """
+        try:
+            parsed = URL(url, encoded=True)
+        except ValueError as exc:
+            raise X5uRefused(f"CRL URL is not valid: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host or parsed.port is None:
+            raise X5uRefused(f"CRL URL {url!r} is not http(s) with a host")
+        if parsed.user is not None or parsed.password is not None:
+            raise X5uRefused("CRL URL must not carry userinfo")
+        answer = await self._getter.get(
+            self._session_or_fail(),
+            parsed,
+            max_bytes=self.settings.crl_max_bytes,
+            seconds=self.settings.crl_timeout,
+            what="CRL",
+            accept="application/pkix-crl, */*",
+        )
+        return answer.body
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def peek(self, x5u: str) -> CacheEntry | None:
+        """The memory tier's entry for ``x5u`` (no side effects), for tests and debugging."""
+        return self._memory.get(x5u)
+
+    async def wait_idle(self) -> None:
+        """Wait until no load or background refresh is running (tests, graceful shutdown)."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The counters and sizes, for metrics."""
+        out: dict[str, Any] = {
+            f.name: getattr(self.counters, f.name) for f in dataclasses.fields(self.counters)
+        }
+        out["fetch_errors"] = dict(self._getter.errors)
+        out["breaker_opens"] = self._getter.breaker_opens
+        out["breakers_open"] = self._getter.open_circuits()
+        out["cache_size"] = len(self._memory)
+        out["negative_size"] = len(self._negative)
+        out["crl_cache_size"] = len(self._crl) if self._crl is not None else 0
+        out["crl_fetches"] = self._crl.fetches if self._crl is not None else 0
+        out["crl_failures"] = self._crl.failures if self._crl is not None else 0
+        return out
