@@ -6,8 +6,10 @@ Exit status: 0 passed (or the command succeeded), 1 verification not passed, 2 u
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,12 +22,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
 from .certs import TrustStore, load_certificates
-from .testing import Signer, identity_header, sign_jws, write_pki
-from .verify import CallInfo, Result, VerifyOptions, verify_offline
+from .fetch import CertificateFetcher, FetchSettings
+from .logs import configure_logging
+from .testing import identity_header, sign_jws, write_pki
+from .verify import CallInfo, Result, VerifyOptions, verify, verify_offline
+from .x5u import DEFAULT_X5U_PORTS
 
 __all__ = ["main"]
 
 DEFAULT_TRUST = Path("certs")
+_DATE_RANGE = (
+    dt.datetime(1, 1, 2, tzinfo=dt.UTC).timestamp(),
+    dt.datetime(9999, 12, 30, tzinfo=dt.UTC).timestamp(),
+)
 
 
 class UsageError(Exception):
@@ -35,9 +44,14 @@ class UsageError(Exception):
 def parse_time(text: str) -> float:
     """Epoch seconds, or an RFC 3339 date-time (``2024-05-01T12:00:00Z``)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        # "nan" would pass every time check; "inf" and years past 9999 crash the chain check
+        if not _DATE_RANGE[0] <= value <= _DATE_RANGE[1]:
+            raise UsageError(f"--at {text!r}: not a date-time in years 1-9999")
+        return value
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -102,7 +116,10 @@ def _print_human(result: Result) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     values = _read_identity(args.identity)
     now = parse_time(args.at) if args.at else time.time()
-    options = VerifyOptions(max_iat_age=args.max_iat_age, max_future_skew=args.max_future_skew)
+    ports = frozenset(args.x5u_port) if args.x5u_port else DEFAULT_X5U_PORTS
+    options = VerifyOptions(
+        max_iat_age=args.max_iat_age, max_future_skew=args.max_future_skew, x5u_ports=ports
+    )
     call = CallInfo(from_=args.orig, to=args.dest)
     if args.cert and args.key:
         raise UsageError("give --cert or --key, not both")
@@ -129,14 +146,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
             values, now=now, call=call, options=options, chain=chain, trust=trust, bare=args.bare
         )
     else:
-        raise UsageError(
-            "give --cert PEM (the signer's chain) or --key PEM; fetching x5u is not built yet"
+        if args.bare:
+            raise UsageError("--bare needs --cert or --key (a bare PASSporT has no info)")
+        trust = _load_trust(args.trust_anchor, args.require_policy_oid)
+        settings = FetchSettings(
+            ports=ports, ca_file=args.x5u_ca_file, allow_private_x5u=args.allow_private_x5u
         )
+        result = asyncio.run(_verify_online(values, now, call, options, trust, settings))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         _print_human(result)
     return 0 if result.passed else 1
+
+
+async def _verify_online(
+    values: list[str],
+    now: float,
+    call: CallInfo,
+    options: VerifyOptions,
+    trust: TrustStore,
+    settings: FetchSettings,
+) -> Result:
+    """Verify by fetching each x5u with the fetch rules (verifier.fetch)."""
+    async with CertificateFetcher(trust, settings) as fetcher:
+        return await verify(values, now=now, credentials=fetcher, call=call, options=options)
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -155,7 +189,19 @@ def cmd_sign(args: argparse.Namespace) -> int:
         "orig": {"tn": args.orig},
         "origid": args.origid or _uuid(),
     }
-    print(identity_header(sign_jws(key, header, claims), args.x5u))
+    identity = identity_header(sign_jws(key, header, claims), args.x5u)
+    if args.atis_request:
+        request = {
+            "verificationRequest": {
+                "from": {"tn": args.orig},
+                "to": {"tn": args.atis_to or args.dest},
+                "time": int(time.time()),
+                "identity": identity,
+            }
+        }
+        print(json.dumps(request))
+    else:
+        print(identity)
     return 0
 
 
@@ -175,32 +221,41 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Offline demo until the HTTP service exists: sign two calls and verify them."""
-    out = Path(args.dir)
-    if not (out / "root.pem").exists():
-        write_pki(out)
-        print(f"created a dev PKI in {out}/")
-    chain = x509.load_pem_x509_certificates((out / "sp.pem").read_bytes())
-    key = serialization.load_pem_private_key((out / "sp.key").read_bytes(), None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise UsageError(f"{out}/sp.key is not an EC private key")
-    signer = Signer(key=key, cert=chain[0], chain=tuple(chain), x5u="https://127.0.0.1:8443/sp.pem")
-    trust = TrustStore(load_certificates([out / "root.pem"]))
-    now = time.time()
-    good = signer.identity(orig="12155551212", dest="12155551213", iat=int(now))
-    for title, value, to in (
-        ("a genuine call", good, "12155551213"),
-        ("the same PASSporT presented for another called number", good, "12155559999"),
-    ):
-        print(f"\n== {title}\nIdentity: {value}\n")
-        result = verify_offline(
-            value, now=now, chain=chain, trust=trust, call=CallInfo(from_="12155551212", to=to)
-        )
-        _print_human(result)
-    print(
-        "\nVerify your own: verifier verify @FILE"
-        f" --cert {out}/sp.pem --trust-anchor {out}/root.pem"
-    )
+    from .demo import run_demo
+
+    configure_logging("WARNING")
+    return run_demo(args.dir, args.host, args.port)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_settings
+
+    overrides: dict[str, object] = {}
+    for name in ("host", "port", "workers"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.trust_anchor:
+        overrides["trust_anchors"] = args.trust_anchor
+    if args.x5u_ca_file:
+        overrides["x5u.ca_file"] = args.x5u_ca_file
+    if args.allow_private_x5u:
+        overrides["x5u.allow_private_x5u"] = True
+    try:
+        settings = load_settings(args.config, env=os.environ, overrides=overrides)
+        anchors = load_certificates(settings.trust_anchors)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if not anchors:
+        raise UsageError("no trust anchors: give --trust-anchor PEM|DIR")
+    configure_logging(settings.log_level)
+    if settings.workers > 1 and not args.worker:
+        from .workers import supervise
+
+        argv = [a for a in (args.argv or []) if a != "--worker"]
+        return supervise(argv, settings.workers, settings.shutdown_timeout)
+    from .web import run
+
+    run(settings, reuse_port=args.worker)
     return 0
 
 
@@ -240,6 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-iat-age", type=float, default=60.0, metavar="S")
     v.add_argument("--max-future-skew", type=float, default=10.0, metavar="S")
     v.add_argument("--json", action="store_true", help="print the result object as JSON")
+    v.add_argument(
+        "--x5u-ca-file",
+        metavar="PEM",
+        help="CA bundle for TLS to x5u repositories (default: the system trust store)",
+    )
+    v.add_argument(
+        "--allow-private-x5u",
+        action="store_true",
+        help="allow x5u hosts on loopback, private and link-local addresses (testing)",
+    )
+    v.add_argument(
+        "--x5u-port",
+        action="append",
+        type=int,
+        default=[],
+        metavar="N",
+        help="a port x5u may use (repeatable; default 443 and 8443)",
+    )
     v.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("sign", help="sign an Identity header value (testing)")
@@ -250,6 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attest", choices=["A", "B", "C"], default="A")
     s.add_argument("--iat", type=int)
     s.add_argument("--origid")
+    s.add_argument(
+        "--atis-request",
+        action="store_true",
+        help="print a whole ATIS-1000082 verificationRequest body, not just the header",
+    )
+    s.add_argument(
+        "--atis-to",
+        action="append",
+        metavar="TN",
+        help="with --atis-request: the called number(s) asked about (default: --dest)",
+    )
     s.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("pki", help="test PKI")
@@ -260,15 +344,41 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--force", action="store_true")
     pi.set_defaults(func=cmd_pki_init)
 
-    d = sub.add_parser("demo", help="run the demo on a dev PKI")
-    d.add_argument("--dir", default="certs/dev")
+    d = sub.add_parser(
+        "demo", help="run the service with a dev PKI and a local certificate repository"
+    )
+    d.add_argument("--dir", default="certs/dev", help="where the dev PKI lives (default certs/dev)")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
     d.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("serve", help="run the verification service")
+    sv.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    sv.add_argument("--host")
+    sv.add_argument("--port", type=int)
+    sv.add_argument(
+        "--trust-anchor",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="trust anchor PEM file or directory (repeatable; default ./certs)",
+    )
+    sv.add_argument("--x5u-ca-file", metavar="PEM", help="CA bundle for TLS to x5u repositories")
+    sv.add_argument(
+        "--allow-private-x5u",
+        action="store_true",
+        help="allow x5u on loopback/private addresses (testing only)",
+    )
+    sv.add_argument("--workers", type=int, help="worker processes on one port (SO_REUSEPORT)")
+    sv.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = args.func(args)
     except UsageError as exc:

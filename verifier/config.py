@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import tomllib
 import types
 import typing
@@ -54,6 +55,15 @@ class VerificationSettings:
     require_policy_oid: bool = False
     """Refuse certificates without the SHAKEN policy OID 2.16.840.1.114569.1.1.1."""
 
+    def __post_init__(self) -> None:
+        for name in ("max_iat_age", "max_date_skew"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_future_skew < 0:
+            raise ValueError("max_future_skew must be >= 0")
+        if self.max_identity_headers < 1:
+            raise ValueError("max_identity_headers must be >= 1")
+
     def options(self, fetch: FetchSettings) -> VerifyOptions:
         return VerifyOptions(
             max_iat_age=self.max_iat_age,
@@ -78,6 +88,11 @@ class ApiSettings:
     log_verifications: bool = True
     """One JSON log line per verification."""
 
+    def __post_init__(self) -> None:
+        for name in ("body_limit", "batch_body_limit", "batch_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
@@ -89,6 +104,11 @@ class Settings:
     log_level: str = "INFO"
     shutdown_timeout: float = 10.0
     """Seconds given to in-flight requests on SIGTERM/SIGINT."""
+    batch_signatures: bool = True
+    """Check the ES256 signatures of all requests that reach that step in one event-loop
+    turn together (faster under load: OpenSSL stays hot in the CPU caches)."""
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """``auto`` uses uvloop when it is installed (it is a dependency on Linux)."""
     verification: VerificationSettings = field(default_factory=VerificationSettings)
     x5u: FetchSettings = field(default_factory=FetchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -173,11 +193,13 @@ def _fields(cls: type[Any]) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in _TABLES}
 
 
-def _build(cls: type[Any], values: dict[str, Any], where: str) -> Any:
+def _build(cls: type[Any], values: dict[str, Any], where: str, sources: dict[str, str]) -> Any:
+    """``cls(**values)``; a range error names where the setting it mentions was set."""
     try:
         return cls(**values)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        named = [src for name, src in sources.items() if re.search(rf"\b{name}\b", str(exc))]
+        raise ConfigError(f"{named[0] if named else where}: {exc}") from None
 
 
 def load_settings(
@@ -194,11 +216,14 @@ def load_settings(
         ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
     """
     layers: dict[str, dict[str, Any]] = {"": {}, **{t: {} for t in _TABLES}}
+    sources: dict[str, dict[str, str]] = {name: {} for name in layers}  # key -> where it was set
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         top = _fields(Settings)
@@ -210,9 +235,11 @@ def load_settings(
                 for sub, sub_value in value.items():
                     if sub not in table:
                         raise ConfigError(f"{path}: [{key}] {sub}: unknown setting")
-                    layers[key][sub] = _coerce(sub_value, table[sub], f"{path}: [{key}] {sub}")
+                    where = sources[key][sub] = f"{path}: [{key}] {sub}"
+                    layers[key][sub] = _coerce(sub_value, table[sub], where)
             elif key in top:
-                layers[""][key] = _coerce(value, top[key], f"{path}: {key}")
+                where = sources[""][key] = f"{path}: {key}"
+                layers[""][key] = _coerce(value, top[key], where)
             else:
                 raise ConfigError(f"{path}: {key}: unknown setting")
     environ = env if env is not None else {}
@@ -221,6 +248,7 @@ def load_settings(
         for name, hint in _fields(cls).items():
             var = prefix + name.upper()
             if var in environ:
+                sources[table_name][name] = var
                 layers[table_name][name] = _coerce(environ[var], hint, var)
     for dotted, value in (overrides or {}).items():
         table_name, _, name = dotted.rpartition(".")
@@ -228,13 +256,19 @@ def load_settings(
         hints = _fields(cls)
         if name not in hints or (table_name and table_name not in _TABLES):
             raise ConfigError(f"--{dotted}: unknown setting")
-        layers[table_name][name] = _coerce(value, hints[name], f"option {dotted}")
+        where = sources[table_name][name] = f"option {dotted}"
+        layers[table_name][name] = _coerce(value, hints[name], where)
     tables = {
-        name: _build(cls, layers[name], f"[{name}]" if path is None else f"{path}: [{name}]")
+        name: _build(
+            cls,
+            layers[name],
+            f"[{name}]" if path is None else f"{path}: [{name}]",
+            sources[name],
+        )
         for name, cls in _TABLES.items()
     }
     settings: Settings = _build(
-        Settings, {**layers[""], **tables}, str(path) if path else "settings"
+        Settings, {**layers[""], **tables}, str(path) if path else "settings", sources[""]
     )
     return settings
 

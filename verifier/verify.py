@@ -29,11 +29,13 @@ cache, a fetch, or a file) and hands it to :meth:`Verification.settle`, which ru
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
 from . import errors
 from .certs import CertificateInfo, Credential, TrustStore, credential_from_public_key
@@ -65,6 +67,7 @@ __all__ = [
     "Verification",
     "VerifyOptions",
     "verify",
+    "verify_many",
     "verify_offline",
 ]
 
@@ -99,7 +102,8 @@ class CallInfo:
 
     from_: str | None = None
     pai: str | None = None
-    to: str | None = None
+    to: str | tuple[str, ...] | None = None
+    """One value, or several (ATIS ``to.tn`` is an array): any of them may match."""
     ruri: str | None = None
 
 
@@ -269,8 +273,9 @@ class Verification:
         self.call = call or _NO_CALL
         self.options = options or _DEFAULT_OPTIONS
         self._signature_key = signature_key
-        # Cached contexts were judged with no signature check between steps 4 and 5.
-        self._cache = cache if signature_key is None else None
+        # Cached contexts were judged with no signature check between steps 4 and 5, and
+        # for Identity headers (a bare PASSporT skips the info check of step 6).
+        self._cache = cache if signature_key is None and not bare else None
         self._entries: list[_Entry] = []
         self._top_error: VerificationError | None = None
         try:
@@ -371,11 +376,19 @@ class Verification:
             raise RuntimeError("entry is not pending")
         return entry.result.x5u
 
-    def settle(self, entry: _Entry, credential: Credential) -> None:
-        """Steps 11 (validity at ``now``) and 12 (signature) with a validated credential."""
+    def settle(
+        self, entry: _Entry, credential: Credential, *, signature_ok: bool | None = None
+    ) -> None:
+        """Steps 11 (validity at ``now``) and 12 (signature) with a validated credential.
+
+        ``signature_ok`` is the outcome of step 12 when the caller ran it elsewhere (on a
+        signature thread); None runs it here.
+        """
         try:
             credential.check_time(self.now)
-            if self._signature_key is None:  # else checked at step 4 (module docstring)
+            if signature_ok is False:
+                raise errors.InvalidSignature("ES256 signature does not verify")
+            if signature_ok is None and self._signature_key is None:  # else done at step 4
                 verify_es256(credential.public_key, entry.signing_input, entry.signature)
         except VerificationError as exc:
             self._fail(entry, exc)
@@ -488,14 +501,14 @@ def _match_numbers(
             raise errors.OrigMismatch(f"orig.tn {claims.orig_tn!r} does not match {given}")
     dest: str | None = None
     if call.to or call.ruri:
-        for name, value in (("to", call.to), ("ruri", call.ruri)):
+        to = (call.to,) if type(call.to) is str else (call.to or ())
+        called = [*(("to", v) for v in to), ("ruri", call.ruri)]
+        for name, value in called:
             if value and _dest_matches(value, claims, nanp):
                 dest = name
                 break
         else:
-            given = " nor ".join(
-                f"{n} {v!r}" for n, v in (("to", call.to), ("ruri", call.ruri)) if v
-            )
+            given = " nor ".join(f"{n} {v!r}" for n, v in called if v)
             targets = list(claims.dest_tns) + list(claims.dest_uris)
             raise errors.DestMismatch(f"dest {targets!r} does not match {given}")
     return {"orig": orig, "dest": dest}
@@ -584,6 +597,9 @@ class CredentialSource(Protocol):
         ...
 
 
+SignatureCheck = Callable[[EllipticCurvePublicKey, bytes, bytes], Awaitable[bool]]
+
+
 async def verify(
     values: str | Iterable[str] | None,
     *,
@@ -592,8 +608,13 @@ async def verify(
     call: CallInfo | None = None,
     options: VerifyOptions | None = None,
     cache: DecodeCache | None = None,
+    signatures: SignatureCheck | None = None,
 ) -> Result:
-    """The online pipeline: steps 1-9, then each pending header's credential, then 11-12."""
+    """The online pipeline: steps 1-9, then each pending header's credential, then 11-12.
+
+    ``signatures`` (optional) runs step 12 elsewhere, e.g. on a helper thread
+    (:class:`verifier.sigpool.SignaturePool`); by default it runs inline.
+    """
     verification = Verification(values, now=now, call=call, options=options, cache=cache)
     for entry in verification.pending():
         try:
@@ -601,5 +622,42 @@ async def verify(
         except VerificationError as exc:
             verification.fail(entry, exc)
             continue
-        verification.settle(entry, credential)
+        if signatures is None:
+            verification.settle(entry, credential)
+        else:
+            ok = await signatures(credential.public_key, entry.signing_input, entry.signature)
+            verification.settle(entry, credential, signature_ok=ok)
     return verification.result()
+
+
+async def verify_many(
+    requests: Sequence[tuple[str | Iterable[str] | None, CallInfo | None]],
+    *,
+    now: float,
+    credentials: CredentialSource,
+    options: VerifyOptions | None = None,
+    cache: DecodeCache | None = None,
+) -> list[Result]:
+    """Many verifications at once (the batch API): steps 1-9 for all of them, one credential
+    lookup per distinct x5u (concurrently), then steps 11-12 in one tight loop."""
+    verifications = [
+        Verification(values, now=now, call=call, options=options, cache=cache)
+        for values, call in requests
+    ]
+    wanted = {Verification.x5u_of(e) for v in verifications for e in v.pending()}
+
+    async def lookup(x5u: str) -> Credential | VerificationError:
+        try:
+            return await credentials.get(x5u, now=now)
+        except VerificationError as exc:
+            return exc
+
+    found = dict(zip(wanted, await asyncio.gather(*map(lookup, wanted)), strict=True))
+    for verification in verifications:
+        for entry in verification.pending():
+            credential = found[Verification.x5u_of(entry)]
+            if isinstance(credential, VerificationError):
+                verification.fail(entry, credential)
+            else:
+                verification.settle(entry, credential)
+    return [v.result() for v in verifications]

@@ -31,6 +31,7 @@ from .errors import NoIdentity, RequestDateStale, VerificationError
 from .fetch import CertificateFetcher
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .sigpool import SignatureBatcher
 from .sip import SipError, parse_invite, reason_header
 from .tn import tn_from_uri
 from .verify import (
@@ -40,6 +41,7 @@ from .verify import (
     Reason,
     Result,
     verify,
+    verify_many,
 )
 
 __all__ = ["SERVICE", "ApiError", "Service", "create_app", "run"]
@@ -47,6 +49,7 @@ __all__ = ["SERVICE", "ApiError", "Service", "create_app", "run"]
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 JSON = "application/json"
+_MAX_EPOCH = 2**62  # a larger time is no date, and 10**400 would overflow float()
 
 
 # -- API errors (ATIS-1000082 requestError) ----------------------------------------------------
@@ -140,6 +143,7 @@ class Service:
         self.cache = DecodeCache()
         self.options = settings.options
         self.ready = False
+        self.signatures = SignatureBatcher() if settings.batch_signatures else None
         self._fetcher: CertificateFetcher | None = None
         self._latency = {
             name: self.metrics.latency.labels(name) for name in ("atis", "native", "sip", "batch")
@@ -178,34 +182,65 @@ class Service:
 
     # -- verifying -------------------------------------------------------------------------
 
-    async def verify(self, item: _Call, endpoint: str, request_id: str) -> Result:
-        now = self.clock()
+    def _precheck(self, item: _Call, now: float) -> Result | None:
+        """The verdicts reached before looking at any PASSporT: 428, 403 (SIP Date)."""
         if item.identity is None or item.identity == [] or item.identity == "":
-            result = _verdict(NoIdentity("the request carries no Identity header"))
-        elif (
-            item.date is not None
-            and abs(now - item.date) > self.settings.verification.max_date_skew
-        ):
-            result = _verdict(
+            return _verdict(NoIdentity("the request carries no Identity header"))
+        skew = self.settings.verification.max_date_skew
+        if item.date is not None and abs(now - item.date) > skew:
+            return _verdict(
                 RequestDateStale(
                     f"request date {item.date:.0f} is {abs(now - item.date):.0f} s from now;"
-                    f" at most {self.settings.verification.max_date_skew:g} s allowed"
+                    f" at most {skew:g} s allowed"
                 )
             )
-        else:
-            if self.credentials is None:  # pragma: no cover - cleanup_ctx always attaches one
-                raise RuntimeError("no credential source")
-            result = await verify(
-                item.identity,
-                now=now,
-                credentials=self.credentials,
-                call=item.call,
-                options=self.options,
-                cache=self.cache,
-            )
+        return None
+
+    def _done(self, endpoint: str, request_id: str, item: _Call, result: Result) -> None:
         self.metrics.observe(endpoint, result)
         if self.settings.api.log_verifications:
             self._log(endpoint, request_id, item, result)
+
+    def _source(self) -> CredentialSource:
+        if self.credentials is None:  # pragma: no cover - cleanup_ctx always attaches one
+            raise RuntimeError("no credential source")
+        return self.credentials
+
+    async def verify_batch(
+        self, items: list[_Call], endpoint: str, request_ids: list[str]
+    ) -> list[Result]:
+        """Many verifications: one credential lookup per x5u, signatures in one tight loop."""
+        now = self.clock()
+        results: list[Result | None] = [self._precheck(item, now) for item in items]
+        todo = [i for i, r in enumerate(results) if r is None]
+        verified = await verify_many(
+            [(items[i].identity, items[i].call) for i in todo],
+            now=now,
+            credentials=self._source(),
+            options=self.options,
+            cache=self.cache,
+        )
+        for i, result in zip(todo, verified, strict=True):
+            results[i] = result
+        out = [r for r in results if r is not None]
+        for item, rid, result in zip(items, request_ids, out, strict=True):
+            self._done(endpoint, rid, item, result)
+        return out
+
+    async def verify(self, item: _Call, endpoint: str, request_id: str) -> Result:
+        now = self.clock()
+        result = self._precheck(item, now)
+        if result is None:
+            result = await verify(
+                item.identity,
+                now=now,
+                credentials=self._source(),
+                call=item.call,
+                options=self.options,
+                cache=self.cache,
+                signatures=self.signatures.check if self.signatures is not None else None,
+            )
+        self._done(endpoint, request_id, item, result)
         return result
 
     def _log(self, endpoint: str, request_id: str, item: _Call, result: Result) -> None:
@@ -353,7 +388,7 @@ def _atis_call(data: Any) -> _Call:
     if "time" not in request:
         raise missing("time")
     when = request["time"]
-    if type(when) is not int:
+    if type(when) is not int or abs(when) > _MAX_EPOCH:
         raise invalid("time", "must be an integer (epoch seconds)")
     identity = request.get("identity")
     if identity is not None and not _identity_ok(identity):
@@ -372,7 +407,7 @@ _NATIVE_FIELDS = frozenset({"identity", "from", "pai", "to", "ruri", "date"})
 
 def _native_call(data: Any, where: str = "") -> _Call:
     if not isinstance(data, dict):
-        raise invalid(where or "body", "must be a JSON object")
+        raise invalid(where.removesuffix(".") or "body", "must be a JSON object")
     unknown = set(data) - _NATIVE_FIELDS
     if unknown:
         raise invalid(f"{where}{sorted(unknown)[0]}", "unknown field")
@@ -388,7 +423,7 @@ def _native_call(data: Any, where: str = "") -> _Call:
     date = data.get("date")
     when: float | None = None
     if date is not None:
-        if type(date) is int:
+        if type(date) is int and abs(date) <= _MAX_EPOCH:
             when = float(date)
         elif isinstance(date, str):
             from email.utils import parsedate_to_datetime
@@ -479,15 +514,22 @@ async def batch_verify(request: web.Request) -> web.Response:
     if len(items) > api.batch_max:
         raise invalid("requests", f"at most {api.batch_max} requests in one batch")
     results: list[dict[str, Any]] = []
+    calls: list[_Call] = []
+    slots: list[int] = []
     for index, raw in enumerate(items):
         try:
-            item = _native_call(raw, f"requests[{index}].")
+            calls.append(_native_call(raw, f"requests[{index}]."))
         except ApiError as exc:
             service.metrics.requests_rejected.labels(exc.message_id).inc()
             results.append(exc.body())
             continue
-        result = await service.verify(item, "batch", f"{rid}/{index}")
-        results.append(service.native_body(result, f"{rid}/{index}"))
+        slots.append(index)
+        results.append({})
+    ids = [f"{rid}/{i}" for i in slots]
+    for index, item_id, result in zip(
+        slots, ids, await service.verify_batch(calls, "batch", ids), strict=True
+    ):
+        results[index] = service.native_body(result, item_id)
     service._latency["batch"].observe(time.perf_counter() - started)
     return _json({"request_id": rid, "results": results}, headers={"X-RequestID": rid})
 
@@ -620,6 +662,7 @@ def run(settings: Settings, *, reuse_port: bool = False) -> None:
     Raises:
         ValueError: no trust anchor could be loaded.
     """
+    _use_event_loop(settings.event_loop)
     app = create_app(settings)
 
     async def on_startup(app: web.Application) -> None:
@@ -637,3 +680,15 @@ def run(settings: Settings, *, reuse_port: bool = False) -> None:
         print=lambda *_: None,
         handle_signals=True,
     )
+
+
+def _use_event_loop(choice: str) -> None:
+    if choice == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("event_loop = 'uvloop' but uvloop is not installed") from None
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,197 @@
+"""Load test of the HTTP service with wrk, beside `openssl speed` ECDSA P-256 verify.
+
+Starts `verifier serve` (one worker) on 127.0.0.1 with a test PKI whose certificate is
+preloaded (so every call is a certificate cache hit), then drives, from 32 keep-alive
+connections:
+  1. POST /stir/v1/verification with distinct valid Identity headers;
+  2. POST /v1/verify/batch with 100 distinct headers per request.
+It prints req/s, p50 and p99 for (1), verifications/s for (2), the openssl single-core
+verify rate measured in the same run, and the ratios.
+
+    apt-get install wrk        # Debian package `wrk`
+    .venv/bin/python benchmarks/bench_http.py [--seconds 10] [--json] [--no-log]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench_core import openssl_verify_per_s  # type: ignore[import-not-found]
+
+from verifier.testing import TestPKI, pem
+
+LUA = r"""
+local bodies = {}
+local n = 0
+init = function(args)
+  for line in io.lines(args[1]) do
+    n = n + 1
+    bodies[n] = line
+  end
+  counter = math.random(n)
+end
+request = function()
+  counter = counter % n + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[counter])
+end
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - 127.0.0.1
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"service not ready at {url}")
+
+
+def _wrk(url: str, bodies: Path, seconds: int, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script), url, "--", str(bodies)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        if m is None:
+            raise RuntimeError(f"no {p}% in wrk output:\n{out}")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {
+        "req_per_s": rate,
+        "p50_ms": pct("50"),
+        "p99_ms": pct("99"),
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-log", action="store_true", help="turn off per-verification logs")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+
+    openssl = openssl_verify_per_s(3)
+    work = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    try:
+        pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
+        (work / "preload").mkdir()
+        (work / "preload" / "sp.pem").write_bytes(pki.signer.chain_pem())
+        (work / "preload" / "index.json").write_text(json.dumps({pki.signer.x5u: "sp.pem"}))
+        (work / "root.pem").write_bytes(pem(pki.root.cert))
+        port = _free_port()
+        (work / "verifier.toml").write_text(
+            f'port = {port}\ntrust_anchors = ["{work / "root.pem"}"]\nlog_level = "WARNING"\n'
+            f"[x5u]\npreload_dir = \"{work / 'preload'}\"\ncrl_check = false\n"
+            f"[api]\nlog_verifications = {'false' if args.no_log else 'true'}\n"
+        )
+        (work / "bench.lua").write_text(LUA)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "verifier", "serve", "--config", str(work / "verifier.toml")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_ready(base + "/readyz")
+            # Distinct PASSporTs, signed now: iat stays fresh for the whole run.
+            count = 20000
+            now = int(time.time())
+            headers = [pki.signer.identity(iat=now) for _ in range(count)]
+            atis = work / "atis.txt"
+            atis.write_text(
+                "\n".join(
+                    json.dumps(
+                        {
+                            "verificationRequest": {
+                                "from": {"tn": "12155551212"},
+                                "to": {"tn": ["12155551213"]},
+                                "time": now,
+                                "identity": h,
+                            }
+                        }
+                    )
+                    for h in headers
+                )
+            )
+            per_batch = 100
+            batch = work / "batch.txt"
+            batch.write_text(
+                "\n".join(
+                    json.dumps(
+                        {
+                            "requests": [
+                                {"identity": h, "from": "12155551212", "to": "12155551213"}
+                                for h in headers[i : i + per_batch]
+                            ]
+                        }
+                    )
+                    for i in range(0, count, per_batch)
+                )
+            )
+            # warm up (certificate cache, code paths)
+            _wrk(base + "/stir/v1/verification", atis, 2, work / "bench.lua")
+            single = _wrk(base + "/stir/v1/verification", atis, args.seconds, work / "bench.lua")
+            batched = _wrk(base + "/v1/verify/batch", batch, args.seconds, work / "bench.lua")
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    batch_rate = batched["req_per_s"] * per_batch
+    figures = {
+        "atis_req_per_s": round(single["req_per_s"], 1),
+        "atis_p50_ms": round(single["p50_ms"], 3),
+        "atis_p99_ms": round(single["p99_ms"], 3),
+        "batch_verify_per_s": round(batch_rate, 1),
+        "openssl_verify_per_s": round(openssl, 1),
+        "atis_ratio": round(single["req_per_s"] / openssl, 3),
+        "batch_ratio": round(batch_rate / openssl, 3),
+        "non_2xx": single["non_2xx"] + batched["non_2xx"],
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"ATIS /stir/v1/verification: {single['req_per_s']:9.1f} req/s"
+          f"  p50 {single['p50_ms']:.2f} ms  p99 {single['p99_ms']:.2f} ms")
+    print(f"batch /v1/verify/batch:     {batch_rate:9.1f} verifications/s ({per_batch} per request)")
+    print(f"openssl speed ecdsap256:    {openssl:9.1f} verify/s (one core)")
+    print(f"ratios: ATIS {figures['atis_ratio']:.3f} (target >= 0.55, p99 <= 10 ms);"
+          f" batch {figures['batch_ratio']:.3f} (target >= 0.8)")
+    if figures["non_2xx"]:
+        print(f"WARNING: {figures['non_2xx']:.0f} non-2xx responses")
+
+
+if __name__ == "__main__":
+    main()
