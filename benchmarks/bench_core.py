@@ -60,6 +60,26 @@ def pipeline_verify_per_s(seconds: float, count: int = 2000) -> float:
     return done / (time.perf_counter() - start)
 
 
+def pyjwt_decode_per_s(seconds: float, count: int = 2000) -> float:
+    """PyJWT's decode of the same PASSporTs (ES256 pinned): what a library call costs."""
+    import jwt
+
+    pki = TestPKI.create()
+    key = pki.signer.key.public_key()
+    now = time.time()
+    tokens = [pki.signer.passport(iat=int(now)) for _ in range(count)]
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for token in tokens:
+            jwt.decode(token, key, algorithms=["ES256"], options={"verify_aud": False})
+        done += len(tokens)
+        if time.perf_counter() >= deadline:
+            break
+    return done / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3)
@@ -67,6 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     ours = pipeline_verify_per_s(args.seconds)
     openssl = openssl_verify_per_s(args.seconds)
+    pyjwt = pyjwt_decode_per_s(args.seconds)
     ratio = ours / openssl
     if args.json:
         print(
@@ -75,6 +96,7 @@ def main() -> None:
                     "verify_per_s": round(ours, 1),
                     "openssl_verify_per_s": round(openssl, 1),
                     "ratio": round(ratio, 3),
+                    "pyjwt_decode_per_s": round(pyjwt, 1),
                 }
             )
         )
@@ -82,6 +104,10 @@ def main() -> None:
         print(f"pipeline verify/s (cached certificate): {ours:10.1f}")
         print(f"openssl speed ecdsap256 verify/s:       {openssl:10.1f}")
         print(f"ratio:                                  {ratio:10.3f}  (target >= 0.85)")
+        print(
+            f"PyJWT decode (signature + exp only):    {pyjwt:10.1f}  (ratio {pyjwt / openssl:.3f};"
+            " why the hot path decodes by hand)"
+        )
 
 
 if __name__ == "__main__":

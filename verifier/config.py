@@ -52,6 +52,7 @@ class VerificationSettings:
     nanp_national_match: bool = True
     """A 10-digit number given by the switch matches the claim's ``1`` + number."""
     max_identity_headers: int = 32
+    """Most Identity header values verified in one request (more: 438)."""
     require_policy_oid: bool = False
     """Refuse certificates without the SHAKEN policy OID 2.16.840.1.114569.1.1.1."""
 
@@ -81,8 +82,11 @@ class ApiSettings:
     include_attest: bool = True
     """Add ``attest`` to the ATIS verificationResponse on a pass."""
     body_limit: int = 64 * 1024
+    """Largest request body, in bytes, of the single-verification endpoints (413 beyond)."""
     batch_body_limit: int = 8 * 1024 * 1024
+    """Largest request body of ``/v1/verify/batch``."""
     batch_max: int = 1000
+    """Most requests in one batch."""
     log_full_numbers: bool = False
     """Log calling/called numbers in full; by default all but the last 4 digits are masked."""
     log_verifications: bool = True
@@ -97,11 +101,15 @@ class ApiSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     host: str = "127.0.0.1"
+    """Address to listen on (``0.0.0.0`` for every interface)."""
     port: int = 8080
+    """TCP port of the API."""
     workers: int = 1
+    """Worker processes sharing the port (SO_REUSEPORT); one is a process per core."""
     trust_anchors: tuple[str, ...] = ("certs",)
     """PEM files or directories of trust anchors (STI-PA approved CAs)."""
     log_level: str = "INFO"
+    """DEBUG, INFO (one line per verification), WARNING or ERROR; JSON lines on stderr."""
     shutdown_timeout: float = 10.0
     """Seconds given to in-flight requests on SIGTERM/SIGINT."""
     batch_signatures: bool = True

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
 import sys
-from typing import Any
+import time
+from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "VerificationLog", "configure_logging"]
 
 # Attributes every LogRecord has; anything else came in through ``extra={...}``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -46,3 +48,67 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log duplicates our verification lines; keep its errors.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class VerificationLog:
+    """The per-verification JSON lines, written in batches.
+
+    A verification line through :mod:`logging` costs ~40 us (a LogRecord, a lock, the
+    formatter, one write per line): a fifth of a request's budget. This writer formats the
+    same JSON object (``ts``, ``level``, ``logger``, ``event`` and the fields) itself and
+    writes every ``flush_interval`` seconds, or each ``max_lines``, with one ``write``.
+    It honours the ``verifier.verifications`` logger's level (INFO by default).
+    """
+
+    logger_name = "verifier.verifications"
+
+    def __init__(
+        self, stream: TextIO | None = None, *, max_lines: int = 256, flush_interval: float = 0.2
+    ) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._max_lines = max_lines
+        self._interval = flush_interval
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._prefix = ""
+
+    @property
+    def enabled(self) -> bool:
+        return logging.getLogger(self.logger_name).isEnabledFor(logging.INFO)
+
+    def emit(self, fields: dict[str, Any]) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        head = (
+            f'{{"ts":"{self._prefix}.{int((now - second) * 1000):03d}+00:00","level":"INFO",'
+            f'"logger":"{self.logger_name}","event":"verification",'
+        )
+        self._lines.append(head + json.dumps(fields, separators=(",", ":"), default=str)[1:])
+        if len(self._lines) >= self._max_lines:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(self._interval, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        stream = self._stream or sys.stderr
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):  # stderr closed or full: the lines are lost, not the call
+            pass

@@ -29,6 +29,7 @@ from .certs import TrustStore
 from .config import Settings
 from .errors import NoIdentity, RequestDateStale, VerificationError
 from .fetch import CertificateFetcher
+from .logs import VerificationLog
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .sigpool import SignatureBatcher
@@ -144,6 +145,8 @@ class Service:
         self.options = settings.options
         self.ready = False
         self.signatures = SignatureBatcher() if settings.batch_signatures else None
+        self.vlog = VerificationLog()
+        self._log_verifications = settings.api.log_verifications and self.vlog.enabled
         self._fetcher: CertificateFetcher | None = None
         self._latency = {
             name: self.metrics.latency.labels(name) for name in ("atis", "native", "sip", "batch")
@@ -198,7 +201,7 @@ class Service:
 
     def _done(self, endpoint: str, request_id: str, item: _Call, result: Result) -> None:
         self.metrics.observe(endpoint, result)
-        if self.settings.api.log_verifications:
+        if self._log_verifications:
             self._log(endpoint, request_id, item, result)
 
     def _source(self) -> CredentialSource:
@@ -247,9 +250,8 @@ class Service:
         full = self.settings.api.log_full_numbers
         call = item.call
         to = call.to if isinstance(call.to, str) or call.to is None else ",".join(call.to)
-        log.info(
-            "verification",
-            extra={
+        self.vlog.emit(
+            {
                 "endpoint": endpoint,
                 "request_id": request_id,
                 "verstat": result.verstat,
@@ -261,7 +263,7 @@ class Service:
                 "origid": result.origid,
                 "orig": _mask(call.pai or call.from_, full),
                 "dest": _mask(to or call.ruri, full),
-            },
+            }
         )
 
     # -- answers ---------------------------------------------------------------------------
@@ -633,6 +635,7 @@ def create_app(
     app.add_routes(routes)
     app.cleanup_ctx.append(_fetcher_ctx)
     app.on_shutdown.append(_not_ready)
+    app.on_cleanup.append(_flush_logs)
     return app
 
 
@@ -654,6 +657,10 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _not_ready(app: web.Application) -> None:
     app[SERVICE].ready = False
+
+
+async def _flush_logs(app: web.Application) -> None:
+    app[SERVICE].vlog.flush()
 
 
 def run(settings: Settings, *, reuse_port: bool = False) -> None:
