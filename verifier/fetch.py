@@ -170,7 +170,9 @@ class CertificateFetcher:
 
     ``trust`` can be swapped with :meth:`set_trust` (SIGHUP reload); ``clock`` (epoch
     seconds) drives lifetimes, the negative cache and the breaker; ``resolver`` answers
-    DNS (tests fake other networks with it); ``stores`` are extra tiers behind memory.
+    DNS (tests fake other networks with it); ``stores`` are extra tiers behind memory;
+    ``on_load(outcome, seconds)`` is told how each load (fetch and validation) went:
+    ``"ok"`` or the failure's slug (the service feeds its latency histogram with it).
 
     Raises (constructor):
         ValueError: a session created with ``trust_env=True`` (a proxy would bypass the
@@ -186,6 +188,7 @@ class CertificateFetcher:
         clock: Callable[[], float] = time.time,
         resolver: Resolver = system_resolver,
         stores: Sequence[ChainStore] = (),
+        on_load: Callable[[str, float], None] | None = None,
     ) -> None:
         self.settings = settings = settings or FetchSettings()
         if session is not None and session.trust_env:
@@ -195,6 +198,7 @@ class CertificateFetcher:
         self._session = session
         self._own_session = session is None
         self._clock = clock
+        self._on_load = on_load
         self._getter = PinnedGetter(
             policy=AddressPolicy(
                 allow_private=settings.allow_private_x5u, allow=settings.private_allow
@@ -347,15 +351,20 @@ class CertificateFetcher:
             del self._inflight[x5u]
 
     async def _load(self, x5u: str, now: float, generation: int) -> CacheEntry | VerificationError:
+        started = time.perf_counter()
         try:
             entry = await self._obtain(x5u, now, generation)
         except VerificationError as exc:
+            if self._on_load is not None:
+                self._on_load(exc.slug, time.perf_counter() - started)
             if generation == self._generation:
                 self._negative[x5u] = (exc, self._clock() + self.settings.failure_ttl)
                 if isinstance(exc, errors.UnsupportedCredential):
                     self._memory.delete(x5u)  # a definitive answer ends stale serving
             log.info("x5u_failed", extra={"x5u": x5u, "slug": exc.slug, "detail": exc.detail})
             return exc
+        if self._on_load is not None:
+            self._on_load("ok", time.perf_counter() - started)
         if generation == self._generation and entry.fresh_until > self._clock():
             self._memory.put(x5u, entry)
             self._negative.pop(x5u, None)

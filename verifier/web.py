@@ -646,8 +646,13 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         service.ready = False
         return
+    latency = service.metrics.fetch_latency
+
+    def observe(outcome: str, seconds: float) -> None:
+        latency.labels(outcome).observe(seconds)
+
     async with CertificateFetcher(
-        service.trust, service.settings.x5u, clock=service.clock
+        service.trust, service.settings.x5u, clock=service.clock, on_load=observe
     ) as fetcher:
         service.attach_fetcher(fetcher)
         service.ready = True
