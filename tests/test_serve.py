@@ -1,0 +1,281 @@
+"""`verifier serve` and `verifier demo` as an operator runs them: real processes, real
+sockets on 127.0.0.1, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from verifier.repository import Repository
+from verifier.testing import TestPKI, pem
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "verifier", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def wait_ready(base: str, proc: subprocess.Popen[str], within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"exited early: {proc.communicate()}")
+            try:
+                async with session.get(base + "/readyz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("service did not become ready")
+
+
+def stop(proc: subprocess.Popen[str], signum: int | None = signal.SIGTERM) -> tuple[int, str, str]:
+    """Send ``signum`` (None: it was sent already) and wait for the process to exit."""
+    if signum is not None and proc.poll() is None:
+        proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def atis_body(identity: str, now: int, to: str = "12155551213") -> dict[str, object]:
+    return {
+        "verificationRequest": {
+            "from": {"tn": "12155551212"},
+            "to": {"tn": [to]},
+            "time": now,
+            "identity": identity,
+        }
+    }
+
+
+def test_refuses_to_start_without_trust_anchors(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    proc = start("serve", "--port", str(free_port()), cwd=tmp_path)
+    _out, err = proc.communicate(timeout=20)
+    code = proc.returncode
+    assert 2 == code
+    assert "no .pem/.crt/.cer files" in err
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "v.toml").write_text("[x5u]\ntimeout = 'soon'\n")
+    proc = start("serve", "--config", str(tmp_path / "v.toml"))
+    _out, err = proc.communicate(timeout=20)
+    code = proc.returncode
+    assert 2 == code
+    assert "[x5u] timeout: expected a number" in err
+
+
+async def test_graceful_shutdown_finishes_requests_in_flight(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    pki = TestPKI.create()
+    async with Repository.create(pki) as repo:
+        repo.put("/sp.pem", pki.signer.chain_pem(), delay=1.0)  # a slow repository
+        pki.signer.x5u = repo.url("/sp.pem")
+        (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
+        (tmp_path / "ca.pem").write_bytes(repo.ca_pem)
+        port = free_port()
+        (tmp_path / "v.toml").write_text(
+            f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\n"
+            f"[x5u]\nca_file = '{tmp_path / 'ca.pem'}'\nprivate_allow = ['127.0.0.1']\n"
+            f"ports = [443, {repo.port}]\ncrl_check = false\n"
+        )
+        proc = start("serve", "--config", str(tmp_path / "v.toml"))
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        await wait_ready(base, proc)
+        now = int(time.time())
+        async with aiohttp.ClientSession() as session:
+
+            async def call(i: int) -> tuple[int, object]:
+                body = atis_body(pki.signer.identity(iat=now), now)
+                async with session.post(base + "/stir/v1/verification", json=body) as resp:
+                    return resp.status, await resp.json()
+
+            calls = [asyncio.create_task(call(i)) for i in range(20)]
+            await asyncio.sleep(0.4)  # all 20 wait on the one slow x5u fetch
+            proc.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*calls)
+        code, _out, err = stop(proc, None)
+    passed = {"verificationResponse": {"verstat": "TN-Validation-Passed", "attest": "A"}}
+    assert [(200, passed)] * 20 == answers
+    assert 0 == code, err
+    assert 1 == repo.counts["/sp.pem"]
+
+
+async def test_sighup_reloads_trust_anchors_and_keeps_the_old_on_error(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
+    other = TestPKI.create(x5u="https://certs.example.net/other.pem")
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    (anchors / "root.pem").write_bytes(pem(pki.root.cert))
+    preload = tmp_path / "preload"
+    preload.mkdir()
+    (preload / "sp.pem").write_bytes(pki.signer.chain_pem())
+    (preload / "other.pem").write_bytes(other.signer.chain_pem())
+    (preload / "index.json").write_text(
+        json.dumps({pki.signer.x5u: "sp.pem", other.signer.x5u: "other.pem"})
+    )
+    port = free_port()
+    (tmp_path / "v.toml").write_text(
+        f"port = {port}\ntrust_anchors = ['{anchors}']\n"
+        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\nfailure_ttl = 0\n"
+    )
+    proc = start("serve", "--config", str(tmp_path / "v.toml"))
+    procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base, proc)
+    now = int(time.time())
+
+    async def verstat(session: aiohttp.ClientSession, signer_pki: TestPKI) -> str:
+        body = atis_body(signer_pki.signer.identity(iat=now), now)
+        async with session.post(base + "/stir/v1/verification", json=body) as resp:
+            assert 200 == resp.status
+            return str((await resp.json())["verificationResponse"]["verstat"])
+
+    async def reloads(session: aiohttp.ClientSession) -> dict[str, float]:
+        async with session.get(base + "/metrics") as resp:
+            text = await resp.text()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("verifier_reloads_total{"):
+                outcome = line.split('outcome="')[1].split('"')[0]
+                out[outcome] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    async with aiohttp.ClientSession() as session:
+        assert "TN-Validation-Passed" == await verstat(session, pki)
+        assert "TN-Validation-Failed" == await verstat(session, other)  # untrusted root
+        # a broken anchor file: the reload fails, the old anchors stay in force
+        (anchors / "root.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert {"failed": 1.0} == await reloads(session)
+        assert "TN-Validation-Passed" == await verstat(session, pki)
+        # the other PKI's root: after SIGHUP its calls pass and the old root's fail
+        (anchors / "root.pem").write_bytes(pem(other.root.cert))
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert {"failed": 1.0, "ok": 1.0} == await reloads(session)
+        assert "TN-Validation-Passed" == await verstat(session, other)
+        assert "TN-Validation-Failed" == await verstat(session, pki)
+    code, _out, err = stop(proc)
+    assert 0 == code
+    assert "reload_failed" in err
+
+
+async def test_workers_share_one_port_and_sum_their_metrics(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    pki = TestPKI.create()
+    (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
+    port = free_port()
+    proc = start(
+        "serve", "--trust-anchor", str(tmp_path / "root.pem"), "--port", str(port), "--workers", "2"
+    )
+    procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base, proc)
+    heartbeat = {"verificationRequest": {"from": {"tn": "1"}, "to": {"tn": ["2"]}, "time": 1}}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            # a new connection each time, so the kernel spreads them over the workers
+            async with session.post(
+                base + "/stir/v1/verification", json=heartbeat, headers={"Connection": "close"}
+            ) as resp:
+                assert 200 == resp.status
+        async with session.get(base + "/metrics") as resp:
+            metrics = await resp.text()
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("verifier_verifications_total{") and 'reason="no_identity"' in line
+    )
+    assert 20.0 == float(line.rsplit(" ", 1)[1])
+    code, _out, err = stop(proc)
+    assert 0 == code
+    pids = json.loads(next(x for x in err.splitlines() if "workers_started" in x))["pids"]
+    assert 2 == len(pids)
+
+
+async def test_demo_prints_commands_that_give_the_printed_answers(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    proc = start("demo", "--dir", str(tmp_path / "dev"), "--port", str(port))
+    procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base, proc)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not any("Ctrl-C" in line for line in lines):
+        lines.append(await asyncio.to_thread(proc.stdout.readline))
+    text = "".join(lines)
+    assert "created a dev PKI" in text
+    commands = [line for line in lines if " -m verifier sign " in line]
+    expected = [line for line in lines if line.startswith("# expected")]
+    assert 2 == len(commands) == len(expected)
+    for command, answer in zip(commands, expected, strict=True):
+        # run the printed pipeline: `... sign ... | curl ...` (curl replaced by aiohttp)
+        sign = command.rstrip(" \\\n")
+        out = await asyncio.to_thread(  # the printed shell command, as a user pastes it
+            subprocess.run, ["bash", "-c", sign], check=True, capture_output=True, text=True
+        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                base + "/stir/v1/verification",
+                data=out.stdout,
+                headers={"Content-Type": "application/json"},  # as the printed curl sends
+            ) as resp,
+        ):
+            got = await resp.json(content_type=None)
+        printed = json.loads(answer.split(": ", 1)[1])
+        assert printed == got
+    assert ["TN-Validation-Passed", "No-TN-Validation"] == [
+        json.loads(a.split(": ", 1)[1])["verificationResponse"]["verstat"] for a in expected
+    ]
+    code, _out, _err = stop(proc, signal.SIGINT)
+    assert 0 == code
