@@ -1,7 +1,6 @@
 """verifier.cache: lifetimes from HTTP headers, clamping, the memory tier, the stores."""
 
 # STYLE.md: asserts read ``expected == actual``.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """verifier.config: defaults < TOML file < environment < overrides, every value validated."""
 
 # STYLE.md: asserts read ``expected == actual``.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ PKI's keys; they are served over plain HTTP by verifier.repository on 127.0.0.1,
 to the checker by a fetch function. The only fake is the clock."""
 
 # STYLE.md: asserts read ``expected == actual``.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

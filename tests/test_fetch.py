@@ -3,7 +3,6 @@ repository (verifier.repository) on 127.0.0.1. The only fakes: the clock, and DN
 for names of other networks. Nothing here connects anywhere but 127.0.0.1."""
 
 # STYLE.md: asserts read ``expected == actual``.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """verifier.sip: what the verifier reads from an INVITE, and the RFC 9410 Reason it hands back."""
 
 # STYLE.md: asserts read ``expected == actual``.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

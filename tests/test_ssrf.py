@@ -2,7 +2,6 @@
 come from a fake resolver (they stand for other networks); nothing connects."""
 
 # STYLE.md: asserts read ``expected == actual``.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -1,0 +1,429 @@
+"""verifier.certs: real STI-CA certificates, TNAuthList DER, chain validation, loading."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from verifier import errors
+from verifier.certs import (
+    SHAKEN_POLICY_OID,
+    Credential,
+    TNAuthList,
+    TrustStore,
+    credential_from_public_key,
+    load_certificates,
+    load_chain,
+    parse_tnauthlist,
+)
+from verifier.testing import TestPKI, encode_tnauthlist, pem, write_pki
+
+STI_CA_CERTS = Path(__file__).parent / "conformance" / "sti-ca-certs"
+STI_CA_FILES = sorted(STI_CA_CERTS.glob("*.pem"))
+INDEX: list[dict[str, Any]] = json.loads((STI_CA_CERTS / "index.json").read_text())
+DAY = dt.timedelta(days=1)
+
+
+def _sha256(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def _key_kind(cert: x509.Certificate) -> str:
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    return f"EC-{key.curve.name}"
+
+
+# -- real STI-CA certificates ------------------------------------------------------------------
+
+
+def test_sti_ca_set_is_complete() -> None:
+    assert 49 == len(STI_CA_FILES)
+    assert sorted(p.name for p in STI_CA_FILES) == sorted(e["file"] for e in INDEX)
+
+
+@pytest.mark.parametrize("path", STI_CA_FILES, ids=lambda p: p.stem)
+def test_sti_ca_certificate_loads(path: Path) -> None:
+    certs = load_chain(path.read_bytes())
+    assert 1 == len(certs)
+    entry = next(e for e in INDEX if e["file"] == path.name)
+    assert entry["sha256"] == _sha256(certs[0])
+    assert entry["self_signed"] == (certs[0].subject == certs[0].issuer)
+    assert entry["key"] == _key_kind(certs[0])
+
+
+def test_trust_store_from_all_sti_ca_certificates() -> None:
+    store = TrustStore.from_paths([STI_CA_CERTS])
+    assert 49 == len(store.anchors)
+    kinds = {_key_kind(c) for c in store.anchors}
+    assert {"RSA-2048", "EC-secp256r1", "EC-secp384r1", "EC-secp521r1"} == kinds
+
+
+def _issuer_links() -> list[tuple[str, str]]:
+    links = []
+    for entry in INDEX:
+        for issuer in entry["issuer_in_set_and_signature_verifies"]:
+            match = re.search(r"\(([0-9a-f]{8})\)$", issuer)
+            assert match is not None, issuer
+            links.append((entry["file"], match.group(1)))
+    return links
+
+
+ISSUER_LINKS = _issuer_links()
+
+
+def test_index_lists_issuer_links() -> None:
+    assert 42 <= len(ISSUER_LINKS)
+
+
+@pytest.mark.parametrize(("file", "issuer_sha"), ISSUER_LINKS, ids=lambda v: str(v)[:40])
+def test_sti_ca_certificate_is_issued_by_its_issuer(file: str, issuer_sha: str) -> None:
+    cert = x509.load_pem_x509_certificate((STI_CA_CERTS / file).read_bytes())
+    issuer_entry = next(e for e in INDEX if e["sha256"].startswith(issuer_sha))
+    issuer = x509.load_pem_x509_certificate((STI_CA_CERTS / issuer_entry["file"]).read_bytes())
+    cert.verify_directly_issued_by(issuer)  # raises on a bad link
+
+
+# -- TNAuthList --------------------------------------------------------------------------------
+
+
+def test_tnauthlist_spc() -> None:
+    assert TNAuthList(spcs=("1234",), ranges=(), tns=()) == parse_tnauthlist(
+        bytes.fromhex("3008a0061604") + b"1234"
+    )
+
+
+def test_tnauthlist_range() -> None:
+    # [1] { IA5String start, INTEGER count }
+    der = bytes.fromhex("3013a111300f160a") + b"2155550000" + bytes.fromhex("020164")
+    assert TNAuthList(spcs=(), ranges=(("2155550000", 100),), tns=()) == parse_tnauthlist(der)
+
+
+def test_tnauthlist_single_tn() -> None:
+    der = bytes.fromhex("300fa20d160b") + b"12155551212"
+    assert TNAuthList(spcs=(), ranges=(), tns=("12155551212",)) == parse_tnauthlist(der)
+
+
+def test_tnauthlist_mixed() -> None:
+    der = encode_tnauthlist(
+        spcs=["1234", "567J"], ranges=[("12155550000", 1000)], tns=["12155551212"]
+    )
+    assert TNAuthList(
+        spcs=("1234", "567J"), ranges=(("12155550000", 1000),), tns=("12155551212",)
+    ) == parse_tnauthlist(der)
+
+
+@pytest.mark.parametrize(
+    ("spcs", "ranges", "tns"),
+    [
+        (["1"], [], []),
+        (["1234"], [("12155550000", 2)], []),
+        ([], [("1", 127), ("2", 128), ("3", 255), ("4", 256), ("5", 2**31)], []),
+        (["A" * 200], [], ["12155551212", "*67#"]),  # long form lengths
+        ([f"{i:04d}" for i in range(40)], [], []),
+    ],
+)
+def test_encode_tnauthlist_round_trips(
+    spcs: list[str], ranges: list[tuple[str, int]], tns: list[str]
+) -> None:
+    parsed = parse_tnauthlist(encode_tnauthlist(spcs, ranges, tns))
+    assert TNAuthList(spcs=tuple(spcs), ranges=tuple(ranges), tns=tuple(tns)) == parsed
+
+
+SPC = bytes.fromhex("a0061604") + b"1234"
+
+MALFORMED_TNAUTHLISTS = {
+    "empty input": b"",
+    "wrong outer tag (SET)": bytes.fromhex("3108") + SPC,
+    "outer IA5String (vector 004)": b"\x16\x04abcd",
+    "truncated": encode_tnauthlist(["1234"])[:-1],
+    "truncated header": b"\x30",
+    "outer length overruns": bytes.fromhex("3009") + SPC,
+    "trailing data": encode_tnauthlist(["1234"]) + b"\x00",
+    "non-minimal length": bytes.fromhex("308108") + SPC,
+    "non-minimal length (leading zero)": bytes.fromhex("30820008") + SPC,
+    "indefinite length": bytes.fromhex("3080") + SPC + b"\x00\x00",
+    "length of length too big": bytes.fromhex("3085000000000008") + SPC,
+    "empty list": b"\x30\x00",
+    "unknown tag [3]": bytes.fromhex("3008a3061604") + b"1234",
+    "high tag number": bytes.fromhex("3009bf1f061604") + b"1234",
+    "SPC not IA5String": bytes.fromhex("3008a0060c04") + b"1234",
+    "empty SPC": bytes.fromhex("3004a0021600"),
+    "SPC not printable": bytes.fromhex("3008a0061604") + b"12\x0034",
+    "SPC with extra data": bytes.fromhex("300aa0081604") + b"1234" + b"\x05\x00",
+    "range count 1": encode_tnauthlist(ranges=[("1215", 1)]),
+    "range count 0": encode_tnauthlist(ranges=[("1215", 0)]),
+    "range count negative": bytes.fromhex("300da10b30091604") + b"1215" + bytes.fromhex("0201ff"),
+    "range count empty": bytes.fromhex("300ca10a30081604") + b"1215" + bytes.fromhex("0200"),
+    "range count not INTEGER": bytes.fromhex("300da10b30091604") + b"1215" + b"\x16\x01\x05",
+    "range without count": bytes.fromhex("300aa10830061604") + b"1215",
+    "range not a SEQUENCE": bytes.fromhex("300da10b31091604") + b"1215" + b"\x02\x01\x05",
+    "range with extra data": bytes.fromhex("300fa10d300b1604")
+    + b"1215"
+    + bytes.fromhex("0201050500"),
+}
+
+
+@pytest.mark.parametrize("der", MALFORMED_TNAUTHLISTS.values(), ids=list(MALFORMED_TNAUTHLISTS))
+def test_tnauthlist_malformed(der: bytes) -> None:
+    with pytest.raises(errors.TNAuthListMalformed) as info:
+        parse_tnauthlist(der)
+    assert errors.TNAuthListMalformed is type(info.value)
+
+
+# -- chain validation ---------------------------------------------------------------------------
+
+
+def test_default_chain_passes(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    credential = trust.validate(pki.signer.chain, now)
+    info = credential.certificate
+    assert info is not None
+    leaf = pki.signer.cert
+    assert ("1234",) == info.spc
+    assert _sha256(leaf) == info.fingerprint_sha256
+    assert leaf.not_valid_after_utc.isoformat() == info.not_after
+    assert leaf.not_valid_before_utc.isoformat() == info.not_before
+    assert info.shaken_policy
+    assert (SHAKEN_POLICY_OID.dotted_string,) == info.policy_oids
+    assert _sha256(pki.root.cert) == info.anchor
+    assert 3 == len(info.chain)
+    assert format(leaf.serial_number, "x") == info.serial
+    assert leaf.public_key() == credential.public_key
+    assert () == credential.warnings
+    # the chain's validity is the intersection of its certificates'
+    assert leaf.not_valid_after_utc.timestamp() == credential.not_after
+    json.dumps(info.to_dict())
+
+
+def test_tn_ranges_and_tns_are_reported(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    value = encode_tnauthlist(["1234"], [("12155550000", 100)], ["12155551212"])
+    info = trust.validate(pki.ca.issue_leaf(tnauthlist=value).chain, now).certificate
+    assert info is not None
+    assert (("12155550000", 100),) == info.tn_ranges
+    assert ("12155551212",) == info.tns
+    assert [{"start": "12155550000", "count": 100}] == info.to_dict()["tn_ranges"]
+
+
+def test_crl_url_is_reported(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    url = "https://crl.example.net/sti-ca.crl"
+    info = trust.validate(pki.ca.issue_leaf(crl_url=url).chain, now).certificate
+    assert info is not None
+    assert (url,) == info.crl_urls
+
+
+def _at(now: int, days: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(now, dt.UTC) + days * DAY
+
+
+def test_expired_leaf(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    signer = pki.ca.issue_leaf(not_before=_at(now, -30), not_after=_at(now, -1))
+    with pytest.raises(errors.CertificateExpired):
+        trust.validate(signer.chain, now)
+
+
+def test_not_yet_valid_leaf(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    signer = pki.ca.issue_leaf(not_before=_at(now, 30), not_after=_at(now, 60))
+    with pytest.raises(errors.CertificateNotYetValid):
+        trust.validate(signer.chain, now)
+
+
+def test_expired_intermediate(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    ca = pki.root.issue_ca("expired STI-CA", not_before=_at(now, -30), not_after=_at(now, -1))
+    with pytest.raises(errors.CertificateExpired):
+        trust.validate(ca.issue_leaf().chain, now)
+
+
+def test_validity_is_checked_at_the_given_moment(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    # An expired leaf is fine when verifying a recorded call made while it was valid.
+    signer = pki.ca.issue_leaf(not_before=_at(now, -0.5), not_after=_at(now, -0.25))
+    trust.validate(signer.chain, now - 86400 * 0.4)
+    with pytest.raises(errors.CertificateExpired):
+        trust.validate(signer.chain, now)
+
+
+def test_no_tnauthlist(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    with pytest.raises(errors.TNAuthListMissing):
+        trust.validate(pki.ca.issue_leaf(tnauthlist=None).chain, now)
+
+
+def test_tnauthlist_without_spc(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    value = encode_tnauthlist(tns=["12155551212"], ranges=[("12155550000", 10)])
+    with pytest.raises(errors.TNAuthListMissing):
+        trust.validate(pki.ca.issue_leaf(None, tnauthlist=value).chain, now)
+
+
+def test_malformed_tnauthlist(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    with pytest.raises(errors.TNAuthListMalformed):
+        trust.validate(pki.ca.issue_leaf(tnauthlist=b"\x16\x04abcd").chain, now)
+
+
+def test_wrong_policy_oid(pki: TestPKI, now: int) -> None:
+    chain = pki.ca.issue_leaf(policy_oid=x509.ObjectIdentifier("1.2.3.4")).chain
+    info = TrustStore([pki.root.cert]).validate(chain, now).certificate
+    assert info is not None
+    assert ("1.2.3.4",) == info.policy_oids
+    assert not info.shaken_policy
+    strict = TrustStore([pki.root.cert], require_policy_oid=True)
+    with pytest.raises(errors.PolicyOidMissing):
+        strict.validate(chain, now)
+    strict.validate(pki.signer.chain, now)
+
+
+def test_no_policy_extension_passes_by_default(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    info = trust.validate(pki.ca.issue_leaf(policy_oid=None).chain, now).certificate
+    assert info is not None
+    assert () == info.policy_oids
+
+
+def test_rsa_2048_ca(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    ca = pki.root.issue_ca("RSA STI-CA", key_type="rsa2048")
+    assert ("1234",) == trust.validate(ca.issue_leaf().chain, now).certificate.spc  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("root_key", ["p384", "p521"])
+def test_other_curve_roots(root_key: Any, now: int) -> None:
+    other = TestPKI.create(root_key=root_key, spc="567J")
+    credential = TrustStore([other.root.cert]).validate(other.signer.chain, now)
+    assert credential.certificate is not None
+    assert ("567J",) == credential.certificate.spc
+
+
+def test_ca_with_any_extended_key_usage(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    ca = pki.root.issue_ca("EKU STI-CA", any_eku=True)
+    trust.validate(ca.issue_leaf().chain, now)
+
+
+def test_critical_tnauthlist(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    trust.validate(pki.ca.issue_leaf(tnauthlist_critical=True).chain, now)
+
+
+def test_leaf_without_key_usage(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    with pytest.raises(errors.CertificateNotTrusted):
+        trust.validate(pki.ca.issue_leaf(key_usage=False).chain, now)
+
+
+def test_untrusted_root(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    with pytest.raises(errors.CertificateNotTrusted):
+        trust.validate(pki.untrusted_root().issue_leaf().chain, now)
+
+
+def test_missing_intermediate(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    with pytest.raises(errors.CertificateNotTrusted):
+        trust.validate([pki.signer.cert], now)
+
+
+def test_leaf_with_p384_key(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    with pytest.raises(errors.UnsupportedKey):
+        trust.validate(pki.ca.issue_leaf(key_type="p384").chain, now)
+
+
+def test_empty_chain(trust: TrustStore, now: int) -> None:
+    with pytest.raises(errors.CertificateInvalid):
+        trust.validate([], now)
+
+
+def test_trust_store_needs_an_anchor() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        TrustStore([])
+
+
+# -- Credential --------------------------------------------------------------------------------
+
+
+def test_credential_check_time(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    credential = trust.validate(pki.signer.chain, now)
+    credential.check_time(now)
+    credential.check_time(credential.not_after)
+    credential.check_time(credential.not_before)
+    with pytest.raises(errors.CertificateExpired):
+        credential.check_time(credential.not_after + 1)
+    with pytest.raises(errors.CertificateNotYetValid):
+        credential.check_time(credential.not_before - 1)
+
+
+def test_credential_bounds_default_to_forever(pki: TestPKI) -> None:
+    credential = Credential(public_key=pki.signer.key.public_key(), certificate=None)
+    credential.check_time(0)
+    credential.check_time(1e12)
+
+
+def test_credential_from_public_key(pki: TestPKI) -> None:
+    credential = credential_from_public_key(pki.signer.key.public_key())
+    assert credential.certificate is None
+    assert 1 == len(credential.warnings)
+    with pytest.raises(errors.UnsupportedKey):
+        credential_from_public_key(ec.generate_private_key(ec.SECP384R1()).public_key())
+    with pytest.raises(errors.UnsupportedKey):
+        credential_from_public_key(pki.signer.cert)
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def test_load_chain_pem(pki: TestPKI) -> None:
+    assert list(pki.signer.chain) == load_chain(pki.signer.chain_pem())
+
+
+def test_load_chain_der(pki: TestPKI) -> None:
+    assert [pki.signer.cert] == load_chain(pki.signer.cert.public_bytes(Encoding.DER))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"garbage",
+        b"-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n",
+        b"-----BEGIN PUBLIC KEY-----\nZ2FyYmFnZQ==\n-----END PUBLIC KEY-----\n",
+    ],
+    ids=["empty", "garbage", "bad-pem-body", "no-certificate"],
+)
+def test_load_chain_garbage(data: bytes) -> None:
+    with pytest.raises(errors.CertificateInvalid):
+        load_chain(data)
+
+
+def test_load_chain_too_many_certificates(pki: TestPKI) -> None:
+    assert 8 == len(load_chain(pem(pki.signer.cert) * 8))
+    with pytest.raises(errors.CertificateInvalid, match="at most 8"):
+        load_chain(pem(pki.signer.cert) * 9)
+
+
+def test_load_certificates_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such file"):
+        load_certificates([tmp_path / "missing.pem"])
+    with pytest.raises(ValueError, match=r"no \.pem"):
+        load_certificates([tmp_path])
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(ValueError, match=r"bad\.pem"):
+        load_certificates([bad])
+
+
+# -- the test PKI on disk ----------------------------------------------------------------------
+
+
+def test_write_pki_private_keys_are_0600(tmp_path: Path, now: int) -> None:
+    pki = write_pki(tmp_path)
+    keys = sorted(tmp_path.rglob("*.key"))
+    assert {"root.key", "ca.key", "sp.key", "server.key", "expired.key"} <= {k.name for k in keys}
+    for key in keys:
+        assert 0o600 == stat.S_IMODE(key.stat().st_mode), key
+    for cert in tmp_path.rglob("*.pem"):
+        assert b"PRIVATE KEY" not in cert.read_bytes(), cert
+    trust = TrustStore.from_paths([tmp_path / "root.pem"])
+    chain = load_chain((tmp_path / "sp.pem").read_bytes())
+    assert pki.signer.cert == chain[0]
+    trust.validate(chain, now)

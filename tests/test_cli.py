@@ -1,0 +1,387 @@
+"""verifier.cli: ``verifier verify | sign | pki init | demo`` through main(argv)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from verifier.cli import main
+from verifier.testing import Signer, TestPKI, pem
+
+
+def run(argv: Sequence[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    code = info.value.code
+    assert isinstance(code, int)
+    return code
+
+
+@dataclass(frozen=True)
+class Files:
+    root: str
+    chain: str
+    key: str
+    public_key: str
+
+
+@pytest.fixture(scope="module")
+def files(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> Files:
+    out = tmp_path_factory.mktemp("cli-pki")
+    (out / "root.pem").write_bytes(pem(pki.root.cert))
+    (out / "sp.pem").write_bytes(pki.signer.chain_pem())
+    (out / "sp.key").write_bytes(pki.signer.key_pem())
+    public = pki.signer.key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (out / "sp.pub").write_bytes(public)
+    return Files(
+        root=str(out / "root.pem"),
+        chain=str(out / "sp.pem"),
+        key=str(out / "sp.key"),
+        public_key=str(out / "sp.pub"),
+    )
+
+
+def _cert_args(files: Files) -> list[str]:
+    return ["--cert", files.chain, "--trust-anchor", files.root]
+
+
+def _fresh(signer: Signer, **kwargs: object) -> str:
+    return signer.identity(iat=int(time.time()), **kwargs)  # type: ignore[arg-type]
+
+
+def _tampered(value: str) -> str:
+    token, _, params = value.partition(";")
+    h, p, s = token.split(".")
+    s = ("B" if s[0] == "A" else "A") + s[1:]
+    return f"{h}.{p}.{s};{params}"
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+
+def test_verify_passes(files: Files, signer: Signer, capsys: pytest.CaptureFixture[str]) -> None:
+    value = _fresh(signer)
+    assert 0 == run(["verify", value, *_cert_args(files)])
+    out = capsys.readouterr().out
+    assert "[0] ppt=shaken passed" in out
+    assert "verstat=TN-Validation-Passed attest=A spc=1234" in out
+
+
+def test_verify_with_call_numbers(
+    files: Files, signer: Signer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    value = _fresh(signer, orig="12155551212", dest="12155551213")
+    args = ["verify", value, *_cert_args(files), "--orig", "12155551212"]
+    assert 0 == run([*args, "--dest", "tel:+12155551213"])
+    assert 1 == run([*args, "--dest", "12155559999"])
+    assert "(dest_mismatch)" in capsys.readouterr().out
+
+
+def test_verify_tampered(files: Files, signer: Signer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert 1 == run(["verify", _tampered(_fresh(signer)), *_cert_args(files)])
+    out = capsys.readouterr().out
+    assert "verstat=TN-Validation-Failed" in out
+    assert "438 Invalid Identity Header (invalid_signature)" in out
+
+
+def test_verify_json(files: Files, signer: Signer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert 0 == run(["verify", _fresh(signer), *_cert_args(files), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert "TN-Validation-Passed" == result["verstat"]
+    assert ["1234"] == result["certificate"]["spc"]
+    assert 1 == run(["verify", _tampered(_fresh(signer)), *_cert_args(files), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert "TN-Validation-Failed" == result["verstat"]
+    assert 438 == result["reason"]["sip_code"]
+
+
+@pytest.fixture(scope="module")
+def old_call(signer: Signer) -> tuple[str, int]:
+    """A header signed an hour ago (inside the test certificates' validity) and its iat."""
+    iat = int(time.time()) - 3600
+    return signer.identity(iat=iat), iat
+
+
+def test_verify_at_epoch(
+    files: Files, old_call: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    value, iat = old_call
+    assert 0 == run(["verify", value, *_cert_args(files), "--at", str(iat + 5)])
+    assert 0 == run(["verify", value, *_cert_args(files), "--at", f"{iat + 5}.5"])
+    capsys.readouterr()
+    assert 1 == run(["verify", value, *_cert_args(files)])
+    assert "403 Stale Date (iat_too_old)" in capsys.readouterr().out
+
+
+def test_verify_at_rfc3339(files: Files, old_call: tuple[str, int]) -> None:
+    value, iat = old_call
+    when = dt.datetime.fromtimestamp(iat + 5, dt.UTC)
+    for text in (
+        when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        when.isoformat(),
+        when.astimezone(dt.timezone(dt.timedelta(hours=-5))).isoformat(),
+    ):
+        assert 0 == run(["verify", value, *_cert_args(files), "--at", text]), text
+    late = (when + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert 1 == run(["verify", value, *_cert_args(files), "--at", late])
+
+
+def test_verify_max_iat_age(files: Files, old_call: tuple[str, int]) -> None:
+    value, _ = old_call
+    assert 0 == run(["verify", value, *_cert_args(files), "--max-iat-age", "7200"])
+
+
+def test_verify_from_file(
+    files: Files, signer: Signer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    div = signer.identity(iat=int(time.time()), header={"ppt": "div"}, params=";ppt=div")
+    path = tmp_path / "invite.txt"
+    path.write_text(f"Identity: {_fresh(signer)}\n\n{div}\n")
+    assert 0 == run(["verify", f"@{path}", *_cert_args(files)])
+    out = capsys.readouterr().out
+    assert "[0] ppt=shaken passed" in out
+    assert "[1] ppt=div not_verified" in out
+
+
+def test_verify_from_stdin(files: Files, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(_fresh(signer) + "\n"))
+    assert 0 == run(["verify", "-", *_cert_args(files)])
+    monkeypatch.setattr("sys.stdin", io.StringIO(_tampered(_fresh(signer)) + "\n"))
+    assert 1 == run(["verify", "-", *_cert_args(files)])
+
+
+def test_verify_empty_stdin(
+    files: Files, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    assert 1 == run(["verify", "-", *_cert_args(files)])
+    assert "428 Use Identity Header (no_identity)" in capsys.readouterr().out
+
+
+def test_verify_with_bare_key(
+    files: Files, signer: Signer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert 0 == run(["verify", _fresh(signer), "--key", files.public_key])
+    assert "bare public key" in capsys.readouterr().out
+    assert 0 == run(["verify", _fresh(signer), "--key", files.key])  # a private key will do
+    assert 1 == run(["verify", _tampered(_fresh(signer)), "--key", files.public_key])
+
+
+def test_verify_bare_passport(files: Files, signer: Signer) -> None:
+    token = signer.passport(iat=int(time.time()))
+    assert 0 == run(["verify", token, "--bare", *_cert_args(files)])
+    assert 1 == run(["verify", token, *_cert_args(files)])  # as a header: no info
+
+
+def test_verify_require_policy_oid(files: Files, signer: Signer) -> None:
+    assert 0 == run(["verify", _fresh(signer), *_cert_args(files), "--require-policy-oid"])
+
+
+def test_verify_untrusted(
+    files: Files, pki: TestPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = pki.untrusted_root().issue_leaf()
+    chain = tmp_path / "other.pem"
+    chain.write_bytes(other.chain_pem())
+    args = ["verify", _fresh(other), "--cert", str(chain), "--trust-anchor", files.root]
+    assert 1 == run(args)
+    assert "(cert_not_trusted)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--at", "yesterday"],
+        ["--at", "2024-05-01T12:00:00"],  # no UTC offset
+        ["--at", "nan"],  # would pass every time check
+        ["--at", "inf"],
+        ["--at", "1e20"],
+        ["--max-iat-age", "0"],
+        ["--max-iat-age", "soon"],
+    ],
+)
+def test_verify_usage_errors(
+    files: Files, signer: Signer, extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert 2 == run(["verify", _fresh(signer), *_cert_args(files), *extra])
+    assert "error" in capsys.readouterr().err
+
+
+def test_verify_usage_errors_in_files(files: Files, signer: Signer, tmp_path: Path) -> None:
+    value = _fresh(signer)
+    missing = str(tmp_path / "missing.pem")
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    assert 2 == run(["verify", f"@{missing}", *_cert_args(files)])
+    assert 2 == run(["verify", value, "--cert", missing, "--trust-anchor", files.root])
+    assert 2 == run(["verify", value, "--cert", files.chain, "--trust-anchor", missing])
+    assert 2 == run(["verify", value, "--cert", str(not_pem), "--trust-anchor", files.root])
+    assert 2 == run(["verify", value, "--key", missing])
+    assert 2 == run(["verify", value, "--key", str(not_pem)])
+    assert 2 == run(["verify", value, "--key", files.chain])  # a certificate is not a key
+
+
+def test_verify_cert_and_key_together(files: Files, signer: Signer) -> None:
+    assert 2 == run(["verify", _fresh(signer), *_cert_args(files), "--key", files.public_key])
+
+
+def test_verify_online_needs_trust_anchors(
+    signer: Signer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./certs to default to
+    assert 2 == run(["verify", _fresh(signer)])
+    assert 2 == run(["verify", signer.passport(), "--bare"])  # a bare PASSporT has no info
+
+
+def test_argparse_errors() -> None:
+    assert 2 == run([])
+    assert 2 == run(["verify"])
+    assert 2 == run(["frobnicate"])
+    assert 0 == run(["--version"])
+
+
+# -- sign --------------------------------------------------------------------------------------
+
+
+def test_sign_then_verify(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    x5u = "https://127.0.0.1:8443/sp.pem"
+    args = ["sign", "--key", files.key, "--x5u", x5u, "--orig", "12155551212"]
+    assert 0 == run([*args, "--dest", "12155551213", "--dest", "12155551214", "--attest", "B"])
+    value = capsys.readouterr().out.strip()
+    assert f";info=<{x5u}>;alg=ES256;ppt=" in value
+    verify = ["verify", value, *_cert_args(files), "--orig", "12155551212", "--json"]
+    assert 0 == run([*verify, "--dest", "12155551214"])
+    result = json.loads(capsys.readouterr().out)
+    assert "B" == result["attest"]
+    assert ["12155551213", "12155551214"] == result["claims"]["dest"]["tn"]
+
+
+def test_sign_with_fixed_iat_and_origid(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sign", "--key", files.key, "--x5u", "https://127.0.0.1:8443/sp.pem"]
+    args += ["--orig", "12155551212", "--dest", "12155551213", "--iat", "1700000000"]
+    assert 0 == run([*args, "--origid", "call-1"])
+    value = capsys.readouterr().out.strip()
+    assert 0 == run(["verify", value, "--key", files.public_key, "--at", "1700000001", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert ("call-1", 1700000000) == (result["origid"], result["claims"]["iat"])
+    # November 2023 is before the test certificates were made
+    assert 1 == run(["verify", value, *_cert_args(files), "--at", "1700000001"])
+    assert "(cert_not_yet_valid)" in capsys.readouterr().out
+
+
+def test_sign_usage_errors(files: Files, tmp_path: Path) -> None:
+    p384 = tmp_path / "p384.key"
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    p384.write_bytes(
+        ec.generate_private_key(ec.SECP384R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    base = ["--x5u", "https://a.example/x.pem", "--orig", "1", "--dest", "2"]
+    assert 2 == run(["sign", "--key", str(p384), *base])
+    assert 2 == run(["sign", "--key", files.public_key, *base])
+    assert 2 == run(["sign", "--key", str(tmp_path / "missing"), *base])
+    assert 2 == run(["sign", "--key", files.key, *base, "--attest", "N"])
+
+
+# -- pki init ------------------------------------------------------------------------------------
+
+
+def test_pki_init_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pki"
+    assert 0 == run(["pki", "init", str(out)])
+    assert "test PKI written" in capsys.readouterr().out
+    for name in ("sp.key", "root.key", "ca.key"):
+        assert 0o600 == (out / name).stat().st_mode & 0o777
+    x5u = "https://127.0.0.1:8443/sp.pem"
+    assert 0 == run(
+        ["sign", "--key", str(out / "sp.key"), "--x5u", x5u, "--orig", "1215", "--dest", "1216"]
+    )
+    value = capsys.readouterr().out.strip()
+    trust = ["--cert", str(out / "sp.pem"), "--trust-anchor", str(out / "root.pem")]
+    assert 0 == run(["verify", value, *trust])
+    assert 0 == run(["verify", value, "--cert", str(out / "sp.pem"), "--trust-anchor", str(out)])
+    capsys.readouterr()
+    # A variant the verifier must refuse, signed with its own key.
+    expired = ["--key", str(out / "variants" / "expired.key"), "--x5u", x5u]
+    assert 0 == run(["sign", *expired, "--orig", "1215", "--dest", "1216"])
+    value = capsys.readouterr().out.strip()
+    cert = [
+        "--cert",
+        str(out / "variants" / "expired.pem"),
+        "--trust-anchor",
+        str(out / "root.pem"),
+    ]
+    assert 1 == run(["verify", value, *cert])
+    assert "(cert_expired)" in capsys.readouterr().out
+
+
+def test_pki_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    assert 0 == run(["pki", "init", str(tmp_path)])
+    root = (tmp_path / "root.pem").read_bytes()
+    assert 2 == run(["pki", "init", str(tmp_path)])
+    assert root == (tmp_path / "root.pem").read_bytes()
+    assert 0 == run(["pki", "init", str(tmp_path), "--force"])
+    assert root != (tmp_path / "root.pem").read_bytes()
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The demo serves until Ctrl-C or SIGTERM. SIGTERM it once its own handler is in place
+    # (before, the default action would end pytest; asyncio.run already takes SIGINT for
+    # itself), and never after the demo has returned.
+    default = signal.getsignal(signal.SIGTERM)
+    returned = threading.Event()
+
+    def interrupt_when_serving() -> None:
+        while not returned.wait(0.02):
+            if signal.getsignal(signal.SIGTERM) is not default:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    interrupter = threading.Thread(target=interrupt_when_serving, daemon=True)
+    interrupter.start()
+    try:
+        code = run(["demo", "--dir", str(tmp_path / "dev"), "--port", str(_free_port())])
+    finally:
+        returned.set()
+        interrupter.join()
+    out = capsys.readouterr().out
+    assert 0 == code, out
+    assert "created a dev PKI" in out
+    answers = [
+        json.loads(line.split(": ", 1)[1])["verificationResponse"]
+        for line in out.splitlines()
+        if line.startswith("# expected (HTTP 200): ")
+    ]
+    assert 2 == len(answers), out
+    assert {"verstat": "TN-Validation-Passed", "attest": "A"} == answers[0]
+    assert "No-TN-Validation" == answers[1]["verstat"]
+    assert 438 == answers[1]["reasoncode"]
+    assert "Ctrl-C stops the demo." in out
