@@ -6,7 +6,6 @@ every other x5u with X5uFetchFailed, as fetch.py would for an unreachable URL.
 """
 
 # STYLE.md: asserts read ``expected == actual``.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

@@ -91,11 +91,20 @@ class ApiSettings:
     """Log calling/called numbers in full; by default all but the last 4 digits are masked."""
     log_verifications: bool = True
     """One JSON log line per verification."""
+    admin_token: str | None = None
+    """Bearer token for /v1/records, /v1/stats and /v1/admin/reload (unset: they answer 403).
+    Give it through the environment (VERIFIER_API_ADMIN_TOKEN), not in a shared file."""
+    verify_token: str | None = None
+    """Bearer token for the verification endpoints too (unset: open, as switches expect)."""
 
     def __post_init__(self) -> None:
         for name in ("body_limit", "batch_body_limit", "batch_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("admin_token", "verify_token"):
+            token = getattr(self, name)
+            if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+                raise ValueError(f"{name} must be at least 16 printable characters, no spaces")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +121,8 @@ class Settings:
     """DEBUG, INFO (one line per verification), WARNING or ERROR; JSON lines on stderr."""
     shutdown_timeout: float = 10.0
     """Seconds given to in-flight requests on SIGTERM/SIGINT."""
+    policy_file: str | None = None
+    """TOML policy: labels, provider block and allow lists, rules (none: the defaults)."""
     batch_signatures: bool = True
     """Check the ES256 signatures of all requests that reach that step in one event-loop
     turn together (faster under load: OpenSSL stays hot in the CPU caches)."""

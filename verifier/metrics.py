@@ -133,6 +133,12 @@ class Metrics:
             ["message_id"],
             registry=registry,
         )
+        self.dispositions = Counter(
+            "verifier_dispositions",
+            "dispositions by action and label",
+            ["action", "label"],
+            registry=registry,
+        )
         self.reloads = Counter(
             "verifier_reloads", "SIGHUP reloads by outcome", ["outcome"], registry=registry
         )

@@ -12,6 +12,7 @@ sends produces a 500: the last-resort middleware answers POL5000 and logs the tr
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from .fetch import CertificateFetcher
 from .logs import VerificationLog
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .policy import Disposition, Policy, PolicyError
 from .sigpool import SignatureBatcher
 from .sip import SipError, parse_invite, reason_header
 from .tn import tn_from_uri
@@ -67,8 +69,10 @@ class ApiError(Exception):
         variables: list[str] | None = None,
         *,
         kind: str = "serviceException",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{message_id} {text} {variables or []}")
+        self.headers = headers or {}
         self.status = status
         self.message_id = message_id
         self.text = text
@@ -115,6 +119,14 @@ def _mask(value: str | None, full: bool) -> str | None:
 # -- the service -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A verification's verdict and what the policy makes of it."""
+
+    result: Result
+    disposition: Disposition
+
+
 @dataclass(slots=True)
 class _Call:
     """One verification to run: what the API request said, before verifying."""
@@ -145,6 +157,9 @@ class Service:
         self.options = settings.options
         self.ready = False
         self.signatures = SignatureBatcher() if settings.batch_signatures else None
+        self.policy = (
+            Policy.load(settings.policy_file) if settings.policy_file else Policy.default()
+        )
         self.vlog = VerificationLog()
         self._log_verifications = settings.api.log_verifications and self.vlog.enabled
         self._fetcher: CertificateFetcher | None = None
@@ -166,22 +181,45 @@ class Service:
         self.metrics.watch_fetcher(fetcher.stats)
 
     def reload(self) -> bool:
-        """Reload the trust anchors (SIGHUP). On error the old ones stay in force."""
+        """Reload the trust anchors and the policy (SIGHUP, admin endpoint).
+
+        Each is swapped in only when it loads; on error the old one stays in force and the
+        error is logged. Calls in flight finish with what they started with.
+        """
+        report = self.reload_report()
+        return all(part["ok"] for part in report.values())
+
+    def reload_report(self) -> dict[str, dict[str, Any]]:
+        report: dict[str, dict[str, Any]] = {}
         try:
             trust = TrustStore.from_paths(
                 self.settings.trust_anchors,
                 require_policy_oid=self.settings.verification.require_policy_oid,
             )
         except ValueError as exc:
-            log.error("reload_failed", extra={"error": str(exc)})
+            log.error("reload_failed", extra={"part": "trust_anchors", "error": str(exc)})
             self.metrics.reloads.labels("failed").inc()
-            return False
-        self.trust = trust
-        if self._fetcher is not None:
-            self._fetcher.set_trust(trust)
-        self.metrics.reloads.labels("ok").inc()
-        log.info("reloaded", extra={"trust_anchors": len(trust.anchors)})
-        return True
+            report["trust_anchors"] = {"ok": False, "error": str(exc)}
+        else:
+            self.trust = trust
+            if self._fetcher is not None:
+                self._fetcher.set_trust(trust)
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reloaded", extra={"part": "trust_anchors", "count": len(trust.anchors)})
+            report["trust_anchors"] = {"ok": True, "count": len(trust.anchors)}
+        if self.settings.policy_file is not None:
+            try:
+                policy = Policy.load(self.settings.policy_file)
+            except PolicyError as exc:
+                log.error("reload_failed", extra={"part": "policy", "error": str(exc)})
+                self.metrics.reloads.labels("failed").inc()
+                report["policy"] = {"ok": False, "error": str(exc)}
+            else:
+                self.policy = policy
+                self.metrics.reloads.labels("ok").inc()
+                log.info("reloaded", extra={"part": "policy", "source": policy.source})
+                report["policy"] = {"ok": True, "source": policy.source}
+        return report
 
     # -- verifying -------------------------------------------------------------------------
 
@@ -199,10 +237,15 @@ class Service:
             )
         return None
 
-    def _done(self, endpoint: str, request_id: str, item: _Call, result: Result) -> None:
+    def _done(
+        self, endpoint: str, request_id: str, item: _Call, result: Result, now: float
+    ) -> Outcome:
+        disposition = self.policy.decide(result, item.call, now=now)
         self.metrics.observe(endpoint, result)
+        self.metrics.dispositions.labels(disposition.action, disposition.label).inc()
         if self._log_verifications:
-            self._log(endpoint, request_id, item, result)
+            self._log(endpoint, request_id, item, result, disposition)
+        return Outcome(result, disposition)
 
     def _source(self) -> CredentialSource:
         if self.credentials is None:  # pragma: no cover - cleanup_ctx always attaches one
@@ -211,7 +254,7 @@ class Service:
 
     async def verify_batch(
         self, items: list[_Call], endpoint: str, request_ids: list[str]
-    ) -> list[Result]:
+    ) -> list[Outcome]:
         """Many verifications: one credential lookup per x5u, signatures in one tight loop."""
         now = self.clock()
         results: list[Result | None] = [self._precheck(item, now) for item in items]
@@ -225,12 +268,14 @@ class Service:
         )
         for i, result in zip(todo, verified, strict=True):
             results[i] = result
-        out = [r for r in results if r is not None]
-        for item, rid, result in zip(items, request_ids, out, strict=True):
-            self._done(endpoint, rid, item, result)
-        return out
+        return [
+            self._done(endpoint, rid, item, result, now)
+            for item, rid, result in zip(
+                items, request_ids, [r for r in results if r is not None], strict=True
+            )
+        ]
 
-    async def verify(self, item: _Call, endpoint: str, request_id: str) -> Result:
+    async def verify(self, item: _Call, endpoint: str, request_id: str) -> Outcome:
         now = self.clock()
         result = self._precheck(item, now)
         if result is None:
@@ -243,10 +288,16 @@ class Service:
                 cache=self.cache,
                 signatures=self.signatures.check if self.signatures is not None else None,
             )
-        self._done(endpoint, request_id, item, result)
-        return result
+        return self._done(endpoint, request_id, item, result, now)
 
-    def _log(self, endpoint: str, request_id: str, item: _Call, result: Result) -> None:
+    def _log(
+        self,
+        endpoint: str,
+        request_id: str,
+        item: _Call,
+        result: Result,
+        disposition: Disposition,
+    ) -> None:
         full = self.settings.api.log_full_numbers
         call = item.call
         to = call.to if isinstance(call.to, str) or call.to is None else ",".join(call.to)
@@ -263,6 +314,8 @@ class Service:
                 "origid": result.origid,
                 "orig": _mask(call.pai or call.from_, full),
                 "dest": _mask(to or call.ruri, full),
+                "action": disposition.action,
+                "label": disposition.label,
             }
         )
 
@@ -291,8 +344,10 @@ class Service:
         )
 
     @staticmethod
-    def native_body(result: Result, request_id: str) -> dict[str, Any]:
+    def native_body(outcome: Outcome, request_id: str) -> dict[str, Any]:
+        result = outcome.result
         body = result.to_dict()
+        body["disposition"] = outcome.disposition.to_dict()
         body["request_id"] = request_id
         body["sip"] = {
             "verstat": result.verstat,
@@ -321,6 +376,37 @@ def _request_id(request: web.Request) -> str:
     if rid is not None and 0 < len(rid) <= 128 and rid.isprintable():
         return rid
     return os.urandom(8).hex()
+
+
+def _authorize(request: web.Request, token: str | None, *, required: bool) -> None:
+    """Check the bearer token (constant-time). ``required`` endpoints refuse everyone while
+    no token is configured; the others are open then.
+
+    Raises:
+        ApiError: 401 POL4001 (no or wrong token), 403 POL4003 (no token configured).
+    """
+    if token is None:
+        if required:
+            raise ApiError(
+                403,
+                "POL4003",
+                "Forbidden: %1",
+                ["this endpoint is disabled until api.admin_token is configured"],
+                kind="policyException",
+            )
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")
+    ):
+        raise ApiError(
+            401,
+            "POL4001",
+            "Unauthorized: %1",
+            ["a valid bearer token is required"],
+            kind="policyException",
+            headers={"WWW-Authenticate": 'Bearer realm="verifier"'},
+        )
 
 
 def _check_accept(request: web.Request) -> None:
@@ -453,30 +539,33 @@ routes = web.RouteTableDef()
 @routes.post("/stir/v1/verification")
 async def atis_verification(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    _authorize(request, service.settings.api.verify_token, required=False)
     rid = _request_id(request)
     started = time.perf_counter()
     item = _atis_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
-    result = await service.verify(item, "atis", rid)
+    outcome = await service.verify(item, "atis", rid)
     service._latency["atis"].observe(time.perf_counter() - started)
     return web.Response(
-        body=service.atis_body(result), content_type=JSON, headers={"X-RequestID": rid}
+        body=service.atis_body(outcome.result), content_type=JSON, headers={"X-RequestID": rid}
     )
 
 
 @routes.post("/v1/verify")
 async def native_verify(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    _authorize(request, service.settings.api.verify_token, required=False)
     rid = _request_id(request)
     started = time.perf_counter()
     item = _native_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
-    result = await service.verify(item, "native", rid)
+    outcome = await service.verify(item, "native", rid)
     service._latency["native"].observe(time.perf_counter() - started)
-    return _json(service.native_body(result, rid), headers={"X-RequestID": rid})
+    return _json(service.native_body(outcome, rid), headers={"X-RequestID": rid})
 
 
 @routes.post("/v1/verify/sip")
 async def sip_verify(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    _authorize(request, service.settings.api.verify_token, required=False)
     rid = _request_id(request)
     started = time.perf_counter()
     body = await _read_body(
@@ -494,14 +583,15 @@ async def sip_verify(request: web.Request) -> web.Response:
         call=CallInfo(from_=sip.from_, pai=sip.calling_pai(), to=sip.to, ruri=sip.ruri),
         date=date,
     )
-    result = await service.verify(item, "sip", rid)
+    outcome = await service.verify(item, "sip", rid)
     service._latency["sip"].observe(time.perf_counter() - started)
-    return _json(service.native_body(result, rid), headers={"X-RequestID": rid})
+    return _json(service.native_body(outcome, rid), headers={"X-RequestID": rid})
 
 
 @routes.post("/v1/verify/batch")
 async def batch_verify(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    _authorize(request, service.settings.api.verify_token, required=False)
     rid = _request_id(request)
     started = time.perf_counter()
     api = service.settings.api
@@ -528,12 +618,22 @@ async def batch_verify(request: web.Request) -> web.Response:
         slots.append(index)
         results.append({})
     ids = [f"{rid}/{i}" for i in slots]
-    for index, item_id, result in zip(
+    for index, item_id, outcome in zip(
         slots, ids, await service.verify_batch(calls, "batch", ids), strict=True
     ):
-        results[index] = service.native_body(result, item_id)
+        results[index] = service.native_body(outcome, item_id)
     service._latency["batch"].observe(time.perf_counter() - started)
     return _json({"request_id": rid, "results": results}, headers={"X-RequestID": rid})
+
+
+@routes.post("/v1/admin/reload")
+async def admin_reload(request: web.Request) -> web.Response:
+    """Reload the trust anchors and the policy, as SIGHUP does, and say how it went."""
+    service = request.app[SERVICE]
+    _authorize(request, service.settings.api.admin_token, required=True)
+    report = service.reload_report()
+    ok = all(part["ok"] for part in report.values())
+    return _json({"ok": ok, **report})
 
 
 @routes.get("/healthz")
@@ -599,6 +699,7 @@ async def error_middleware(
     rid = request.headers.get("X-RequestID")
     if rid is not None and 0 < len(rid) <= 128 and rid.isprintable():
         headers["X-RequestID"] = rid
+    headers.update(error.headers)
     if isinstance(error_source, web.HTTPException) and "Allow" in error_source.headers:
         headers["Allow"] = error_source.headers["Allow"]
     return _json(error.body(), status=error.status, headers=headers)
