@@ -316,12 +316,12 @@ class _Parser:
         if not isinstance(given, dict):
             raise self.fail(self.line_of("labels", 0), "[labels] must be a table")
         for key, value in given.items():
+            line = self._key_line(key) or self.line_of("labels", 0)
             if key not in _DEFAULT_LABELS:
                 raise self.fail(
-                    self.line_of("labels", 0),
-                    f"[labels] {key!r}: expected one of {', '.join(_DEFAULT_LABELS)}",
+                    line, f"[labels] {key!r}: expected one of {', '.join(_DEFAULT_LABELS)}"
                 )
-            labels[key] = self._label(value, self.line_of("labels", 0), f"[labels] {key}")
+            labels[key] = self._label(value, line, f"[labels] {key}")
         return Policy(
             labels=labels,
             block_response=block_response,
