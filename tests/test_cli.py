@@ -154,7 +154,7 @@ def test_verify_from_file(
     assert 0 == run(["verify", f"@{path}", *_cert_args(files)])
     out = capsys.readouterr().out
     assert "[0] ppt=shaken passed" in out
-    assert "[1] ppt=div not_verified" in out
+    assert "[1] ppt=div failed: 436 Bad Identity Info (info_missing)" in out
 
 
 def test_verify_from_stdin(files: Files, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:

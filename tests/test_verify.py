@@ -163,11 +163,14 @@ def test_shaken_and_div_headers(check: Check, signer: Signer, now: int, order: s
     result = check(values)
     assert result.passed, result.reason
     statuses = {h.ppt: h.status for h in result.identities}
-    assert {"shaken": "passed", "div": "not_verified"} == statuses
-    div_result = next(h for h in result.identities if h.ppt == "div")
-    assert div_result.reason is not None
-    assert "unsupported_ppt" == div_result.reason.slug
+    # the div PASSporT is verified on its own (signature, certificate) ...
+    assert {"shaken": "passed", "div": "passed"} == statuses
     assert [0, 1] == [h.index for h in result.identities]
+    # ... but it diverts from a number that is not the SHAKEN dest: the chain is broken,
+    # which the diversion part says without changing the calling number's verdict
+    assert result.diversion is not None
+    assert "No-TN-Validation" == result.diversion["verstat"]
+    assert "div_broken" == result.diversion["reason"]["slug"]
 
 
 def test_several_values_on_one_line(check: Check, signer: Signer, now: int) -> None:
@@ -179,13 +182,15 @@ def test_several_values_on_one_line(check: Check, signer: Signer, now: int) -> N
 def test_overall_result_is_the_shaken_ones(check: Check, signer: Signer, now: int) -> None:
     result = check([_div(signer, now), signer.identity(iat=now, attest="N")])
     _fails(result, errors.InvalidAttest)
-    assert ["not_verified", "failed"] == [h.status for h in result.identities]
+    assert ["passed", "failed"] == [h.status for h in result.identities]
 
 
 def test_only_non_shaken_headers(check: Check, signer: Signer, now: int) -> None:
     result = check([_div(signer, now), _div(signer, now)])
     _fails(result, errors.NoShakenPassport)
     assert 438 == _reason(result).sip_code
+    assert result.diversion is not None
+    assert "div_without_shaken" == result.diversion["reason"]["slug"]
 
 
 def test_ppt_parameter_not_shaken(check: Check, signer: Signer, now: int) -> None:
@@ -658,6 +663,10 @@ ERROR_MAP: dict[type[VerificationError], tuple[int, str]] = {
     errors.OrigMismatch: (438, NO_TN_VALIDATION),
     errors.DestMismatch: (438, NO_TN_VALIDATION),
     errors.NoShakenPassport: (438, NO_TN_VALIDATION),
+    errors.DiversionBroken: (438, NO_TN_VALIDATION),
+    errors.DiversionLoop: (438, NO_TN_VALIDATION),
+    errors.DiversionTooLong: (438, NO_TN_VALIDATION),
+    errors.DiversionUnanchored: (438, NO_TN_VALIDATION),
     errors.InvalidSignature: (438, TN_VALIDATION_FAILED),
 }
 
@@ -669,6 +678,11 @@ RAISED_ELSEWHERE = {
     errors.CrlUnavailable: "crl_unavailable",
     errors.CertificateRevoked: "cert_revoked",
     errors.RequestDateStale: "date_stale",
+    # reported in Result.diversion (tests/test_div.py triggers each), not as the verdict
+    errors.DiversionBroken: "div_broken",
+    errors.DiversionLoop: "div_loop",
+    errors.DiversionTooLong: "div_too_long",
+    errors.DiversionUnanchored: "div_without_shaken",
 }
 
 # Grouping bases: never raised themselves.

@@ -652,10 +652,12 @@ async def test_sip_invite_with_several_identities_folded_and_compact(
     )
     body = answer.body
     assert (PASSED, "A") == (body["verstat"], body["attest"])
-    assert [("div", "not_verified"), ("shaken", "passed")] == [
+    assert [("div", "passed"), ("shaken", "passed")] == [
         (h["ppt"], h["status"]) for h in body["identities"]
     ]
     assert {"orig": "from", "dest": "to"} == body["matched"]
+    # this div diverts from ORIG (not the SHAKEN dest): verified, but the chain is broken
+    assert "div_broken" == body["diversion"]["reason"]["slug"]
     assert "s" == body["request_id"] == answer.headers["X-RequestID"]
 
 

@@ -22,7 +22,8 @@ Hierarchy::
     + InvalidIdentityHeader           438  No-TN-Validation
       x MalformedIdentity, CompactForm, MalformedPassport, DuplicateJsonKey,
         InvalidEncoding, InvalidPpt, InvalidClaims, InvalidAttest, InvalidTn,
-        OrigMismatch, DestMismatch, NoShakenPassport
+        OrigMismatch, DestMismatch, NoShakenPassport,
+        DiversionBroken, DiversionLoop, DiversionTooLong, DiversionUnanchored
       x InvalidSignature                                 TN-Validation-Failed
 """
 
@@ -48,6 +49,10 @@ __all__ = [
     "CompactForm",
     "CrlUnavailable",
     "DestMismatch",
+    "DiversionBroken",
+    "DiversionLoop",
+    "DiversionTooLong",
+    "DiversionUnanchored",
     "DuplicateJsonKey",
     "IatInFuture",
     "IatTooOld",
@@ -303,6 +308,27 @@ class NoShakenPassport(InvalidIdentityHeader):
     """Identity headers were given, but none of them is a SHAKEN PASSporT."""
 
     slug = "no_shaken_passport"
+
+
+class DiversionBroken(InvalidIdentityHeader):
+    """A div PASSporT does not link into the chain (RFC 8946): its div is no earlier dest,
+    its orig differs, or the last dest is not the called number."""
+
+    slug = "div_broken"
+
+
+class DiversionLoop(InvalidIdentityHeader):
+    slug = "div_loop"
+
+
+class DiversionTooLong(InvalidIdentityHeader):
+    slug = "div_too_long"
+
+
+class DiversionUnanchored(InvalidIdentityHeader):
+    """div PASSporTs without a SHAKEN PASSporT to link them to."""
+
+    slug = "div_without_shaken"
 
 
 class InvalidSignature(InvalidIdentityHeader):

@@ -23,11 +23,15 @@ from .tn import CANONICAL_TN, canonical_tn
 __all__ = [
     "ATTESTATIONS",
     "DecodedJws",
+    "DivClaims",
+    "RcdPassportClaims",
     "ShakenClaims",
     "b64url_decode",
     "check_algorithm",
+    "check_div_claims",
     "check_freshness",
     "check_ppt",
+    "check_rcd_claims",
     "check_shaken_claims",
     "check_x5u",
     "decode_header",
@@ -258,29 +262,17 @@ def _tn_claim(value: Any, where: str, warnings: list[str]) -> str:
     return tn
 
 
-def check_shaken_claims(payload: dict[str, Any]) -> ShakenClaims:
-    """attest, orig.tn, dest.tn / dest.uri, iat, origid: present and well typed.
-
-    Unknown claims are allowed (the caller keeps the payload). Non-canonical TNs and a
-    non-UUID origid are accepted with a warning.
-
-    Raises:
-        InvalidAttest, InvalidTn, InvalidClaims: 438.
-    """
-    warnings: list[str] = []
-    attest = payload.get("attest")
-    if not isinstance(attest, str) or attest not in ATTESTATIONS:  # a list/dict is unhashable
-        what = "missing" if attest is None else f"{attest!r}"
-        raise errors.InvalidAttest(f"attest is {what}; must be A, B or C")
-
-    orig = payload.get("orig")
+def _orig_tn(payload: dict[str, Any], warnings: list[str], name: str = "orig") -> str:
+    orig = payload.get(name)
     if not isinstance(orig, dict):
         what = "missing" if orig is None else f"a {type(orig).__name__}"
-        raise errors.InvalidClaims(f"orig is {what}; must be an object with tn")
+        raise errors.InvalidClaims(f"{name} is {what}; must be an object with tn")
     if "tn" not in orig:
-        raise errors.InvalidClaims("orig has no tn; SHAKEN identifies the caller by number")
-    orig_tn = _tn_claim(orig["tn"], "orig.tn", warnings)
+        raise errors.InvalidClaims(f"{name} has no tn; SHAKEN identifies numbers by tn")
+    return _tn_claim(orig["tn"], f"{name}.tn", warnings)
 
+
+def _dest(payload: dict[str, Any], warnings: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     dest = payload.get("dest")
     if not isinstance(dest, dict):
         what = "missing" if dest is None else f"a {type(dest).__name__}"
@@ -299,20 +291,95 @@ def check_shaken_claims(payload: dict[str, Any]) -> ShakenClaims:
         dest_uris = tuple(uris)
     if not dest_tns and not dest_uris:
         raise errors.InvalidClaims("dest has neither tn nor uri")
+    return dest_tns, dest_uris
 
+
+def _iat(payload: dict[str, Any]) -> int:
     iat = payload.get("iat")
     if type(iat) is not int:
         what = "missing" if iat is None else f"a {type(iat).__name__}"
         raise errors.InvalidClaims(f"iat is {what}; must be an integer NumericDate")
+    return iat
 
+
+def check_shaken_claims(payload: dict[str, Any]) -> ShakenClaims:
+    """attest, orig.tn, dest.tn / dest.uri, iat, origid: present and well typed.
+
+    Unknown claims are allowed (the caller keeps the payload). Non-canonical TNs and a
+    non-UUID origid are accepted with a warning.
+
+    Raises:
+        InvalidAttest, InvalidTn, InvalidClaims: 438.
+    """
+    warnings: list[str] = []
+    attest = payload.get("attest")
+    if not isinstance(attest, str) or attest not in ATTESTATIONS:  # a list/dict is unhashable
+        what = "missing" if attest is None else f"{attest!r}"
+        raise errors.InvalidAttest(f"attest is {what}; must be A, B or C")
+    orig_tn = _orig_tn(payload, warnings)
+    dest_tns, dest_uris = _dest(payload, warnings)
+    iat = _iat(payload)
     origid = payload.get("origid")
     if not isinstance(origid, str):
         what = "missing" if origid is None else f"a {type(origid).__name__}"
         raise errors.InvalidClaims(f"origid is {what}; must be a string")
     if _UUID.fullmatch(origid) is None:
         warnings.append(f"origid {origid!r} is not a UUID (ATIS-1000074 expects one)")
-
     return ShakenClaims(attest, orig_tn, dest_tns, dest_uris, iat, origid, tuple(warnings))
+
+
+class DivClaims(NamedTuple):
+    """The claims of a ``div`` PASSporT (RFC 8946): who called, the new target, the number
+    the call was diverted from."""
+
+    orig_tn: str
+    dest_tns: tuple[str, ...]
+    dest_uris: tuple[str, ...]
+    iat: int
+    div_tn: str
+    warnings: tuple[str, ...] = ()
+
+
+def check_div_claims(payload: dict[str, Any]) -> DivClaims:
+    """orig.tn, dest.tn, div.tn and iat of a div PASSporT (RFC 8946 section 4).
+
+    Raises:
+        InvalidTn, InvalidClaims: 438.
+    """
+    warnings: list[str] = []
+    orig_tn = _orig_tn(payload, warnings)
+    dest_tns, dest_uris = _dest(payload, warnings)
+    if not dest_tns:
+        raise errors.InvalidClaims("a div PASSporT's dest must carry tn (the new target)")
+    iat = _iat(payload)
+    div_tn = _orig_tn(payload, warnings, "div")
+    return DivClaims(orig_tn, dest_tns, dest_uris, iat, div_tn, tuple(warnings))
+
+
+class RcdPassportClaims(NamedTuple):
+    """The identity claims of an ``rcd`` PASSporT (RFC 9795): the RCD itself is judged by
+    :mod:`verifier.rcd`."""
+
+    orig_tn: str
+    dest_tns: tuple[str, ...]
+    dest_uris: tuple[str, ...]
+    iat: int
+    warnings: tuple[str, ...] = ()
+
+
+def check_rcd_claims(payload: dict[str, Any]) -> RcdPassportClaims:
+    """orig.tn, dest, iat and an ``rcd`` object of an rcd PASSporT.
+
+    Raises:
+        InvalidTn, InvalidClaims: 438.
+    """
+    warnings: list[str] = []
+    orig_tn = _orig_tn(payload, warnings)
+    dest_tns, dest_uris = _dest(payload, warnings)
+    iat = _iat(payload)
+    if not isinstance(payload.get("rcd"), dict):
+        raise errors.InvalidClaims("an rcd PASSporT must carry an rcd object")
+    return RcdPassportClaims(orig_tn, dest_tns, dest_uris, iat, tuple(warnings))
 
 
 def check_freshness(iat: int, now: float, *, max_age: float, max_future_skew: float) -> None:

@@ -42,10 +42,14 @@ from .certs import CertificateInfo, Credential, TrustStore, credential_from_publ
 from .errors import TN_VALIDATION_PASSED, VerificationError
 from .identity import parse_params, split_identity_values, split_value
 from .passport import (
+    DivClaims,
+    RcdPassportClaims,
     ShakenClaims,
     check_algorithm,
+    check_div_claims,
     check_freshness,
     check_ppt,
+    check_rcd_claims,
     check_shaken_claims,
     check_x5u,
     decode_header,
@@ -72,6 +76,9 @@ __all__ = [
 ]
 
 SHAKEN = "shaken"
+DIV = "div"
+RCD = "rcd"
+KINDS = frozenset({SHAKEN, DIV, RCD})
 MAX_IDENTITY_HEADERS = 32
 
 
@@ -84,12 +91,15 @@ class VerifyOptions:
     nanp_national_match: bool = True
     x5u_ports: frozenset[int] = DEFAULT_X5U_PORTS
     max_identity_headers: int = MAX_IDENTITY_HEADERS
+    max_div_hops: int = 5
 
     def __post_init__(self) -> None:
         if self.max_iat_age <= 0 or self.max_future_skew < 0:
             raise ValueError("max_iat_age must be > 0 and max_future_skew >= 0")
         if self.max_identity_headers < 1:
             raise ValueError("max_identity_headers must be at least 1")
+        if self.max_div_hops < 1:
+            raise ValueError("max_div_hops must be at least 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +180,14 @@ class Result:
     matched: dict[str, str | None] = field(default_factory=dict)
     identities: list[HeaderResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    diversion: dict[str, Any] | None = None
+    """With div PASSporTs (RFC 8946): the chain's verstat, each hop, and what broke."""
+    rcd: dict[str, Any] | None = None
+    """Rich Call Data (RFC 9795) outcome, filled by the service (it may fetch content)."""
+    rcd_sources: list[dict[str, Any]] = field(default_factory=list)
+    """Verified payloads carrying ``rcd`` claims (the SHAKEN one, rcd PASSporTs)."""
+    replayed: bool = False
+    """This PASSporT was seen before within its freshness window (set by the service)."""
 
     @property
     def passed(self) -> bool:
@@ -187,6 +205,9 @@ class Result:
             "matched": dict(self.matched),
             "identities": [h.to_dict() for h in self.identities],
             "warnings": list(self.warnings),
+            "diversion": self.diversion,
+            "rcd": self.rcd,
+            "replayed": self.replayed,
         }
 
 
@@ -211,7 +232,7 @@ class _Context:
     """What one (protected header, Identity parameters) pair yields. ``x5u`` is set once
     steps 4-6 passed for it; only then (or when the header is not SHAKEN) is it cached."""
 
-    __slots__ = ("header", "params", "ppt", "shaken", "x5u")
+    __slots__ = ("header", "kind", "params", "ppt", "x5u")
 
     def __init__(self, header: dict[str, Any], params: Mapping[str, str]) -> None:
         self.header = header
@@ -221,27 +242,34 @@ class _Context:
         self.ppt = param_ppt if param_ppt is not None else header_ppt
         # A header is routed by its ppt parameter, else by the PASSporT's own ppt. One with
         # neither is taken as a SHAKEN candidate, so that it fails with its own reason.
-        self.shaken = self.ppt is None or self.ppt == SHAKEN
+        self.kind: str | None = (
+            SHAKEN if self.ppt is None else (self.ppt if self.ppt in KINDS else None)
+        )
         self.x5u: str | None = None
+
+
+_Claims = ShakenClaims | DivClaims | RcdPassportClaims
 
 
 class _Entry:
     __slots__ = (
         "claims",
         "credential",
+        "deferred",
         "error",
+        "kind",
         "matched",
         "payload",
         "result",
-        "shaken",
         "signature",
         "signing_input",
     )
 
     def __init__(self, result: HeaderResult) -> None:
         self.result = result
-        self.shaken = True
-        self.claims: ShakenClaims | None = None
+        self.kind: str | None = SHAKEN
+        self.deferred: errors.DestMismatch | None = None
+        self.claims: _Claims | None = None
         self.payload: dict[str, Any] | None = None
         self.signing_input = b""
         self.signature = b""
@@ -283,6 +311,9 @@ class Verification:
         except VerificationError as exc:
             self._top_error = exc
             return
+        # With div PASSporTs in the request, a SHAKEN dest that does not match the call is
+        # judged after the diversion chain (result()); "div" in a raw value is a cheap hint.
+        self._diverted = len(raw) > 1 and any("div" in value for value in raw)
         for index, value in enumerate(raw):
             self._entries.append(self._check(index, value, bare))
 
@@ -317,12 +348,13 @@ class Verification:
             if ctx is None:
                 params = parse_params(suffix)
                 param_ppt = params.get("ppt")
-                if param_ppt is not None and param_ppt != SHAKEN:
+                if param_ppt is not None and param_ppt not in KINDS:
                     result.ppt = param_ppt
                     return self._not_verified(entry)
                 ctx = _Context(decode_header(h64), params)  # step 3
             result.ppt = ctx.ppt
-            if not ctx.shaken:
+            entry.kind = kind = ctx.kind
+            if kind is None:
                 if cache is not None:
                     cache.store(key, ctx)
                 return self._not_verified(entry)
@@ -335,26 +367,42 @@ class Verification:
                     verify_es256(
                         self._signature_key.public_key, entry.signing_input, entry.signature
                     )
-                check_ppt(ctx.header, ctx.params.get("ppt"), SHAKEN)  # step 5
+                check_ppt(ctx.header, ctx.params.get("ppt"), kind)  # step 5
                 ctx.x5u = check_x5u(ctx.header, ctx.params.get("info"), require_info=not bare)
                 if cache is not None:
                     cache.store(key, ctx)
             result.x5u = ctx.x5u
-            entry.claims = claims = check_shaken_claims(payload)  # step 7
+            claims: _Claims  # step 7
+            if kind == SHAKEN:
+                claims = check_shaken_claims(payload)
+            elif kind == DIV:
+                claims = check_div_claims(payload)
+            else:
+                claims = check_rcd_claims(payload)
+            entry.claims = claims
             check_freshness(  # step 8
                 claims.iat,
                 self.now,
                 max_age=self.options.max_iat_age,
                 max_future_skew=self.options.max_future_skew,
             )
-            entry.matched = _match_numbers(claims, self.call, self.options)  # step 9
+            if kind != DIV:  # step 9; a div hop is matched by the chain (result())
+                try:
+                    entry.matched = _match_numbers(claims, self.call, self.options)
+                except errors.DestMismatch as exc:
+                    if kind != SHAKEN or not self._diverted:
+                        raise
+                    # The call was diverted: the chain of div PASSporTs may lead from this
+                    # dest to the called number; result() decides.
+                    entry.deferred = exc
+                    entry.matched = _match_numbers(claims, _calling_only(self.call), self.options)
         except VerificationError as exc:
             self._fail(entry, exc)
         return entry
 
     @staticmethod
     def _not_verified(entry: _Entry) -> _Entry:
-        entry.shaken = False
+        entry.kind = None
         entry.result.status = "not_verified"
         entry.result.reason = Reason(
             sip_code=errors.InvalidPpt.sip_code,
@@ -412,49 +460,200 @@ class Verification:
         identities = [e.result for e in self._entries]
         if self._top_error is not None:
             return _failed(self._top_error, identities)
-        first: _Entry | None = None
-        chosen: _Entry | None = None
-        count = 0
-        for e in self._entries:
-            if not e.shaken:
-                continue
-            if e.result.status == "pending":
-                raise RuntimeError("Verification.result() called with headers still pending")
-            count += 1
-            first = first or e
-            if chosen is None and e.result.status == "passed":
-                chosen = e
-        if first is None:
+        if any(e.result.status == "pending" for e in self._entries):
+            raise RuntimeError("Verification.result() called with headers still pending")
+        shaken = [e for e in self._entries if e.kind == SHAKEN]
+        divs = [e for e in self._entries if e.kind == DIV]
+        for e in shaken:
+            if e.deferred is not None:
+                self._resolve_deferred(e, divs)
+        chosen = next((e for e in shaken if e.result.status == "passed"), None)
+        chosen = chosen or (shaken[0] if shaken else None)
+        diversion = self._diversion(chosen, divs) if divs else None
+        if chosen is None:
             ppts = ", ".join(repr(e.result.ppt) for e in self._entries)
-            return _failed(
+            result = _failed(
                 errors.NoShakenPassport(
                     f"no SHAKEN PASSporT among the Identity headers (ppt {ppts})"
                 ),
                 identities,
             )
-        chosen = chosen or first
+            result.diversion = diversion
+            return result
         claims = chosen.claims
         credential = chosen.credential
         warnings = list(claims.warnings) if claims else []
-        if count > 1:
+        if len(shaken) > 1:
             warnings.append(
-                f"{count} SHAKEN PASSporTs; the verdict is header {chosen.result.index}'s"
+                f"{len(shaken)} SHAKEN PASSporTs; the verdict is header {chosen.result.index}'s"
             )
         if credential is not None and credential.warnings:
             warnings.extend(credential.warnings)
         error = chosen.error
+        shaken_claims = claims if isinstance(claims, ShakenClaims) else None
         return Result(
             verstat=error.verstat if error is not None else TN_VALIDATION_PASSED,
             reason=Reason.of(error) if error is not None else None,
-            attest=claims.attest if claims else None,
+            attest=shaken_claims.attest if shaken_claims else None,
             claims=chosen.payload if claims else None,
             certificate=credential.certificate if credential else None,
             x5u=chosen.result.x5u,
-            origid=claims.origid if claims else None,
+            origid=shaken_claims.origid if shaken_claims else None,
             matched=chosen.matched,
             identities=identities,
             warnings=warnings,
+            diversion=diversion,
+            rcd_sources=self._rcd_sources(chosen),
         )
+
+    # -- div (RFC 8946) ----------------------------------------------------------------------
+
+    def _resolve_deferred(self, entry: _Entry, divs: list[_Entry]) -> None:
+        """A SHAKEN dest that did not match the call stands if the diversion chain leads
+        from it to the called number."""
+        deferred, entry.deferred = entry.deferred, None
+        if deferred is None or entry.result.status != "passed":
+            return
+        chain = self._diversion(entry, divs)
+        if chain["verstat"] == TN_VALIDATION_PASSED:
+            entry.matched["dest"] = "diversion"
+            return
+        why = chain["reason"]["detail"] if chain["reason"] else "no div PASSporT links to it"
+        self._fail(entry, errors.DestMismatch(f"{deferred.detail}; diversion: {why}"))
+        entry.credential = None
+
+    def _diversion(self, anchor: _Entry | None, divs: list[_Entry]) -> dict[str, Any]:
+        chain: list[_Entry] = []
+        problem: VerificationError | None = None
+        anchor_claims = anchor.claims if anchor is not None else None
+        broken = next((d for d in divs if not isinstance(d.claims, DivClaims)), None)
+        if not isinstance(anchor_claims, ShakenClaims):
+            problem = errors.DiversionUnanchored(
+                "div PASSporTs without a SHAKEN PASSporT to link them to"
+            )
+        elif broken is not None and broken.error is not None:
+            problem = broken.error
+        else:
+            problem = self._link(anchor_claims, divs, chain)
+        hop_failure = problem is not None and any(problem is d.error for d in divs)
+        if problem is None:
+            problem = next((d.error for d in chain if d.error is not None), None)
+            hop_failure = problem is not None
+        if problem is None:
+            verstat = TN_VALIDATION_PASSED
+        elif hop_failure:
+            verstat = problem.verstat
+        else:
+            verstat = errors.NO_TN_VALIDATION
+        hops = [_hop(d, linked=True) for d in chain]
+        hops.extend(_hop(d, linked=False) for d in divs if d not in chain)
+        return {
+            "verstat": verstat,
+            "hops": hops,
+            "reason": Reason.of(problem).to_dict() if problem is not None else None,
+        }
+
+    def _link(
+        self, anchor: ShakenClaims, divs: list[_Entry], chain: list[_Entry]
+    ) -> VerificationError | None:
+        """Order ``divs`` from the SHAKEN dest onwards into ``chain``; the first problem."""
+        nanp = self.options.nanp_national_match
+        targets: tuple[str, ...] = anchor.dest_tns
+        seen = list(targets)
+        remaining = [d for d in divs if isinstance(d.claims, DivClaims)]
+        while remaining:
+            step = [
+                d
+                for d in remaining
+                if isinstance(d.claims, DivClaims)
+                and any(_same_tn(d.claims.div_tn, t, nanp) for t in targets)
+            ]
+            if not step:
+                break
+            if len(step) > 1:
+                which = ", ".join(str(d.result.index) for d in step)
+                return errors.DiversionBroken(
+                    f"headers {which} all divert the call from {', '.join(targets)}"
+                )
+            hop = step[0]
+            remaining.remove(hop)
+            chain.append(hop)
+            if len(chain) > self.options.max_div_hops:
+                return errors.DiversionTooLong(f"more than {self.options.max_div_hops} diversions")
+            claims = hop.claims
+            if not isinstance(claims, DivClaims):  # pragma: no cover - filtered above
+                break
+            if any(_same_tn(t, s, nanp) for t in claims.dest_tns for s in seen):
+                return errors.DiversionLoop(
+                    f"header {hop.result.index} diverts back to {', '.join(claims.dest_tns)}"
+                )
+            seen.extend(claims.dest_tns)
+            targets = claims.dest_tns
+        if remaining:
+            hop = remaining[0]
+            div_tn = hop.claims.div_tn if isinstance(hop.claims, DivClaims) else "?"
+            return errors.DiversionBroken(
+                f"header {hop.result.index} diverts from {div_tn}, which is neither the SHAKEN"
+                " dest nor the dest of another div PASSporT"
+            )
+        for hop in chain:
+            claims = hop.claims
+            if isinstance(claims, DivClaims) and not _same_tn(claims.orig_tn, anchor.orig_tn, nanp):
+                return errors.DiversionBroken(
+                    f"header {hop.result.index} has orig {claims.orig_tn}, the SHAKEN"
+                    f" PASSporT {anchor.orig_tn}"
+                )
+        last = chain[-1].claims if chain else None
+        called = [*_as_tuple(self.call.to), *((self.call.ruri,) if self.call.ruri else ())]
+        if (
+            isinstance(last, DivClaims)
+            and called
+            and not any(_dest_matches(value, last, nanp) for value in called)
+        ):
+            return errors.DiversionBroken(
+                f"the last diversion goes to {', '.join(last.dest_tns)}, not to the"
+                f" called number {', '.join(called)}"
+            )
+        return None
+
+    def _rcd_sources(self, chosen: _Entry) -> list[dict[str, Any]]:
+        sources: list[dict[str, Any]] = []
+        for e in self._entries:
+            carries = e.kind == RCD or (e is chosen and e.payload and "rcd" in e.payload)
+            if not carries or e.payload is None:
+                continue
+            sources.append(
+                {
+                    "index": e.result.index,
+                    "ppt": e.result.ppt or SHAKEN,
+                    "passed": e.result.status == "passed",
+                    "reason": e.result.reason.to_dict() if e.result.reason else None,
+                    "payload": e.payload,
+                }
+            )
+        return sources
+
+
+def _hop(entry: _Entry, *, linked: bool) -> dict[str, Any]:
+    claims = entry.claims if isinstance(entry.claims, DivClaims) else None
+    return {
+        "index": entry.result.index,
+        "div": claims.div_tn if claims else None,
+        "dest": list(claims.dest_tns) if claims else None,
+        "linked": linked,
+        "status": entry.result.status,
+        "reason": entry.result.reason.to_dict() if entry.result.reason else None,
+    }
+
+
+def _as_tuple(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else value
+
+
+def _calling_only(call: CallInfo) -> CallInfo:
+    return CallInfo(from_=call.from_, pai=call.pai)
 
 
 def _failed(exc: VerificationError, identities: list[HeaderResult]) -> Result:
@@ -483,7 +682,7 @@ def _uri_key(value: str) -> str:
 
 
 def _match_numbers(
-    claims: ShakenClaims, call: CallInfo, options: VerifyOptions
+    claims: _Claims, call: CallInfo, options: VerifyOptions
 ) -> dict[str, str | None]:
     nanp = options.nanp_national_match
     orig: str | None = None
@@ -514,7 +713,7 @@ def _match_numbers(
     return {"orig": orig, "dest": dest}
 
 
-def _dest_matches(value: str, claims: ShakenClaims, nanp: bool) -> bool:
+def _dest_matches(value: str, claims: _Claims, nanp: bool) -> bool:
     tn = tn_from_uri(value)
     if tn is not None:
         if tn in claims.dest_tns or any(_same_tn(tn, t, nanp) for t in claims.dest_tns):
