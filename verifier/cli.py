@@ -259,6 +259,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_records(args: argparse.Namespace) -> int:
+    """Query the traceback records in a data directory (read-only)."""
+    from .records import RecordQuery, SqliteRecordStore, csv_header, to_csv_rows
+    from .tn import canonical_tn
+
+    def when(option: str, text: str | None) -> float | None:
+        if text is None:
+            return None
+        try:
+            return parse_time(text)
+        except UsageError as exc:
+            raise UsageError(str(exc).replace("--at", option, 1)) from None
+
+    def number(text: str | None) -> str | None:
+        return None if text is None else canonical_tn(text) or text
+
+    since, until = when("--since", args.since), when("--until", args.until)
+    filters = (args.origid, args.orig, args.dest, args.spc, args.cursor, args.limit)
+    if args.stats and any(f is not None for f in filters):
+        raise UsageError("--stats takes only --since and --until")
+    query = RecordQuery(
+        origid=args.origid,
+        orig=number(args.orig),
+        dest=number(args.dest),
+        spc=args.spc,
+        since=since,
+        until=until,
+        limit=100 if args.limit is None else args.limit,
+        cursor=args.cursor,
+    )
+    try:
+        store = SqliteRecordStore.open(args.data_dir, create=False)
+    except FileNotFoundError:
+        raise UsageError(f"no records in {args.data_dir}/ (give --data-dir DIR)") from None
+    try:
+        if args.stats:
+            print(json.dumps(store.stats(since, until), indent=2))
+        elif args.csv:
+            sys.stdout.write(csv_header())
+            for chunk in store.iter_query(query):
+                sys.stdout.writelines(to_csv_rows(chunk))
+        else:
+            records, cursor = store.query(query)
+            if args.json:
+                body = {"records": [r.to_dict() for r in records], "next_cursor": cursor}
+                print(json.dumps(body, indent=2))
+            else:
+                for r in records:
+                    stamp = dt.datetime.fromtimestamp(r.ts, dt.UTC).isoformat(timespec="seconds")
+                    line = f"{stamp.replace('+00:00', 'Z')} {r.endpoint} {r.verstat}"
+                    for name in ("attest", "orig", "dest", "origid", "reason", "sip_code"):
+                        value = getattr(r, name)
+                        if value is not None:
+                            line += f" {name}={value}"
+                    if r.spc:
+                        line += f" spc={','.join(r.spc)}"
+                    for name in ("action", "label", "request_id"):
+                        value = getattr(r, name)
+                        if value is not None:
+                            line += f" {name}={value}"
+                    print(line)
+                if cursor is not None:
+                    print(f"next cursor: {cursor}")
+    finally:
+        store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="verifier", description="STIR/SHAKEN verification service"
@@ -372,6 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, help="worker processes on one port (SO_REUSEPORT)")
     sv.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sv.set_defaults(func=cmd_serve)
+    r = sub.add_parser("records", help="query the traceback records in a data directory")
+    r.add_argument("--data-dir", default="data", metavar="DIR", help="default: ./data")
+    r.add_argument("--origid", metavar="X", help="the PASSporT origid")
+    r.add_argument("--orig", metavar="TN", help="the calling number")
+    r.add_argument("--dest", metavar="TN", help="the called number")
+    r.add_argument("--spc", metavar="S", help="the signer's SPC")
+    r.add_argument("--since", metavar="TIME", help="from (inclusive): epoch seconds or RFC 3339")
+    r.add_argument("--until", metavar="TIME", help="to (exclusive): epoch seconds or RFC 3339")
+    r.add_argument("--limit", type=int, metavar="N", help="records in one page (default 100)")
+    r.add_argument("--cursor", metavar="C", help="the next cursor printed by the previous page")
+    out = r.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true", help="every matching record as CSV")
+    out.add_argument("--stats", action="store_true", help="counts for the time window (JSON)")
+    out.add_argument("--json", action="store_true", help="the page as JSON")
+    r.set_defaults(func=cmd_records)
     return parser
 
 
