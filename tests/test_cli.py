@@ -5,10 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -350,38 +347,3 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # The demo serves until Ctrl-C or SIGTERM. SIGTERM it once its own handler is in place
-    # (before, the default action would end pytest; asyncio.run already takes SIGINT for
-    # itself), and never after the demo has returned.
-    default = signal.getsignal(signal.SIGTERM)
-    returned = threading.Event()
-
-    def interrupt_when_serving() -> None:
-        while not returned.wait(0.02):
-            if signal.getsignal(signal.SIGTERM) is not default:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-
-    interrupter = threading.Thread(target=interrupt_when_serving, daemon=True)
-    interrupter.start()
-    try:
-        code = run(["demo", "--dir", str(tmp_path / "dev"), "--port", str(_free_port())])
-    finally:
-        returned.set()
-        interrupter.join()
-    out = capsys.readouterr().out
-    assert 0 == code, out
-    assert "created a dev PKI" in out
-    answers = [
-        json.loads(line.split(": ", 1)[1])["verificationResponse"]
-        for line in out.splitlines()
-        if line.startswith("# expected (HTTP 200): ")
-    ]
-    assert 2 == len(answers), out
-    assert {"verstat": "TN-Validation-Passed", "attest": "A"} == answers[0]
-    assert "No-TN-Validation" == answers[1]["verstat"]
-    assert 438 == answers[1]["reasoncode"]
-    assert "Ctrl-C stops the demo." in out

@@ -23,6 +23,7 @@ from verifier.config import (
     load_settings,
 )
 from verifier.fetch import FetchSettings
+from verifier.records import RecordSettings
 
 FULL_TOML = """
 host = "192.0.2.10"
@@ -399,6 +400,7 @@ def test_describe_lists_every_setting_with_its_doc() -> None:
         "verification": VerificationSettings,
         "x5u": FetchSettings,
         "api": ApiSettings,
+        "records": RecordSettings,
     }
     expected_keys = [
         (table, f.name)

@@ -119,6 +119,7 @@ async def test_graceful_shutdown_finishes_requests_in_flight(
             f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\n"
             f"[x5u]\nca_file = '{tmp_path / 'ca.pem'}'\nprivate_allow = ['127.0.0.1']\n"
             f"ports = [443, {repo.port}]\ncrl_check = false\n"
+            f"[records]\ndata_dir = '{tmp_path / 'data'}'\n"
         )
         proc = start("serve", "--config", str(tmp_path / "v.toml"))
         procs.append(proc)
@@ -162,6 +163,7 @@ async def test_sighup_reloads_trust_anchors_and_keeps_the_old_on_error(
     (tmp_path / "v.toml").write_text(
         f"port = {port}\ntrust_anchors = ['{anchors}']\n"
         f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\nfailure_ttl = 0\n"
+        f"[records]\ndata_dir = '{tmp_path / 'data'}'\n"
     )
     proc = start("serve", "--config", str(tmp_path / "v.toml"))
     procs.append(proc)
@@ -213,7 +215,14 @@ async def test_workers_share_one_port_and_sum_their_metrics(
     (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
     port = free_port()
     proc = start(
-        "serve", "--trust-anchor", str(tmp_path / "root.pem"), "--port", str(port), "--workers", "2"
+        "serve",
+        "--trust-anchor",
+        str(tmp_path / "root.pem"),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        cwd=tmp_path,  # its record store goes to ./data
     )
     procs.append(proc)
     base = f"http://127.0.0.1:{port}"
@@ -244,7 +253,7 @@ async def test_demo_prints_commands_that_give_the_printed_answers(
     tmp_path: Path, procs: list[subprocess.Popen[str]]
 ) -> None:
     port = free_port()
-    proc = start("demo", "--dir", str(tmp_path / "dev"), "--port", str(port))
+    proc = start("demo", "--dir", str(tmp_path / "dev"), "--port", str(port), cwd=tmp_path)
     procs.append(proc)
     base = f"http://127.0.0.1:{port}"
     await wait_ready(base, proc)

@@ -30,6 +30,7 @@ from verifier import __version__, errors
 from verifier import web as web_module
 from verifier.certs import Credential, TrustStore
 from verifier.config import ApiSettings, Settings
+from verifier.records import RecordSettings
 from verifier.testing import Signer, TestPKI, b64url, identity_header, pem
 from verifier.web import SERVICE, create_app
 
@@ -159,10 +160,13 @@ class Repository:
         return self.trust.validate(chain, now)
 
 
+NO_RECORDS = RecordSettings(enabled=False)  # record tests give their own data directory
+
+
 def make_app(pki: TestPKI, now: int, settings: Settings | None = None) -> web.Application:
     trust = TrustStore([pki.root.cert])
     return create_app(
-        settings or Settings(),
+        settings or Settings(records=NO_RECORDS),
         trust=trust,
         credentials=Repository(trust, [pki.signer]),
         clock=lambda: float(now),
@@ -179,6 +183,7 @@ def start(aiohttp_client: AiohttpClient, pki: TestPKI, now: int) -> Callable[...
     """``await start(api=ApiSettings(...))``: an Api over an app with those settings."""
 
     async def run(**settings: Any) -> Api:
+        settings.setdefault("records", NO_RECORDS)
         return Api(await aiohttp_client(make_app(pki, now, Settings(**settings))))
 
     return run

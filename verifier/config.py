@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .fetch import FetchSettings
+from .records import RecordSettings
 from .verify import VerifyOptions
 
 __all__ = [
@@ -55,6 +56,10 @@ class VerificationSettings:
     """Most Identity header values verified in one request (more: 438)."""
     require_policy_oid: bool = False
     """Refuse certificates without the SHAKEN policy OID 2.16.840.1.114569.1.1.1."""
+    max_div_hops: int = 5
+    """Most diversions (div PASSporTs, RFC 8946) in one chain; a longer chain is refused."""
+    replay_cache_size: int = 100_000
+    """Most PASSporT signatures remembered for replay detection (each for the iat window)."""
 
     def __post_init__(self) -> None:
         for name in ("max_iat_age", "max_date_skew"):
@@ -62,8 +67,9 @@ class VerificationSettings:
                 raise ValueError(f"{name} must be > 0")
         if self.max_future_skew < 0:
             raise ValueError("max_future_skew must be >= 0")
-        if self.max_identity_headers < 1:
-            raise ValueError("max_identity_headers must be >= 1")
+        for name in ("max_identity_headers", "max_div_hops", "replay_cache_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
 
     def options(self, fetch: FetchSettings) -> VerifyOptions:
         return VerifyOptions(
@@ -72,6 +78,7 @@ class VerificationSettings:
             nanp_national_match=self.nanp_national_match,
             x5u_ports=fetch.ports,
             max_identity_headers=self.max_identity_headers,
+            max_div_hops=self.max_div_hops,
         )
 
 
@@ -131,6 +138,7 @@ class Settings:
     verification: VerificationSettings = field(default_factory=VerificationSettings)
     x5u: FetchSettings = field(default_factory=FetchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    records: RecordSettings = field(default_factory=RecordSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -149,6 +157,7 @@ _TABLES: dict[str, type[Any]] = {
     "verification": VerificationSettings,
     "x5u": FetchSettings,
     "api": ApiSettings,
+    "records": RecordSettings,
 }
 
 

@@ -94,6 +94,33 @@ class _FetcherCollector(Collector):
         yield crl
 
 
+class _RecordsCollector(Collector):
+    """The traceback record writer's counters, read at scrape time."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def collect(self) -> Iterator[Any]:
+        w = self._writer
+        yield CounterMetricFamily("verifier_records_written", "records on disk", value=w.written)
+        yield CounterMetricFamily(
+            "verifier_records_dropped",
+            "records not kept (queue full in drop mode, wait timeout, shutdown)",
+            value=w.dropped,
+        )
+        yield CounterMetricFamily(
+            "verifier_records_write_errors", "failed store writes (retried)", value=w.write_errors
+        )
+        yield GaugeMetricFamily(
+            "verifier_records_queue_depth", "records accepted, not yet written", value=w.queue_depth
+        )
+        yield GaugeMetricFamily(
+            "verifier_records_healthy",
+            "1 when the record store accepts writes",
+            value=int(w.healthy),
+        )
+
+
 class Metrics:
     """The service's metrics. You get one per application from :func:`Metrics.create`."""
 
@@ -101,6 +128,7 @@ class Metrics:
         self.registry = registry
         self._multiprocess = multiprocess
         self._fetcher: _FetcherCollector | None = None
+        self._records: _RecordsCollector | None = None
         self.verifications = Counter(
             "verifier_verifications",
             "verifications by verstat, attestation and failure reason",
@@ -139,6 +167,11 @@ class Metrics:
             ["action", "label"],
             registry=registry,
         )
+        self.replays = Counter(
+            "verifier_replays",
+            "PASSporTs seen again within their freshness window",
+            registry=registry,
+        )
         self.reloads = Counter(
             "verifier_reloads", "SIGHUP reloads by outcome", ["outcome"], registry=registry
         )
@@ -151,6 +184,12 @@ class Metrics:
         self._fetcher = _FetcherCollector(stats)
         self.registry.register(self._fetcher)
 
+    def watch_records(self, writer: Any) -> None:
+        if self._records is not None:
+            self.registry.unregister(self._records)
+        self._records = _RecordsCollector(writer)
+        self.registry.register(self._records)
+
     def observe(self, endpoint: str, result: Result) -> None:
         reason = result.reason.slug if result.reason is not None else ""
         self.verifications.labels(endpoint, result.verstat, result.attest or "", reason).inc()
@@ -162,7 +201,8 @@ class Metrics:
         if self._multiprocess:
             merged = CollectorRegistry()
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            if self._fetcher is not None:
-                merged.register(self._fetcher)
+            for local in (self._fetcher, self._records):
+                if local is not None:
+                    merged.register(local)
             return generate_latest(merged)
         return generate_latest(self.registry)

@@ -540,6 +540,8 @@ class Verification:
             problem = next((d.error for d in chain if d.error is not None), None)
             hop_failure = problem is not None
         if problem is None:
+            problem = self._reaches_the_call(chain)
+        if problem is None:
             verstat = TN_VALIDATION_PASSED
         elif hop_failure:
             verstat = problem.verstat
@@ -603,8 +605,13 @@ class Verification:
                     f"header {hop.result.index} has orig {claims.orig_tn}, the SHAKEN"
                     f" PASSporT {anchor.orig_tn}"
                 )
+        return None
+
+    def _reaches_the_call(self, chain: list[_Entry]) -> VerificationError | None:
+        """The last hop's dest must be the called number (To or Request-URI), if given."""
         last = chain[-1].claims if chain else None
         called = [*_as_tuple(self.call.to), *((self.call.ruri,) if self.call.ruri else ())]
+        nanp = self.options.nanp_national_match
         if (
             isinstance(last, DivClaims)
             and called

@@ -12,9 +12,11 @@ sends produces a 500: the last-resort middleware answers POL5000 and logs the tr
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -34,6 +36,16 @@ from .logs import VerificationLog
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .policy import Disposition, Policy, PolicyError
+from .records import (
+    Record,
+    RecordQuery,
+    RecordStore,
+    RecordWriter,
+    SqliteRecordStore,
+    csv_header,
+    to_csv_rows,
+)
+from .replay import ReplayCache
 from .sigpool import SignatureBatcher
 from .sip import SipError, parse_invite, reason_header
 from .tn import tn_from_uri
@@ -121,10 +133,58 @@ def _mask(value: str | None, full: bool) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A verification's verdict and what the policy makes of it."""
+    """A verification's verdict, what the policy makes of it, and its traceback record."""
 
     result: Result
     disposition: Disposition
+    record: Record
+
+
+def _record(
+    now: float,
+    endpoint: str,
+    request_id: str,
+    item: _Call,
+    result: Result,
+    disposition: Disposition,
+) -> Record:
+    """The traceback record: the numbers the switch gave (canonical), else the claims'."""
+    call = item.call
+    claims = result.claims or {}
+    orig = next((t for t in map(_tn, (call.pai, call.from_)) if t), None)
+    if orig is None and isinstance(claims.get("orig"), dict):
+        orig = _tn(claims["orig"].get("tn"))
+    to = (
+        call.to
+        if isinstance(call.to, str) or call.to is None
+        else (call.to[0] if call.to else None)
+    )
+    dest = next((t for t in map(_tn, (to, call.ruri)) if t), None)
+    if dest is None and isinstance(claims.get("dest"), dict):
+        tns = claims["dest"].get("tn")
+        dest = _tn(tns[0]) if isinstance(tns, list) and tns else None
+    certificate = result.certificate
+    return Record(
+        ts=now,
+        request_id=request_id,
+        endpoint=endpoint,
+        orig=orig,
+        dest=dest,
+        origid=result.origid,
+        attest=result.attest,
+        verstat=result.verstat,
+        reason=result.reason.slug if result.reason else None,
+        sip_code=result.reason.sip_code if result.reason else None,
+        spc=certificate.spc if certificate else (),
+        x5u=result.x5u,
+        fingerprint=certificate.fingerprint_sha256 if certificate else None,
+        action=disposition.action,
+        label=disposition.label,
+    )
+
+
+def _tn(value: Any) -> str | None:
+    return tn_from_uri(value) if isinstance(value, str) else None
 
 
 @dataclass(slots=True)
@@ -160,6 +220,14 @@ class Service:
         self.policy = (
             Policy.load(settings.policy_file) if settings.policy_file else Policy.default()
         )
+        verification = settings.verification
+        self.replay = ReplayCache(
+            verification.replay_cache_size,
+            verification.max_iat_age + verification.max_future_skew,
+            clock=clock,
+        )
+        self.records: RecordWriter | None = None
+        self.store: RecordStore | None = None
         self.vlog = VerificationLog()
         self._log_verifications = settings.api.log_verifications and self.vlog.enabled
         self._fetcher: CertificateFetcher | None = None
@@ -240,12 +308,26 @@ class Service:
     def _done(
         self, endpoint: str, request_id: str, item: _Call, result: Result, now: float
     ) -> Outcome:
+        if result.passed:
+            signature = next(
+                (h.ppi for h in result.identities if h.status == "passed" and h.ppi), None
+            )
+            if signature is not None and self.replay.seen(signature):
+                result.replayed = True
+                self.metrics.replays.inc()
         disposition = self.policy.decide(result, item.call, now=now)
         self.metrics.observe(endpoint, result)
         self.metrics.dispositions.labels(disposition.action, disposition.label).inc()
         if self._log_verifications:
             self._log(endpoint, request_id, item, result, disposition)
-        return Outcome(result, disposition)
+        return Outcome(
+            result, disposition, _record(now, endpoint, request_id, item, result, disposition)
+        )
+
+    async def _keep(self, outcome: Outcome) -> None:
+        """Hand the record to the writer (it may wait for queue space: back-pressure)."""
+        if self.records is not None:
+            await self.records.submit(outcome.record)
 
     def _source(self) -> CredentialSource:
         if self.credentials is None:  # pragma: no cover - cleanup_ctx always attaches one
@@ -268,12 +350,15 @@ class Service:
         )
         for i, result in zip(todo, verified, strict=True):
             results[i] = result
-        return [
+        outcomes = [
             self._done(endpoint, rid, item, result, now)
             for item, rid, result in zip(
                 items, request_ids, [r for r in results if r is not None], strict=True
             )
         ]
+        for outcome in outcomes:
+            await self._keep(outcome)
+        return outcomes
 
     async def verify(self, item: _Call, endpoint: str, request_id: str) -> Outcome:
         now = self.clock()
@@ -288,7 +373,9 @@ class Service:
                 cache=self.cache,
                 signatures=self.signatures.check if self.signatures is not None else None,
             )
-        return self._done(endpoint, request_id, item, result, now)
+        outcome = self._done(endpoint, request_id, item, result, now)
+        await self._keep(outcome)
+        return outcome
 
     def _log(
         self,
@@ -626,6 +713,104 @@ async def batch_verify(request: web.Request) -> web.Response:
     return _json({"request_id": rid, "results": results}, headers={"X-RequestID": rid})
 
 
+def _query_time(request: web.Request, name: str) -> float | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise invalid(name, "must be epoch seconds or an RFC 3339 date-time") from None
+        if when.tzinfo is None:
+            raise invalid(name, "an RFC 3339 date-time needs a UTC offset or Z") from None
+        return when.timestamp()
+    if not math.isfinite(value):
+        raise invalid(name, "must be epoch seconds or an RFC 3339 date-time")
+    return value
+
+
+def _record_store(request: web.Request) -> RecordStore:
+    service = request.app[SERVICE]
+    _authorize(request, service.settings.api.admin_token, required=True)
+    if service.store is None:
+        raise ApiError(404, "SVC4003", "Resource not found: %1", ["records are disabled"])
+    return service.store
+
+
+_RECORD_PARAMS = frozenset(
+    {"origid", "orig", "dest", "spc", "since", "until", "limit", "cursor", "format"}
+)
+
+
+@routes.get("/v1/records")
+async def records(request: web.Request) -> web.StreamResponse:
+    """Traceback records, newest first: JSON pages, or CSV of every match."""
+    store = _record_store(request)
+    unknown = set(request.query) - _RECORD_PARAMS
+    if unknown:
+        raise invalid(sorted(unknown)[0], "unknown query parameter")
+    numbers: dict[str, str | None] = {}
+    for name in ("orig", "dest"):
+        given = request.query.get(name) or None
+        numbers[name] = (_tn(given) or given) if given else None
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise invalid("limit", "must be an integer from 1 to 1000") from None
+    try:
+        query = RecordQuery(
+            origid=request.query.get("origid") or None,
+            orig=numbers["orig"],
+            dest=numbers["dest"],
+            spc=(request.query.get("spc") or "").upper() or None,
+            since=_query_time(request, "since"),
+            until=_query_time(request, "until"),
+            limit=limit,
+            cursor=request.query.get("cursor") or None,
+        )
+    except ValueError as exc:
+        raise invalid("query", str(exc)) from None
+    wants_csv = request.query.get("format") == "csv" or (
+        "text/csv" in request.headers.get("Accept", "")
+        and JSON not in request.headers.get("Accept", "")
+    )
+    if not wants_csv:
+        page, cursor = await asyncio.to_thread(store.query, query)
+        return _json({"records": [r.to_dict() for r in page], "next_cursor": cursor})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="records.csv"',
+        }
+    )
+    await response.prepare(request)
+    await response.write(csv_header().encode())
+    chunks = store.iter_query(query)
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, None)
+        if chunk is None:
+            break
+        await response.write("".join(to_csv_rows(chunk)).encode())
+    await response.write_eof()
+    return response
+
+
+@routes.get("/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    """Counts by attestation, verstat, failure reason and top SPCs in a time window."""
+    store = _record_store(request)
+    unknown = set(request.query) - {"since", "until"}
+    if unknown:
+        raise invalid(sorted(unknown)[0], "unknown query parameter")
+    since, until = _query_time(request, "since"), _query_time(request, "until")
+    if since is not None and until is not None and since > until:
+        raise invalid("since", "must not be after until")
+    return _json(await asyncio.to_thread(store.stats, since, until))
+
+
 @routes.post("/v1/admin/reload")
 async def admin_reload(request: web.Request) -> web.Response:
     """Reload the trust anchors and the policy, as SIGHUP does, and say how it went."""
@@ -645,10 +830,15 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     ready = service.ready and service.credentials is not None
-    body = {
+    body: dict[str, Any] = {
         "status": "ready" if ready else "not ready",
         "trust_anchors": len(service.trust.anchors),
     }
+    if service.records is not None:
+        # Verification goes on while the record store is in trouble; say so, stay ready.
+        body["records"] = (
+            "ok" if service.records.healthy else f"degraded: {service.records.last_error}"
+        )
     return _json(body, status=200 if ready else 503)
 
 
@@ -735,6 +925,7 @@ def create_app(
     app[SERVICE] = service
     app.add_routes(routes)
     app.cleanup_ctx.append(_fetcher_ctx)
+    app.cleanup_ctx.append(_records_ctx)
     app.on_shutdown.append(_not_ready)
     app.on_cleanup.append(_flush_logs)
     return app
@@ -759,6 +950,28 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
         service.ready = True
         yield
         service.ready = False
+
+
+async def _records_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The record store and its writer: opened with the app, drained and closed after the
+    last request (aiohttp runs cleanup after in-flight handlers finish on SIGTERM)."""
+    service = app[SERVICE]
+    settings = service.settings.records
+    if not settings.enabled:
+        yield
+        return
+    store = await asyncio.to_thread(SqliteRecordStore.open, settings.data_dir)
+    writer = RecordWriter(store, settings, clock=service.clock)
+    await writer.start()
+    service.store, service.records = store, writer
+    service.metrics.watch_records(writer)
+    try:
+        yield
+    finally:
+        await writer.close()
+        service.records = None
+        service.store = None
+        await asyncio.to_thread(store.close)
 
 
 async def _not_ready(app: web.Application) -> None:

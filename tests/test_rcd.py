@@ -1,0 +1,573 @@
+"""verifier.rcd: the rcd/rcdi/crn claims (RFC 9795), their digests, and referenced content
+served by a real local HTTPS repository (verifier.repository) on 127.0.0.1. Nothing here
+connects anywhere but 127.0.0.1."""
+
+# STYLE.md: asserts read ``expected == actual``.
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from verifier.rcd import (
+    Rcd,
+    RcdContentFetcher,
+    RcdError,
+    RcdFetchError,
+    RcdSettings,
+    RcdVerdict,
+    check_inline,
+    digest_of,
+    jcs,
+    parse_rcd,
+    verify_rcd,
+)
+from verifier.repository import Repository
+from verifier.testing import TestPKI
+
+LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+PHOTO = b"\xff\xd8\xff\xe0 a photo"
+JCARD: list[Any] = [
+    "vcard",
+    [
+        ["version", {}, "text", "4.0"],
+        ["fn", {}, "text", "Q Branch"],
+        ["org", {}, "text", "MI6;Q Branch Spy Gadgets"],
+        ["tel", {"type": ["work"]}, "uri", "tel:+1-202-555-1000"],
+    ],
+]
+
+
+def jcard_with_photo(url: str) -> list[Any]:
+    return ["vcard", [*JCARD[1], ["photo", {}, "uri", url]]]
+
+
+def payload(rcd: dict[str, Any], rcdi: dict[str, Any] | None = None, **more: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"attest": "A", "rcd": rcd, **more}
+    if rcdi is not None:
+        out["rcdi"] = rcdi
+    return out
+
+
+def parsed(rcd: dict[str, Any], rcdi: dict[str, Any] | None = None, **more: Any) -> Rcd:
+    result = parse_rcd(payload(rcd, rcdi, **more))
+    assert result is not None
+    return result
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def test_no_rcd_claim() -> None:
+    assert None is parse_rcd({"attest": "A", "crn": "Upcoming delivery"})
+
+
+def test_parse_all_members() -> None:
+    icn = "https://example.com/logo.png"
+    rcd = parsed(
+        {"nam": "ACME", "apn": "12025551000", "icn": icn, "jcd": JCARD, "x-ext": 1},
+        {"/icn": digest_of(LOGO), "/jcd": digest_of(jcs(JCARD), "sha512")},
+        crn="Upcoming delivery",
+    )
+    assert ("ACME", "12025551000", icn, JCARD, None) == (
+        rcd.nam,
+        rcd.apn,
+        rcd.icn,
+        rcd.jcd,
+        rcd.jcl,
+    )
+    assert "Upcoming delivery" == rcd.crn
+    assert digest_of(LOGO) == str(rcd.rcdi["/icn"])
+    assert "sha512" == rcd.rcdi["/jcd"].algorithm
+    assert {"rcd", "rcdi", "crn"} == set(rcd.claims)
+
+
+def test_digest_encodings_accepted() -> None:
+    raw = hashlib.sha256(LOGO).digest()
+    padded = "sha256-" + base64.b64encode(raw).decode()
+    urlsafe = "sha256-" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    for text in (padded, padded.rstrip("="), urlsafe):
+        rcd = parsed({"nam": "A", "icn": "https://example.com/l.png"}, {"/icn": text})
+        assert raw == rcd.rcdi["/icn"].value
+
+
+GOOD = digest_of(b"x")
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"rcd": "ACME"}, "rcd must be a JSON object, found str"),
+        ({"rcd": {}}, "rcd has no nam"),
+        ({"rcd": {"nam": 7}}, "rcd nam must be a string, found int"),
+        ({"rcd": {"nam": "A", "apn": 12025551000}}, "rcd apn must be a string, found int"),
+        ({"rcd": {"nam": "A"}, "crn": ["x"]}, "crn must be a string, found list"),
+        (
+            {"rcd": {"nam": "A", "icn": "http://e.com/l.png"}},
+            "rcd icn scheme must be https, not 'http'",
+        ),
+        ({"rcd": {"nam": "A", "jcl": 5}}, "rcd jcl must be a string, found int"),
+        ({"rcd": {"nam": "A", "jcl": "https://u:p@e.com/j"}}, "rcd jcl must not carry userinfo"),
+        ({"rcd": {"nam": "A", "icn": "https://e.com/l#x"}}, "rcd icn must not carry a fragment"),
+        ({"rcd": {"nam": "A", "icn": "https:///l.png"}}, "rcd icn has no host"),
+        (
+            {"rcd": {"nam": "A", "jcd": {"fn": "Q"}}},
+            'rcd jcd is not a jCard (RFC 7095): must be ["vcard", [properties]]',
+        ),
+        (
+            {"rcd": {"nam": "A", "jcd": ["vcard", [["fn", {}, "text"]]]}},
+            "rcd jcd has a property that is not [name, {params}, type, value]",
+        ),
+        (
+            {"rcd": {"nam": "A", "jcd": JCARD, "jcl": "https://e.com/j.json"}},
+            "rcd has both jcd and jcl; they exclude each other",
+        ),
+        ({"rcd": {"nam": "A"}, "rcdi": []}, "rcdi must be a JSON object, found list"),
+        (
+            {"rcd": {"nam": "A"}, "rcdi": {"nam": GOOD}},
+            "rcdi key 'nam' is not a JSON pointer into rcd (RFC 6901)",
+        ),
+        ({"rcd": {"nam": "A"}, "rcdi": {"/icn": GOOD}}, "rcdi key '/icn' names no member of rcd"),
+        (
+            {"rcd": {"nam": "A"}, "rcdi": {"": GOOD}},
+            "rcdi key '' is not a JSON pointer into rcd (RFC 6901)",
+        ),
+        (
+            {"rcd": {"nam": "A", "icn": "https://e.com/l"}, "rcdi": {"/icn/0": GOOD}},
+            "rcdi key '/icn/0' points inside an image",
+        ),
+        (
+            {"rcd": {"nam": "A", "jcl": "https://e.com/j"}, "rcdi": {"/jcl/1/x": GOOD}},
+            "rcdi key '/jcl/1/x' is not a path into a jCard",
+        ),
+        (
+            {"rcd": {"nam": "A", "jcd": JCARD}, "rcdi": {"/jcd/1/9/3": GOOD}},
+            "rcdi key '/jcd/1/9/3' names nothing in rcd",
+        ),
+        (
+            {"rcd": {"nam": "A", "a~b": 1}, "rcdi": {"/a~2b": GOOD}},
+            "rcdi key '/a~2b' has a '~' that is not ~0 or ~1",
+        ),
+        (
+            {"rcd": {"nam": "A"}, "rcdi": {"/nam": "md5-1B2M2Y8AsgTpgAmY7PhCfg=="}},
+            "rcdi '/nam' digest algorithm 'md5' is not one of ['sha256', 'sha384', 'sha512']",
+        ),
+        (
+            {"rcd": {"nam": "A"}, "rcdi": {"/nam": "sha256"}},
+            "rcdi '/nam' digest algorithm 'sha256' is not one of ['sha256', 'sha384', 'sha512']",
+        ),
+        ({"rcd": {"nam": "A"}, "rcdi": {"/nam": "sha256-!!!"}}, "rcdi '/nam' digest is not base64"),
+        (
+            {"rcd": {"nam": "A"}, "rcdi": {"/nam": "sha256-AAAA"}},
+            "rcdi '/nam' digest has 3 bytes, not a sha256",
+        ),
+        ({"rcd": {"nam": "A"}, "rcdi": {"/nam": 5}}, "rcdi '/nam' value must be a string"),
+    ],
+)
+def test_parse_errors(claims: dict[str, Any], reason: str) -> None:
+    with pytest.raises(RcdError) as info:
+        parse_rcd(claims)
+    assert reason == info.value.reason
+    assert isinstance(info.value, ValueError)
+
+
+def test_escaped_pointer_resolves() -> None:
+    rcd = parsed(
+        {"nam": "A", "a/b": "x", "c~d": "y"}, {"/a~1b": digest_of(jcs("x")), "/c~0d": GOOD}
+    )
+    assert ["/c~0d: digest mismatch"] == check_inline(rcd)
+
+
+def test_digest_of_refuses_unknown_algorithm() -> None:
+    with pytest.raises(ValueError, match="md5"):
+        digest_of(b"x", "md5")
+
+
+# -- canonical JSON (RFC 8785) ----------------------------------------------------------------
+
+
+def test_jcs_sorts_keys_by_utf16_code_units() -> None:
+    # RFC 8785 section 3.2.3's sorting example
+    value = {
+        "\u20ac": "Euro Sign",
+        "\r": "Carriage Return",
+        "\ufb33": "Hebrew Letter Dalet With Dagesh",
+        "1": "One",
+        "\U0001f600": "Emoji: Grinning Face",
+        "\u0080": "Control",
+        "\u00f6": "Latin Small Letter O With Diaeresis",
+    }
+    order = ["\r", "1", "\u0080", "\u00f6", "\u20ac", "\U0001f600", "\ufb33"]
+    assert order == list(json.loads(jcs(value)))
+    assert b'{"a":[1,true,null,"\\n\xc3\xa9"],"b":{}}' == jcs(
+        {"b": {}, "a": [1, True, None, "\né"]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (123.456, "123.456"),
+        (-1.5, "-1.5"),
+        (1e20, "100000000000000000000"),
+        (1e21, "1e+21"),
+        (1e-6, "0.000001"),
+        (1e-7, "1e-7"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (2**60, "1152921504606847000"),  # as JSON.stringify gives it
+    ],
+)
+def test_jcs_numbers(number: float, text: str) -> None:
+    assert text.encode() == jcs(number)
+
+
+def test_jcs_refuses_what_is_not_json() -> None:
+    for value in (float("nan"), {1, 2}, "\ud800"):
+        with pytest.raises(ValueError):
+            jcs(value)
+
+
+# -- inline content ---------------------------------------------------------------------------
+
+
+async def test_nam_only_is_verified_offline() -> None:
+    verdict = await verify_rcd(parsed({"nam": "Dentist Office"}), None)
+    expected = {
+        "verified": True,
+        "nam": "Dentist Office",
+        "logo": None,
+        "reason": None,
+        "details": {"/nam": "covered by signature"},
+    }
+    assert expected == verdict.to_dict()
+
+
+async def test_inline_jcd_correct_digest() -> None:
+    rcd = parsed({"nam": "Q", "jcd": JCARD, "apn": "1202"}, {"/jcd": digest_of(jcs(JCARD))})
+    assert [] == check_inline(rcd)
+    verdict = await verify_rcd(rcd, None)
+    assert True is verdict.verified
+    assert {
+        "/nam": "covered by signature",
+        "/apn": "covered by signature",
+        "/jcd": "digest ok",
+    } == dict(verdict.details)
+
+
+async def test_inline_jcd_wrong_digest() -> None:
+    rcd = parsed({"nam": "Q", "jcd": JCARD}, {"/jcd": digest_of(json.dumps(JCARD).encode())})
+    assert ["/jcd: digest mismatch"] == check_inline(rcd)
+    verdict = await verify_rcd(rcd, None)
+    assert (False, "/jcd: digest mismatch", "Q") == (verdict.verified, verdict.reason, verdict.nam)
+
+
+async def test_inline_jcd_without_digest_is_not_verified() -> None:
+    # the signature covers it, but the project asks for a matching digest on content
+    verdict = await verify_rcd(parsed({"nam": "Q", "jcd": JCARD}), None)
+    assert (False, "no digest") == (verdict.verified, verdict.details["/jcd"])
+    assert ("/jcd: no digest", "Q") == (verdict.reason, verdict.nam)
+
+
+async def test_digest_of_a_member_inside_jcd() -> None:
+    ok = parsed({"nam": "Q", "jcd": JCARD}, {"/jcd/1/1/3": digest_of(jcs("Q Branch"))})
+    bad = parsed({"nam": "Q", "jcd": JCARD}, {"/jcd/1/1/3": digest_of(b"Q Branch")})
+    assert ([], ["/jcd/1/1/3: digest mismatch"]) == (check_inline(ok), check_inline(bad))
+
+
+async def test_offline_referenced_content_is_not_checked() -> None:
+    rcd = parsed({"nam": "ACME", "icn": "https://example.com/l.png"}, {"/icn": digest_of(LOGO)})
+    verdict = await verify_rcd(rcd, None)
+    assert (False, None, "/icn: not checked") == (verdict.verified, verdict.logo, verdict.reason)
+
+
+def test_malformed_verdict() -> None:
+    verdict = RcdVerdict.malformed(RcdError("rcd has no nam"))
+    expected: dict[str, Any] = {
+        "verified": False,
+        "nam": None,
+        "logo": None,
+        "reason": "malformed RCD: rcd has no nam",
+        "details": {},
+    }
+    assert expected == verdict.to_dict()
+
+
+# -- referenced content -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPKI:
+    return TestPKI.create()
+
+
+@pytest.fixture
+async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
+    async with Repository.create(pki) as repository:
+        yield repository
+
+
+@pytest.fixture
+def ca_file(repo: Repository, tmp_path: Path) -> str:
+    path = tmp_path / "repo-ca.pem"
+    path.write_bytes(repo.ca_pem)
+    return str(path)
+
+
+MakeFetcher = Callable[..., Awaitable[RcdContentFetcher]]
+
+
+@pytest.fixture
+async def make_fetcher(repo: Repository, ca_file: str) -> AsyncIterator[MakeFetcher]:
+    """``await make_fetcher(**settings)``: a fetcher allowed to reach the repository
+    (127.0.0.0/8 and its port allowed, its TLS CA trusted), closed after the test."""
+    opened: list[RcdContentFetcher] = []
+
+    async def make(**kw: Any) -> RcdContentFetcher:
+        kw.setdefault("ports", frozenset({repo.port}))
+        kw.setdefault("private_allow", ("127.0.0.0/8",))
+        kw.setdefault("ca_file", ca_file)
+        fetcher = RcdContentFetcher(RcdSettings(**kw))
+        await fetcher.__aenter__()
+        opened.append(fetcher)
+        return fetcher
+
+    yield make
+    for fetcher in opened:
+        await fetcher.close()
+
+
+async def test_icn_correct_digest(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    icn = repo.put("/logo.png", LOGO, content_type="image/png")
+    rcd = parsed({"nam": "ACME", "icn": icn}, {"/icn": digest_of(LOGO)}, crn="Delivery")
+    verdict = await verify_rcd(rcd, await make_fetcher())
+    expected = {
+        "verified": True,
+        "nam": "ACME",
+        "logo": icn,
+        "reason": None,
+        "details": {"/nam": "covered by signature", "/icn": "digest ok"},
+    }
+    assert expected == verdict.to_dict()
+
+
+async def test_icn_wrong_digest(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    icn = repo.put("/logo.png", LOGO + b"tampered", content_type="image/png")
+    rcd = parsed({"nam": "ACME", "icn": icn}, {"/icn": digest_of(LOGO)})
+    verdict = await verify_rcd(rcd, await make_fetcher())
+    assert (False, None, "/icn: digest mismatch") == (
+        verdict.verified,
+        verdict.logo,
+        verdict.reason,
+    )
+    assert "ACME" == verdict.nam
+
+
+async def test_jcl_with_photo(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    photo = repo.put("/photo.jpg", PHOTO, content_type="image/jpeg")
+    card = json.dumps(jcard_with_photo(photo), indent=2).encode()
+    jcl = repo.put("/card.json", card, content_type="application/json")
+    rcdi = {"/jcl": digest_of(card), "/jcl/1/4/3": digest_of(PHOTO)}
+    verdict = await verify_rcd(parsed({"nam": "Q", "jcl": jcl}, rcdi), await make_fetcher())
+    assert {
+        "/nam": "covered by signature",
+        "/jcl": "digest ok",
+        "/jcl/1/4/3": "digest ok",
+    } == dict(verdict.details)
+    assert True is verdict.verified
+
+
+async def test_jcl_digest_over_canonical_json(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    jcl = repo.put("/card.json", json.dumps(JCARD, indent=4).encode())
+    rcd = parsed({"nam": "Q", "jcl": jcl}, {"/jcl": digest_of(jcs(JCARD))})
+    verdict = await verify_rcd(rcd, await make_fetcher())
+    assert (True, "digest ok") == (verdict.verified, verdict.details["/jcl"])
+
+
+async def test_jcl_wrong_digest_and_photo_without_digest(
+    repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    photo = repo.put("/photo.jpg", PHOTO)
+    card = json.dumps(jcard_with_photo(photo)).encode()
+    jcl = repo.put("/card.json", card)
+    fetcher = await make_fetcher()
+    wrong = await verify_rcd(parsed({"nam": "Q", "jcl": jcl}, {"/jcl": digest_of(b"{}")}), fetcher)
+    assert (False, "/jcl: digest mismatch") == (wrong.verified, wrong.reason)
+    no_photo_digest = await verify_rcd(
+        parsed({"nam": "Q", "jcl": jcl}, {"/jcl": digest_of(card)}), fetcher
+    )
+    assert (False, "/jcl/1/4/3: no digest") == (no_photo_digest.verified, no_photo_digest.reason)
+    assert 0 == repo.counts["/photo.jpg"]
+
+
+async def test_jcl_content_not_a_jcard(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    body = b'{"fn": "Q"}'
+    jcl = repo.put("/card.json", body)
+    verdict = await verify_rcd(
+        parsed({"nam": "Q", "jcl": jcl}, {"/jcl": digest_of(body)}), await make_fetcher()
+    )
+    reason = (
+        "/jcl: digest ok, but jcl content is not a jCard (RFC 7095):"
+        ' must be ["vcard", [properties]]'
+    )
+    assert (False, reason) == (verdict.verified, verdict.reason)
+
+
+async def test_jcd_referencing_a_photo(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    photo = repo.put("/photo.jpg", PHOTO)
+    jcd = jcard_with_photo(photo)
+    whole = digest_of(jcs(jcd))
+    ok = parsed({"nam": "Q", "jcd": jcd}, {"/jcd": whole, "/jcd/1/4/3": digest_of(PHOTO)})
+    bad = parsed({"nam": "Q", "jcd": jcd}, {"/jcd": whole, "/jcd/1/4/3": digest_of(b"other")})
+    fetcher = await make_fetcher()
+    assert ([], []) == (check_inline(ok), check_inline(bad))
+    verdict = await verify_rcd(ok, fetcher)
+    assert (True, "digest ok") == (verdict.verified, verdict.details["/jcd/1/4/3"])
+    assert "/jcd/1/4/3: digest mismatch" == (await verify_rcd(bad, fetcher)).reason
+
+
+async def test_oversize_content(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    big = b"\x89PNG" + b"\0" * 2000
+    icn = repo.put("/big.png", big, content_type="image/png")
+    rcd = parsed({"nam": "ACME", "icn": icn}, {"/icn": digest_of(big)})
+    verdict = await verify_rcd(rcd, await make_fetcher(max_icn_bytes=1024))
+    assert "/icn: fetch failed: icn body is 2004 bytes; the limit is 1024" == verdict.reason
+    assert (False, None) == (verdict.verified, verdict.logo)
+
+
+async def test_jcl_cap_is_its_own(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    card = json.dumps(JCARD).encode()
+    jcl = repo.put("/card.json", card)
+    rcd = parsed({"nam": "Q", "jcl": jcl}, {"/jcl": digest_of(card)})
+    verdict = await verify_rcd(rcd, await make_fetcher(max_jcl_bytes=64))
+    assert f"/jcl: fetch failed: jcl body is {len(card)} bytes; the limit is 64" == verdict.reason
+
+
+async def test_not_found(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    icn = repo.url("/missing.png")
+    rcd = parsed({"nam": "ACME", "icn": icn}, {"/icn": digest_of(LOGO)})
+    verdict = await verify_rcd(rcd, await make_fetcher())
+    assert "/icn: fetch failed: icn answered HTTP 404, not 200" == verdict.reason
+    assert False is verdict.verified
+
+
+async def test_http_url_refused_without_a_request(
+    repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    url = repo.put("/logo.png", LOGO)
+    plain = repo.http_url("/logo.png")
+    fetcher = await make_fetcher(ports=frozenset({repo.port, repo.http_port}))
+    with pytest.raises(RcdFetchError) as info:
+        await fetcher.fetch(plain, "icn")
+    assert "icn URL scheme must be https, not 'http'; not fetched" == info.value.reason
+    with pytest.raises(RcdError):
+        parse_rcd(payload({"nam": "ACME", "icn": plain}))
+    # the same URL in a jCard is a reference, refused the same way
+    jcd = jcard_with_photo(plain)
+    rcd = parsed(
+        {"nam": "Q", "jcd": jcd}, {"/jcd": digest_of(jcs(jcd)), "/jcd/1/4/3": digest_of(LOGO)}
+    )
+    verdict = await verify_rcd(rcd, fetcher)
+    reason = "/jcd/1/4/3: fetch failed: icn URL scheme must be https, not 'http'; not fetched"
+    assert reason == verdict.reason
+    assert url.startswith("https://")
+    assert 0 == repo.requests
+
+
+async def test_port_and_address_refused_without_a_request(
+    repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    icn = repo.put("/logo.png", LOGO)
+    closed_port = await make_fetcher(ports=frozenset({443}))
+    with pytest.raises(RcdFetchError, match=f"port {repo.port} is not allowed"):
+        await closed_port.fetch(icn, "icn")
+    no_private = await make_fetcher(private_allow=())
+    with pytest.raises(RcdFetchError) as info:
+        await no_private.fetch(icn, "icn")
+    assert "host 127.0.0.1 is loopback; refused before connecting" == info.value.reason
+    assert 0 == repo.requests
+
+
+async def test_content_without_digest_is_not_verified(
+    repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    icn = repo.put("/logo.png", LOGO)
+    no_rcdi: tuple[dict[str, Any] | None, ...] = (None, {})
+    for rcdi in no_rcdi:
+        verdict = await verify_rcd(parsed({"nam": "ACME", "icn": icn}, rcdi), await make_fetcher())
+        assert (False, None, "/icn: no digest") == (verdict.verified, verdict.logo, verdict.reason)
+    assert 0 == repo.requests
+
+
+async def test_cache_one_request_for_two_verifications(
+    repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    icn = repo.put("/logo.png", LOGO)
+    rcd = parsed({"nam": "ACME", "icn": icn}, {"/icn": digest_of(LOGO)})
+    fetcher = await make_fetcher()
+    first = await verify_rcd(rcd, fetcher)
+    second = await verify_rcd(rcd, fetcher)
+    assert (True, True) == (first.verified, second.verified)
+    assert 1 == repo.counts["/logo.png"]
+    assert (1, 1) == (fetcher.stats()["fetches"], fetcher.stats()["hits"])
+
+
+async def test_single_flight(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    icn = repo.put("/logo.png", LOGO, delay=0.1)
+    fetcher = await make_fetcher()
+    bodies = await asyncio.gather(*(fetcher.fetch(icn, "icn") for _ in range(5)))
+    assert [LOGO] * 5 == bodies
+    assert (1, 4) == (repo.counts["/logo.png"], fetcher.stats()["coalesced"])
+
+
+async def test_failure_remembered(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    icn = repo.url("/missing.png")
+    fetcher = await make_fetcher()
+    for _ in range(2):
+        with pytest.raises(RcdFetchError, match="HTTP 404"):
+            await fetcher.fetch(icn, "icn")
+    assert (1, 1) == (repo.counts["/missing.png"], fetcher.stats()["negative_hits"])
+    forgetful = await make_fetcher(failure_ttl=0)
+    for _ in range(2):
+        with pytest.raises(RcdFetchError):
+            await forgetful.fetch(icn, "icn")
+    assert 3 == repo.counts["/missing.png"]
+
+
+async def test_own_session_closed_and_fetch_after_close(repo: Repository, ca_file: str) -> None:
+    settings = RcdSettings(ports=frozenset({repo.port}), allow_private=True, ca_file=ca_file)
+    icn = repo.put("/logo.png", LOGO)
+    async with RcdContentFetcher(settings) as fetcher:
+        assert LOGO == await fetcher.fetch(icn, "icn")
+    with pytest.raises(RuntimeError, match="closed"):
+        await fetcher.fetch(repo.url("/other.png"), "icn")
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"ports": frozenset()}, "ports must be a non-empty set of TCP ports"),
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"max_icn_bytes": 0}, "max_icn_bytes must be >= 1"),
+        ({"failure_ttl": -1}, "failure_ttl must be >= 0"),
+        ({"cache_bytes": 1000}, "cache_bytes must hold at least one jcl and one icn body"),
+        (
+            {"private_allow": ("10.0.0.0/33",)},
+            "allow entry '10.0.0.0/33' is not a valid address or CIDR",
+        ),
+    ],
+)
+def test_settings_validated(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        RcdSettings(**kw)
+    assert message == str(info.value)
