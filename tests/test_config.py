@@ -23,6 +23,7 @@ from verifier.config import (
     load_settings,
 )
 from verifier.fetch import FetchSettings
+from verifier.rcd import RcdSettings
 from verifier.records import RecordSettings
 
 FULL_TOML = """
@@ -401,6 +402,7 @@ def test_describe_lists_every_setting_with_its_doc() -> None:
         "x5u": FetchSettings,
         "api": ApiSettings,
         "records": RecordSettings,
+        "rcd": RcdSettings,
     }
     expected_keys = [
         (table, f.name)

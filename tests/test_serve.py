@@ -288,3 +288,57 @@ async def test_demo_prints_commands_that_give_the_printed_answers(
     ]
     code, _out, _err = stop(proc, signal.SIGINT)
     assert 0 == code
+
+
+async def test_sigterm_under_load_loses_no_accepted_record(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    from verifier.records import SqliteRecordStore
+
+    pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
+    (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
+    preload = tmp_path / "preload"
+    preload.mkdir()
+    (preload / "sp.pem").write_bytes(pki.signer.chain_pem())
+    (preload / "index.json").write_text(json.dumps({pki.signer.x5u: "sp.pem"}))
+    port = free_port()
+    (tmp_path / "v.toml").write_text(
+        f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\nlog_level = 'WARNING'\n"
+        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\n"
+        f"[records]\ndata_dir = '{tmp_path / 'data'}'\nbatch_size = 50\n"
+    )
+    proc = start("serve", "--config", str(tmp_path / "v.toml"))
+    procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base, proc)
+    now = int(time.time())
+    bodies = [atis_body(pki.signer.identity(iat=now), now) for _ in range(400)]
+    answered = 0
+    async with aiohttp.ClientSession() as session:
+
+        async def caller(chunk: list[dict[str, object]]) -> None:
+            nonlocal answered
+            for body in chunk:
+                try:
+                    async with session.post(base + "/stir/v1/verification", json=body) as resp:
+                        await resp.read()
+                        if resp.status == 200:
+                            answered += 1
+                except aiohttp.ClientError:
+                    return  # the server has stopped accepting: this call was not accepted
+
+        callers = [asyncio.create_task(caller(bodies[i::8])) for i in range(8)]
+        while answered < 100:
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*callers)
+    code, _out, err = stop(proc, None)
+    assert 0 == code, err
+    store = SqliteRecordStore.open(tmp_path / "data", create=False)
+    try:
+        total = store.stats(None, None)["total"]
+    finally:
+        store.close()
+    # every call that got its answer was recorded (and none twice)
+    assert answered == total
+    assert 100 <= answered

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator
@@ -134,11 +135,18 @@ class Api:
             sent.setdefault("Content-Type", content_type)
         async with self.client.request(method, path, data=data, headers=sent) as resp:
             text = await resp.text()
-            body = check_contract(method, path, resp.status, resp.content_type, resp.headers, text)
+            route = path.split("?", 1)[0]
+            body = check_contract(method, route, resp.status, resp.content_type, resp.headers, text)
             return Answer(resp.status, resp.headers, body)
 
     async def post(self, path: str, body: Any, **kwargs: Any) -> Answer:
         return await self.call("POST", path, json_body=body, **kwargs)
+
+
+def b64decode_part(part: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -1085,3 +1093,168 @@ async def test_policy_hot_reload_under_load_fails_no_request(
     assert len(set(labels)) > 1  # the calls saw the reloads
     final = await api.post("/v1/verify", {"identity": signer.identity(iat=now)})
     assert "green-9" == final.body["disposition"]["label"]
+
+
+# -- traceback records, replay (issues 5 and 6) ---------------------------------------------------
+
+
+@pytest.fixture
+async def recording(start: Callable[..., Any], tmp_path: Path) -> Api:
+    return await start(
+        records=RecordSettings(data_dir=str(tmp_path / "data"), flush_interval=0.01),
+        api=ApiSettings(admin_token=TOKEN),
+    )
+
+
+async def _flushed(api: Api) -> None:
+    writer = api.service.records
+    assert writer is not None
+    for _ in range(200):
+        if writer.queue_depth == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("records not written")
+
+
+async def test_every_verification_is_recorded_and_queryable(
+    recording: Api, signer: Signer, impostor: Signer, now: int
+) -> None:
+    api, auth = recording, {"Authorization": f"Bearer {TOKEN}"}
+    good = signer.identity(iat=now)
+    await api.post("/stir/v1/verification", atis(good, now=now), headers={"X-RequestID": "r-1"})
+    await api.post(
+        "/v1/verify", {"identity": impostor.identity(iat=now), "from": "+1 (215) 555-1212"}
+    )
+    await api.post("/v1/verify/batch", {"requests": [{"identity": signer.identity(iat=now)}, {}]})
+    await _flushed(api)
+    page = (await api.call("GET", "/v1/records", headers=auth)).body
+    assert 4 == len(page["records"])
+    assert None is page["next_cursor"]
+    first = page["records"][-1]  # newest first
+    assert {
+        "request_id": "r-1",
+        "endpoint": "atis",
+        "orig": ORIG,
+        "dest": DEST,
+        "verstat": PASSED,
+        "attest": "A",
+        "spc": ["1234"],
+        "x5u": signer.x5u,
+        "action": "allow",
+        "label": "verified",
+    } == {
+        k: first[k]
+        for k in (
+            "request_id",
+            "endpoint",
+            "orig",
+            "dest",
+            "verstat",
+            "attest",
+            "spc",
+            "x5u",
+            "action",
+            "label",
+        )
+    }
+    assert signer.cert.fingerprint(hashes.SHA256()).hex() == first["fingerprint"]
+    origid = json.loads(b64decode_part(good.split(".")[1]))["origid"]
+    by_origid = await api.call("GET", f"/v1/records?origid={origid}", headers=auth)
+    assert ["r-1"] == [r["request_id"] for r in by_origid.body["records"]]
+    by_number = await api.call(
+        "GET", f"/v1/records?orig=%2B1-215-555-1212&since={now - 1}", headers=auth
+    )
+    # the numbers are compared canonically; the heartbeat-like item has no number at all
+    assert 3 == len(by_number.body["records"])
+    failed = await api.call("GET", "/v1/records?spc=1234&limit=1", headers=auth)
+    assert 1 == len(failed.body["records"])
+    assert failed.body["next_cursor"] is not None
+    more = await api.call(
+        "GET", f"/v1/records?spc=1234&limit=1&cursor={failed.body['next_cursor']}", headers=auth
+    )
+    assert failed.body["records"][0]["request_id"] != more.body["records"][0]["request_id"]
+    stats = (await api.call("GET", f"/v1/stats?since={now - 1}", headers=auth)).body
+    assert 4 == stats["total"]
+    assert {PASSED: 2, FAILED: 1, NO_VALIDATION: 1} == stats["by_verstat"]
+    csv_text = (await api.call("GET", "/v1/records?format=csv", headers=auth)).body
+    lines = csv_text.strip().splitlines()
+    assert 5 == len(lines)
+    assert lines[0].startswith("ts,")
+
+
+async def test_record_endpoints_refuse_without_the_token(
+    recording: Api, start: Callable[..., Any]
+) -> None:
+    for path in ("/v1/records", "/v1/stats"):
+        assert (401, "POL4001") == svc(await recording.call("GET", path))[:2]
+        wrong = await recording.call("GET", path, headers={"Authorization": "Bearer nope"})
+        assert (401, "POL4001") == svc(wrong)[:2]
+    closed = await start()
+    assert (403, "POL4003") == svc(await closed.call("GET", "/v1/records"))[:2]
+
+
+async def test_record_query_errors(recording: Api) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for query, name in (
+        ("limit=0", "query"),
+        ("limit=x", "limit"),
+        ("since=yesterday", "since"),
+        ("colour=red", "colour"),
+        ("cursor=nope", "query"),
+    ):
+        answer = await recording.call("GET", f"/v1/records?{query}", headers=auth)
+        assert (400, "SVC4005") == svc(answer)[:2], query
+        assert name == svc(answer)[2][0], query
+    answer = await recording.call("GET", "/v1/stats?since=2&until=1", headers=auth)
+    assert (400, "SVC4005") == svc(answer)[:2]
+
+
+async def test_records_disabled_answer_404(start: Callable[..., Any]) -> None:
+    api = await start(api=ApiSettings(admin_token=TOKEN))
+    answer = await api.call("GET", "/v1/records", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (404, "SVC4003", ["records are disabled"]) == svc(answer)
+
+
+async def test_the_same_passport_twice_is_flagged_as_replayed(
+    api: Api, signer: Signer, now: int
+) -> None:
+    first, second = signer.identity(iat=now), signer.identity(iat=now)
+    answers = [
+        (await api.post("/v1/verify", {"identity": value})).body for value in (first, second, first)
+    ]
+    assert [False, False, True] == [a["replayed"] for a in answers]
+    assert ["verified", "verified", "replayed"] == [a["disposition"]["label"] for a in answers]
+    assert ["allow", "allow", "label"] == [a["disposition"]["action"] for a in answers]
+    metrics = (await api.call("GET", "/metrics")).body
+    assert "verifier_replays_total 1.0" in metrics.splitlines()
+
+
+async def test_replay_set_stays_within_its_bound(
+    start: Callable[..., Any], signer: Signer, now: int
+) -> None:
+    from verifier.config import VerificationSettings
+
+    api = await start(verification=VerificationSettings(replay_cache_size=50))
+    values = [signer.identity(iat=now) for _ in range(120)]
+    answers = await api.post("/v1/verify/batch", {"requests": [{"identity": v} for v in values]})
+    assert 120 == len(answers.body["results"])
+    assert 50 >= len(api.service.replay)
+    assert all(not r["replayed"] for r in answers.body["results"])
+
+
+async def test_rcd_name_is_shown_only_when_verified(api: Api, signer: Signer, now: int) -> None:
+    named = signer.identity(iat=now, claims={"rcd": {"nam": "ACME Pharmacy"}})
+    body = (await api.post("/v1/verify", {"identity": named})).body
+    assert {
+        "verified": True,
+        "nam": "ACME Pharmacy",
+        "logo": None,
+        "reason": None,
+        "details": {"/nam": "covered by signature"},
+    } == body["rcd"]
+    late = signer.identity(iat=now - 600, claims={"rcd": {"nam": "ACME Pharmacy"}})
+    body = (await api.post("/v1/verify", {"identity": late})).body
+    assert (False, None) == (body["rcd"]["verified"], body["rcd"]["nam"])
+    assert (
+        None is (await api.post("/v1/verify", {"identity": signer.identity(iat=now)})).body["rcd"]
+    )

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .fetch import FetchSettings
+from .rcd import RcdSettings
 from .records import RecordSettings
 from .verify import VerifyOptions
 
@@ -139,6 +140,7 @@ class Settings:
     x5u: FetchSettings = field(default_factory=FetchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     records: RecordSettings = field(default_factory=RecordSettings)
+    rcd: RcdSettings = field(default_factory=RcdSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -158,6 +160,7 @@ _TABLES: dict[str, type[Any]] = {
     "x5u": FetchSettings,
     "api": ApiSettings,
     "records": RecordSettings,
+    "rcd": RcdSettings,
 }
 
 

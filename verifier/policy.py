@@ -15,8 +15,10 @@ Order of decision, first match wins:
 2. ``[[allow]]``: a trusted partner (same keys) or a calling number (``tn``): the call is
    allowed, with the entry's label (default "verified").
 3. ``[[rule]]``: in file order, matching on verstat, attestation, failure reason (slug or
-   SIP code) and signer; sets action and label.
-4. ``[labels]``: the default label for the verdict (A/B/C when passed, ``failed`` for
+   SIP code), signer and ``replayed``; sets action and label.
+4. A replayed PASSporT (seen within its freshness window): action ``label``, label
+   ``replayed``. Never blocked by default: forked INVITEs repeat one legitimately.
+5. ``[labels]``: the default label for the verdict (A/B/C when passed, ``failed`` for
    TN-Validation-Failed, ``unverified`` for No-TN-Validation), with action ``allow`` for A
    and ``label`` otherwise.
 
@@ -60,6 +62,7 @@ _DEFAULT_LABELS = {
     "C": "gateway",
     "failed": "unverified",
     "unverified": "unverified",
+    "replayed": "replayed",
 }
 
 
@@ -117,9 +120,12 @@ class Rule:
     attest: frozenset[str] = frozenset()
     reason: frozenset[str] = frozenset()
     signer: tuple[tuple[str, str], ...] = ()
+    replayed: bool | None = None
     line: int = 0
 
     def matches(self, result: Result, facts: Mapping[str, tuple[str, ...]]) -> bool:
+        if self.replayed is not None and result.replayed != self.replayed:
+            return False
         if self.verstat and result.verstat not in self.verstat:
             return False
         if self.attest and (result.attest or "") not in self.attest:
@@ -212,6 +218,14 @@ class Policy:
                     label=rule.label,
                     reasons=({"rule": rule.name, "line": rule.line},),
                 )
+        if result.replayed:
+            # A repeat within the freshness window: forked INVITEs carry one legitimately,
+            # so it is labelled, never blocked by default.
+            return Disposition(
+                action="label",
+                label=self.labels["replayed"],
+                reasons=({"default": "replayed"},),
+            )
         if result.verstat == TN_VALIDATION_PASSED:
             attest = result.attest or "C"
             return Disposition(
@@ -418,7 +432,16 @@ class _Parser:
 
     def _rules(self, data: dict[str, Any]) -> Iterable[Rule]:
         for index, (line, table) in enumerate(self._tables(data, "rule")):
-            allowed = {"name", "action", "label", "verstat", "attest", "reason", *_SIGNER_KEYS}
+            allowed = {
+                "name",
+                "action",
+                "label",
+                "verstat",
+                "attest",
+                "reason",
+                "replayed",
+                *_SIGNER_KEYS,
+            }
             for key in table:
                 if key not in allowed:
                     raise self.fail(line, f"[[rule]] unknown key {key!r}")
@@ -448,8 +471,12 @@ class _Parser:
                 for key in _SIGNER_KEYS
                 if key in table
             )
+            replayed = table.get("replayed")
+            if replayed is not None and not isinstance(replayed, bool):
+                raise self.fail(line, "[[rule]] replayed must be true or false")
             yield Rule(
                 name=name,
+                replayed=replayed,
                 action=action,
                 label=label,
                 verstat=verstat,

@@ -36,6 +36,7 @@ from .logs import VerificationLog
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .policy import Disposition, Policy, PolicyError
+from .rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
 from .records import (
     Record,
     RecordQuery,
@@ -226,6 +227,7 @@ class Service:
             verification.max_iat_age + verification.max_future_skew,
             clock=clock,
         )
+        self.rcd_fetcher: RcdContentFetcher | None = None
         self.records: RecordWriter | None = None
         self.store: RecordStore | None = None
         self.vlog = VerificationLog()
@@ -305,6 +307,33 @@ class Service:
             )
         return None
 
+    async def _judge_rcd(self, result: Result) -> None:
+        """Rich Call Data (RFC 9795) of a verified call: only then can a name be shown."""
+        if not result.rcd_sources:
+            return
+        source = next((s for s in result.rcd_sources if s["passed"]), None)
+        if not result.passed or source is None:
+            why = (
+                "the call's identity did not verify"
+                if not result.passed
+                else ("no rcd PASSporT verified")
+            )
+            result.rcd = {
+                "verified": False,
+                "nam": None,
+                "logo": None,
+                "reason": why,
+                "details": {},
+            }
+            return
+        try:
+            rcd = parse_rcd(source["payload"])
+        except RcdError as exc:
+            result.rcd = RcdVerdict.malformed(exc).to_dict()
+            return
+        if rcd is not None:
+            result.rcd = (await verify_rcd(rcd, self.rcd_fetcher)).to_dict()
+
     def _done(
         self, endpoint: str, request_id: str, item: _Call, result: Result, now: float
     ) -> Outcome:
@@ -349,6 +378,7 @@ class Service:
             cache=self.cache,
         )
         for i, result in zip(todo, verified, strict=True):
+            await self._judge_rcd(result)
             results[i] = result
         outcomes = [
             self._done(endpoint, rid, item, result, now)
@@ -373,6 +403,7 @@ class Service:
                 cache=self.cache,
                 signatures=self.signatures.check if self.signatures is not None else None,
             )
+        await self._judge_rcd(result)
         outcome = self._done(endpoint, request_id, item, result, now)
         await self._keep(outcome)
         return outcome
@@ -943,10 +974,14 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
     def observe(outcome: str, seconds: float) -> None:
         latency.labels(outcome).observe(seconds)
 
-    async with CertificateFetcher(
-        service.trust, service.settings.x5u, clock=service.clock, on_load=observe
-    ) as fetcher:
+    async with (
+        CertificateFetcher(
+            service.trust, service.settings.x5u, clock=service.clock, on_load=observe
+        ) as fetcher,
+        RcdContentFetcher(service.settings.rcd, clock=service.clock) as rcd_fetcher,
+    ):
         service.attach_fetcher(fetcher)
+        service.rcd_fetcher = rcd_fetcher
         service.ready = True
         yield
         service.ready = False

@@ -1,0 +1,129 @@
+"""The whole service with its real fetchers: x5u and RCD content from a real HTTPS
+repository on 127.0.0.1, every answer through a real socket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+
+from verifier.config import load_settings
+from verifier.rcd import digest_of
+from verifier.repository import Repository
+from verifier.testing import Signer, TestPKI, identity_header, pem
+from verifier.web import create_app
+
+LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+ORIG, DEST = "12155551212", "12155551213"
+
+
+@dataclass
+class Stack:
+    repo: Repository
+    pki: TestPKI
+    forwarder: Signer
+    client: Any
+
+
+@pytest.fixture
+async def stack(aiohttp_client: AiohttpClient, tmp_path: Path) -> AsyncIterator[Stack]:
+    pki = TestPKI.create()
+    forwarder = pki.ca.issue_leaf("5678")
+    async with Repository.create(pki) as repo:
+        pki.signer.x5u = repo.url("/sp.pem")
+        forwarder.x5u = repo.url("/fw.pem")
+        repo.put("/sp.pem", pki.signer.chain_pem())
+        repo.put("/fw.pem", forwarder.chain_pem())
+        repo.put("/logo.png", LOGO, content_type="image/png")
+        (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
+        (tmp_path / "ca.pem").write_bytes(repo.ca_pem)
+        ports = [443, repo.port]
+        settings = load_settings(
+            overrides={
+                "trust_anchors": [str(tmp_path / "root.pem")],
+                "x5u.ca_file": str(tmp_path / "ca.pem"),
+                "x5u.private_allow": ["127.0.0.1"],
+                "x5u.ports": ports,
+                "x5u.crl_check": False,
+                "rcd.ca_file": str(tmp_path / "ca.pem"),
+                "rcd.private_allow": ["127.0.0.1"],
+                "rcd.ports": ports,
+                "records.enabled": False,
+            }
+        )
+        client = await aiohttp_client(create_app(settings))
+        yield Stack(repo, pki, forwarder, client)
+
+
+async def native(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    async with stack.client.post("/v1/verify", json=body) as resp:
+        assert 200 == resp.status
+        result: dict[str, Any] = await resp.json()
+        return result
+
+
+async def test_branded_call_with_a_logo(stack: Stack, now: int) -> None:
+    icn = stack.repo.url("/logo.png")
+    rcd = {"nam": "ACME Pharmacy", "icn": icn}
+    good = stack.pki.signer.identity(
+        iat=now, claims={"rcd": rcd, "rcdi": {"/icn": digest_of(LOGO)}}
+    )
+    body = await native(stack, {"identity": good, "from": ORIG, "to": DEST})
+    assert "TN-Validation-Passed" == body["verstat"]
+    assert {
+        "verified": True,
+        "nam": "ACME Pharmacy",
+        "logo": icn,
+        "reason": None,
+        "details": {"/nam": "covered by signature", "/icn": "digest ok"},
+    } == body["rcd"]
+    wrong = stack.pki.signer.identity(
+        iat=now, claims={"rcd": rcd, "rcdi": {"/icn": digest_of(b"another logo")}}
+    )
+    body = await native(stack, {"identity": wrong, "from": ORIG, "to": DEST})
+    assert "TN-Validation-Passed" == body["verstat"]  # the call's identity still verifies
+    assert (False, None, "/icn: digest mismatch") == (
+        body["rcd"]["verified"],
+        body["rcd"]["logo"],
+        body["rcd"]["reason"],
+    )
+    # the logo was fetched once: the second verdict came from the content cache
+    assert 1 == stack.repo.counts["/logo.png"]
+    assert 1 == stack.repo.counts["/sp.pem"]
+
+
+async def test_rcd_passport_beside_the_shaken_one(stack: Stack, now: int) -> None:
+    signer = stack.pki.signer
+    token = signer.passport(
+        iat=now,
+        header={"ppt": "rcd"},
+        claims={"rcd": {"nam": "ACME Pharmacy"}},
+        drop=["attest", "origid"],
+    )
+    values = [signer.identity(iat=now), identity_header(token, signer.x5u, ppt="rcd")]
+    body = await native(stack, {"identity": values, "from": ORIG, "to": DEST})
+    assert [("shaken", "passed"), ("rcd", "passed")] == [
+        (h["ppt"], h["status"]) for h in body["identities"]
+    ]
+    assert (True, "ACME Pharmacy") == (body["rcd"]["verified"], body["rcd"]["nam"])
+
+
+async def test_forwarded_call_fetches_each_hops_certificate(stack: Stack, now: int) -> None:
+    signer, forwarder = stack.pki.signer, stack.forwarder
+    div = forwarder.passport(
+        iat=now,
+        dest="12155559999",
+        header={"ppt": "div"},
+        claims={"div": {"tn": DEST}},
+        drop=["attest", "origid"],
+    )
+    values = [signer.identity(iat=now), identity_header(div, forwarder.x5u, ppt="div")]
+    body = await native(stack, {"identity": values, "from": ORIG, "to": "12155559999"})
+    assert "TN-Validation-Passed" == body["verstat"]
+    assert "diversion" == body["matched"]["dest"]
+    assert "TN-Validation-Passed" == body["diversion"]["verstat"]
+    assert (1, 1) == (stack.repo.counts["/sp.pem"], stack.repo.counts["/fw.pem"])
