@@ -314,6 +314,7 @@ async def test_sigterm_under_load_loses_no_accepted_record(
     now = int(time.time())
     bodies = [atis_body(pki.signer.identity(iat=now), now) for _ in range(400)]
     answered = 0
+    hundred = asyncio.Event()
     async with aiohttp.ClientSession() as session:
 
         async def caller(chunk: list[dict[str, object]]) -> None:
@@ -324,12 +325,13 @@ async def test_sigterm_under_load_loses_no_accepted_record(
                         await resp.read()
                         if resp.status == 200:
                             answered += 1
+                            if answered >= 100:
+                                hundred.set()
                 except aiohttp.ClientError:
                     return  # the server has stopped accepting: this call was not accepted
 
         callers = [asyncio.create_task(caller(bodies[i::8])) for i in range(8)]
-        while answered < 100:
-            await asyncio.sleep(0.01)
+        await hundred.wait()
         proc.send_signal(signal.SIGTERM)
         await asyncio.gather(*callers)
     code, _out, err = stop(proc, None)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives import hashes
 from jsonschema import Draft202012Validator
 from pytest_aiohttp import AiohttpClient
 from referencing import Registry, Resource
@@ -1100,10 +1100,11 @@ async def test_policy_hot_reload_under_load_fails_no_request(
 
 @pytest.fixture
 async def recording(start: Callable[..., Any], tmp_path: Path) -> Api:
-    return await start(
+    api: Api = await start(
         records=RecordSettings(data_dir=str(tmp_path / "data"), flush_interval=0.01),
         api=ApiSettings(admin_token=TOKEN),
     )
+    return api
 
 
 async def _flushed(api: Api) -> None:
