@@ -18,7 +18,7 @@ import subprocess
 import time
 
 from verifier.certs import TrustStore
-from verifier.testing import TestPKI
+from verifier.testing import TestPKI, identity_header
 from verifier.verify import CallInfo, DecodeCache, Verification
 
 
@@ -60,6 +60,51 @@ def pipeline_verify_per_s(seconds: float, count: int = 2000) -> float:
     return done / (time.perf_counter() - start)
 
 
+def div_hop_cost(seconds: float, count: int = 1000) -> tuple[float, float]:
+    """(single SHAKEN verifications/s, SHAKEN + one div hop verifications/s), same run."""
+    pki = TestPKI.create()
+    forwarder = pki.ca.issue_leaf("5678", x5u="https://cr.forwarder.example/sp.pem")
+    now = time.time()
+    trust = TrustStore([pki.root.cert])
+    credentials = {
+        pki.signer.x5u: trust.validate(list(pki.signer.chain), now),
+        forwarder.x5u: trust.validate(list(forwarder.chain), now),
+    }
+    iat = int(now)
+
+    def div(i: int) -> str:
+        token = forwarder.passport(
+            iat=iat,
+            dest="12155559999",
+            header={"ppt": "div"},
+            claims={"div": {"tn": "12155551213"}},
+            drop=["attest", "origid"],
+        )
+        return identity_header(token, forwarder.x5u, ppt="div")
+
+    single = [[pki.signer.identity(iat=iat)] for _ in range(count)]
+    diverted = [[pki.signer.identity(iat=iat), div(i)] for i in range(count)]
+    direct = CallInfo(from_="12155551212", to="12155551213")
+    forwarded = CallInfo(from_="12155551212", to="12155559999")
+
+    def rate(requests: list[list[str]], call: CallInfo) -> float:
+        cache = DecodeCache()
+        done = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for values in requests:
+                verification = Verification(values, now=now, call=call, cache=cache)
+                for entry in verification.pending():
+                    verification.settle(entry, credentials[Verification.x5u_of(entry)])
+                result = verification.result()
+                if not result.passed:
+                    raise RuntimeError(f"benchmark call did not verify: {result.reason}")
+            done += len(requests)
+        return done / (time.perf_counter() - start)
+
+    return rate(single, direct), rate(diverted, forwarded)
+
+
 def pyjwt_decode_per_s(seconds: float, count: int = 2000) -> float:
     """PyJWT's decode of the same PASSporTs (ES256 pinned): what a library call costs."""
     import jwt
@@ -88,6 +133,8 @@ def main() -> None:
     ours = pipeline_verify_per_s(args.seconds)
     openssl = openssl_verify_per_s(args.seconds)
     pyjwt = pyjwt_decode_per_s(args.seconds)
+    single, diverted = div_hop_cost(args.seconds)
+    hop_cost = single / diverted - 1  # extra time of one div hop, relative to one SHAKEN
     ratio = ours / openssl
     if args.json:
         print(
@@ -97,6 +144,7 @@ def main() -> None:
                     "openssl_verify_per_s": round(openssl, 1),
                     "ratio": round(ratio, 3),
                     "pyjwt_decode_per_s": round(pyjwt, 1),
+                    "div_hop_cost": round(hop_cost, 3),
                 }
             )
         )
@@ -107,6 +155,10 @@ def main() -> None:
         print(
             f"PyJWT decode (signature + exp only):    {pyjwt:10.1f}  (ratio {pyjwt / openssl:.3f};"
             " why the hot path decodes by hand)"
+        )
+        print(
+            f"one div hop costs {hop_cost:.2f} x a single SHAKEN verification"
+            f" ({single:.0f}/s single, {diverted:.0f}/s SHAKEN + div)"
         )
 
 

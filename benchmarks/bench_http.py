@@ -92,6 +92,71 @@ def _wrk(url: str, bodies: Path, seconds: int, script: Path) -> dict[str, float]
     }
 
 
+class _Service:
+    """`verifier serve` (one worker) in a subprocess, on the run's PKI."""
+
+    def __init__(self, work: Path, *, records: bool, log: bool) -> None:
+        self.port = _free_port()
+        config = work / f"verifier-{'rec' if records else 'norec'}.toml"
+        config.write_text(
+            f'port = {self.port}\ntrust_anchors = ["{work / "root.pem"}"]\nlog_level = "INFO"\n'
+            f'[x5u]\npreload_dir = "{work / "preload"}"\ncrl_check = false\n'
+            f"[api]\nlog_verifications = {'true' if log else 'false'}\n"
+            f"[records]\nenabled = {'true' if records else 'false'}\n"
+            f'data_dir = "{work / "data"}"\n'
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "verifier", "serve", "--config", str(config)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        _wait_ready(self.base + "/readyz")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _bodies(work: Path, pki: TestPKI, per_batch: int) -> tuple[Path, Path]:
+    """Distinct PASSporTs, signed now: iat stays fresh for the whole run."""
+    count = 20000
+    now = int(time.time())
+    headers = [pki.signer.identity(iat=now) for _ in range(count)]
+    atis = work / "atis.txt"
+    atis.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "verificationRequest": {
+                        "from": {"tn": "12155551212"},
+                        "to": {"tn": ["12155551213"]},
+                        "time": now,
+                        "identity": h,
+                    }
+                }
+            )
+            for h in headers
+        )
+    )
+    batch = work / "batch.txt"
+    batch.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "requests": [
+                        {"identity": h, "from": "12155551212", "to": "12155551213"}
+                        for h in headers[i : i + per_batch]
+                    ]
+                }
+            )
+            for i in range(0, count, per_batch)
+        )
+    )
+    return atis, batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -102,6 +167,7 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install wrk")
 
     openssl = openssl_verify_per_s(3)
+    per_batch = 100
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
     try:
         pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
@@ -109,68 +175,27 @@ def main() -> None:
         (work / "preload" / "sp.pem").write_bytes(pki.signer.chain_pem())
         (work / "preload" / "index.json").write_text(json.dumps({pki.signer.x5u: "sp.pem"}))
         (work / "root.pem").write_bytes(pem(pki.root.cert))
-        port = _free_port()
-        (work / "verifier.toml").write_text(
-            f'port = {port}\ntrust_anchors = ["{work / "root.pem"}"]\nlog_level = "INFO"\n'
-            f'[x5u]\npreload_dir = "{work / "preload"}"\ncrl_check = false\n'
-            f"[api]\nlog_verifications = {'false' if args.no_log else 'true'}\n"
-        )
-        (work / "bench.lua").write_text(LUA)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "verifier", "serve", "--config", str(work / "verifier.toml")],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        script = work / "bench.lua"
+        script.write_text(LUA)
+        atis, batch = _bodies(work, pki, per_batch)
+        path = "/stir/v1/verification"
+        service = _Service(work, records=True, log=not args.no_log)
         try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_ready(base + "/readyz")
-            # Distinct PASSporTs, signed now: iat stays fresh for the whole run.
-            count = 20000
-            now = int(time.time())
-            headers = [pki.signer.identity(iat=now) for _ in range(count)]
-            atis = work / "atis.txt"
-            atis.write_text(
-                "\n".join(
-                    json.dumps(
-                        {
-                            "verificationRequest": {
-                                "from": {"tn": "12155551212"},
-                                "to": {"tn": ["12155551213"]},
-                                "time": now,
-                                "identity": h,
-                            }
-                        }
-                    )
-                    for h in headers
-                )
-            )
-            per_batch = 100
-            batch = work / "batch.txt"
-            batch.write_text(
-                "\n".join(
-                    json.dumps(
-                        {
-                            "requests": [
-                                {"identity": h, "from": "12155551212", "to": "12155551213"}
-                                for h in headers[i : i + per_batch]
-                            ]
-                        }
-                    )
-                    for i in range(0, count, per_batch)
-                )
-            )
-            # warm up (certificate cache, code paths)
-            _wrk(base + "/stir/v1/verification", atis, 2, work / "bench.lua")
-            single = _wrk(base + "/stir/v1/verification", atis, args.seconds, work / "bench.lua")
-            batched = _wrk(base + "/v1/verify/batch", batch, args.seconds, work / "bench.lua")
+            _wrk(service.base + path, atis, 2, script)  # warm up
+            single = _wrk(service.base + path, atis, args.seconds, script)
+            batched = _wrk(service.base + "/v1/verify/batch", batch, args.seconds, script)
         finally:
-            server.terminate()
-            server.wait(timeout=15)
+            service.stop()
+        service = _Service(work, records=False, log=not args.no_log)
+        try:
+            _wrk(service.base + path, atis, 2, script)
+            unrecorded = _wrk(service.base + path, atis, args.seconds, script)
+        finally:
+            service.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     batch_rate = batched["req_per_s"] * per_batch
+    record_cost = 1 - single["req_per_s"] / unrecorded["req_per_s"]
     figures = {
         "atis_req_per_s": round(single["req_per_s"], 1),
         "atis_p50_ms": round(single["p50_ms"], 3),
@@ -179,14 +204,20 @@ def main() -> None:
         "openssl_verify_per_s": round(openssl, 1),
         "atis_ratio": round(single["req_per_s"] / openssl, 3),
         "batch_ratio": round(batch_rate / openssl, 3),
-        "non_2xx": single["non_2xx"] + batched["non_2xx"],
+        "atis_req_per_s_without_records": round(unrecorded["req_per_s"], 1),
+        "record_cost": round(record_cost, 3),
+        "non_2xx": single["non_2xx"] + batched["non_2xx"] + unrecorded["non_2xx"],
     }
     if args.json:
         print(json.dumps(figures))
         return
     print(
         f"ATIS /stir/v1/verification: {single['req_per_s']:9.1f} req/s"
-        f"  p50 {single['p50_ms']:.2f} ms  p99 {single['p99_ms']:.2f} ms"
+        f"  p50 {single['p50_ms']:.2f} ms  p99 {single['p99_ms']:.2f} ms  (records on)"
+    )
+    print(
+        f"  same, records off:        {unrecorded['req_per_s']:9.1f} req/s"
+        f"  -> recording costs {100 * record_cost:.1f}% (target <= 10%)"
     )
     print(f"batch /v1/verify/batch:     {batch_rate:9.1f} verifications/s ({per_batch} a request)")
     print(f"openssl speed ecdsap256:    {openssl:9.1f} verify/s (one core)")

@@ -128,6 +128,9 @@ class Metrics:
         self.registry = registry
         self._multiprocess = multiprocess
         self._fetcher: _FetcherCollector | None = None
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._dispositions: dict[tuple[str, ...], Any] = {}
+        self._by_spc: dict[tuple[str, ...], Any] = {}
         self._records: _RecordsCollector | None = None
         self.verifications = Counter(
             "verifier_verifications",
@@ -190,12 +193,28 @@ class Metrics:
         self._records = _RecordsCollector(writer)
         self.registry.register(self._records)
 
-    def observe(self, endpoint: str, result: Result) -> None:
+    def observe(self, endpoint: str, result: Result, action: str = "", label: str = "") -> None:
+        """Count one verification (and its disposition). Label children are looked up in a
+        dict of their own: ``labels()`` costs microseconds a call on the hot path."""
         reason = result.reason.slug if result.reason is not None else ""
-        self.verifications.labels(endpoint, result.verstat, result.attest or "", reason).inc()
+        key = (endpoint, result.verstat, result.attest or "", reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.verifications.labels(*key)
+        child.inc()
+        if action:
+            pair = (action, label)
+            counted = self._dispositions.get(pair)
+            if counted is None:
+                counted = self._dispositions[pair] = self.dispositions.labels(*pair)
+            counted.inc()
         if result.certificate is not None:
             for spc in result.certificate.spc:
-                self.signers.labels(spc, result.verstat).inc()
+                signer = (spc, result.verstat)
+                by_spc = self._by_spc.get(signer)
+                if by_spc is None:
+                    by_spc = self._by_spc[signer] = self.signers.labels(*signer)
+                by_spc.inc()
 
     def render(self) -> bytes:
         if self._multiprocess:

@@ -184,7 +184,7 @@ class Policy:
 
     def decide(self, result: Result, call: CallInfo | None = None, *, now: float) -> Disposition:
         """The disposition of one verification at ``now`` (epoch seconds)."""
-        facts = _facts(result)
+        facts = _facts(result) if self.blocks or self.allows or self.rules else {}
         for entry in self.blocks:
             if entry.active(now) and _signer_match(entry.key, entry.value, facts):
                 code = self.block_response

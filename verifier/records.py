@@ -322,6 +322,14 @@ _INSERT = (
 _INSERT_SPC = "INSERT OR IGNORE INTO record_spc (spc, ts, record_id) VALUES (?, ?, ?)"
 
 
+def _spc_json(spc: tuple[str, ...]) -> str:
+    """The SPC list as JSON; the usual single alphanumeric SPC without json.dumps (this
+    runs for every record, in the writer thread that shares the GIL with the event loop)."""
+    if len(spc) == 1 and spc[0].isalnum() and spc[0].isascii():
+        return f'["{spc[0]}"]'
+    return json.dumps(list(spc))
+
+
 def _row(row: Sequence[Any]) -> Record:
     """A Record from ``SELECT r.id, <_COLUMNS>``."""
     values = dict(zip(_FIELDS, row[1:], strict=True))
@@ -470,7 +478,7 @@ class SqliteRecordStore:
                             r.verstat,
                             r.reason,
                             r.sip_code,
-                            json.dumps(list(r.spc)),
+                            _spc_json(r.spc),
                             r.x5u,
                             r.fingerprint,
                             r.action,

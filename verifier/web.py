@@ -120,12 +120,10 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return web.Response(body=_dumps(obj), status=status, content_type=JSON, headers=headers)
 
 
-def _mask(value: str | None, full: bool) -> str | None:
-    if value is None or full:
-        return value
-    tn = tn_from_uri(value)
+def _mask(tn: str | None) -> str | None:
+    """All but the last 4 digits of a (canonical) telephone number."""
     if tn is None:
-        return "<not a TN>"
+        return None
     return "*" * max(0, len(tn) - 4) + tn[-4:]
 
 
@@ -345,13 +343,11 @@ class Service:
                 result.replayed = True
                 self.metrics.replays.inc()
         disposition = self.policy.decide(result, item.call, now=now)
-        self.metrics.observe(endpoint, result)
-        self.metrics.dispositions.labels(disposition.action, disposition.label).inc()
+        self.metrics.observe(endpoint, result, disposition.action, disposition.label)
+        record = _record(now, endpoint, request_id, item, result, disposition)
         if self._log_verifications:
-            self._log(endpoint, request_id, item, result, disposition)
-        return Outcome(
-            result, disposition, _record(now, endpoint, request_id, item, result, disposition)
-        )
+            self._log(record)
+        return Outcome(result, disposition, record)
 
     async def _keep(self, outcome: Outcome) -> None:
         """Hand the record to the writer (it may wait for queue space: back-pressure)."""
@@ -408,32 +404,24 @@ class Service:
         await self._keep(outcome)
         return outcome
 
-    def _log(
-        self,
-        endpoint: str,
-        request_id: str,
-        item: _Call,
-        result: Result,
-        disposition: Disposition,
-    ) -> None:
+    def _log(self, record: Record) -> None:
+        """The verification's JSON log line, from its record (numbers masked by default)."""
         full = self.settings.api.log_full_numbers
-        call = item.call
-        to = call.to if isinstance(call.to, str) or call.to is None else ",".join(call.to)
         self.vlog.emit(
             {
-                "endpoint": endpoint,
-                "request_id": request_id,
-                "verstat": result.verstat,
-                "attest": result.attest,
-                "reason": result.reason.slug if result.reason else None,
-                "sip_code": result.reason.sip_code if result.reason else None,
-                "spc": list(result.certificate.spc) if result.certificate else None,
-                "x5u": result.x5u,
-                "origid": result.origid,
-                "orig": _mask(call.pai or call.from_, full),
-                "dest": _mask(to or call.ruri, full),
-                "action": disposition.action,
-                "label": disposition.label,
+                "endpoint": record.endpoint,
+                "request_id": record.request_id,
+                "verstat": record.verstat,
+                "attest": record.attest,
+                "reason": record.reason,
+                "sip_code": record.sip_code,
+                "spc": list(record.spc) or None,
+                "x5u": record.x5u,
+                "origid": record.origid,
+                "orig": record.orig if full else _mask(record.orig),
+                "dest": record.dest if full else _mask(record.dest),
+                "action": record.action,
+                "label": record.label,
             }
         )
 
