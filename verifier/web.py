@@ -21,7 +21,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,10 @@ from aiohttp import web
 from . import __version__
 from .certs import TrustStore
 from .config import Settings
-from .errors import NoIdentity, RequestDateStale, VerificationError
 from .fetch import CertificateFetcher
-from .logs import VerificationLog
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
-from .policy import Disposition, Policy, PolicyError
-from .rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
+from .rcd import RcdContentFetcher
 from .records import (
-    Record,
     RecordQuery,
     RecordStore,
     RecordWriter,
@@ -46,19 +40,10 @@ from .records import (
     csv_header,
     to_csv_rows,
 )
-from .replay import ReplayCache
-from .sigpool import SignatureBatcher
-from .sip import SipError, parse_invite, reason_header
+from .service import Service, VerifyRequest, dumps
+from .sip import SipError, parse_invite
 from .tn import tn_from_uri
-from .verify import (
-    CallInfo,
-    CredentialSource,
-    DecodeCache,
-    Reason,
-    Result,
-    verify,
-    verify_many,
-)
+from .verify import CallInfo, CredentialSource
 
 __all__ = ["SERVICE", "ApiError", "Service", "create_app", "run"]
 
@@ -112,363 +97,8 @@ def invalid(name: str, why: str) -> ApiError:
     return ApiError(400, "SVC4005", "Invalid input value for message part %1: %2", [name, why])
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_dumps(obj), status=status, content_type=JSON, headers=headers)
-
-
-def _mask(tn: str | None) -> str | None:
-    """All but the last 4 digits of a (canonical) telephone number."""
-    if tn is None:
-        return None
-    return "*" * max(0, len(tn) - 4) + tn[-4:]
-
-
-# -- the service -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A verification's verdict, what the policy makes of it, and its traceback record."""
-
-    result: Result
-    disposition: Disposition
-    record: Record
-
-
-def _record(
-    now: float,
-    endpoint: str,
-    request_id: str,
-    item: _Call,
-    result: Result,
-    disposition: Disposition,
-) -> Record:
-    """The traceback record: the numbers the switch gave (canonical), else the claims'."""
-    call = item.call
-    claims = result.claims or {}
-    orig = next((t for t in map(_tn, (call.pai, call.from_)) if t), None)
-    if orig is None and isinstance(claims.get("orig"), dict):
-        orig = _tn(claims["orig"].get("tn"))
-    to = (
-        call.to
-        if isinstance(call.to, str) or call.to is None
-        else (call.to[0] if call.to else None)
-    )
-    dest = next((t for t in map(_tn, (to, call.ruri)) if t), None)
-    if dest is None and isinstance(claims.get("dest"), dict):
-        tns = claims["dest"].get("tn")
-        dest = _tn(tns[0]) if isinstance(tns, list) and tns else None
-    certificate = result.certificate
-    return Record(
-        ts=now,
-        request_id=request_id,
-        endpoint=endpoint,
-        orig=orig,
-        dest=dest,
-        origid=result.origid,
-        attest=result.attest,
-        verstat=result.verstat,
-        reason=result.reason.slug if result.reason else None,
-        sip_code=result.reason.sip_code if result.reason else None,
-        spc=certificate.spc if certificate else (),
-        x5u=result.x5u,
-        fingerprint=certificate.fingerprint_sha256 if certificate else None,
-        action=disposition.action,
-        label=disposition.label,
-    )
-
-
-def _tn(value: Any) -> str | None:
-    return tn_from_uri(value) if isinstance(value, str) else None
-
-
-@dataclass(slots=True)
-class _Call:
-    """One verification to run: what the API request said, before verifying."""
-
-    identity: str | list[str] | None
-    call: CallInfo
-    date: float | None
-
-
-class Service:
-    """Everything a request needs, held by the application (``app[SERVICE]``)."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        trust: TrustStore,
-        *,
-        credentials: CredentialSource | None = None,
-        clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.settings = settings
-        self.trust = trust
-        self.credentials = credentials
-        self.clock = clock
-        self.metrics = metrics or Metrics.create()
-        self.cache = DecodeCache()
-        self.options = settings.options
-        self.ready = False
-        self.signatures = SignatureBatcher() if settings.batch_signatures else None
-        self.policy = (
-            Policy.load(settings.policy_file) if settings.policy_file else Policy.default()
-        )
-        verification = settings.verification
-        self.replay = ReplayCache(
-            verification.replay_cache_size,
-            verification.max_iat_age + verification.max_future_skew,
-            clock=clock,
-        )
-        self.rcd_fetcher: RcdContentFetcher | None = None
-        self.records: RecordWriter | None = None
-        self.store: RecordStore | None = None
-        self.vlog = VerificationLog()
-        self._log_verifications = settings.api.log_verifications and self.vlog.enabled
-        self._fetcher: CertificateFetcher | None = None
-        self._latency = {
-            name: self.metrics.latency.labels(name) for name in ("atis", "native", "sip", "batch")
-        }
-        api = settings.api
-        if api.reason_key_case == "camel":
-            self._reason_keys = ("reasonCode", "reasonText", "reasonDesc")
-        else:
-            self._reason_keys = ("reasoncode", "reasontext", "reasondesc")
-        self._pass_bodies: dict[str | None, bytes] = {}
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def attach_fetcher(self, fetcher: CertificateFetcher) -> None:
-        self._fetcher = fetcher
-        self.credentials = fetcher
-        self.metrics.watch_fetcher(fetcher.stats)
-
-    def reload(self) -> bool:
-        """Reload the trust anchors and the policy (SIGHUP, admin endpoint).
-
-        Each is swapped in only when it loads; on error the old one stays in force and the
-        error is logged. Calls in flight finish with what they started with.
-        """
-        report = self.reload_report()
-        return all(part["ok"] for part in report.values())
-
-    def reload_report(self) -> dict[str, dict[str, Any]]:
-        report: dict[str, dict[str, Any]] = {}
-        try:
-            trust = TrustStore.from_paths(
-                self.settings.trust_anchors,
-                require_policy_oid=self.settings.verification.require_policy_oid,
-            )
-        except ValueError as exc:
-            log.error("reload_failed", extra={"part": "trust_anchors", "error": str(exc)})
-            self.metrics.reloads.labels("failed").inc()
-            report["trust_anchors"] = {"ok": False, "error": str(exc)}
-        else:
-            self.trust = trust
-            if self._fetcher is not None:
-                self._fetcher.set_trust(trust)
-            self.metrics.reloads.labels("ok").inc()
-            log.info("reloaded", extra={"part": "trust_anchors", "count": len(trust.anchors)})
-            report["trust_anchors"] = {"ok": True, "count": len(trust.anchors)}
-        if self.settings.policy_file is not None:
-            try:
-                policy = Policy.load(self.settings.policy_file)
-            except PolicyError as exc:
-                log.error("reload_failed", extra={"part": "policy", "error": str(exc)})
-                self.metrics.reloads.labels("failed").inc()
-                report["policy"] = {"ok": False, "error": str(exc)}
-            else:
-                self.policy = policy
-                self.metrics.reloads.labels("ok").inc()
-                log.info("reloaded", extra={"part": "policy", "source": policy.source})
-                report["policy"] = {"ok": True, "source": policy.source}
-        return report
-
-    # -- verifying -------------------------------------------------------------------------
-
-    def _precheck(self, item: _Call, now: float) -> Result | None:
-        """The verdicts reached before looking at any PASSporT: 428, 403 (SIP Date)."""
-        if item.identity is None or item.identity == [] or item.identity == "":
-            return _verdict(NoIdentity("the request carries no Identity header"))
-        skew = self.settings.verification.max_date_skew
-        if item.date is not None and abs(now - item.date) > skew:
-            return _verdict(
-                RequestDateStale(
-                    f"request date {item.date:.0f} is {abs(now - item.date):.0f} s from now;"
-                    f" at most {skew:g} s allowed"
-                )
-            )
-        return None
-
-    async def _judge_rcd(self, result: Result) -> None:
-        """Rich Call Data (RFC 9795) of a verified call: only then can a name be shown."""
-        if not result.rcd_sources:
-            return
-        source = next((s for s in result.rcd_sources if s["passed"]), None)
-        if not result.passed or source is None:
-            why = (
-                "the call's identity did not verify"
-                if not result.passed
-                else ("no rcd PASSporT verified")
-            )
-            result.rcd = {
-                "verified": False,
-                "nam": None,
-                "logo": None,
-                "reason": why,
-                "details": {},
-            }
-            return
-        try:
-            rcd = parse_rcd(source["payload"])
-        except RcdError as exc:
-            result.rcd = RcdVerdict.malformed(exc).to_dict()
-            return
-        if rcd is not None:
-            result.rcd = (await verify_rcd(rcd, self.rcd_fetcher)).to_dict()
-
-    def _done(
-        self, endpoint: str, request_id: str, item: _Call, result: Result, now: float
-    ) -> Outcome:
-        if result.passed:
-            signature = next(
-                (h.ppi for h in result.identities if h.status == "passed" and h.ppi), None
-            )
-            if signature is not None and self.replay.seen(signature):
-                result.replayed = True
-                self.metrics.replays.inc()
-        disposition = self.policy.decide(result, item.call, now=now)
-        self.metrics.observe(endpoint, result, disposition.action, disposition.label)
-        record = _record(now, endpoint, request_id, item, result, disposition)
-        if self._log_verifications:
-            self._log(record)
-        return Outcome(result, disposition, record)
-
-    async def _keep(self, outcome: Outcome) -> None:
-        """Hand the record to the writer (it may wait for queue space: back-pressure)."""
-        if self.records is not None:
-            await self.records.submit(outcome.record)
-
-    def _source(self) -> CredentialSource:
-        if self.credentials is None:  # pragma: no cover - cleanup_ctx always attaches one
-            raise RuntimeError("no credential source")
-        return self.credentials
-
-    async def verify_batch(
-        self, items: list[_Call], endpoint: str, request_ids: list[str]
-    ) -> list[Outcome]:
-        """Many verifications: one credential lookup per x5u, signatures in one tight loop."""
-        now = self.clock()
-        results: list[Result | None] = [self._precheck(item, now) for item in items]
-        todo = [i for i, r in enumerate(results) if r is None]
-        verified = await verify_many(
-            [(items[i].identity, items[i].call) for i in todo],
-            now=now,
-            credentials=self._source(),
-            options=self.options,
-            cache=self.cache,
-        )
-        for i, result in zip(todo, verified, strict=True):
-            await self._judge_rcd(result)
-            results[i] = result
-        outcomes = [
-            self._done(endpoint, rid, item, result, now)
-            for item, rid, result in zip(
-                items, request_ids, [r for r in results if r is not None], strict=True
-            )
-        ]
-        for outcome in outcomes:
-            await self._keep(outcome)
-        return outcomes
-
-    async def verify(self, item: _Call, endpoint: str, request_id: str) -> Outcome:
-        now = self.clock()
-        result = self._precheck(item, now)
-        if result is None:
-            result = await verify(
-                item.identity,
-                now=now,
-                credentials=self._source(),
-                call=item.call,
-                options=self.options,
-                cache=self.cache,
-                signatures=self.signatures.check if self.signatures is not None else None,
-            )
-        await self._judge_rcd(result)
-        outcome = self._done(endpoint, request_id, item, result, now)
-        await self._keep(outcome)
-        return outcome
-
-    def _log(self, record: Record) -> None:
-        """The verification's JSON log line, from its record (numbers masked by default)."""
-        full = self.settings.api.log_full_numbers
-        self.vlog.emit(
-            {
-                "endpoint": record.endpoint,
-                "request_id": record.request_id,
-                "verstat": record.verstat,
-                "attest": record.attest,
-                "reason": record.reason,
-                "sip_code": record.sip_code,
-                "spc": list(record.spc) or None,
-                "x5u": record.x5u,
-                "origid": record.origid,
-                "orig": record.orig if full else _mask(record.orig),
-                "dest": record.dest if full else _mask(record.dest),
-                "action": record.action,
-                "label": record.label,
-            }
-        )
-
-    # -- answers ---------------------------------------------------------------------------
-
-    def atis_body(self, result: Result) -> bytes:
-        if result.reason is None:
-            body = self._pass_bodies.get(result.attest)
-            if body is None:
-                answer: dict[str, Any] = {"verstat": result.verstat}
-                if self.settings.api.include_attest and result.attest:
-                    answer["attest"] = result.attest
-                body = self._pass_bodies[result.attest] = _dumps({"verificationResponse": answer})
-            return body
-        code, text, desc = self._reason_keys
-        reason = result.reason
-        return _dumps(
-            {
-                "verificationResponse": {
-                    code: reason.sip_code,
-                    text: reason.text,
-                    desc: reason.detail,
-                    "verstat": result.verstat,
-                }
-            }
-        )
-
-    @staticmethod
-    def native_body(outcome: Outcome, request_id: str) -> dict[str, Any]:
-        result = outcome.result
-        body = result.to_dict()
-        body["disposition"] = outcome.disposition.to_dict()
-        body["request_id"] = request_id
-        body["sip"] = {
-            "verstat": result.verstat,
-            "reason": reason_header(result),
-            "reasons": [
-                f'STIR;cause={h.reason.sip_code};text="{h.reason.text}";ppi="{h.ppi}"'
-                for h in result.identities
-                if h.status == "failed" and h.reason is not None and h.ppi
-            ],
-        }
-        return body
-
-
-def _verdict(exc: VerificationError) -> Result:
-    return Result(verstat=exc.verstat, reason=Reason.of(exc))
+    return web.Response(body=dumps(obj), status=status, content_type=JSON, headers=headers)
 
 
 SERVICE = web.AppKey("service", Service)
@@ -563,7 +193,7 @@ def _tn_field(obj: dict[str, Any], outer: str) -> Any:
     return part["tn"]
 
 
-def _atis_call(data: Any) -> _Call:
+def _atis_call(data: Any) -> VerifyRequest:
     if not isinstance(data, dict):
         raise invalid("body", "must be a JSON object")
     request = data.get("verificationRequest")
@@ -587,7 +217,9 @@ def _atis_call(data: Any) -> _Call:
     identity = request.get("identity")
     if identity is not None and not _identity_ok(identity):
         raise invalid("identity", "must be a string or an array of strings")
-    return _Call(identity=identity, call=CallInfo(from_=orig, to=tuple(dest)), date=float(when))
+    return VerifyRequest(
+        identity=identity, call=CallInfo(from_=orig, to=tuple(dest)), date=float(when)
+    )
 
 
 def _identity_ok(value: Any) -> bool:
@@ -599,7 +231,7 @@ def _identity_ok(value: Any) -> bool:
 _NATIVE_FIELDS = frozenset({"identity", "from", "pai", "to", "ruri", "date"})
 
 
-def _native_call(data: Any, where: str = "") -> _Call:
+def _native_call(data: Any, where: str = "") -> VerifyRequest:
     if not isinstance(data, dict):
         raise invalid(where.removesuffix(".") or "body", "must be a JSON object")
     unknown = set(data) - _NATIVE_FIELDS
@@ -628,7 +260,7 @@ def _native_call(data: Any, where: str = "") -> _Call:
                 raise invalid(f"{where}date", "must be epoch seconds or an RFC 1123 date") from None
         else:
             raise invalid(f"{where}date", "must be epoch seconds or an RFC 1123 date")
-    return _Call(
+    return VerifyRequest(
         identity=identity,
         call=CallInfo(
             from_=parties["from"], pai=parties["pai"], to=parties["to"], ruri=parties["ruri"]
@@ -650,7 +282,7 @@ async def atis_verification(request: web.Request) -> web.Response:
     started = time.perf_counter()
     item = _atis_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
     outcome = await service.verify(item, "atis", rid)
-    service._latency["atis"].observe(time.perf_counter() - started)
+    service.latency["atis"].observe(time.perf_counter() - started)
     return web.Response(
         body=service.atis_body(outcome.result), content_type=JSON, headers={"X-RequestID": rid}
     )
@@ -664,7 +296,7 @@ async def native_verify(request: web.Request) -> web.Response:
     started = time.perf_counter()
     item = _native_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
     outcome = await service.verify(item, "native", rid)
-    service._latency["native"].observe(time.perf_counter() - started)
+    service.latency["native"].observe(time.perf_counter() - started)
     return _json(service.native_body(outcome, rid), headers={"X-RequestID": rid})
 
 
@@ -684,13 +316,13 @@ async def sip_verify(request: web.Request) -> web.Response:
         raise ApiError(400, "SVC4006", "Failed to parse message body: %1", ["not UTF-8"]) from None
     except SipError as exc:
         raise ApiError(400, "SVC4006", "Failed to parse message body: %1", [str(exc)]) from None
-    item = _Call(
+    item = VerifyRequest(
         identity=sip.identity,
         call=CallInfo(from_=sip.from_, pai=sip.calling_pai(), to=sip.to, ruri=sip.ruri),
         date=date,
     )
     outcome = await service.verify(item, "sip", rid)
-    service._latency["sip"].observe(time.perf_counter() - started)
+    service.latency["sip"].observe(time.perf_counter() - started)
     return _json(service.native_body(outcome, rid), headers={"X-RequestID": rid})
 
 
@@ -712,7 +344,7 @@ async def batch_verify(request: web.Request) -> web.Response:
     if len(items) > api.batch_max:
         raise invalid("requests", f"at most {api.batch_max} requests in one batch")
     results: list[dict[str, Any]] = []
-    calls: list[_Call] = []
+    calls: list[VerifyRequest] = []
     slots: list[int] = []
     for index, raw in enumerate(items):
         try:
@@ -728,7 +360,7 @@ async def batch_verify(request: web.Request) -> web.Response:
         slots, ids, await service.verify_batch(calls, "batch", ids), strict=True
     ):
         results[index] = service.native_body(outcome, item_id)
-    service._latency["batch"].observe(time.perf_counter() - started)
+    service.latency["batch"].observe(time.perf_counter() - started)
     return _json({"request_id": rid, "results": results}, headers={"X-RequestID": rid})
 
 
@@ -774,7 +406,7 @@ async def records(request: web.Request) -> web.StreamResponse:
     numbers: dict[str, str | None] = {}
     for name in ("orig", "dest"):
         given = request.query.get(name) or None
-        numbers[name] = (_tn(given) or given) if given else None
+        numbers[name] = (tn_from_uri(given) or given) if given else None
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
