@@ -21,6 +21,7 @@ from .verify import Result
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_HOST_LABELS = 50
 _LATENCY_BUCKETS = (
     0.0001,
     0.00025,
@@ -80,8 +81,15 @@ class _FetcherCollector(Collector):
         errors = CounterMetricFamily(
             "verifier_x5u_fetch_errors", "failed x5u fetches by host", labels=["host"]
         )
-        for host, count in sorted(s.get("fetch_errors", {}).items()):
+        # x5u hosts are chosen by whoever sent the call: a label per host would let them grow
+        # the exposition without bound, so the busiest MAX_HOST_LABELS are named, the rest
+        # summed as "other".
+        by_host = sorted(s.get("fetch_errors", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        for host, count in by_host[:MAX_HOST_LABELS]:
             errors.add_metric([host], count)
+        rest = sum(count for _host, count in by_host[MAX_HOST_LABELS:])
+        if rest:
+            errors.add_metric(["other"], rest)
         yield errors
         yield CounterMetricFamily(
             "verifier_x5u_breaker_opens",
