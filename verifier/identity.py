@@ -27,6 +27,7 @@ __all__ = [
     "IdentityHeader",
     "parse_identity",
     "parse_params",
+    "split_header_values",
     "split_identity_values",
     "split_value",
 ]
@@ -68,47 +69,52 @@ class IdentityHeader(NamedTuple):
         return self.token.rpartition(".")[2]
 
 
-def split_identity_values(values: str | Iterable[str]) -> list[str]:
-    """Each Identity header value, from a list of values or header lines holding several.
+def split_header_values(line: str) -> list[str]:
+    """The values on one SIP header line: commas separate them (RFC 3261 section 7.3.1),
+    except inside ``<...>`` or a quoted string. Empty values are dropped."""
+    if "," not in line:
+        return [line.strip()] if line.strip() else []
+    out: list[str] = []
+    in_angle = quoted = escaped = False
+    start = 0
+    for i, ch in enumerate(line):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == "," and not in_angle:
+            part = line[start:i].strip()
+            if part:
+                out.append(part)
+            start = i + 1
+    part = line[start:].strip()
+    if part:
+        out.append(part)
+    return out
 
-    Commas separate values on one header line (RFC 3261 section 7.3.1); commas inside
-    ``<...>`` or a quoted string do not.
+
+def split_identity_values(values: str | Iterable[str]) -> list[str]:
+    """Each Identity header value, from a list of values or header lines holding several
+    (see :func:`split_header_values`).
+
+    Raises:
+        MalformedIdentity: an item is not a string.
     """
     items = [values] if isinstance(values, str) else list(values)
     out: list[str] = []
     for item in items:
         if not isinstance(item, str):
             raise MalformedIdentity("an Identity header value must be a string")
-        if "," not in item:
-            if item.strip():
-                out.append(item.strip())
-            continue
-        depth_angle = False
-        quoted = False
-        escaped = False
-        start = 0
-        for i, ch in enumerate(item):
-            if quoted:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    quoted = False
-            elif ch == '"':
-                quoted = True
-            elif ch == "<":
-                depth_angle = True
-            elif ch == ">":
-                depth_angle = False
-            elif ch == "," and not depth_angle:
-                part = item[start:i].strip()
-                if part:
-                    out.append(part)
-                start = i + 1
-        part = item[start:].strip()
-        if part:
-            out.append(part)
+        out.extend(split_header_values(item))
     return out
 
 

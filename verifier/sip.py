@@ -11,6 +11,7 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 
+from .identity import split_header_values
 from .verify import Reason, Result
 
 __all__ = ["MAX_SIP_HEADERS", "SipError", "SipRequest", "parse_invite", "reason_header"]
@@ -58,32 +59,6 @@ class SipRequest:
         return self.pai[0] if self.pai else None
 
 
-def _split_commas(value: str) -> list[str]:
-    """Header values separated by commas outside quotes and <...>."""
-    out: list[str] = []
-    quoted = angle = escaped = False
-    start = 0
-    for i, ch in enumerate(value):
-        if quoted:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "<":
-            angle = True
-        elif ch == ">":
-            angle = False
-        elif ch == "," and not angle:
-            out.append(value[start:i].strip())
-            start = i + 1
-    out.append(value[start:].strip())
-    return [v for v in out if v]
-
-
 def parse_invite(text: str) -> SipRequest:
     """The verifier's view of a SIP request: a whole INVITE, or just its header lines.
 
@@ -129,19 +104,19 @@ def parse_invite(text: str) -> SipRequest:
         key = name.lower()
         key = _COMPACT.get(key, key)
         if key == "identity":
-            request.identity.extend(_split_commas(value))
+            request.identity.extend(split_header_values(value))
         elif key == "from":
             request.from_ = value
         elif key == "to":
             request.to = value
         elif key == "p-asserted-identity":
-            request.pai.extend(_split_commas(value))
+            request.pai.extend(split_header_values(value))
         elif key == "date":
             request.date = value
         elif key == "diversion":
-            request.diversion.extend(_split_commas(value))
+            request.diversion.extend(split_header_values(value))
         elif key == "history-info":
-            request.history_info.extend(_split_commas(value))
+            request.history_info.extend(split_header_values(value))
     return request
 
 
