@@ -187,10 +187,13 @@ async def _drive(
     base: str, pid: int, traffic: Traffic, seconds: float, report: float
 ) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=32)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        aiohttp.ClientSession() as monitor,  # its own connections: the clients hold all 32
+    ):
         for _ in range(200):
             try:
-                async with session.get(base + "/readyz") as resp:
+                async with monitor.get(base + "/readyz") as resp:
                     if resp.status == 200:
                         break
             except aiohttp.ClientError:
@@ -210,7 +213,7 @@ async def _drive(
             await asyncio.wait(clients, timeout=report)
             window = windows[-1]
             windows.append(Window(time.monotonic()))
-            async with session.get(base + "/metrics") as resp:
+            async with monitor.get(base + "/metrics") as resp:
                 metrics = await resp.text()
             elapsed = max(1e-9, windows[-1].started - window.started)
             lat = sorted(window.latencies)

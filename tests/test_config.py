@@ -25,6 +25,7 @@ from verifier.config import (
 from verifier.fetch import FetchSettings
 from verifier.rcd import RcdSettings
 from verifier.records import RecordSettings
+from verifier.redis_tier import RedisSettings
 
 FULL_TOML = """
 host = "192.0.2.10"
@@ -403,6 +404,7 @@ def test_describe_lists_every_setting_with_its_doc() -> None:
         "api": ApiSettings,
         "records": RecordSettings,
         "rcd": RcdSettings,
+        "redis": RedisSettings,
     }
     expected_keys = [
         (table, f.name)

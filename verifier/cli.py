@@ -240,6 +240,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["x5u.ca_file"] = args.x5u_ca_file
     if args.allow_private_x5u:
         overrides["x5u.allow_private_x5u"] = True
+    for flag, key in (
+        ("redis_url", "redis.url"),
+        ("database_url", "records.database_url"),
+        ("policy", "policy_file"),
+    ):
+        if getattr(args, flag):
+            overrides[key] = getattr(args, flag)
     try:
         settings = load_settings(args.config, env=os.environ, overrides=overrides)
         anchors = load_certificates(settings.trust_anchors)
@@ -260,8 +267,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_records(args: argparse.Namespace) -> int:
-    """Query the traceback records in a data directory (read-only)."""
-    from .records import RecordQuery, SqliteRecordStore, csv_header, to_csv_rows
+    """Query the traceback records in a data directory or a PostgreSQL database (read-only)."""
+    from .records import RecordQuery, RecordStore, SqliteRecordStore, csv_header, to_csv_rows
     from .tn import canonical_tn
 
     def when(option: str, text: str | None) -> float | None:
@@ -289,10 +296,16 @@ def cmd_records(args: argparse.Namespace) -> int:
         limit=100 if args.limit is None else args.limit,
         cursor=args.cursor,
     )
-    try:
-        store = SqliteRecordStore.open(args.data_dir, create=False)
-    except FileNotFoundError:
-        raise UsageError(f"no records in {args.data_dir}/ (give --data-dir DIR)") from None
+    store: RecordStore
+    if args.database_url is not None:
+        from .pgrecords import PostgresRecordStore
+
+        store = PostgresRecordStore.open(args.database_url, create=False)
+    else:
+        try:
+            store = SqliteRecordStore.open(args.data_dir, create=False)
+        except FileNotFoundError:
+            raise UsageError(f"no records in {args.data_dir}/ (give --data-dir DIR)") from None
     try:
         if args.stats:
             print(json.dumps(store.stats(since, until), indent=2))
@@ -438,10 +451,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow x5u on loopback/private addresses (testing only)",
     )
     sv.add_argument("--workers", type=int, help="worker processes on one port (SO_REUSEPORT)")
+    sv.add_argument("--policy", metavar="FILE", help="disposition policy (TOML)")
+    sv.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="shared certificate tier and replay set for many instances (redis://...)",
+    )
+    sv.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL for the traceback records (postgresql://...); default SQLite in data/",
+    )
     sv.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sv.set_defaults(func=cmd_serve)
-    r = sub.add_parser("records", help="query the traceback records in a data directory")
+    r = sub.add_parser("records", help="query the traceback records (SQLite or PostgreSQL)")
     r.add_argument("--data-dir", default="data", metavar="DIR", help="default: ./data")
+    r.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="read PostgreSQL instead of --data-dir: postgresql://user@host:5432/db"
+        " (password: PGPASSWORD or ~/.pgpass, not the command line)",
+    )
     r.add_argument("--origid", metavar="X", help="the PASSporT origid")
     r.add_argument("--orig", metavar="TN", help="the calling number")
     r.add_argument("--dest", metavar="TN", help="the called number")

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from .fetch import FetchSettings
 from .rcd import RcdSettings
 from .records import RecordSettings
+from .redis_tier import RedisSettings
 from .verify import VerifyOptions
 
 __all__ = [
@@ -141,6 +142,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     records: RecordSettings = field(default_factory=RecordSettings)
     rcd: RcdSettings = field(default_factory=RcdSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -161,6 +163,7 @@ _TABLES: dict[str, type[Any]] = {
     "api": ApiSettings,
     "records": RecordSettings,
     "rcd": RcdSettings,
+    "redis": RedisSettings,
 }
 
 

@@ -9,8 +9,10 @@
    (stale-while-revalidate).
 2. **Negative cache**: a failure is remembered, with its reason, for ``failure_ttl``.
 3. **Single flight**: concurrent misses for one x5u await one shared load.
-4. The load tries the **stores** (preloaded certificates, the on-disk warm cache, a shared
-   tier given by the caller), re-validating what they hold, then the **network**: the x5u
+4. The load tries the **stores** (preloaded certificates, the on-disk warm cache, stores
+   given by the caller), re-validating what they hold, then the fleet's **shared tier** if
+   one is given (:class:`SharedTier`: its chain, validated here, or its fetch failure; on
+   a miss one instance of the fleet fetches while the others wait), then the **network**: the x5u
    URL rules (:mod:`verifier.x5u`), the host allow/deny lists, then one GET by
    :class:`~verifier.transport.PinnedGetter`: the per-host **circuit breaker**, DNS
    resolution with every address vetted (:mod:`verifier.ssrf`), a connection pinned to a
@@ -35,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import aiohttp
 from cachetools import LRUCache
@@ -60,7 +62,7 @@ from .ssrf import AddressPolicy, Resolver, host_matches, system_resolver
 from .transport import Answer, PinnedGetter
 from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
 
-__all__ = ["CertificateFetcher", "FetchSettings", "FetchStats"]
+__all__ = ["CertificateFetcher", "FetchSettings", "FetchStats", "SharedFailure", "SharedTier"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,42 @@ class FetchStats:
     store_hits: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedFailure:
+    """A fetch failure another instance of the fleet met: answered until ``expires_at``."""
+
+    slug: str
+    detail: str
+    expires_at: float
+
+
+class SharedTier(Protocol):
+    """The fleet's shared cache behind the stores (:class:`verifier.redis_tier.RedisTier`).
+
+    No method raises for an unavailable tier: reads miss, writes are dropped, and
+    ``acquire`` says "fetch it yourself", so an outage costs the fleet its sharing only.
+    """
+
+    async def load(self, x5u: str) -> StoredChain | SharedFailure | None:
+        """The unexpired chain or failure published for ``x5u``; None: a miss."""
+        ...
+
+    async def save(self, x5u: str, chain: StoredChain) -> None: ...
+
+    async def save_failure(self, x5u: str, failure: SharedFailure) -> None: ...
+
+    async def acquire(self, x5u: str) -> str | None:
+        """A token: this instance fetches ``x5u`` (empty: no lock could be taken); None:
+        another instance holds the fetch lock."""
+        ...
+
+    async def wait(self, x5u: str, seconds: float) -> StoredChain | SharedFailure | None:
+        """The holder's result; None when the lock is gone without one, or after ``seconds``."""
+        ...
+
+    async def release(self, x5u: str, token: str) -> None: ...
+
+
 def _fresh(exc: VerificationError) -> VerificationError:
     """A new exception like ``exc``: a shared one re-raised would pile up tracebacks."""
     return type(exc)(exc.detail)
@@ -172,7 +210,8 @@ class CertificateFetcher:
     seconds) drives lifetimes, the negative cache and the breaker; ``resolver`` answers
     DNS (tests fake other networks with it); ``stores`` are extra tiers behind memory;
     ``on_load(outcome, seconds)`` is told how each load (fetch and validation) went:
-    ``"ok"`` or the failure's slug (the service feeds its latency histogram with it).
+    ``"ok"`` or the failure's slug (the service feeds its latency histogram with it);
+    ``shared`` is the fleet's tier, consulted after the stores and before the network.
 
     Raises (constructor):
         ValueError: a session created with ``trust_env=True`` (a proxy would bypass the
@@ -189,6 +228,7 @@ class CertificateFetcher:
         resolver: Resolver = system_resolver,
         stores: Sequence[ChainStore] = (),
         on_load: Callable[[str, float], None] | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self.settings = settings = settings or FetchSettings()
         if session is not None and session.trust_env:
@@ -226,6 +266,7 @@ class CertificateFetcher:
         if self._disk is not None:
             chain_stores.append(self._disk)
         self._stores = (*chain_stores, *stores)
+        self._shared = shared
         self._crl = (
             CrlChecker(
                 fetch=self._fetch_crl,
@@ -391,6 +432,48 @@ class CertificateFetcher:
             self.counters.store_hits += 1
             source = "preload" if store is self._preload else type(store).__name__
             return self._entry(credential, revocation, stored.expires_at, generation, source)
+        if self._shared is not None:
+            return await self._via_shared(self._shared, x5u, now, generation)
+        return await self._network(x5u, now, generation)
+
+    async def _via_shared(
+        self, shared: SharedTier, x5u: str, now: float, generation: int
+    ) -> CacheEntry:
+        """The shared tier's chain (validated here) or failure; on a miss, fetch under the
+        fleet's lock, or wait for its holder up to the fetch timeout, then fetch anyway."""
+        deadline = time.monotonic() + self.settings.timeout
+        found = await shared.load(x5u)
+        token: str | None = None
+        while True:
+            if isinstance(found, SharedFailure) and found.slug == X5uFetchFailed.slug:
+                raise X5uFetchFailed(found.detail)
+            if isinstance(found, StoredChain):
+                try:
+                    credential, revocation = await self._validate(found.body, now)
+                except VerificationError:
+                    log.info("x5u_shared_entry_invalid", extra={"x5u": x5u})
+                    break  # fetch it ourselves
+                self.counters.store_hits += 1
+                end = min(found.expires_at, self._clock() + self.settings.max_ttl)
+                return self._entry(credential, revocation, end, generation, "shared")
+            token = await shared.acquire(x5u)
+            if token is not None or time.monotonic() >= deadline:
+                break
+            found = await shared.wait(x5u, deadline - time.monotonic())
+        try:
+            return await self._network(x5u, now, generation)
+        except X5uFetchFailed as exc:  # the repository's fault: spare it the fleet's retries
+            expires_at = self._clock() + self.settings.failure_ttl
+            await shared.save_failure(
+                x5u, SharedFailure(slug=exc.slug, detail=exc.detail, expires_at=expires_at)
+            )
+            raise
+        finally:
+            if token:
+                await shared.release(x5u, token)
+
+    async def _network(self, x5u: str, now: float, generation: int) -> CacheEntry:
+        settings = self.settings
         answer = await self._fetch_x5u(x5u)
         credential, revocation = await self._validate(answer.body, now)
         clock = self._clock()
@@ -406,6 +489,8 @@ class CertificateFetcher:
             stored = StoredChain(body=answer.body, fetched_at=clock, expires_at=entry.fresh_until)
             for store in self._stores:
                 await store.save(x5u, stored)
+            if self._shared is not None:
+                await self._shared.save(x5u, stored)
         return entry
 
     async def _validate(self, body: bytes, now: float) -> tuple[Credential, Revocation]:

@@ -129,6 +129,54 @@ class _RecordsCollector(Collector):
         )
 
 
+class _SharedCollector(Collector):
+    """The Redis tier's health and counters, read at scrape time."""
+
+    def __init__(
+        self, tier: Callable[[], dict[str, Any]], replay: Callable[[], dict[str, Any]]
+    ) -> None:
+        self._tier = tier
+        self._replay = replay
+
+    def collect(self) -> Iterator[Any]:
+        t = self._tier()
+        r = self._replay()
+        yield GaugeMetricFamily(
+            "verifier_redis_healthy", "1 while Redis answers", value=int(bool(t.get("healthy")))
+        )
+        yield CounterMetricFamily(
+            "verifier_redis_errors",
+            "Redis calls that failed or timed out",
+            value=t.get("errors", 0),
+        )
+        yield CounterMetricFamily(
+            "verifier_redis_fallbacks",
+            "operations answered locally because Redis was away",
+            value=t.get("fallbacks", 0),
+        )
+        lookups = CounterMetricFamily(
+            "verifier_redis_chain_lookups", "shared-tier lookups on a local miss", labels=["result"]
+        )
+        for result, key in (("hit", "hits"), ("miss", "misses"), ("failure", "failure_hits")):
+            lookups.add_metric([result], t.get(key, 0))
+        yield lookups
+        locks = CounterMetricFamily(
+            "verifier_redis_fetch_locks", "fleet-wide fetch lock outcomes", labels=["outcome"]
+        )
+        for outcome, key in (
+            ("acquired", "lock_acquired"),
+            ("waited", "lock_waits"),
+            ("timed_out", "lock_timeouts"),
+        ):
+            locks.add_metric([outcome], t.get(key, 0))
+        yield locks
+        yield CounterMetricFamily(
+            "verifier_redis_replay_local_answers",
+            "replay checks answered locally (Redis away)",
+            value=r.get("local_answers", 0),
+        )
+
+
 class Metrics:
     """The service's metrics. You get one per application from :func:`Metrics.create`."""
 
@@ -140,6 +188,7 @@ class Metrics:
         self._dispositions: dict[tuple[str, ...], Any] = {}
         self._by_spc: dict[tuple[str, ...], Any] = {}
         self._records: _RecordsCollector | None = None
+        self._shared: _SharedCollector | None = None
         self.verifications = Counter(
             "verifier_verifications",
             "verifications by verstat, attestation and failure reason",
@@ -195,6 +244,14 @@ class Metrics:
         self._fetcher = _FetcherCollector(stats)
         self.registry.register(self._fetcher)
 
+    def watch_shared(
+        self, tier: Callable[[], dict[str, Any]], replay: Callable[[], dict[str, Any]]
+    ) -> None:
+        if self._shared is not None:
+            self.registry.unregister(self._shared)
+        self._shared = _SharedCollector(tier, replay)
+        self.registry.register(self._shared)
+
     def watch_records(self, writer: Any) -> None:
         if self._records is not None:
             self.registry.unregister(self._records)
@@ -228,7 +285,7 @@ class Metrics:
         if self._multiprocess:
             merged = CollectorRegistry()
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            for local in (self._fetcher, self._records):
+            for local in (self._fetcher, self._records, self._shared):
                 if local is not None:
                     merged.register(local)
             return generate_latest(merged)

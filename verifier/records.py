@@ -7,8 +7,9 @@ HTTP endpoints and ``verifier records`` read them back through a :class:`RecordS
 
 Storage: :class:`SqliteRecordStore`, SQLite in WAL mode in a data directory (created mode
 0700, the database file mode 0600; SQLite gives its ``-wal``/``-shm`` files the same mode).
-The schema is versioned with ``PRAGMA user_version``. A PostgreSQL store can be added later
-behind the same :class:`RecordStore` protocol; the cursor format (below) carries over.
+The schema is versioned with ``PRAGMA user_version``. With ``database_url`` set,
+:func:`open_store` gives :class:`verifier.pgrecords.PostgresRecordStore` instead: the same
+protocol and cursor format, for several instances sharing one database.
 
 Ordering and pagination: newest first by ``(ts, id)``, ``id`` being the row id (it breaks
 ties between records of the same instant and never changes). The opaque cursor is that pair
@@ -64,6 +65,7 @@ __all__ = [
     "RecordWriter",
     "SqliteRecordStore",
     "csv_header",
+    "open_store",
     "to_csv_rows",
 ]
 
@@ -222,6 +224,10 @@ class RecordSettings:
     """Record every verification (traceback records)."""
     data_dir: str = "data"
     """Directory of the record database (created mode 0700; the file is mode 0600)."""
+    database_url: str | None = None
+    """PostgreSQL instead of SQLite in ``data_dir``: ``postgresql://user@host:5432/db``
+    (several instances may share it). Give a password through the environment
+    (VERIFIER_RECORDS_DATABASE_URL, PGPASSWORD) or ``~/.pgpass``."""
     retention_days: float = 90.0
     """Records older than this many days are deleted by the periodic pruning."""
     queue_size: int = 10_000
@@ -244,6 +250,10 @@ class RecordSettings:
     def __post_init__(self) -> None:
         if not self.data_dir:
             raise ValueError("data_dir must not be empty")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("database_url must be a postgresql:// URL")
         if self.overflow not in ("wait", "drop"):
             raise ValueError("overflow must be 'wait' or 'drop'")
         for name in ("queue_size", "batch_size"):
@@ -700,6 +710,22 @@ def _check_version(conn: sqlite3.Connection, path: Path, *, allow_empty: bool = 
     if version == 0 and not allow_empty:
         raise ValueError(f"{path}: not a record database (no schema)")
     return version
+
+
+def open_store(settings: RecordSettings) -> RecordStore:
+    """The service's record store: PostgreSQL at ``settings.database_url`` when it is set
+    (:class:`verifier.pgrecords.PostgresRecordStore`), else SQLite in ``settings.data_dir``.
+    Blocking: call it from a worker thread.
+
+    Raises:
+        ValueError: the database cannot be reached or has a newer schema (and what
+            :meth:`SqliteRecordStore.open` / ``PostgresRecordStore.open`` raise).
+    """
+    if settings.database_url is not None:
+        from .pgrecords import PostgresRecordStore  # psycopg is imported only when used
+
+        return PostgresRecordStore.open(settings.database_url)
+    return SqliteRecordStore.open(settings.data_dir)
 
 
 # -- CSV ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .policy import Disposition, Policy, PolicyError
 from .rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
 from .records import Record, RecordStore, RecordWriter
+from .redis_tier import RedisLink, RedisReplayCache, RedisTier
 from .replay import ReplayCache
 from .sigpool import SignatureBatcher
 from .sip import reason_header
@@ -150,6 +151,8 @@ class Service:
             clock=clock,
         )
         self.rcd_fetcher: RcdContentFetcher | None = None
+        self.shared: RedisLink | None = None
+        self.shared_replay: RedisReplayCache | None = None
         self.records: RecordWriter | None = None
         self.store: RecordStore | None = None
         self.vlog = VerificationLog()
@@ -166,6 +169,11 @@ class Service:
         self._pass_bodies: dict[str | None, bytes] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def attach_shared(self, link: RedisLink, tier: RedisTier, replay: RedisReplayCache) -> None:
+        self.shared = link
+        self.shared_replay = replay
+        self.metrics.watch_shared(tier.stats, replay.stats)
 
     def attach_fetcher(self, fetcher: CertificateFetcher) -> None:
         self._fetcher = fetcher
@@ -256,16 +264,30 @@ class Service:
         if rcd is not None:
             result.rcd = (await verify_rcd(rcd, self.rcd_fetcher)).to_dict()
 
+    async def _flag_replay(self, result: Result) -> None:
+        """A verified PASSporT seen again (by its signature) within its freshness window:
+        across the fleet when Redis is configured, else in this process."""
+        if not result.passed:
+            return
+        signature = next((h.ppi for h in result.identities if h.status == "passed" and h.ppi), None)
+        if signature is None:
+            return
+        if self.shared_replay is not None:
+            seen = await self.shared_replay.seen(signature)
+        else:
+            seen = self.replay.seen(signature)
+        if seen:
+            result.replayed = True
+            self.metrics.replays.inc()
+
+    async def _judged(self, result: Result) -> None:
+        """What is decided about a verdict beyond the pure pipeline: RCD, replay."""
+        await self._judge_rcd(result)
+        await self._flag_replay(result)
+
     def _done(
         self, endpoint: str, request_id: str, item: VerifyRequest, result: Result, now: float
     ) -> Outcome:
-        if result.passed:
-            signature = next(
-                (h.ppi for h in result.identities if h.status == "passed" and h.ppi), None
-            )
-            if signature is not None and self.replay.seen(signature):
-                result.replayed = True
-                self.metrics.replays.inc()
         disposition = self.policy.decide(result, item.call, now=now)
         self.metrics.observe(endpoint, result, disposition.action, disposition.label)
         record = _record(now, endpoint, request_id, item, result, disposition)
@@ -298,7 +320,7 @@ class Service:
             cache=self.cache,
         )
         for i, result in zip(todo, verified, strict=True):
-            await self._judge_rcd(result)
+            await self._judged(result)
             results[i] = result
         outcomes = [
             self._done(endpoint, rid, item, result, now)
@@ -323,7 +345,7 @@ class Service:
                 cache=self.cache,
                 signatures=self.signatures.check if self.signatures is not None else None,
             )
-        await self._judge_rcd(result)
+        await self._judged(result)
         outcome = self._done(endpoint, request_id, item, result, now)
         await self._keep(outcome)
         return outcome

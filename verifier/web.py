@@ -12,6 +12,7 @@ sends produces a 500: the last-resort middleware answers POL5000 and logs the tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import json
@@ -36,10 +37,11 @@ from .records import (
     RecordQuery,
     RecordStore,
     RecordWriter,
-    SqliteRecordStore,
     csv_header,
+    open_store,
     to_csv_rows,
 )
+from .redis_tier import RedisLink, RedisReplayCache, RedisTier
 from .service import Service, VerifyRequest, dumps
 from .sip import SipError, parse_invite
 from .tn import tn_from_uri
@@ -485,6 +487,11 @@ async def readyz(request: web.Request) -> web.Response:
         "status": "ready" if ready else "not ready",
         "trust_anchors": len(service.trust.anchors),
     }
+    if service.shared is not None:
+        # Without Redis each instance caches and fetches on its own: degraded, still ready.
+        body["shared"] = (
+            "ok" if service.shared.healthy else f"degraded: {service.shared.last_error}"
+        )
     if service.records is not None:
         # Verification goes on while the record store is in trouble; say so, stay ready.
         body["records"] = (
@@ -583,6 +590,8 @@ def create_app(
 
 
 async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The x5u fetcher and the RCD content fetcher, with the shared Redis tier (certificate
+    chains, failures, the fleet-wide fetch lock, replays) when ``redis.url`` is set."""
     service = app[SERVICE]
     if service.credentials is not None:
         service.ready = True
@@ -594,14 +603,32 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
     def observe(outcome: str, seconds: float) -> None:
         latency.labels(outcome).observe(seconds)
 
-    async with (
-        CertificateFetcher(
-            service.trust, service.settings.x5u, clock=service.clock, on_load=observe
-        ) as fetcher,
-        RcdContentFetcher(service.settings.rcd, clock=service.clock) as rcd_fetcher,
-    ):
+    settings = service.settings
+    async with contextlib.AsyncExitStack() as stack:
+        shared: RedisTier | None = None
+        if settings.redis.url is not None:
+            link = await stack.enter_async_context(RedisLink(settings.redis))
+            shared = RedisTier(link, clock=service.clock)
+            verification = settings.verification
+            service.attach_shared(
+                link,
+                shared,
+                RedisReplayCache(
+                    link,
+                    max_size=verification.replay_cache_size,
+                    window=verification.max_iat_age + verification.max_future_skew,
+                    clock=service.clock,
+                ),
+            )
+        fetcher = await stack.enter_async_context(
+            CertificateFetcher(
+                service.trust, settings.x5u, clock=service.clock, on_load=observe, shared=shared
+            )
+        )
         service.attach_fetcher(fetcher)
-        service.rcd_fetcher = rcd_fetcher
+        service.rcd_fetcher = await stack.enter_async_context(
+            RcdContentFetcher(settings.rcd, clock=service.clock)
+        )
         service.ready = True
         yield
         service.ready = False
@@ -615,7 +642,7 @@ async def _records_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.enabled:
         yield
         return
-    store = await asyncio.to_thread(SqliteRecordStore.open, settings.data_dir)
+    store = await asyncio.to_thread(open_store, settings)
     writer = RecordWriter(store, settings, clock=service.clock)
     await writer.start()
     service.store, service.records = store, writer

@@ -1,0 +1,158 @@
+"""Record write throughput: SQLite beside PostgreSQL, through RecordWriter, in one run.
+
+Each run submits N distinct records to a RecordWriter (batches of B, the service's queue
+bound and back-pressure) and times from the first submit until ``close()`` has written the
+last one: records/s as the service would see them. SQLite writes in a temporary directory
+(WAL, synchronous FULL); PostgreSQL in a temporary schema, dropped afterwards (COPY, one
+transaction per batch, day partitions). The median of the runs is reported.
+
+    .venv/bin/python benchmarks/bench_records.py [--n 50000] [--batch 500] [--runs 3]
+        [--database-url URL] [--json]
+
+Without ``--database-url`` or VERIFIER_TEST_DATABASE_URL the PostgreSQL part is skipped
+(said on stderr). Both stores run on this machine: the figures compare the two backends'
+write paths, not a networked database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from verifier.pgrecords import PostgresRecordStore
+from verifier.records import Record, RecordSettings, RecordStore, RecordWriter, SqliteRecordStore
+
+T0 = 1_800_000_000.0
+
+
+def make_records(n: int) -> list[Record]:
+    """N distinct records over about an hour, a few SPCs, one in ten failed."""
+    return [
+        Record(
+            ts=T0 + i * 0.07,
+            request_id=f"bench-{i}",
+            endpoint="native",
+            orig=f"1215555{i % 10_000:04d}",
+            dest=f"1310555{(i * 7) % 10_000:04d}",
+            origid=str(uuid.UUID(int=i)),
+            attest="A" if i % 10 else "C",
+            verstat="TN-Validation-Passed" if i % 10 else "TN-Validation-Failed",
+            reason=None if i % 10 else "invalid_signature",
+            sip_code=None if i % 10 else 438,
+            spc=(f"{1000 + i % 50}",),
+            x5u="https://cr.example.com/sp.pem",
+            fingerprint="AB:CD:EF:01:23:45:67:89",
+            action="accept" if i % 10 else "reject",
+            label=None,
+        )
+        for i in range(n)
+    ]
+
+
+async def through_writer(store: RecordStore, records: list[Record], batch: int) -> float:
+    """Records/s from the first submit until the writer has written the last record."""
+    writer = RecordWriter(store, RecordSettings(batch_size=batch))
+    await writer.start()
+    started = time.perf_counter()
+    for record in records:
+        await writer.submit(record)
+    await writer.close()
+    elapsed = time.perf_counter() - started
+    if (writer.written, writer.dropped) != (len(records), 0):
+        raise RuntimeError(f"wrote {writer.written}, dropped {writer.dropped}")
+    return len(records) / elapsed
+
+
+def median_rate(
+    open_store: Callable[[], RecordStore], records: list[Record], batch: int, runs: int
+) -> float:
+    rates = []
+    for _ in range(runs):
+        store = open_store()
+        try:
+            rates.append(asyncio.run(through_writer(store, records, batch)))
+        finally:
+            store.close()
+    return statistics.median(rates)
+
+
+def sqlite_rate(records: list[Record], batch: int, runs: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        count = iter(range(runs))
+        return median_rate(
+            lambda: SqliteRecordStore.open(f"{tmp}/run{next(count)}"), records, batch, runs
+        )
+
+
+def postgres_rate(url: str, records: list[Record], batch: int, runs: int) -> float:
+    schemas: list[str] = []
+
+    def fresh() -> RecordStore:
+        name = f"verifier_bench_{uuid.uuid4().hex}"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        schemas.append(name)
+        return PostgresRecordStore.open(url, schema=name)
+
+    try:
+        return median_rate(fresh, records, batch, runs)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for name in schemas:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=50_000, help="records per run")
+    parser.add_argument("--batch", type=int, default=500, help="records per transaction")
+    parser.add_argument("--runs", type=int, default=3, help="runs per store (median)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("VERIFIER_TEST_DATABASE_URL"),
+        help="PostgreSQL to write to (default: $VERIFIER_TEST_DATABASE_URL)",
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    records = make_records(args.n)
+    result: dict[str, Any] = {
+        "records": args.n,
+        "batch": args.batch,
+        "runs": args.runs,
+        "sqlite_records_per_s": round(sqlite_rate(records, args.batch, args.runs)),
+        "postgres_records_per_s": None,
+    }
+    if args.database_url:
+        rate = postgres_rate(args.database_url, records, args.batch, args.runs)
+        result["postgres_records_per_s"] = round(rate)
+    else:
+        print(
+            "PostgreSQL skipped: give --database-url URL or set VERIFIER_TEST_DATABASE_URL"
+            " (e.g. postgresql://postgres@127.0.0.1:5432/test)",
+            file=sys.stderr,
+        )
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{args.n} records, batches of {args.batch}, median of {args.runs} runs")
+    print(f"SQLite     records/s through RecordWriter: {result['sqlite_records_per_s']:>9,}")
+    if result["postgres_records_per_s"] is not None:
+        pg = result["postgres_records_per_s"]
+        ratio = pg / result["sqlite_records_per_s"]
+        print(f"PostgreSQL records/s through RecordWriter: {pg:>9,}  (x{ratio:.2f} SQLite)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,459 @@
+"""verifier.redis_tier: the fleet's shared tier on a real Redis, with the real HTTPS repository.
+
+Two fetchers stand for two instances: each has its own memory tier and its own RedisLink,
+on the same Redis and key prefix. Redis outages are real: a TcpProxy (verifier.faults)
+between an instance and Redis is cut, or the instance talks to a server that never answers.
+
+Needs a Redis you can write to on 127.0.0.1: set VERIFIER_TEST_REDIS_URL (CI sets
+redis://127.0.0.1:6379/15). Every test uses its own key prefix and deletes its keys.
+"""
+
+# STYLE.md: asserts read ``expected == actual``.
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from yarl import URL
+
+from verifier import errors
+from verifier.cache import StoredChain
+from verifier.certs import TrustStore
+from verifier.faults import TcpProxy
+from verifier.fetch import CertificateFetcher, FetchSettings, SharedFailure
+from verifier.redis_tier import RedisLink, RedisReplayCache, RedisSettings, RedisTier
+from verifier.repository import Repository
+from verifier.testing import TestPKI
+
+HOW = "set VERIFIER_TEST_REDIS_URL=redis://127.0.0.1:6379/15 (a Redis you can write to)"
+RETRY = 0.2  # retry_after in these tests: Redis is tried again this soon after an error
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPKI:
+    return TestPKI.create()
+
+
+@pytest.fixture(scope="module")
+def trust(pki: TestPKI) -> TrustStore:
+    return TrustStore([pki.root.cert])
+
+
+@pytest.fixture
+async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
+    async with Repository.create(pki) as repository:
+        yield repository
+
+
+@pytest.fixture
+def ca_file(repo: Repository, tmp_path: Path) -> str:
+    path = tmp_path / "repo-ca.pem"
+    path.write_bytes(repo.ca_pem)
+    return str(path)
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    """The test Redis, answering on loopback, or the test is skipped (saying how to run it)."""
+    url = os.environ.get("VERIFIER_TEST_REDIS_URL")
+    if not url:
+        pytest.skip(f"no Redis for the shared-tier tests: {HOW}")
+    if URL(url).host not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip(f"these tests only talk to 127.0.0.1, not {URL(url).host}: {HOW}")
+    client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        await client.ping()
+    except Exception as exc:  # whatever the failure, there is no usable Redis
+        pytest.skip(f"Redis at {url} does not answer ({exc}): {HOW}")
+    finally:
+        await client.aclose()
+    return url
+
+
+class Fleet:
+    """Instances built on one Redis and one key prefix; everything is closed and every key
+    under the prefix deleted at teardown."""
+
+    def __init__(self, url: str, repo: Repository, ca_file: str, trust: TrustStore) -> None:
+        self.url = url
+        self.redis_port = URL(url).port or 6379
+        self.prefix = f"verifier-test:{uuid.uuid4().hex}:"
+        self.repo = repo
+        self.ca_file = ca_file
+        self.trust = trust
+        self.links: list[RedisLink] = []
+        self.fetchers: list[CertificateFetcher] = []
+        self.tiers: dict[int, RedisTier] = {}
+
+    def link(self, *, port: int | None = None, **kw: Any) -> RedisLink:
+        """A link to the test Redis (or to 127.0.0.1:``port``, a proxy, same database)."""
+        url = self.url if port is None else str(URL(self.url).with_port(port))
+        kw.setdefault("retry_after", RETRY)
+        link = RedisLink(RedisSettings(url=url, key_prefix=self.prefix, **kw))
+        self.links.append(link)
+        return link
+
+    async def fetcher(self, link: RedisLink | None, **kw: Any) -> CertificateFetcher:
+        """An instance: its own memory tier, the shared tier on ``link`` (None: none)."""
+        kw.setdefault("ports", frozenset({self.repo.port}))
+        kw.setdefault("allow_private_x5u", True)
+        kw.setdefault("ca_file", self.ca_file)
+        kw.setdefault("timeout", 2.0)
+        shared = RedisTier(link) if link is not None else None
+        fetcher = CertificateFetcher(self.trust, FetchSettings(**kw), shared=shared)
+        await fetcher.__aenter__()
+        if shared is not None:
+            self.tiers[id(fetcher)] = shared
+        self.fetchers.append(fetcher)
+        return fetcher
+
+    def tier(self, fetcher: CertificateFetcher) -> RedisTier:
+        """The shared tier of an instance built by :meth:`fetcher`."""
+        return self.tiers[id(fetcher)]
+
+    async def close(self) -> None:
+        for fetcher in self.fetchers:
+            await fetcher.close()
+        for link in self.links:
+            await link.close()
+        async with Redis.from_url(self.url) as client:
+            keys = [key async for key in client.scan_iter(match=f"{self.prefix}*")]
+            if keys:
+                await client.delete(*keys)
+
+
+@pytest.fixture
+async def fleet(
+    redis_url: str, repo: Repository, ca_file: str, trust: TrustStore
+) -> AsyncIterator[Fleet]:
+    fleet = Fleet(redis_url, repo, ca_file, trust)
+    try:
+        yield fleet
+    finally:
+        await fleet.close()
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server on 127.0.0.1 that accepts and never answers: a hung Redis."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+# -- one fetch per fleet -----------------------------------------------------------------------
+
+
+async def test_cold_burst_across_two_instances_fetches_once(
+    pki: TestPKI, repo: Repository, fleet: Fleet
+) -> None:
+    url = repo.put("/sp.pem", pki.signer.chain_pem(), delay=0.05)
+    a = await fleet.fetcher(fleet.link())
+    b = await fleet.fetcher(fleet.link())
+    now = time.time()
+    got = await asyncio.gather(*((a if i % 2 else b).get(url, now=now) for i in range(200)))
+    assert 200 == len([c for c in got if c.certificate is not None])
+    assert 1 == repo.counts["/sp.pem"]
+    ta, tb = fleet.tier(a).counters, fleet.tier(b).counters
+    assert 1 == ta.lock_acquired + tb.lock_acquired  # the other instance waited
+    assert 1 == ta.lock_waits + tb.lock_waits
+    assert 1 == a.stats()["fetches"] + b.stats()["fetches"]
+    assert 1 == a.stats()["store_hits"] + b.stats()["store_hits"]  # validated from Redis
+
+
+async def test_second_instance_finds_the_chain_in_redis(
+    pki: TestPKI, repo: Repository, fleet: Fleet
+) -> None:
+    url = repo.put("/sp2.pem", pki.signer.chain_pem())
+    a = await fleet.fetcher(fleet.link())
+    b = await fleet.fetcher(fleet.link())
+    first = await a.get(url, now=time.time())
+    second = await b.get(url, now=time.time())
+    assert 1 == repo.counts["/sp2.pem"]
+    assert first.certificate is not None and second.certificate is not None
+    assert first.certificate.serial == second.certificate.serial
+    entry = b.peek(url)
+    assert entry is not None and "shared" == entry.source
+    assert (1, 0) == (b.stats()["store_hits"], b.stats()["fetches"])
+    assert 1 == fleet.tier(b).counters.hits
+
+
+async def test_shared_chain_is_validated_locally(
+    pki: TestPKI, repo: Repository, fleet: Fleet
+) -> None:
+    url = repo.put("/sp3.pem", pki.signer.chain_pem())
+    a = await fleet.fetcher(fleet.link())
+    await a.get(url, now=time.time())
+    stranger = pki.untrusted_root().issue_leaf().chain_pem()  # what a poisoned Redis holds
+    await fleet.tier(a).save(
+        url, StoredChain(body=stranger, fetched_at=time.time(), expires_at=time.time() + 600)
+    )
+    b = await fleet.fetcher(fleet.link())
+    credential = await b.get(url, now=time.time())  # refused the shared chain, fetched it
+    assert credential.certificate is not None
+    assert (2, 0, 1) == (repo.counts["/sp3.pem"], b.stats()["store_hits"], b.stats()["fetches"])
+    other_trust = await fleet.fetcher(fleet.link())
+    other_trust.set_trust(TrustStore([pki.untrusted_root().cert]))
+    with pytest.raises(errors.CertificateNotTrusted):  # its own anchors decide
+        await other_trust.get(url, now=time.time())
+
+
+async def test_malformed_entries_are_misses(pki: TestPKI, repo: Repository, fleet: Fleet) -> None:
+    url = repo.put("/sp4.pem", pki.signer.chain_pem())
+    link = fleet.link()
+    shared = RedisTier(link)
+    chain_key, fail_key, _ = shared._keys(url)
+    await link.client.set(chain_key, b"{not json")
+    await link.client.set(fail_key, b'{"x5u": "https://elsewhere/x.pem", "slug": "x"}')
+    assert None is await shared.load(url)
+    assert 2 == shared.counters.malformed
+    fetcher = await fleet.fetcher(link)
+    assert (await fetcher.get(url, now=time.time())).certificate is not None
+    assert 1 == repo.counts["/sp4.pem"]
+
+
+# -- shared failures ---------------------------------------------------------------------------
+
+
+async def test_failure_is_shared_within_failure_ttl(repo: Repository, fleet: Fleet) -> None:
+    url = repo.put("/gone.pem", b"", status=404, delay=0.05)
+    a = await fleet.fetcher(fleet.link(), failure_ttl=30)
+    b = await fleet.fetcher(fleet.link(), failure_ttl=30)
+    outcomes = await asyncio.gather(
+        *((a if i % 2 else b).get(url, now=time.time()) for i in range(20)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, errors.X5uFetchFailed) for o in outcomes)
+    c = await fleet.fetcher(fleet.link(), failure_ttl=30)  # a third instance, later
+    with pytest.raises(errors.X5uFetchFailed, match="HTTP 404"):
+        await c.get(url, now=time.time())
+    assert 1 == repo.counts["/gone.pem"]
+    assert 1 == fleet.tier(c).counters.failure_hits
+
+
+async def test_shared_failure_expires(repo: Repository, fleet: Fleet, pki: TestPKI) -> None:
+    url = repo.put("/later.pem", b"", status=404)
+    a = await fleet.fetcher(fleet.link(), failure_ttl=0.3)
+    with pytest.raises(errors.X5uFetchFailed):
+        await a.get(url, now=time.time())
+    repo.put("/later.pem", pki.signer.chain_pem())
+    await asyncio.sleep(0.4)
+    b = await fleet.fetcher(fleet.link(), failure_ttl=0.3)
+    assert (await b.get(url, now=time.time())).certificate is not None
+    assert 2 == repo.counts["/later.pem"]
+
+
+async def test_trust_dependent_failures_are_not_shared(
+    pki: TestPKI, repo: Repository, fleet: Fleet
+) -> None:
+    url = repo.put("/stranger.pem", pki.untrusted_root().issue_leaf().chain_pem())
+    a = await fleet.fetcher(fleet.link())
+    with pytest.raises(errors.CertificateNotTrusted):
+        await a.get(url, now=time.time())
+    b = await fleet.fetcher(fleet.link())
+    b.set_trust(TrustStore([pki.root.cert, pki.untrusted_root().cert]))
+    with pytest.raises(errors.CertificateNotTrusted):  # b fetched and judged for itself
+        await b.get(url, now=time.time())
+    assert 2 == repo.counts["/stranger.pem"]
+    assert 0 == fleet.tier(b).counters.failure_hits
+
+
+# -- the fetch lock ----------------------------------------------------------------------------
+
+
+async def test_dead_lock_holder_is_taken_over(pki: TestPKI, repo: Repository, fleet: Fleet) -> None:
+    url = repo.put("/orphan.pem", pki.signer.chain_pem())
+    dead = RedisTier(fleet.link(lock_ttl=0.3))
+    assert await dead.acquire(url)  # and never released: its instance died
+    b = await fleet.fetcher(fleet.link())
+    started = time.monotonic()
+    assert (await b.get(url, now=time.time())).certificate is not None
+    elapsed = time.monotonic() - started
+    assert 0.25 < elapsed < 1.0, elapsed
+    assert 1 == repo.counts["/orphan.pem"]
+    assert (1, 1) == (fleet.tier(b).counters.lock_waits, fleet.tier(b).counters.lock_acquired)
+
+
+async def test_wait_is_bounded_by_the_fetch_timeout(
+    pki: TestPKI, repo: Repository, fleet: Fleet
+) -> None:
+    url = repo.put("/stuck.pem", pki.signer.chain_pem())
+    stuck = RedisTier(fleet.link(lock_ttl=30))
+    assert await stuck.acquire(url)  # a holder that hangs
+    b = await fleet.fetcher(fleet.link(), timeout=0.4)
+    started = time.monotonic()
+    assert (await b.get(url, now=time.time())).certificate is not None
+    elapsed = time.monotonic() - started
+    assert 0.35 < elapsed < 1.2, elapsed
+    assert (1, 1) == (repo.counts["/stuck.pem"], fleet.tier(b).counters.lock_timeouts)
+
+
+async def test_release_only_frees_ones_own_lock(fleet: Fleet) -> None:
+    url = "https://127.0.0.1:1/x.pem"
+    first, second = RedisTier(fleet.link(lock_ttl=0.2)), RedisTier(fleet.link())
+    token = await first.acquire(url)
+    assert token
+    await asyncio.sleep(0.3)  # expired
+    other = await second.acquire(url)
+    assert other
+    await first.release(url, token)  # too late: must not free the new holder's lock
+    assert None is await first.acquire(url)
+    await second.release(url, other)
+    assert await first.acquire(url)
+
+
+# -- Redis away --------------------------------------------------------------------------------
+
+
+async def test_redis_cut_then_restored(pki: TestPKI, repo: Repository, fleet: Fleet) -> None:
+    one = repo.put("/one.pem", pki.signer.chain_pem())
+    two = repo.put("/two.pem", pki.signer.chain_pem())
+    async with TcpProxy("127.0.0.1", fleet.redis_port) as proxy:
+        a = await fleet.fetcher(fleet.link(port=proxy.port))
+        await a.get(one, now=time.time())  # fetched and published
+        assert fleet.tier(a).healthy
+
+        proxy.cut()
+        b = await fleet.fetcher(fleet.link(port=proxy.port))
+        started = time.monotonic()
+        assert (await b.get(one, now=time.time())).certificate is not None  # fetched directly
+        assert (await a.get(two, now=time.time())).certificate is not None
+        assert time.monotonic() - started < 2 * 0.15 + 1.0
+        assert (await a.get(one, now=time.time())).certificate is not None  # memory tier
+        assert (2, 1) == (repo.counts["/one.pem"], repo.counts["/two.pem"])
+        assert not fleet.tier(a).healthy and not fleet.tier(b).healthy
+        assert fleet.tier(b).last_error is not None
+        assert fleet.tier(b).stats()["fallbacks"] >= 1
+
+        proxy.restore()
+        await asyncio.sleep(RETRY)  # then Redis is tried again: no one has to intervene
+        three = repo.put("/three.pem", pki.signer.chain_pem())
+        await a.get(three, now=time.time())  # fetched and published
+        assert fleet.tier(a).healthy
+        c = await fleet.fetcher(fleet.link(port=proxy.port))
+        assert (await c.get(one, now=time.time())).certificate is not None  # from Redis
+        assert (await c.get(three, now=time.time())).certificate is not None
+        assert (2, 1, 2) == (
+            repo.counts["/one.pem"],
+            repo.counts["/three.pem"],
+            c.stats()["store_hits"],
+        )
+
+
+async def test_hung_redis_costs_one_timeout(pki: TestPKI, repo: Repository, fleet: Fleet) -> None:
+    url = repo.put("/hung.pem", pki.signer.chain_pem())
+    async with silent_server() as port:
+        link = fleet.link(port=port, timeout=0.1, retry_after=30)
+        fetcher = await fleet.fetcher(link)
+        started = time.monotonic()
+        assert (await fetcher.get(url, now=time.time())).certificate is not None
+        assert time.monotonic() - started < 0.1 + 0.5
+        assert not link.healthy
+        assert link.last_error is not None and "Timeout" in link.last_error
+        assert 1 == link.errors  # then skipped: no second timeout
+        other = repo.put("/hung2.pem", pki.signer.chain_pem())
+        started = time.monotonic()
+        await fetcher.get(other, now=time.time())
+        assert time.monotonic() - started < 0.1
+        assert 1 == link.errors
+        assert False is await link.ping()
+
+
+# -- replay detection across the fleet ---------------------------------------------------------
+
+
+async def test_replay_seen_across_instances(fleet: Fleet) -> None:
+    a = RedisReplayCache(fleet.link(), max_size=100, window=60)
+    b = RedisReplayCache(fleet.link(), max_size=100, window=60)
+    assert False is await a.seen("sig-1")
+    assert True is await b.seen("sig-1")
+    assert False is await b.seen("sig-2")
+    assert False is await a.seen("sig-3")
+    assert (0, 1) == (a.replays, b.replays)
+
+
+async def test_replay_window_expires(fleet: Fleet) -> None:
+    a = RedisReplayCache(fleet.link(), max_size=100, window=0.2)
+    b = RedisReplayCache(fleet.link(), max_size=100, window=0.2)
+    assert False is await a.seen("sig")
+    await asyncio.sleep(0.3)
+    assert False is await b.seen("sig")
+
+
+async def test_replay_falls_back_to_local_when_redis_is_cut(fleet: Fleet) -> None:
+    async with TcpProxy("127.0.0.1", fleet.redis_port) as proxy:
+        a = RedisReplayCache(fleet.link(port=proxy.port), max_size=100, window=60)
+        b = RedisReplayCache(fleet.link(port=proxy.port), max_size=100, window=60)
+        assert False is await a.seen("before")
+        proxy.cut()
+        assert True is await a.seen("before")  # remembered locally too
+        assert False is await a.seen("during")
+        assert True is await a.seen("during")
+        assert False is await b.seen("during")  # b cannot know without Redis
+        assert not a.healthy and a.last_error is not None
+        assert a.local_answers >= 3
+        proxy.restore()
+        await asyncio.sleep(RETRY)
+        assert True is await b.seen("before")  # Redis answers again
+        assert b.healthy
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "name"),
+    [
+        ({"url": "http://127.0.0.1:6379"}, "url"),
+        ({"key_prefix": ""}, "key_prefix"),
+        ({"timeout": 0}, "timeout"),
+        ({"lock_ttl": -1}, "lock_ttl"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"retry_after": -1}, "retry_after"),
+        ({"max_connections": 0}, "max_connections"),
+        ({"poll_interval": 2, "lock_ttl": 1}, "poll_interval"),
+    ],
+)
+def test_settings_refuse_bad_values(bad: dict[str, Any], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        RedisSettings(**bad)
+
+
+def test_settings_hide_the_url_password() -> None:
+    settings = RedisSettings(url="redis://user:secret@127.0.0.1:6379/0")
+    assert "secret" not in repr(settings)
+
+
+def test_link_needs_a_url() -> None:
+    with pytest.raises(ValueError, match="disabled"):
+        RedisLink(RedisSettings())
+
+
+async def test_shared_failure_of_another_kind_is_ignored(
+    pki: TestPKI, repo: Repository, fleet: Fleet
+) -> None:
+    url = repo.put("/odd.pem", pki.signer.chain_pem())
+    link = fleet.link()
+    failure = SharedFailure(slug="cert_not_trusted", detail="x", expires_at=time.time() + 60)
+    await RedisTier(link).save_failure(url, failure)
+    fetcher = await fleet.fetcher(link)
+    assert (await fetcher.get(url, now=time.time())).certificate is not None

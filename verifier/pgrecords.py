@@ -1,0 +1,664 @@
+"""Traceback records in PostgreSQL: the :class:`~verifier.records.RecordStore` of a fleet.
+
+Same contract as :class:`~verifier.records.SqliteRecordStore` (records.py explains it): newest
+first by ``(ts, id)``, the same opaque cursor, half-open windows ``since <= ts < until``,
+numbers compared exactly as stored, the same stats shape, CSV through the shared helpers.
+Several service instances write to one database; ``verifier records --database-url`` reads it.
+
+Driver: psycopg 3, synchronous. The store protocol is synchronous and runs in the record
+writer's worker thread (``asyncio.to_thread``), so an async driver (asyncpg) would need a
+second event loop in that thread; psycopg's ``cursor.copy()`` gives COPY for bulk inserts
+(binary, typed rows); it ships type hints; and it is libpq, the reference client (URLs,
+``~/.pgpass``, ``PG*`` variables and TLS options behave as in psql).
+
+Schema, versioned: ``verifier_schema_migrations (version, applied_at)`` and the ordered
+:data:`MIGRATIONS`, applied at :meth:`PostgresRecordStore.open` in one transaction that holds
+an advisory lock, so instances that start together apply each step once.
+
+Tables, partitioned by range on ``ts`` into UTC days (``records_p20270115``,
+``record_spc_p20270115``):
+
+- ``ts`` is ``double precision`` epoch seconds, as in :class:`~verifier.records.Record` and
+  in the cursor: a page boundary compares the stored value with the cursor's double
+  exactly. ``timestamptz`` keeps microseconds, so a round trip could move a record across
+  a cursor or a window bound and break "no gaps, no duplicates".
+- ``id`` comes from the sequence ``records_id_seq``: unique across instances, no
+  coordination. A batch takes its ids in one ``nextval`` round trip, then COPYs the rows
+  and their SPC rows with those ids, in one transaction.
+- SPCs: the ``record_spc (spc, ts, record_id)`` side table as in SQLite, partitioned the
+  same way, rather than a ``text[]`` column with a GIN index: a GIN index answers "which
+  rows contain X" but not in ``(ts, id)`` order, so a page by SPC would sort every match;
+  the side table's primary key is that order (one index range), and the top-SPC statistics
+  group it directly. ``records.spc`` (``text[]``) keeps the record's list as given.
+- Partitions are created on demand before a batch that needs them (its days and the next
+  one, so the day rollover finds its partition ready), idempotently (``CREATE TABLE IF NOT
+  EXISTS ... PARTITION OF``) under the same advisory lock, in their own short transaction:
+  creating a partition locks the parent table, which the COPY transaction should not hold.
+  A store remembers the partitions it has seen; when an insert fails (another instance
+  pruned a partition meanwhile), it forgets them and the writer's retry recreates them.
+
+Retention: :meth:`PostgresRecordStore.prune` drops whole days older than ``before`` and
+deletes the rows before it in the boundary day; the count it returns is exact (each dropped
+partition is counted first). Dropping a partition takes an exclusive lock on the parent for
+a moment, with ``lock_timeout`` (5 s) so that a long reader makes the pruning fail and
+retry at the next interval instead of queueing every query behind it.
+
+Connections: one write connection per store (autocommit off, a lock around it); a failed
+call whose connection broke (the database went away) closes it, and the next call opens a
+new one, so the writer's retry after an outage succeeds. Reads open a short-lived
+connection each, as the SQLite store does: reads are rare (API queries, exports, the CLI),
+a loopback connection costs a few milliseconds, and a pool (psycopg_pool) would be one more
+dependency and threads to manage for no figure that needs it. Unless the URL says
+otherwise, connections time out after 5 s (``connect_timeout``) and use TCP keepalives, so
+a vanished server fails a call instead of hanging the writer's thread.
+
+Delivery is at least once: if the connection breaks after the server committed a batch but
+before it acknowledged it, the writer's retry writes the batch again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .records import (
+    _FIELDS,
+    TOP_SPC,
+    Record,
+    RecordQuery,
+    _check_window,
+    _encode_cursor,
+)
+
+__all__ = ["MIGRATIONS", "PostgresRecordStore"]
+
+MIGRATIONS: tuple[LiteralString, ...] = (
+    """
+    CREATE SEQUENCE records_id_seq AS bigint;
+    CREATE TABLE records (
+        id          bigint NOT NULL DEFAULT nextval('records_id_seq'),
+        ts          double precision NOT NULL,
+        request_id  text NOT NULL,
+        endpoint    text NOT NULL,
+        orig        text,
+        dest        text,
+        origid      text,
+        attest      text,
+        verstat     text NOT NULL,
+        reason      text,
+        sip_code    integer,
+        spc         text[] NOT NULL,
+        x5u         text,
+        fingerprint text,
+        action      text,
+        label       text,
+        PRIMARY KEY (ts, id)
+    ) PARTITION BY RANGE (ts);
+    ALTER SEQUENCE records_id_seq OWNED BY records.id;
+    CREATE INDEX records_origid ON records (origid, ts, id);
+    CREATE INDEX records_orig ON records (orig, ts, id);
+    CREATE INDEX records_dest ON records (dest, ts, id);
+    CREATE TABLE record_spc (
+        spc         text NOT NULL,
+        ts          double precision NOT NULL,
+        record_id   bigint NOT NULL,
+        PRIMARY KEY (spc, ts, record_id)
+    ) PARTITION BY RANGE (ts);
+    CREATE INDEX record_spc_ts ON record_spc (ts);
+    """,
+)
+"""Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``; append only."""
+
+_DAY = 86400
+_LOCK_CLASS = 0x76657269  # "veri": pg_advisory_xact_lock(class, hashtext(current_schema()))
+_LOCK_TIMEOUT = "5s"
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_PARTITION = re.compile(r"records_p(\d{8})")
+_FIRST_DAY = dt.date(1, 1, 2)  # datetime arithmetic stays in range around a day
+_LAST_DAY = dt.date(9999, 12, 30)
+_EPOCH = dt.date(1970, 1, 1)
+_CONNECT_DEFAULTS = {
+    "application_name": "verifier-records",
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+_COLUMNS = sql.SQL(", ").join(sql.Identifier("r", name) for name in _FIELDS)
+_COPY_RECORDS = sql.SQL("COPY records (id, {}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(sql.Identifier(name) for name in _FIELDS)
+)
+_RECORD_TYPES = [
+    "int8",  # id
+    "float8",  # ts
+    "text",  # request_id
+    "text",  # endpoint
+    "text",  # orig
+    "text",  # dest
+    "text",  # origid
+    "text",  # attest
+    "text",  # verstat
+    "text",  # reason
+    "int4",  # sip_code
+    "text[]",  # spc
+    "text",  # x5u
+    "text",  # fingerprint
+    "text",  # action
+    "text",  # label
+]
+
+
+def _day(ts: float) -> int:
+    """The UTC day number (days since 1970-01-01) of ``ts``.
+
+    Raises:
+        ValueError: ``ts`` is not finite or outside the years 1 to 9999.
+    """
+    if not math.isfinite(ts):
+        raise ValueError(f"record ts {ts!r} is not finite")
+    day = math.floor(ts / _DAY)
+    if not (_FIRST_DAY - _EPOCH).days <= day <= (_LAST_DAY - _EPOCH).days:
+        raise ValueError(f"record ts {ts!r} is outside the years 1 to 9999")
+    return day
+
+
+def _partition_names(day: int) -> tuple[str, str]:
+    """The names of the ``records`` and ``record_spc`` partitions of ``day``."""
+    date = _EPOCH + dt.timedelta(days=day)
+    stamp = f"{date.year:04d}{date.month:02d}{date.day:02d}"
+    return f"records_p{stamp}", f"record_spc_p{stamp}"
+
+
+def _partition_day(name: str) -> int | None:
+    match = _PARTITION.fullmatch(name)
+    if match is None:
+        return None
+    stamp = match[1]
+    try:
+        when = dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:]))
+    except ValueError:
+        return None
+    return (when - _EPOCH).days
+
+
+def _redacted(conninfo: str) -> str:
+    """Where ``conninfo`` connects, without its password (for messages)."""
+    params = conninfo_to_dict(conninfo)
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = params.get("host") or "localhost"
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
+
+
+def _select(
+    q: RecordQuery, position: tuple[float, int] | None, limit: int
+) -> tuple[sql.Composed, list[Any]]:
+    """The SQL of one page of ``q`` after ``position``, and its parameters.
+
+    The SQLite store's query, except that the SPC join also matches ``ts`` (the primary
+    key of ``records``, and partition pruning) and that a query by SPC alone takes its
+    page from ``record_spc`` first: the planner cannot estimate the join's size and would
+    otherwise sort every match of the window.
+    """
+    args: list[Any] = []
+    where: list[sql.Composable] = []
+    if q.spc is not None:
+        ts, row_id = sql.SQL("s.ts"), sql.SQL("s.record_id")  # the primary key's order
+        where.append(sql.SQL("s.spc = %s"))
+        args.append(q.spc)
+    else:
+        ts, row_id = sql.SQL("r.ts"), sql.SQL("r.id")
+    if q.since is not None:
+        where.append(sql.SQL("{} >= %s").format(ts))
+        args.append(q.since)
+    if q.until is not None:
+        where.append(sql.SQL("{} < %s").format(ts))
+        args.append(q.until)
+    if position is not None:
+        where.append(sql.SQL("({}, {}) < (%s, %s)").format(ts, row_id))
+        args.extend(position)
+    order = sql.SQL("ORDER BY {} DESC, {} DESC LIMIT %s").format(ts, row_id)
+    join = sql.SQL("JOIN records r ON r.ts = s.ts AND r.id = s.record_id")
+    numbers = [(name, value) for name in ("origid", "orig", "dest") if (value := getattr(q, name))]
+    if q.spc is not None and not numbers:
+        page = sql.SQL("(SELECT s.ts, s.record_id FROM record_spc s WHERE {} {}) s").format(
+            sql.SQL(" AND ").join(where), order
+        )
+        args.append(limit)
+        source: sql.Composable = sql.SQL("{} {}").format(page, join)
+        where = []
+    elif q.spc is not None:
+        source = sql.SQL("record_spc s {}").format(join)
+    else:
+        source = sql.SQL("records r")
+    for name, value in numbers:
+        where.append(sql.SQL("{} = %s").format(sql.Identifier("r", name)))
+        args.append(value)
+    condition = sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+    args.append(limit)
+    query = sql.SQL("SELECT r.id, {columns} FROM {source} {condition} {order}").format(
+        columns=_COLUMNS, source=source, condition=condition, order=order
+    )
+    return query, args
+
+
+def _row(row: Sequence[Any]) -> Record:
+    """A Record from ``SELECT r.id, <columns>``."""
+    values = dict(zip(_FIELDS, row[1:], strict=True))
+    values["spc"] = tuple(values["spc"])
+    return Record(**values)
+
+
+class PostgresRecordStore:
+    """Records in PostgreSQL: one write connection, a short-lived connection per read.
+
+    You get one from :meth:`PostgresRecordStore.open`. Thread-safe: writes (``insert_many``,
+    ``prune``) take a lock around the write connection; reads use their own connections,
+    so they run concurrently with writes, from any thread, process or instance.
+    """
+
+    def __init__(self, conninfo: str, *, migrated: bool) -> None:
+        self.conninfo = conninfo
+        """The libpq connection string (may hold a password: do not log it)."""
+        self._writer: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._migrated = migrated
+        self._partitions: set[int] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls, url: str, *, schema: str | None = None, create: bool = True
+    ) -> PostgresRecordStore:
+        """The store in the database at ``url`` (a ``postgresql://`` URL or a libpq
+        ``key=value`` string), its tables in ``schema`` (which must exist; default: the
+        first schema of the connection's ``search_path``, normally ``public``).
+
+        With ``create`` (the service), pending migrations are applied and the write
+        connection opened. Without it (``verifier records``), the schema must be there
+        already; nothing is written until a write method is called, so a read-only role
+        can query.
+
+        Raises:
+            ValueError: ``schema`` is not a plain identifier or does not exist; the database
+                cannot be reached (the message names it, without password); without
+                ``create``, it holds no record schema; its schema is newer than this
+                verifier's.
+            psycopg.Error: a migration failed.
+        """
+        params = conninfo_to_dict(url)
+        for key, value in _CONNECT_DEFAULTS.items():
+            params.setdefault(key, value)
+        if schema is not None:
+            if not _SCHEMA_NAME.fullmatch(schema):
+                raise ValueError(f"schema {schema!r} is not a plain lower-case SQL identifier")
+            params["options"] = f"{params.get('options') or ''} -c search_path={schema}".strip()
+        store = cls(make_conninfo("", **params), migrated=False)
+        with contextlib.closing(store._reader()) as conn:
+            if store._current_schema(conn) is None:
+                missing = f"schema {schema!r}" if schema else "no schema of the search_path"
+                raise ValueError(f"{_redacted(store.conninfo)}: {missing} does not exist")
+            if not create:
+                version = _version(conn)
+                if version is None:
+                    raise ValueError(
+                        f"{_redacted(store.conninfo)}: no record schema"
+                        " (the service creates it when it starts with this database)"
+                    )
+                _check_version(version)
+                store._migrated = True
+                return store
+        with store._lock:
+            store._write_connection()
+        return store
+
+    @staticmethod
+    def _current_schema(conn: psycopg.Connection[tuple[Any, ...]]) -> str | None:
+        row = conn.execute("SELECT current_schema()").fetchone()
+        return None if row is None else row[0]
+
+    def _connect(self, *, autocommit: bool) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self.conninfo, autocommit=autocommit)
+
+    def _reader(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """A new autocommit connection for one read.
+
+        Raises:
+            ValueError: the database cannot be reached.
+        """
+        try:
+            return self._connect(autocommit=True)
+        except psycopg.OperationalError as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise ValueError(f"{_redacted(self.conninfo)}: cannot connect: {message}") from None
+
+    def _write_connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """The write connection, (re)opened and the schema migrated as needed; the caller
+        holds the lock."""
+        if self._closed:
+            raise RuntimeError("the record store is closed")
+        if self._writer is not None and (self._writer.closed or self._writer.broken):
+            self._discard()
+        if self._writer is None:
+            conn = self._connect(autocommit=False)
+            try:
+                if not self._migrated:
+                    _migrate(conn)
+                    self._migrated = True
+            except BaseException:
+                conn.close()
+                raise
+            self._writer = conn
+        return self._writer
+
+    def _discard(self) -> None:
+        """Forget the write connection (after a failure that may have broken it)."""
+        if self._writer is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._writer.close()
+            self._writer = None
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """The write connection under the lock; a connection error discards it, and any
+        error forgets the partitions seen (one may have been dropped by another instance)."""
+        with self._lock:
+            conn = self._write_connection()
+            try:
+                yield conn
+            except BaseException as exc:
+                self._partitions.clear()
+                if isinstance(exc, psycopg.OperationalError) or conn.broken:
+                    self._discard()
+                elif not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                raise
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def insert_many(self, records: Sequence[Record]) -> None:
+        """Write ``records`` in one transaction (all or none), with COPY.
+
+        Raises:
+            psycopg.Error: the write failed (the database went away...); nothing of
+                ``records`` was written, unless the commit's acknowledgement was lost.
+            ValueError: a record's ts is not finite or outside the years 1 to 9999.
+            RuntimeError: the store is closed.
+        """
+        if not records:
+            return
+        days = {_day(r.ts) for r in records}
+        days.add(max(days) + 1)
+        with self._writing() as conn:
+            missing = days - self._partitions
+            if missing:
+                _create_partitions(conn, missing)
+                self._partitions |= missing
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    "SELECT nextval('records_id_seq') FROM generate_series(1, %s)",
+                    (len(records),),
+                )
+                ids = sorted(row[0] for row in cur.fetchall())
+                with cur.copy(_COPY_RECORDS) as copy:
+                    copy.set_types(_RECORD_TYPES)
+                    for row_id, r in zip(ids, records, strict=True):
+                        copy.write_row(
+                            (
+                                row_id,
+                                r.ts,
+                                r.request_id,
+                                r.endpoint,
+                                r.orig,
+                                r.dest,
+                                r.origid,
+                                r.attest,
+                                r.verstat,
+                                r.reason,
+                                r.sip_code,
+                                list(r.spc),
+                                r.x5u,
+                                r.fingerprint,
+                                r.action,
+                                r.label,
+                            )
+                        )
+                spc_rows = [
+                    (spc, r.ts, row_id)
+                    for row_id, r in zip(ids, records, strict=True)
+                    for spc in dict.fromkeys(r.spc)  # a repeated SPC is indexed once
+                ]
+                if spc_rows:
+                    with cur.copy(
+                        "COPY record_spc (spc, ts, record_id) FROM STDIN (FORMAT BINARY)"
+                    ) as copy:
+                        copy.set_types(["text", "float8", "int8"])
+                        for spc_row in spc_rows:
+                            copy.write_row(spc_row)
+
+    def prune(self, before: float) -> int:
+        """Delete the records older than ``before`` (epoch seconds); return how many.
+
+        Drops the day partitions that end at or before ``before`` (counting their rows
+        first), then deletes the older rows of the day that ``before`` falls in.
+
+        Raises:
+            psycopg.Error: the pruning failed, or waited more than 5 s for a lock (what was
+                dropped before stays dropped).
+            ValueError: ``before`` is not finite.
+            RuntimeError: the store is closed.
+        """
+        if not math.isfinite(before):
+            raise ValueError("before must be a finite number of epoch seconds")
+        total = 0
+        with self._writing() as conn:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(_LOCK_TIMEOUT))
+                )
+                _lock_ddl(conn)
+                children = conn.execute(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = 'records'::regclass"
+                ).fetchall()
+                dropped: set[int] = set()
+                for (name,) in children:
+                    day = _partition_day(name)
+                    if day is None or (day + 1) * _DAY > before:
+                        continue
+                    records_part, spc_part = _partition_names(day)
+                    row = conn.execute(
+                        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(records_part))
+                    ).fetchone()
+                    total += 0 if row is None else row[0]
+                    conn.execute(
+                        sql.SQL("DROP TABLE IF EXISTS {}, {}").format(
+                            sql.Identifier(records_part), sql.Identifier(spc_part)
+                        )
+                    )
+                    dropped.add(day)
+            self._partitions -= dropped
+            with conn.transaction():
+                total += conn.execute("DELETE FROM records WHERE ts < %s", (before,)).rowcount
+                conn.execute("DELETE FROM record_spc WHERE ts < %s", (before,))
+        return total
+
+    def close(self) -> None:
+        """Close the write connection. Idempotent."""
+        self._closed = True
+        with self._lock:
+            self._discard()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def query(self, q: RecordQuery) -> tuple[list[Record], str | None]:
+        """One page of records matching ``q``, newest first, and the next page's cursor
+        (None on the last page).
+
+        Raises:
+            ValueError: the database cannot be reached; psycopg.Error: a read failed.
+        """
+        query, args = _select(q, q.position, q.limit + 1)
+        with contextlib.closing(self._reader()) as conn:
+            rows = conn.execute(query, args).fetchall()
+        cursor = None
+        if len(rows) > q.limit:
+            rows = rows[: q.limit]
+            cursor = _encode_cursor(rows[-1][1], rows[-1][0])
+        return [_row(row) for row in rows], cursor
+
+    def iter_query(self, q: RecordQuery, chunk: int = 1000) -> Iterator[list[Record]]:
+        """Every record matching ``q`` (its ``limit`` is ignored; a cursor is a start),
+        newest first, in lists of at most ``chunk``. Each chunk is read by its own
+        connection: nothing is held open between two ``next()`` calls.
+
+        Raises:
+            ValueError: ``chunk`` < 1; or the database cannot be reached (also
+                psycopg.Error).
+        """
+        if chunk < 1:
+            raise ValueError("chunk must be >= 1")
+        return self._chunks(q, chunk)
+
+    def _chunks(self, q: RecordQuery, chunk: int) -> Iterator[list[Record]]:
+        position = q.position
+        while True:
+            query, args = _select(q, position, chunk)
+            with contextlib.closing(self._reader()) as conn:
+                rows = conn.execute(query, args).fetchall()
+            if rows:
+                yield [_row(row) for row in rows]
+            if len(rows) < chunk:
+                return
+            position = (rows[-1][1], rows[-1][0])
+
+    def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
+        """Counts of the records in ``since <= ts < until`` (either bound may be None);
+        the same shape as :meth:`SqliteRecordStore.stats`, ties ordered bytewise as there.
+
+        Raises:
+            ValueError: a bound is not finite, or since > until; the database cannot be
+                reached (also psycopg.Error).
+        """
+        _check_window(since, until)
+        where: list[sql.Composable] = []
+        args: list[float] = []
+        if since is not None:
+            where.append(sql.SQL("ts >= %s"))
+            args.append(since)
+        if until is not None:
+            where.append(sql.SQL("ts < %s"))
+            args.append(until)
+        window = sql.SQL(" AND ").join(where) if where else sql.SQL("TRUE")
+
+        def grouped(
+            conn: psycopg.Connection[tuple[Any, ...]], column: str, extra: LiteralString = ""
+        ) -> dict[str, int]:
+            name = sql.Identifier(column)
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT {name}, count(*) FROM records WHERE {window}{extra}"
+                    ' GROUP BY {name} ORDER BY count(*) DESC, {name} COLLATE "C"'
+                ).format(name=name, window=window, extra=sql.SQL(extra)),
+                args,
+            )
+            return {("none" if key is None else str(key)): count for key, count in rows}
+
+        with contextlib.closing(self._reader()) as conn, conn.transaction():  # one snapshot
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM records WHERE {}").format(window), args
+            ).fetchone()
+            total = 0 if row is None else row[0]
+            by_attest = grouped(conn, "attest")
+            by_verstat = grouped(conn, "verstat")
+            by_reason = grouped(conn, "reason", " AND reason IS NOT NULL")
+            top = conn.execute(
+                sql.SQL(
+                    "SELECT spc, count(*) FROM record_spc WHERE {}"
+                    ' GROUP BY spc ORDER BY count(*) DESC, spc COLLATE "C" LIMIT %s'
+                ).format(window),
+                [*args, TOP_SPC],
+            ).fetchall()
+        return {
+            "since": since,
+            "until": until,
+            "total": total,
+            "by_attest": by_attest,
+            "by_verstat": by_verstat,
+            "by_reason": by_reason,
+            "top_spc": [{"spc": spc, "count": count} for spc, count in top],
+        }
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+def _lock_ddl(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """Serialise migrations and partition DDL between instances (until the transaction
+    ends); one lock per schema."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_CLASS,))
+
+
+def _version(conn: psycopg.Connection[tuple[Any, ...]]) -> int | None:
+    """The schema version, None when there is no migrations table."""
+    row = conn.execute("SELECT to_regclass('verifier_schema_migrations') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return None
+    row = conn.execute(
+        "SELECT coalesce(max(version), 0) FROM verifier_schema_migrations"
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _check_version(version: int) -> None:
+    if version > len(MIGRATIONS):
+        raise ValueError(
+            f"record schema version {version} is newer than this verifier's {len(MIGRATIONS)}"
+        )
+
+
+def _migrate(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """Apply the pending :data:`MIGRATIONS` in one transaction, under the DDL lock.
+
+    Raises:
+        ValueError: the schema is newer than this verifier's.
+        psycopg.Error: a step failed (none is applied).
+    """
+    with conn.transaction():
+        _lock_ddl(conn)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS verifier_schema_migrations ("
+            " version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        version = _version(conn) or 0
+        _check_version(version)
+        for target in range(version + 1, len(MIGRATIONS) + 1):
+            conn.execute(MIGRATIONS[target - 1])
+            conn.execute("INSERT INTO verifier_schema_migrations (version) VALUES (%s)", (target,))
+
+
+def _create_partitions(conn: psycopg.Connection[tuple[Any, ...]], days: Iterable[int]) -> None:
+    """The day partitions of both tables, in one transaction under the DDL lock."""
+    with conn.transaction():
+        _lock_ddl(conn)
+        for day in sorted(days):
+            bounds = (sql.Literal(day * _DAY), sql.Literal((day + 1) * _DAY))
+            for parent, name in zip(("records", "record_spc"), _partition_names(day), strict=True):
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
+                    ).format(sql.Identifier(name), sql.Identifier(parent), *bounds)
+                )
