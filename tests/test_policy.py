@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -250,3 +251,21 @@ def test_load_reads_a_file(tmp_path: Path, passed: Result, now: int) -> None:
 def test_invalid_policies_name_the_line_and_the_problem(text: str, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         Policy.from_text(text)
+
+
+def test_a_rule_can_act_on_a_failed_diversion(passed: Result, now: int) -> None:
+    policy = Policy.from_text(
+        "[[rule]]\nname = 'bad forward'\ndiversion = 'failed'\naction = 'label'\n"
+        "label = 'suspect-forward'\n"
+    )
+    assert "verified" == policy.decide(passed, now=now).label  # no diversion: absent
+    broken = dataclasses.replace(
+        passed, diversion={"verstat": "No-TN-Validation", "hops": [], "reason": None}
+    )
+    assert ("label", "suspect-forward") == _al(policy.decide(broken, now=now))
+    holds = dataclasses.replace(
+        passed, diversion={"verstat": "TN-Validation-Passed", "hops": [], "reason": None}
+    )
+    assert "verified" == policy.decide(holds, now=now).label
+    with pytest.raises(PolicyError, match="diversion must be absent, passed or failed"):
+        Policy.from_text("[[rule]]\ndiversion = 'maybe'\naction = 'label'\nlabel = 'x'\n")

@@ -59,7 +59,7 @@ from .certs import Credential, TrustStore, load_chain
 from .crl import CrlChecker, CrlMode, Revocation
 from .errors import VerificationError, X5uFetchFailed, X5uRefused
 from .ssrf import AddressPolicy, Resolver, host_matches, system_resolver
-from .transport import Answer, PinnedGetter
+from .transport import Answer, PinnedGetter, new_session
 from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
 
 __all__ = ["CertificateFetcher", "FetchSettings", "FetchStats", "SharedFailure", "SharedTier"]
@@ -286,11 +286,7 @@ class CertificateFetcher:
 
     async def __aenter__(self) -> Self:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, limit_per_host=8),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-            )
+            self._session = new_session()
         return self
 
     async def __aexit__(

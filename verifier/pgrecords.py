@@ -77,6 +77,7 @@ from .records import (
     RecordQuery,
     _check_window,
     _encode_cursor,
+    iter_chunks,
 )
 
 __all__ = ["MIGRATIONS", "PostgresRecordStore"]
@@ -532,16 +533,7 @@ class PostgresRecordStore:
         return self._chunks(q, chunk)
 
     def _chunks(self, q: RecordQuery, chunk: int) -> Iterator[list[Record]]:
-        position = q.position
-        while True:
-            query, args = _select(q, position, chunk)
-            with contextlib.closing(self._reader()) as conn:
-                rows = conn.execute(query, args).fetchall()
-            if rows:
-                yield [_row(row) for row in rows]
-            if len(rows) < chunk:
-                return
-            position = (rows[-1][1], rows[-1][0])
+        return iter_chunks(q, chunk, _select, self._reader, _row)
 
     def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
         """Counts of the records in ``since <= ts < until`` (either bound may be None);

@@ -15,7 +15,8 @@ Order of decision, first match wins:
 2. ``[[allow]]``: a trusted partner (same keys) or a calling number (``tn``): the call is
    allowed, with the entry's label (default "verified").
 3. ``[[rule]]``: in file order, matching on verstat, attestation, failure reason (slug or
-   SIP code), signer and ``replayed``; sets action and label.
+   SIP code), signer, ``replayed`` and ``diversion`` (``absent``, ``passed``, ``failed``:
+   the div chain of a forwarded call); sets action and label.
 4. A replayed PASSporT (seen within its freshness window): action ``label``, label
    ``replayed``. Never blocked by default: forked INVITEs repeat one legitimately.
 5. ``[labels]``: the default label for the verdict (A/B/C when passed, ``failed`` for
@@ -121,10 +122,13 @@ class Rule:
     reason: frozenset[str] = frozenset()
     signer: tuple[tuple[str, str], ...] = ()
     replayed: bool | None = None
+    diversion: str | None = None
     line: int = 0
 
     def matches(self, result: Result, facts: Mapping[str, tuple[str, ...]]) -> bool:
         if self.replayed is not None and result.replayed != self.replayed:
+            return False
+        if self.diversion is not None and _diversion_state(result) != self.diversion:
             return False
         if self.verstat and result.verstat not in self.verstat:
             return False
@@ -258,6 +262,13 @@ def _facts(result: Result) -> dict[str, tuple[str, ...]]:
         if host:
             facts["x5u_host"] = (host.lower(),)
     return facts
+
+
+def _diversion_state(result: Result) -> str:
+    """``absent`` (no div PASSporT), ``passed`` (the chain holds) or ``failed``."""
+    if result.diversion is None:
+        return "absent"
+    return "passed" if result.diversion.get("verstat") == TN_VALIDATION_PASSED else "failed"
 
 
 def _signer_match(key: str, value: str, facts: Mapping[str, tuple[str, ...]]) -> bool:
@@ -440,6 +451,7 @@ class _Parser:
                 "attest",
                 "reason",
                 "replayed",
+                "diversion",
                 *_SIGNER_KEYS,
             }
             for key in table:
@@ -474,9 +486,13 @@ class _Parser:
             replayed = table.get("replayed")
             if replayed is not None and not isinstance(replayed, bool):
                 raise self.fail(line, "[[rule]] replayed must be true or false")
+            diversion = table.get("diversion")
+            if diversion is not None and diversion not in ("absent", "passed", "failed"):
+                raise self.fail(line, "[[rule]] diversion must be absent, passed or failed")
             yield Rule(
                 name=name,
                 replayed=replayed,
+                diversion=diversion,
                 action=action,
                 label=label,
                 verstat=verstat,

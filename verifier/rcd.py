@@ -86,7 +86,7 @@ from yarl import URL
 from .__version__ import __version__
 from .errors import VerificationError
 from .ssrf import AddressPolicy, Resolver, system_resolver
-from .transport import PinnedGetter
+from .transport import PinnedGetter, new_session
 from .x5u import DEFAULT_X5U_PORTS
 
 __all__ = [
@@ -578,11 +578,7 @@ class RcdContentFetcher:
 
     async def __aenter__(self) -> Self:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, limit_per_host=8),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-            )
+            self._session = new_session()
         return self
 
     async def __aexit__(

@@ -65,6 +65,7 @@ __all__ = [
     "RecordWriter",
     "SqliteRecordStore",
     "csv_header",
+    "iter_chunks",
     "open_store",
     "to_csv_rows",
 ]
@@ -332,6 +333,29 @@ _INSERT = (
 _INSERT_SPC = "INSERT OR IGNORE INTO record_spc (spc, ts, record_id) VALUES (?, ?, ?)"
 
 
+def iter_chunks(
+    q: RecordQuery,
+    chunk: int,
+    select: Callable[[RecordQuery, tuple[float, int] | None, int], tuple[Any, Sequence[Any]]],
+    connect: Callable[[], Any],
+    row: Callable[[Sequence[Any]], Record],
+) -> Iterator[list[Record]]:
+    """Every record matching ``q``, newest first, ``chunk`` at a time, each chunk read on a
+    connection of its own (nothing stays open between chunks). Shared by the stores: each
+    gives its ``select`` (query, arguments for a position and a size), ``connect`` and
+    ``row`` (a result row as a Record); rows start with (id, ts)."""
+    position = q.position
+    while True:
+        query, args = select(q, position, chunk)
+        with contextlib.closing(connect()) as conn:
+            rows = conn.execute(query, args).fetchall()
+        if rows:
+            yield [row(r) for r in rows]
+        if len(rows) < chunk:
+            return
+        position = (rows[-1][1], rows[-1][0])
+
+
 def _spc_json(spc: tuple[str, ...]) -> str:
     """The SPC list as JSON; the usual single alphanumeric SPC without json.dumps (this
     runs for every record, in the writer thread that shares the GIL with the event loop)."""
@@ -584,16 +608,7 @@ class SqliteRecordStore:
         return self._chunks(q, chunk)
 
     def _chunks(self, q: RecordQuery, chunk: int) -> Iterator[list[Record]]:
-        position = q.position
-        while True:
-            sql, args = _select(q, position, chunk)
-            with contextlib.closing(self._reader()) as conn:
-                rows = conn.execute(sql, args).fetchall()
-            if rows:
-                yield [_row(row) for row in rows]
-            if len(rows) < chunk:
-                return
-            position = (rows[-1][1], rows[-1][0])
+        return iter_chunks(q, chunk, _select, self._reader, _row)
 
     def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
         """Counts of the records in ``since <= ts < until`` (either bound may be None).

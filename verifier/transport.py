@@ -31,9 +31,20 @@ from yarl import URL
 from .errors import X5uFetchFailed
 from .ssrf import AddressPolicy, Resolver, resolve_vetted
 
-__all__ = ["Answer", "PinnedGetter"]
+__all__ = ["Answer", "PinnedGetter", "new_session"]
 
 log = logging.getLogger(__name__)
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The client session for fetching what callers name (x5u, CRLs, RCD content): no
+    cookies, no proxies from the environment (a proxy would bypass the address pinning),
+    a bounded connection pool."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100, limit_per_host=8),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)
