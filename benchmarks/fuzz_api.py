@@ -73,7 +73,8 @@ def run(max_examples: int, seed: int | None = None) -> int:
             ]
             if seed is not None:
                 command += ["--seed", str(seed)]
-            return subprocess.run(command, check=False).returncode
+            # its working files (.schemathesis/) go to the throw-away directory
+            return subprocess.run(command, check=False, cwd=work).returncode
         finally:
             server.terminate()
             server.wait(timeout=30)
