@@ -132,6 +132,9 @@ class Settings:
     """Seconds given to in-flight requests on SIGTERM/SIGINT."""
     policy_file: str | None = None
     """TOML policy: labels, provider block and allow lists, rules (none: the defaults)."""
+    batch_threads: int = 2
+    """Threads that check a large batch's signatures (``/v1/verify/batch``); 1: on the event
+    loop. More than the host's cores gains nothing."""
     batch_signatures: bool = True
     """Check the ES256 signatures of all requests that reach that step in one event-loop
     turn together (faster under load: OpenSSL stays hot in the CPU caches)."""
@@ -149,6 +152,8 @@ class Settings:
             raise ValueError("port must be 0-65535")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.batch_threads < 1:
+            raise ValueError("batch_threads must be at least 1")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
 

@@ -318,6 +318,7 @@ class Service:
             credentials=self._source(),
             options=self.options,
             cache=self.cache,
+            threads=self.settings.batch_threads,
         )
         for i, result in zip(todo, verified, strict=True):
             await self._judged(result)

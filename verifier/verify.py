@@ -80,6 +80,8 @@ DIV = "div"
 RCD = "rcd"
 KINDS = frozenset({SHAKEN, DIV, RCD})
 MAX_IDENTITY_HEADERS = 32
+PARALLEL_THRESHOLD = 32
+"""Fewest verifications in a batch worth spreading over threads."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -843,9 +845,14 @@ async def verify_many(
     credentials: CredentialSource,
     options: VerifyOptions | None = None,
     cache: DecodeCache | None = None,
+    threads: int = 1,
 ) -> list[Result]:
     """Many verifications at once (the batch API): steps 1-9 for all of them, one credential
-    lookup per distinct x5u (concurrently), then steps 11-12 in one tight loop."""
+    lookup per distinct x5u (concurrently), then steps 11-12.
+
+    With ``threads`` > 1 and enough work, steps 11-12 run on that many threads, each on its
+    own share of the verifications: cryptography releases the GIL while it checks a
+    signature and the event loop only awaits them, so the checks use more cores."""
     verifications = [
         Verification(values, now=now, call=call, options=options, cache=cache)
         for values, call in requests
@@ -859,11 +866,19 @@ async def verify_many(
             return exc
 
     found = dict(zip(wanted, await asyncio.gather(*map(lookup, wanted)), strict=True))
-    for verification in verifications:
-        for entry in verification.pending():
-            credential = found[Verification.x5u_of(entry)]
-            if isinstance(credential, VerificationError):
-                verification.fail(entry, credential)
-            else:
-                verification.settle(entry, credential)
+
+    def settle(share: Sequence[Verification]) -> None:
+        for verification in share:
+            for entry in verification.pending():
+                credential = found[Verification.x5u_of(entry)]
+                if isinstance(credential, VerificationError):
+                    verification.fail(entry, credential)
+                else:
+                    verification.settle(entry, credential)
+
+    if threads > 1 and len(verifications) >= PARALLEL_THRESHOLD:
+        shares = [verifications[i::threads] for i in range(threads)]
+        await asyncio.gather(*(asyncio.to_thread(settle, share) for share in shares))
+    else:
+        settle(verifications)
     return [v.result() for v in verifications]
