@@ -7,17 +7,20 @@ import hashlib
 import json
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from verifier import errors
 from verifier.certs import (
     SHAKEN_POLICY_OID,
+    TNAUTHLIST_OID,
     Credential,
     TNAuthList,
     TrustStore,
@@ -427,3 +430,30 @@ def test_write_pki_private_keys_are_0600(tmp_path: Path, now: int) -> None:
     chain = load_chain((tmp_path / "sp.pem").read_bytes())
     assert pki.signer.cert == chain[0]
     trust.validate(chain, now)
+
+
+def test_a_ca_certificate_cannot_sign_passports(pki: TestPKI, trust: TrustStore) -> None:
+    # An SP certificate is an end entity (ATIS-1000080): a CA key signing a PASSporT is
+    # refused even with a TNAuthList and digitalSignature.
+    ca = pki.ca.issue_ca("a CA used as a signer")
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(ca.cert.subject)
+        .issuer_name(pki.ca.cert.subject)
+        .public_key(ca.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(ca.cert.not_valid_before_utc)
+        .not_valid_after(ca.cert.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(TNAUTHLIST_OID, encode_tnauthlist(["1234"])),
+            critical=False,
+        )
+        .sign(pki.ca.key, hashes.SHA256())
+    )
+    with pytest.raises(errors.CertificateNotTrusted, match="is a CA"):
+        trust.validate([leaf, pki.ca.cert], time.time())

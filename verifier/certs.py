@@ -277,6 +277,14 @@ def _leaf_key_usage(_policy: xv.Policy, _cert: x509.Certificate, ku: x509.KeyUsa
         raise ValueError("leaf keyUsage lacks digitalSignature")
 
 
+def _leaf_not_a_ca(
+    _policy: xv.Policy, _cert: x509.Certificate, bc: x509.BasicConstraints | None
+) -> None:
+    # An SP certificate (ATIS-1000080) is an end entity: a CA's key does not sign PASSporTs.
+    if bc is not None and bc.ca:
+        raise ValueError("the signing certificate is a CA (basicConstraints cA is true)")
+
+
 def _ca_basic_constraints(
     _policy: xv.Policy, _cert: x509.Certificate, bc: x509.BasicConstraints
 ) -> None:
@@ -302,6 +310,7 @@ def _extension_policies() -> tuple[xv.ExtensionPolicy, xv.ExtensionPolicy]:
     ee = (
         xv.ExtensionPolicy.permit_all()
         .require_present(x509.KeyUsage, xv.Criticality.AGNOSTIC, _leaf_key_usage)
+        .may_be_present(x509.BasicConstraints, xv.Criticality.AGNOSTIC, _leaf_not_a_ca)
         .may_be_present(_TNAuthListExtension, xv.Criticality.AGNOSTIC, None)
     )
     return ca, ee

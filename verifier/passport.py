@@ -202,6 +202,9 @@ def check_algorithm(header: dict[str, Any], alg_param: str | None) -> None:
         what = "missing" if alg is None else f"{alg!r}"
         raise errors.UnsupportedAlgorithm(f"PASSporT header alg is {what}; SHAKEN requires ES256")
     typ = header.get("typ")
+    # Exactly "passport" (RFC 8225 section 4.1). RFC 7515 would let a media type differ in
+    # case; the strict verifiers (Asterisk, libstirshaken) and real traffic use this one
+    # spelling, so another is refused (437).
     if typ != "passport":
         what = "missing" if typ is None else f"{typ!r}"
         raise errors.UnsupportedType(f"PASSporT header typ is {what}; must be 'passport'")
