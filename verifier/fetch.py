@@ -36,8 +36,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import aiohttp
 from cachetools import LRUCache
@@ -59,7 +58,7 @@ from .certs import Credential, TrustStore, load_chain
 from .crl import CrlChecker, CrlMode, Revocation
 from .errors import VerificationError, X5uFetchFailed, X5uRefused
 from .ssrf import AddressPolicy, Resolver, host_matches, system_resolver
-from .transport import Answer, PinnedGetter, new_session
+from .transport import Answer, PinnedGetter, SessionUser
 from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
 
 __all__ = ["CertificateFetcher", "FetchSettings", "FetchStats", "SharedFailure", "SharedTier"]
@@ -203,7 +202,7 @@ def _fresh(exc: VerificationError) -> VerificationError:
     return type(exc)(exc.detail)
 
 
-class CertificateFetcher:
+class CertificateFetcher(SessionUser):
     """The x5u credential source: fetch, validate, cache. See the module docstring.
 
     ``trust`` can be swapped with :meth:`set_trust` (SIGHUP reload); ``clock`` (epoch
@@ -284,31 +283,10 @@ class CertificateFetcher:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._session is None:
-            self._session = new_session()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Cancel loads and refreshes still running; close the session if it is ours."""
-        self._closed = True
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _close_more(self) -> None:
+        """Loads and refreshes are cancelled by :meth:`close`; then the CRL checker."""
         if self._crl is not None:
             await self._crl.close()
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
 
     # -- trust -----------------------------------------------------------------------------
 

@@ -76,8 +76,8 @@ from .records import (
     Record,
     RecordQuery,
     _check_window,
-    _encode_cursor,
     iter_chunks,
+    query_page,
 )
 
 __all__ = ["MIGRATIONS", "PostgresRecordStore"]
@@ -510,14 +510,7 @@ class PostgresRecordStore:
         Raises:
             ValueError: the database cannot be reached; psycopg.Error: a read failed.
         """
-        query, args = _select(q, q.position, q.limit + 1)
-        with contextlib.closing(self._reader()) as conn:
-            rows = conn.execute(query, args).fetchall()
-        cursor = None
-        if len(rows) > q.limit:
-            rows = rows[: q.limit]
-            cursor = _encode_cursor(rows[-1][1], rows[-1][0])
-        return [_row(row) for row in rows], cursor
+        return query_page(q, _select, self._reader, _row)
 
     def iter_query(self, q: RecordQuery, chunk: int = 1000) -> Iterator[list[Record]]:
         """Every record matching ``q`` (its ``limit`` is ignored; a cursor is a start),

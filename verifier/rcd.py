@@ -75,8 +75,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from types import MappingProxyType, TracebackType
-from typing import Any, Literal, Self
+from types import MappingProxyType
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -86,7 +86,7 @@ from yarl import URL
 from .__version__ import __version__
 from .errors import VerificationError
 from .ssrf import AddressPolicy, Resolver, system_resolver
-from .transport import PinnedGetter, new_session
+from .transport import PinnedGetter, SessionUser
 from .x5u import DEFAULT_X5U_PORTS
 
 __all__ = [
@@ -525,7 +525,7 @@ _ACCEPT: Mapping[str, str] = MappingProxyType(
 )
 
 
-class RcdContentFetcher:
+class RcdContentFetcher(SessionUser):
     """Fetches jcl and icn content by URL under the x5u rules, with a TTL cache (content and,
     briefly, failures) and one request per URL at a time (single flight).
 
@@ -575,30 +575,6 @@ class RcdContentFetcher:
         self._inflight: dict[tuple[Kind, str], asyncio.Task[bytes | RcdFetchError]] = {}
         self.counters = RcdFetchStats()
         self._closed = False
-
-    async def __aenter__(self) -> Self:
-        if self._session is None:
-            self._session = new_session()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Cancel fetches still running; close the session if it is ours."""
-        self._closed = True
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def fetch(self, url: str, kind: Kind) -> bytes:
         """The body at ``url``: from the cache, or one GET shared by concurrent callers.

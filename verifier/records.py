@@ -67,6 +67,7 @@ __all__ = [
     "csv_header",
     "iter_chunks",
     "open_store",
+    "query_page",
     "to_csv_rows",
 ]
 
@@ -333,6 +334,25 @@ _INSERT = (
 _INSERT_SPC = "INSERT OR IGNORE INTO record_spc (spc, ts, record_id) VALUES (?, ?, ?)"
 
 
+def query_page(
+    q: RecordQuery,
+    select: Callable[[RecordQuery, tuple[float, int] | None, int], tuple[Any, Sequence[Any]]],
+    connect: Callable[[], Any],
+    row: Callable[[Sequence[Any]], Record],
+) -> tuple[list[Record], str | None]:
+    """One page of ``q`` and the cursor of the next (None on the last page), read with one
+    more row than the page to know whether there is a next. Shared by the stores, as
+    :func:`iter_chunks`."""
+    query, args = select(q, q.position, q.limit + 1)
+    with contextlib.closing(connect()) as conn:
+        rows = conn.execute(query, args).fetchall()
+    cursor = None
+    if len(rows) > q.limit:
+        rows = rows[: q.limit]
+        cursor = _encode_cursor(rows[-1][1], rows[-1][0])
+    return [row(r) for r in rows], cursor
+
+
 def iter_chunks(
     q: RecordQuery,
     chunk: int,
@@ -586,14 +606,7 @@ class SqliteRecordStore:
         Raises:
             sqlite3.Error, ValueError: the database cannot be read.
         """
-        sql, args = _select(q, q.position, q.limit + 1)
-        with contextlib.closing(self._reader()) as conn:
-            rows = conn.execute(sql, args).fetchall()
-        cursor = None
-        if len(rows) > q.limit:
-            rows = rows[: q.limit]
-            cursor = _encode_cursor(rows[-1][1], rows[-1][0])
-        return [_row(row) for row in rows], cursor
+        return query_page(q, _select, self._reader, _row)
 
     def iter_query(self, q: RecordQuery, chunk: int = 1000) -> Iterator[list[Record]]:
         """Every record matching ``q`` (its ``limit`` is ignored; a cursor is a start),

@@ -23,6 +23,8 @@ import ssl
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
 
 import aiohttp
 from cachetools import LRUCache
@@ -31,7 +33,7 @@ from yarl import URL
 from .errors import X5uFetchFailed
 from .ssrf import AddressPolicy, Resolver, resolve_vetted
 
-__all__ = ["Answer", "PinnedGetter", "new_session"]
+__all__ = ["Answer", "PinnedGetter", "SessionUser", "new_session"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,46 @@ def new_session() -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
     )
+
+
+class SessionUser:
+    """Base of the fetchers (x5u, RCD content): ``async with`` opens the session when the
+    caller gave none (:func:`new_session`); :meth:`close` cancels the fetches still running
+    (``_inflight``) and closes the session if it is ours. Subclasses set ``_session``,
+    ``_own_session`` and ``_inflight`` in their constructor."""
+
+    _session: aiohttp.ClientSession | None
+    _own_session: bool
+    _inflight: Mapping[Any, asyncio.Task[Any]]
+    _closed: bool
+
+    async def __aenter__(self) -> Self:
+        if self._session is None:
+            self._session = new_session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel the fetches still running; close the session if it is ours."""
+        self._closed = True
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_more()
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _close_more(self) -> None:
+        """What a subclass closes besides (before the session)."""
 
 
 @dataclass(frozen=True, slots=True)
