@@ -472,4 +472,3 @@ def test_verify_es256_other_key(signer: Signer) -> None:
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
     with pytest.raises(errors.InvalidSignature):
         verify_es256(other, jws.signing_input, jws.signature)
-
