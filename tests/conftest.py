@@ -4,7 +4,7 @@ holding its root, a fixed ``now`` and a one-call verifier over the default signe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from verifier.certs import TrustStore
+from verifier.repository import Repository
 from verifier.testing import Signer, TestPKI, b64url
 from verifier.verify import CallInfo, Result, VerifyOptions, verify_offline
 
@@ -33,6 +34,22 @@ def signer(pki: TestPKI) -> Signer:
 @pytest.fixture(scope="session")
 def trust(pki: TestPKI) -> TrustStore:
     return TrustStore([pki.root.cert])
+
+
+@pytest.fixture
+async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
+    """A real HTTPS certificate repository on 127.0.0.1 serving ``pki``'s chains (the
+    module's own ``pki`` where a test module defines one)."""
+    async with Repository.create(pki) as repository:
+        yield repository
+
+
+@pytest.fixture
+def ca_file(repo: Repository, tmp_path: Path) -> str:
+    """The repository's TLS CA as a PEM file, for ``ca_file`` settings."""
+    path = tmp_path / "repo-ca.pem"
+    path.write_bytes(repo.ca_pem)
+    return str(path)
 
 
 @pytest.fixture(scope="session")

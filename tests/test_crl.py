@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +43,6 @@ def pki() -> TestPKI:
 @pytest.fixture(scope="module")
 def trust(pki: TestPKI) -> TrustStore:
     return TrustStore([pki.root.cert])
-
-
-@pytest.fixture
-async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
-    async with Repository.create(pki) as repository:
-        yield repository
 
 
 @pytest.fixture
@@ -205,13 +198,6 @@ def test_crl_urls_keep_http_only(pki: TestPKI) -> None:
 
 
 # -- through the fetcher, CRLs over plain HTTP -------------------------------------------------
-
-
-@pytest.fixture
-def ca_file(repo: Repository, tmp_path: Path) -> str:
-    path = tmp_path / "repo-ca.pem"
-    path.write_bytes(repo.ca_pem)
-    return str(path)
 
 
 def _settings(repo: Repository, ca_file: str, **kw: Any) -> FetchSettings:

@@ -72,19 +72,6 @@ def trust(pki: TestPKI) -> TrustStore:
 
 
 @pytest.fixture
-async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
-    async with Repository.create(pki) as repository:
-        yield repository
-
-
-@pytest.fixture
-def ca_file(repo: Repository, tmp_path: Path) -> str:
-    path = tmp_path / "repo-ca.pem"
-    path.write_bytes(repo.ca_pem)
-    return str(path)
-
-
-@pytest.fixture
 def clock() -> Clock:
     return Clock()
 

@@ -32,12 +32,6 @@ def pki() -> TestPKI:
 
 
 @pytest.fixture
-async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
-    async with Repository.create(pki) as repository:
-        yield repository
-
-
-@pytest.fixture
 async def fetcher(
     repo: Repository, pki: TestPKI, tmp_path: Path
 ) -> AsyncIterator[CertificateFetcher]:

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -309,19 +308,6 @@ def test_malformed_verdict() -> None:
 @pytest.fixture(scope="module")
 def pki() -> TestPKI:
     return TestPKI.create()
-
-
-@pytest.fixture
-async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
-    async with Repository.create(pki) as repository:
-        yield repository
-
-
-@pytest.fixture
-def ca_file(repo: Repository, tmp_path: Path) -> str:
-    path = tmp_path / "repo-ca.pem"
-    path.write_bytes(repo.ca_pem)
-    return str(path)
 
 
 MakeFetcher = Callable[..., Awaitable[RcdContentFetcher]]

@@ -18,7 +18,6 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,19 +45,6 @@ def pki() -> TestPKI:
 @pytest.fixture(scope="module")
 def trust(pki: TestPKI) -> TrustStore:
     return TrustStore([pki.root.cert])
-
-
-@pytest.fixture
-async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
-    async with Repository.create(pki) as repository:
-        yield repository
-
-
-@pytest.fixture
-def ca_file(repo: Repository, tmp_path: Path) -> str:
-    path = tmp_path / "repo-ca.pem"
-    path.write_bytes(repo.ca_pem)
-    return str(path)
 
 
 @pytest.fixture

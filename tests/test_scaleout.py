@@ -83,12 +83,6 @@ def pki() -> TestPKI:
     return TestPKI.create()
 
 
-@pytest.fixture
-async def repo(pki: TestPKI) -> AsyncIterator[Repository]:
-    async with Repository.create(pki) as repository:
-        yield repository
-
-
 Instance = TestClient[Any, Any]
 Start = Callable[..., Awaitable[Instance]]
 
