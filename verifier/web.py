@@ -277,12 +277,17 @@ def _native_call(data: Any, where: str = "") -> VerifyRequest:
 routes = web.RouteTableDef()
 
 
-@routes.post("/stir/v1/verification")
-async def atis_verification(request: web.Request) -> web.Response:
+def _begin_verification(request: web.Request) -> tuple[Service, str, float]:
+    """What every verification endpoint does first: check the verify token (when one is
+    configured), name the request and start its latency clock."""
     service = request.app[SERVICE]
     _authorize(request, service.settings.api.verify_token, required=False)
-    rid = _request_id(request)
-    started = time.perf_counter()
+    return service, _request_id(request), time.perf_counter()
+
+
+@routes.post("/stir/v1/verification")
+async def atis_verification(request: web.Request) -> web.Response:
+    service, rid, started = _begin_verification(request)
     item = _atis_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
     outcome = await service.verify(item, "atis", rid)
     service.latency["atis"].observe(time.perf_counter() - started)
@@ -293,10 +298,7 @@ async def atis_verification(request: web.Request) -> web.Response:
 
 @routes.post("/v1/verify")
 async def native_verify(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    _authorize(request, service.settings.api.verify_token, required=False)
-    rid = _request_id(request)
-    started = time.perf_counter()
+    service, rid, started = _begin_verification(request)
     item = _native_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
     outcome = await service.verify(item, "native", rid)
     service.latency["native"].observe(time.perf_counter() - started)
@@ -305,10 +307,7 @@ async def native_verify(request: web.Request) -> web.Response:
 
 @routes.post("/v1/verify/sip")
 async def sip_verify(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    _authorize(request, service.settings.api.verify_token, required=False)
-    rid = _request_id(request)
-    started = time.perf_counter()
+    service, rid, started = _begin_verification(request)
     body = await _read_body(
         request, service.settings.api.body_limit, ("text/plain", "message/sip", "application/sip")
     )
@@ -331,10 +330,7 @@ async def sip_verify(request: web.Request) -> web.Response:
 
 @routes.post("/v1/verify/batch")
 async def batch_verify(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    _authorize(request, service.settings.api.verify_token, required=False)
-    rid = _request_id(request)
-    started = time.perf_counter()
+    service, rid, started = _begin_verification(request)
     api = service.settings.api
     data = _parse_json(await _read_body(request, api.batch_body_limit))
     if not isinstance(data, dict):
