@@ -8,7 +8,7 @@ cache gauges are those of the worker that answered.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -39,6 +39,20 @@ _LATENCY_BUCKETS = (
 _FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
+def _labelled(
+    name: str,
+    documentation: str,
+    label: str,
+    stats: dict[str, Any],
+    values: Iterable[tuple[str, str]],
+) -> CounterMetricFamily:
+    """One counter family with a sample per (label value, key in ``stats``) pair."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, key in values:
+        family.add_metric([value], stats.get(key, 0))
+    return family
+
+
 class _FetcherCollector(Collector):
     """Cache and fetch counters read from the fetcher at scrape time."""
 
@@ -47,18 +61,19 @@ class _FetcherCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         s = self._stats()
-        cache = CounterMetricFamily(
-            "verifier_x5u_cache_lookups", "x5u credential cache lookups", labels=["result"]
+        yield _labelled(
+            "verifier_x5u_cache_lookups",
+            "x5u credential cache lookups",
+            "result",
+            s,
+            (
+                ("hit", "hits"),
+                ("miss", "misses"),
+                ("stale", "stale_served"),
+                ("negative", "negative_hits"),
+                ("coalesced", "coalesced"),
+            ),
         )
-        for result, key in (
-            ("hit", "hits"),
-            ("miss", "misses"),
-            ("stale", "stale_served"),
-            ("negative", "negative_hits"),
-            ("coalesced", "coalesced"),
-        ):
-            cache.add_metric([result], s.get(key, 0))
-        yield cache
         yield GaugeMetricFamily(
             "verifier_x5u_cache_entries",
             "validated credentials cached",
@@ -74,10 +89,13 @@ class _FetcherCollector(Collector):
             "hosts whose circuit is open",
             value=s.get("breakers_open", 0),
         )
-        fetches = CounterMetricFamily("verifier_x5u_fetches", "x5u fetches made", labels=["kind"])
-        fetches.add_metric(["fetch"], s.get("fetches", 0))
-        fetches.add_metric(["refresh"], s.get("refreshes", 0))
-        yield fetches
+        yield _labelled(
+            "verifier_x5u_fetches",
+            "x5u fetches made",
+            "kind",
+            s,
+            (("fetch", "fetches"), ("refresh", "refreshes")),
+        )
         errors = CounterMetricFamily(
             "verifier_x5u_fetch_errors", "failed x5u fetches by host", labels=["host"]
         )
@@ -154,22 +172,24 @@ class _SharedCollector(Collector):
             "operations answered locally because Redis was away",
             value=t.get("fallbacks", 0),
         )
-        lookups = CounterMetricFamily(
-            "verifier_redis_chain_lookups", "shared-tier lookups on a local miss", labels=["result"]
+        yield _labelled(
+            "verifier_redis_chain_lookups",
+            "shared-tier lookups on a local miss",
+            "result",
+            t,
+            (("hit", "hits"), ("miss", "misses"), ("failure", "failure_hits")),
         )
-        for result, key in (("hit", "hits"), ("miss", "misses"), ("failure", "failure_hits")):
-            lookups.add_metric([result], t.get(key, 0))
-        yield lookups
-        locks = CounterMetricFamily(
-            "verifier_redis_fetch_locks", "fleet-wide fetch lock outcomes", labels=["outcome"]
+        yield _labelled(
+            "verifier_redis_fetch_locks",
+            "fleet-wide fetch lock outcomes",
+            "outcome",
+            t,
+            (
+                ("acquired", "lock_acquired"),
+                ("waited", "lock_waits"),
+                ("timed_out", "lock_timeouts"),
+            ),
         )
-        for outcome, key in (
-            ("acquired", "lock_acquired"),
-            ("waited", "lock_waits"),
-            ("timed_out", "lock_timeouts"),
-        ):
-            locks.add_metric([outcome], t.get(key, 0))
-        yield locks
         yield CounterMetricFamily(
             "verifier_redis_replay_local_answers",
             "replay checks answered locally (Redis away)",
