@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench_core import openssl_verify_per_s
 
-from verifier.testing import TestPKI, pem
+from verifier.testing import TestPKI, pem, write_preload
 
 LUA = r"""
 local bodies = {}
@@ -171,9 +171,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
     try:
         pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
-        (work / "preload").mkdir()
-        (work / "preload" / "sp.pem").write_bytes(pki.signer.chain_pem())
-        (work / "preload" / "index.json").write_text(json.dumps({pki.signer.x5u: "sp.pem"}))
+        write_preload(work / "preload", [pki.signer])
         (work / "root.pem").write_bytes(pem(pki.root.cert))
         script = work / "bench.lua"
         script.write_text(LUA)

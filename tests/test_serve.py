@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from verifier.repository import Repository
-from verifier.testing import TestPKI, pem
+from verifier.testing import TestPKI, pem, write_preload
 
 
 def free_port() -> int:
@@ -152,13 +152,7 @@ async def test_sighup_reloads_trust_anchors_and_keeps_the_old_on_error(
     anchors = tmp_path / "anchors"
     anchors.mkdir()
     (anchors / "root.pem").write_bytes(pem(pki.root.cert))
-    preload = tmp_path / "preload"
-    preload.mkdir()
-    (preload / "sp.pem").write_bytes(pki.signer.chain_pem())
-    (preload / "other.pem").write_bytes(other.signer.chain_pem())
-    (preload / "index.json").write_text(
-        json.dumps({pki.signer.x5u: "sp.pem", other.signer.x5u: "other.pem"})
-    )
+    preload = write_preload(tmp_path / "preload", [pki.signer, other.signer])
     port = free_port()
     (tmp_path / "v.toml").write_text(
         f"port = {port}\ntrust_anchors = ['{anchors}']\n"
@@ -297,10 +291,7 @@ async def test_sigterm_under_load_loses_no_accepted_record(
 
     pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
     (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
-    preload = tmp_path / "preload"
-    preload.mkdir()
-    (preload / "sp.pem").write_bytes(pki.signer.chain_pem())
-    (preload / "index.json").write_text(json.dumps({pki.signer.x5u: "sp.pem"}))
+    preload = write_preload(tmp_path / "preload", [pki.signer])
     port = free_port()
     (tmp_path / "v.toml").write_text(
         f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\nlog_level = 'WARNING'\n"

@@ -39,6 +39,7 @@ __all__ = [
     "pem",
     "sign_jws",
     "write_pki",
+    "write_preload",
 ]
 
 KeyType = Literal["p256", "p384", "p521", "rsa2048"]
@@ -423,6 +424,19 @@ def write_pki(directory: str | Path, *, x5u_base: str = "https://127.0.0.1:8443"
     _write(out / "tls" / "server.pem", tls_chain)
     _write(out / "tls" / "server.key", tls_key, private=True)
     return pki
+
+
+def write_preload(directory: str | Path, signers: Iterable[Signer]) -> Path:
+    """Write an ``x5u.preload_dir`` holding each signer's chain (``signerN.pem``) and the
+    ``index.json`` naming it by the signer's x5u; return the directory."""
+    out = Path(directory)
+    index: dict[str, str] = {}
+    for number, signer in enumerate(signers):
+        name = f"signer{number}.pem"
+        _write(out / name, signer.chain_pem())
+        index[signer.x5u] = name
+    _write(out / "index.json", json.dumps(index).encode())
+    return out
 
 
 def _key_pem(key: PrivateKey) -> bytes:
