@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from verifier import records as records_module
 from verifier.cli import main
 from verifier.records import (
     CSV_COLUMNS,
@@ -64,6 +65,15 @@ def rec(i: int = 0, **kwargs: object) -> Record:
     }
     fields.update(kwargs)
     return Record(**fields)  # type: ignore[arg-type]
+
+
+def test_row_is_the_id_then_every_field_in_column_order() -> None:
+    # Both stores write Record.row(); its order must be the column order of _FIELDS.
+    r = rec(7, reason="cert_not_trusted", sip_code=437, label="spam", orig="1", dest="2")
+    assert r.row(99, "SPC") == (
+        99,
+        *[("SPC" if name == "spc" else getattr(r, name)) for name in records_module._FIELDS],
+    )
 
 
 @pytest.fixture

@@ -415,26 +415,7 @@ class PostgresRecordStore:
                 with cur.copy(_COPY_RECORDS) as copy:
                     copy.set_types(_RECORD_TYPES)
                     for row_id, r in zip(ids, records, strict=True):
-                        copy.write_row(
-                            (
-                                row_id,
-                                r.ts,
-                                r.request_id,
-                                r.endpoint,
-                                r.orig,
-                                r.dest,
-                                r.origid,
-                                r.attest,
-                                r.verstat,
-                                r.reason,
-                                r.sip_code,
-                                list(r.spc),
-                                r.x5u,
-                                r.fingerprint,
-                                r.action,
-                                r.label,
-                            )
-                        )
+                        copy.write_row(r.row(row_id, list(r.spc)))
                 spc_rows = [
                     (spc, r.ts, row_id)
                     for row_id, r in zip(ids, records, strict=True)

@@ -120,6 +120,28 @@ class Record:
         out["spc"] = list(self.spc)
         return out
 
+    def row(self, row_id: int, spc: object) -> tuple[object, ...]:
+        """The record as a store's row: ``row_id``, then the ``_FIELDS`` in order, with
+        ``spc`` in the store's own encoding (a JSON text, a text array)."""
+        return (
+            row_id,
+            self.ts,
+            self.request_id,
+            self.endpoint,
+            self.orig,
+            self.dest,
+            self.origid,
+            self.attest,
+            self.verstat,
+            self.reason,
+            self.sip_code,
+            spc,
+            self.x5u,
+            self.fingerprint,
+            self.action,
+            self.label,
+        )
+
 
 _FIELDS = (
     "ts",
@@ -519,27 +541,7 @@ class SqliteRecordStore:
                 first = (row[0] if row else 0) + 1
                 conn.executemany(
                     _INSERT,
-                    [
-                        (
-                            first + i,
-                            r.ts,
-                            r.request_id,
-                            r.endpoint,
-                            r.orig,
-                            r.dest,
-                            r.origid,
-                            r.attest,
-                            r.verstat,
-                            r.reason,
-                            r.sip_code,
-                            _spc_json(r.spc),
-                            r.x5u,
-                            r.fingerprint,
-                            r.action,
-                            r.label,
-                        )
-                        for i, r in enumerate(records)
-                    ],
+                    [r.row(first + i, _spc_json(r.spc)) for i, r in enumerate(records)],
                 )
                 conn.executemany(
                     _INSERT_SPC,
