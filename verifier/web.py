@@ -31,6 +31,7 @@ from aiohttp import web
 from . import __version__
 from .certs import TrustStore
 from .config import Settings
+from .fastpath import FastFront, FastSite, Headers
 from .fetch import CertificateFetcher
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .rcd import RcdContentFetcher
@@ -48,7 +49,7 @@ from .sip import SipError, parse_invite
 from .tn import tn_from_uri
 from .verify import CallInfo, CredentialSource
 
-__all__ = ["SERVICE", "ApiError", "Service", "create_app", "run"]
+__all__ = ["FRONT", "SERVICE", "ApiError", "Service", "create_app", "run", "start_site"]
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -110,11 +111,23 @@ SERVICE = web.AppKey("service", Service)
 # -- request parsing ---------------------------------------------------------------------------
 
 
+def _given_request_id(value: str | None) -> str | None:
+    """The caller's X-RequestID when it is one we echo (1-128 printable characters)."""
+    if value is not None and 0 < len(value) <= 128 and value.isprintable():
+        return value
+    return None
+
+
 def _request_id(request: web.Request) -> str:
-    rid = request.headers.get("X-RequestID")
-    if rid is not None and 0 < len(rid) <= 128 and rid.isprintable():
-        return rid
-    return os.urandom(8).hex()
+    return _given_request_id(request.headers.get("X-RequestID")) or os.urandom(8).hex()
+
+
+def _token_ok(authorization: str, token: str) -> bool:
+    """Whether an Authorization header value carries ``token`` as a bearer (constant-time)."""
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")
+    )
 
 
 def _authorize(request: web.Request, token: str | None, *, required: bool) -> None:
@@ -134,10 +147,7 @@ def _authorize(request: web.Request, token: str | None, *, required: bool) -> No
                 kind="policyException",
             )
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8")
-    ):
+    if not _token_ok(request.headers.get("Authorization", ""), token):
         raise ApiError(
             401,
             "POL4001",
@@ -148,15 +158,21 @@ def _authorize(request: web.Request, token: str | None, *, required: bool) -> No
         )
 
 
-def _check_accept(request: web.Request) -> None:
-    accept = request.headers.get("Accept")
+def _accept_ok(accept: str | None) -> bool:
+    """Whether an Accept header value (None: absent) admits a JSON answer."""
     if not accept:
-        return
+        return True
     for part in accept.split(","):
         media = part.split(";", 1)[0].strip().lower()
         if media in (JSON, "application/*", "*/*") or media.endswith("+json"):
-            return
-    raise ApiError(406, "SVC4002", "Not Acceptable: %1", [accept[:100]])
+            return True
+    return False
+
+
+def _check_accept(request: web.Request) -> None:
+    accept = request.headers.get("Accept")
+    if not _accept_ok(accept):
+        raise ApiError(406, "SVC4002", "Not Acceptable: %1", [(accept or "")[:100]])
 
 
 async def _read_body(request: web.Request, limit: int, types: tuple[str, ...] = (JSON,)) -> bytes:
@@ -288,12 +304,55 @@ def _begin_verification(request: web.Request) -> tuple[Service, str, float]:
 @routes.post("/stir/v1/verification")
 async def atis_verification(request: web.Request) -> web.Response:
     service, rid, started = _begin_verification(request)
-    item = _atis_call(_parse_json(await _read_body(request, service.settings.api.body_limit)))
+    body = await _read_body(request, service.settings.api.body_limit)
+    return web.Response(
+        body=await _atis_answer(service, body, rid, started),
+        content_type=JSON,
+        headers={"X-RequestID": rid},
+    )
+
+
+async def _atis_answer(service: Service, body: bytes, rid: str, started: float) -> bytes:
+    """The ATIS answer to a request body, for the aiohttp handler and the fast lane alike.
+
+    Raises:
+        ApiError: a request that cannot be understood (SVC4001, SVC4005, SVC4006...).
+    """
+    item = _atis_call(_parse_json(body))
     outcome = await service.verify(item, "atis", rid)
     service.latency["atis"].observe(time.perf_counter() - started)
-    return web.Response(
-        body=service.atis_body(outcome.result), content_type=JSON, headers={"X-RequestID": rid}
-    )
+    return service.atis_body(outcome.result)
+
+
+def _fast_front(service: Service) -> FastFront:
+    """The fast lane of ``POST /stir/v1/verification`` (:mod:`verifier.fastpath`): the same
+    answers as :func:`atis_verification` and :func:`error_middleware`, without aiohttp's
+    request and response objects."""
+
+    async def answer(body: bytes, headers: Headers) -> tuple[int, bytes, list[tuple[str, str]]]:
+        given = _given_request_id(headers.get("x-requestid"))
+        rid = given or os.urandom(8).hex()
+        started = time.perf_counter()
+        try:
+            return 200, await _atis_answer(service, body, rid, started), [("X-RequestID", rid)]
+        except ApiError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal_error", extra={"path": "/stir/v1/verification"})
+            error = ApiError(500, "POL5000", "Internal server error", [], kind="policyException")
+        status, payload, extra = _error_parts(service, error, given)
+        return status, payload, list(extra.items())
+
+    def accepts(headers: Headers) -> bool:
+        """Requests aiohttp's handler would refuse (token, Accept) are left to it."""
+        token = service.settings.api.verify_token
+        if token is not None and not _token_ok(headers.get("authorization", ""), token):
+            return False
+        return _accept_ok(headers.get("accept"))
+
+    return FastFront(answer, accepts, body_limit=service.settings.api.body_limit)
 
 
 @routes.post("/v1/verify")
@@ -537,17 +596,24 @@ async def error_middleware(
     except Exception:
         log.exception("internal_error", extra={"path": request.path})
         error = ApiError(500, "POL5000", "Internal server error", [], kind="policyException")
-    service = request.app.get(SERVICE)
-    if service is not None:
-        service.metrics.requests_rejected.labels(error.message_id).inc()
-    headers = {}
-    rid = request.headers.get("X-RequestID")
-    if rid is not None and 0 < len(rid) <= 128 and rid.isprintable():
-        headers["X-RequestID"] = rid
-    headers.update(error.headers)
+    status, body, headers = _error_parts(
+        request.app.get(SERVICE), error, _given_request_id(request.headers.get("X-RequestID"))
+    )
     if isinstance(error_source, web.HTTPException) and "Allow" in error_source.headers:
         headers["Allow"] = error_source.headers["Allow"]
-    return _json(error.body(), status=error.status, headers=headers)
+    return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+
+
+def _error_parts(
+    service: Service | None, error: ApiError, request_id: str | None
+) -> tuple[int, bytes, dict[str, str]]:
+    """Count a refused request; its status, ``requestError`` body and headers (the caller's
+    X-RequestID echoed when it gave one)."""
+    if service is not None:
+        service.metrics.requests_rejected.labels(error.message_id).inc()
+    headers = {"X-RequestID": request_id} if request_id is not None else {}
+    headers.update(error.headers)
+    return error.status, dumps(error.body()), headers
 
 
 # -- application -------------------------------------------------------------------------------
@@ -661,6 +727,54 @@ async def _flush_logs(app: web.Application) -> None:
     app[SERVICE].vlog.flush()
 
 
+FRONT = web.AppKey("fast_front", FastFront)
+
+
+async def start_site(
+    app: web.Application,
+    settings: Settings,
+    *,
+    port: int | None = None,
+    reuse_port: bool = False,
+    handle_signals: bool = False,
+) -> tuple[web.AppRunner, web.TCPSite]:
+    """Start ``app`` and listen on ``settings.host`` and ``port`` (default
+    ``settings.port``; 0 picks a free one).
+
+    Connections start in the fast lane of ``POST /stir/v1/verification``
+    (:mod:`verifier.fastpath`, ``app[FRONT]``) unless ``api.fast_path`` is off; aiohttp
+    serves the rest. End with ``await runner.cleanup()``: the listening socket closes,
+    requests in flight are answered (within ``shutdown_timeout``), then the stores are
+    drained and closed.
+    """
+    if settings.api.fast_path:
+        front = app[FRONT] = _fast_front(app[SERVICE])
+
+        async def finish_fast(app: web.Application) -> None:
+            await front.shutdown(settings.shutdown_timeout)
+
+        app.on_shutdown.append(finish_fast)
+    runner = web.AppRunner(
+        app,
+        handle_signals=handle_signals,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
+    await runner.setup()
+    where = (settings.host, settings.port if port is None else port)
+    site = (
+        FastSite(runner, app[FRONT], *where, reuse_port=reuse_port)
+        if FRONT in app
+        else web.TCPSite(runner, *where, reuse_port=reuse_port)
+    )
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site
+
+
 def run(settings: Settings, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the trust anchors and the policy.
 
@@ -682,16 +796,36 @@ def run(settings: Settings, *, reuse_port: bool = False) -> None:
         gc.set_threshold(100_000, 50, 1000)
 
     app.on_startup.append(on_startup)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port or None,
-        shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,
-        print=lambda *_: None,
-        handle_signals=True,
-    )
+
+    async def serve() -> None:
+        runner, _site = await start_site(app, settings, reuse_port=reuse_port, handle_signals=True)
+        try:
+            await asyncio.Event().wait()  # until SIGTERM/SIGINT (GracefulExit)
+        finally:
+            await runner.cleanup()
+
+    # As web.run_app does: GracefulExit ends the loop; the serving task then cleans up.
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(serve())
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not main.done():
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main)
+        finally:
+            rest = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in rest:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            asyncio.set_event_loop(None)
 
 
 def _use_event_loop(choice: str) -> None:
