@@ -317,3 +317,43 @@ def test_decode_cache_changes_no_verdict(
             verification.settle(entry, credential_from_public_key(signer.key.public_key()))
         verdicts.append(verification.result().to_dict())
     assert verdicts[0] == verdicts[1]
+
+
+# -- JSON: the hook-free fast path agrees with the strict decoder --------------------------------
+
+_KEYS = st.sampled_from(["a", "b", "tn", "\\u0061", "a:b", "attest", "orig"])
+_LEAVES = st.one_of(
+    st.integers(-5, 5), st.sampled_from(['"x"', '"x:y"', "true", "null", "NaN", "1e999"])
+)
+
+
+def _object_text(depth: int) -> st.SearchStrategy[str]:
+    value = _LEAVES.map(str) if depth == 0 else st.one_of(_LEAVES.map(str), _object_text(depth - 1))
+    pairs = st.lists(st.tuples(_KEYS, value), max_size=5)
+    return st.tuples(pairs, st.sampled_from(["", " ", "\n"])).map(
+        lambda t: t[1] + "{" + ",".join(f'"{k}":{v}' for k, v in t[0]) + "}" + t[1]
+    )
+
+
+@SOME
+@given(text=st.one_of(_object_text(2), _object_text(1).map(lambda t: f"[{t}]")))
+def test_json_fast_path_agrees_with_the_strict_decoder(text: str) -> None:
+    """Duplicate keys (also spelt with escapes, or hidden in a nested object that a duplicate
+    replaced), ':' inside strings, NaN, whitespace: same value or same error class."""
+    from verifier.errors import DuplicateJsonKey, MalformedPassport
+    from verifier.passport import _DECODER, _json_object
+
+    expected: Any
+    try:
+        decoded = _DECODER.decode(text)
+        expected = decoded if isinstance(decoded, dict) else MalformedPassport
+    except DuplicateJsonKey:
+        expected = DuplicateJsonKey
+    except ValueError:
+        expected = MalformedPassport
+    got: Any
+    try:
+        got = _json_object(text.encode(), "payload")
+    except VerificationError as exc:
+        got = type(exc)
+    assert got == expected

@@ -10,6 +10,7 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
@@ -112,11 +113,55 @@ def _no_constants(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_no_constants)
+# The C scanner with no Python hook per object: the fast path of _json_object.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(  # type: ignore[attr-defined]
+    parse_constant=_no_constants
+).scan_once
+
+
+def _key_count(obj: dict[str, Any]) -> int:
+    """Keys in ``obj`` and in every object nested in it."""
+    count = len(obj)
+    for value in obj.values():
+        kind = type(value)
+        if kind is dict:
+            count += _key_count(value)
+        elif kind is list:
+            count += _keys_in_list(value)
+    return count
+
+
+def _keys_in_list(items: list[Any]) -> int:
+    count = 0
+    for value in items:
+        kind = type(value)
+        if kind is dict:
+            count += _key_count(value)
+        elif kind is list:
+            count += _keys_in_list(value)
+    return count
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object, refusing duplicate keys, NaN/Infinity and anything but an object.
+
+    Fast path: the C scanner without hooks, then a proof that no key was lost to a
+    duplicate. In valid JSON every ':' outside a string separates one key from its value,
+    so a text with as many ':' in all as the decoded objects hold keys can have had no
+    duplicate (nor any ':' inside a string). Anything else (a ':' in a value, surrounding
+    whitespace, an error) takes the strict decoder, which names the duplicate.
+    """
     try:
         text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.MalformedPassport(f"{what} is not JSON: {exc}") from None
+    try:
+        value, end = _SCAN(text, 0)
+        if end == len(text) and type(value) is dict and text.count(":") == _key_count(value):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
+    try:
         value = _DECODER.decode(text)
     except errors.DuplicateJsonKey as exc:
         raise errors.DuplicateJsonKey(f"{what}: {exc.detail}") from None
