@@ -4,9 +4,12 @@ The certificate is already validated (what a cache hit gives): the figure is the
 parsing, decoding, checking claims, numbers and freshness, and the ES256 signature.
 Each PASSporT is distinct (its own origid and signature), as in real traffic.
 
-    .venv/bin/python benchmarks/bench_core.py [--seconds 3] [--json]
+    .venv/bin/python benchmarks/bench_core.py [--rounds 5] [--seconds 1] [--json]
 
-The ratio to openssl's single-core verify rate is what to compare across machines.
+The ratio to openssl's single-core verify rate is what to compare across machines. These
+machines are shared: a neighbour's load slows either side for seconds at a time. So the two
+are measured in alternating rounds (openssl, then the pipeline, ``--rounds`` times) and
+each side's best round is compared: load only ever slows a side down, never speeds it up.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
 
 from verifier.certs import TrustStore
 from verifier.testing import TestPKI, identity_header
@@ -37,27 +41,41 @@ def openssl_verify_per_s(seconds: int) -> float:
     raise RuntimeError(f"cannot read openssl speed output:\n{out}")
 
 
-def pipeline_verify_per_s(seconds: float, count: int = 2000) -> float:
+def pipeline_runner(count: int = 2000) -> Callable[[float], float]:
+    """A function of seconds -> pipeline verifications/s, over ``count`` distinct
+    PASSporTs signed now (made once, outside the timing)."""
     pki = TestPKI.create()
     now = time.time()
     credential = TrustStore([pki.root.cert]).validate(list(pki.signer.chain), now)
     headers = [pki.signer.identity(iat=int(now)) for _ in range(count)]
     call = CallInfo(from_="12155551212", to="12155551213")
-    cache = DecodeCache()
-    done = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for value in headers:
-            verification = Verification(value, now=now, call=call, cache=cache)
-            for entry in verification.pending():
-                verification.settle(entry, credential)
-            if not verification.result().passed:
-                raise RuntimeError("benchmark PASSporT did not verify")
-        done += len(headers)
-        if time.perf_counter() >= deadline:
-            break
-    return done / (time.perf_counter() - start)
+
+    def run(seconds: float) -> float:
+        cache = DecodeCache()
+        done = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            for value in headers:
+                verification = Verification(value, now=now, call=call, cache=cache)
+                for entry in verification.pending():
+                    verification.settle(entry, credential)
+                if not verification.result().passed:
+                    raise RuntimeError("benchmark PASSporT did not verify")
+            done += len(headers)
+            if time.perf_counter() >= deadline:
+                break
+        return done / (time.perf_counter() - start)
+
+    return run
+
+
+def best_of_rounds(
+    rounds: int, seconds: int, ours: Callable[[float], float]
+) -> tuple[float, float, list[tuple[float, float]]]:
+    """(best pipeline rate, best openssl rate, every round's pair), alternating the two."""
+    pairs = [(ours(seconds), openssl_verify_per_s(seconds)) for _ in range(rounds)]
+    return max(p[0] for p in pairs), max(p[1] for p in pairs), pairs
 
 
 def div_hop_cost(seconds: float, count: int = 1000) -> tuple[float, float]:
@@ -127,13 +145,13 @@ def pyjwt_decode_per_s(seconds: float, count: int = 2000) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (best kept)")
+    parser.add_argument("--seconds", type=int, default=1, help="seconds per side and round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    ours = pipeline_verify_per_s(args.seconds)
-    openssl = openssl_verify_per_s(args.seconds)
-    pyjwt = pyjwt_decode_per_s(args.seconds)
-    single, diverted = div_hop_cost(args.seconds)
+    ours, openssl, pairs = best_of_rounds(args.rounds, args.seconds, pipeline_runner())
+    pyjwt = pyjwt_decode_per_s(max(1, args.seconds))
+    single, diverted = div_hop_cost(max(1, args.seconds))
     hop_cost = single / diverted - 1  # extra time of one div hop, relative to one SHAKEN
     ratio = ours / openssl
     if args.json:
@@ -143,14 +161,17 @@ def main() -> None:
                     "verify_per_s": round(ours, 1),
                     "openssl_verify_per_s": round(openssl, 1),
                     "ratio": round(ratio, 3),
+                    "rounds": [[round(a, 1), round(b, 1)] for a, b in pairs],
                     "pyjwt_decode_per_s": round(pyjwt, 1),
                     "div_hop_cost": round(hop_cost, 3),
                 }
             )
         )
     else:
-        print(f"pipeline verify/s (cached certificate): {ours:10.1f}")
-        print(f"openssl speed ecdsap256 verify/s:       {openssl:10.1f}")
+        for i, (a, b) in enumerate(pairs, 1):
+            print(f"round {i}: pipeline {a:8.1f}/s  openssl {b:8.1f}/s  ({a / b:.3f})")
+        print(f"pipeline verify/s (cached certificate): {ours:10.1f}  (best round)")
+        print(f"openssl speed ecdsap256 verify/s:       {openssl:10.1f}  (best round)")
         print(f"ratio:                                  {ratio:10.3f}  (target >= 0.85)")
         print(
             f"PyJWT decode (signature + exp only):    {pyjwt:10.1f}  (ratio {pyjwt / openssl:.3f};"
