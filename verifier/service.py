@@ -16,7 +16,7 @@ from .certs import TrustStore
 from .config import Settings
 from .errors import NoIdentity, RequestDateStale, VerificationError
 from .fetch import CertificateFetcher
-from .logs import VerificationLog
+from .logs import VerificationLog, json_string
 from .metrics import Metrics
 from .policy import Disposition, Policy, PolicyError
 from .rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _js(value: str | None) -> str:
+    return "null" if value is None else json_string(value)
 
 
 def _mask(tn: str | None) -> str | None:
@@ -75,15 +79,13 @@ def _record(
     """The traceback record: the numbers the switch gave (canonical), else the claims'."""
     call = item.call
     claims = result.claims or {}
-    orig = next((t for t in map(_tn, (call.pai, call.from_)) if t), None)
+    orig = _tn(call.pai) or _tn(call.from_)
     if orig is None and isinstance(claims.get("orig"), dict):
         orig = _tn(claims["orig"].get("tn"))
-    to = (
-        call.to
-        if isinstance(call.to, str) or call.to is None
-        else (call.to[0] if call.to else None)
-    )
-    dest = next((t for t in map(_tn, (to, call.ruri)) if t), None)
+    to = call.to
+    if to is not None and not isinstance(to, str):
+        to = to[0] if to else None
+    dest = _tn(to) or _tn(call.ruri)
     if dest is None and isinstance(claims.get("dest"), dict):
         tns = claims["dest"].get("tn")
         dest = _tn(tns[0]) if isinstance(tns, list) and tns else None
@@ -352,24 +354,23 @@ class Service:
         return outcome
 
     def _log(self, record: Record) -> None:
-        """The verification's JSON log line, from its record (numbers masked by default)."""
+        """The verification's JSON log line, from its record (numbers masked by default).
+
+        Formatted member by member (each string through the JSON encoder's own escaping):
+        a third of what ``json.dumps`` of a dict costs, on every call.
+        """
         full = self.settings.api.log_full_numbers
-        self.vlog.emit(
-            {
-                "endpoint": record.endpoint,
-                "request_id": record.request_id,
-                "verstat": record.verstat,
-                "attest": record.attest,
-                "reason": record.reason,
-                "sip_code": record.sip_code,
-                "spc": list(record.spc) or None,
-                "x5u": record.x5u,
-                "origid": record.origid,
-                "orig": record.orig if full else _mask(record.orig),
-                "dest": record.dest if full else _mask(record.dest),
-                "action": record.action,
-                "label": record.label,
-            }
+        spc = record.spc
+        self.vlog.emit_members(
+            f'"endpoint":{_js(record.endpoint)},"request_id":{_js(record.request_id)},'
+            f'"verstat":{_js(record.verstat)},"attest":{_js(record.attest)},'
+            f'"reason":{_js(record.reason)},'
+            f'"sip_code":{"null" if record.sip_code is None else int(record.sip_code)},'
+            f'"spc":{"[" + ",".join(map(json_string, spc)) + "]" if spc else "null"},'
+            f'"x5u":{_js(record.x5u)},"origid":{_js(record.origid)},'
+            f'"orig":{_js(record.orig if full else _mask(record.orig))},'
+            f'"dest":{_js(record.dest if full else _mask(record.dest))},'
+            f'"action":{_js(record.action)},"label":{_js(record.label)}'
         )
 
     # -- answers ---------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""The per-verification JSON log line: one valid JSON object per line, every field of the
+record, numbers masked unless configured, hostile strings escaped."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from verifier.certs import TrustStore
+from verifier.config import ApiSettings, Settings
+from verifier.logs import VerificationLog
+from verifier.records import Record
+from verifier.service import Service
+
+HOSTILE = 'q"\\\n\u2603\x00},"x":1'
+
+
+def record(**fields: object) -> Record:
+    base: dict[str, object] = {
+        "ts": 1_700_000_000.0,
+        "request_id": HOSTILE,
+        "endpoint": "atis",
+        "orig": "12155551212",
+        "dest": "12155551213",
+        "origid": "123e4567-e89b-12d3-a456-426614174000",
+        "attest": "A",
+        "verstat": "TN-Validation-Passed",
+        "reason": None,
+        "sip_code": None,
+        "spc": ("1234", 'AB"C'),
+        "x5u": "https://cr.example/\u00e9.pem",
+        "fingerprint": "ab" * 32,
+        "action": "allow",
+        "label": 'l"1',
+    }
+    base.update(fields)
+    return Record(**base)  # type: ignore[arg-type]
+
+
+def line_of(rec: Record, trust: TrustStore, *, full: bool = False) -> tuple[str, dict[str, object]]:
+    service = Service(Settings(api=ApiSettings(log_full_numbers=full)), trust)
+    stream = io.StringIO()
+    service.vlog = VerificationLog(stream)
+    service._log(rec)
+    service.vlog.flush()
+    text = stream.getvalue()
+    assert text.endswith("\n")
+    assert 1 == text.count("\n")
+    return text, json.loads(text)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_line_carries_every_field_escaped(trust: TrustStore, full: bool) -> None:
+    text, line = line_of(record(), trust, full=full)
+    assert text.isascii()
+    assert {
+        "level": "INFO",
+        "logger": "verifier.verifications",
+        "event": "verification",
+        "endpoint": "atis",
+        "request_id": HOSTILE,
+        "verstat": "TN-Validation-Passed",
+        "attest": "A",
+        "reason": None,
+        "sip_code": None,
+        "spc": ["1234", 'AB"C'],
+        "x5u": "https://cr.example/\u00e9.pem",
+        "origid": "123e4567-e89b-12d3-a456-426614174000",
+        "orig": "12155551212" if full else "*******1212",
+        "dest": "12155551213" if full else "*******1213",
+        "action": "allow",
+        "label": 'l"1',
+    } == {k: v for k, v in line.items() if k != "ts"}
+    assert str(line["ts"]).endswith("+00:00")
+
+
+def test_failure_line_with_no_signer_and_no_numbers(trust: TrustStore) -> None:
+    rec = record(
+        verstat="No-TN-Validation",
+        attest=None,
+        reason="no_identity",
+        sip_code=428,
+        spc=(),
+        x5u=None,
+        origid=None,
+        orig=None,
+        dest="12",
+        action=None,
+        label=None,
+    )
+    _text, line = line_of(rec, trust)
+    assert (428, None, "no_identity", None, "12") == (
+        line["sip_code"],
+        line["spc"],
+        line["reason"],
+        line["orig"],
+        line["dest"],
+    )
