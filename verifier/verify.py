@@ -845,14 +845,16 @@ async def verify_many(
     credentials: CredentialSource,
     options: VerifyOptions | None = None,
     cache: DecodeCache | None = None,
-    threads: int = 1,
+    threads: int | Callable[[], int] = 1,
 ) -> list[Result]:
     """Many verifications at once (the batch API): steps 1-9 for all of them, one credential
     lookup per distinct x5u (concurrently), then steps 11-12.
 
     With ``threads`` > 1 and enough work, steps 11-12 run on that many threads, each on its
     own share of the verifications: cryptography releases the GIL while it checks a
-    signature and the event loop only awaits them, so the checks use more cores."""
+    signature and the event loop only awaits them, so the checks use more cores.
+    ``threads`` may be a function, asked once the credentials are in (the caller may
+    know by then that the loop has other work)."""
     verifications = [
         Verification(values, now=now, call=call, options=options, cache=cache)
         for values, call in requests
@@ -876,6 +878,8 @@ async def verify_many(
                 else:
                     verification.settle(entry, credential)
 
+    if callable(threads):
+        threads = threads()
     if threads > 1 and len(verifications) >= PARALLEL_THRESHOLD:
         shares = [verifications[i::threads] for i in range(threads)]
         await asyncio.gather(*(asyncio.to_thread(settle, share) for share in shares))

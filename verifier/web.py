@@ -392,6 +392,12 @@ async def batch_verify(request: web.Request) -> web.Response:
     service, rid, started = _begin_verification(request)
     api = service.settings.api
     data = _parse_json(await _read_body(request, api.batch_body_limit))
+    with service.in_flight_request():
+        return await _batch_answer(service, data, rid, started)
+
+
+async def _batch_answer(service: Service, data: Any, rid: str, started: float) -> web.Response:
+    api = service.settings.api
     if not isinstance(data, dict):
         raise invalid("body", "must be a JSON object")
     if "requests" not in data:
@@ -418,8 +424,9 @@ async def batch_verify(request: web.Request) -> web.Response:
         slots, ids, await service.verify_batch(calls, "batch", ids), strict=True
     ):
         results[index] = service.native_body(outcome, item_id)
+    response = _json({"request_id": rid, "results": results}, headers={"X-RequestID": rid})
     service.latency["batch"].observe(time.perf_counter() - started)
-    return _json({"request_id": rid, "results": results}, headers={"X-RequestID": rid})
+    return response
 
 
 def _query_time(request: web.Request, name: str) -> float | None:

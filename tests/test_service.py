@@ -1,0 +1,76 @@
+"""verifier.service.Service apart from HTTP: how a batch shares the process with other
+verifications."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from verifier import errors
+from verifier.certs import Credential, TrustStore
+from verifier.config import Settings
+from verifier.records import RecordSettings
+from verifier.service import Service, VerifyRequest
+from verifier.testing import Signer
+from verifier.verify import CallInfo, verify_many
+
+
+class Source:
+    def __init__(self, trust: TrustStore, signer: Signer) -> None:
+        self.trust, self.signer = trust, signer
+
+    async def get(self, x5u: str, *, now: float) -> Credential:
+        if x5u != self.signer.x5u:
+            raise errors.X5uFetchFailed(f"{x5u}: 404 Not Found")
+        return self.trust.validate(self.signer.chain, now)
+
+
+async def test_batch_signatures_use_threads_only_while_the_batch_is_alone(
+    monkeypatch: pytest.MonkeyPatch, trust: TrustStore, signer: Signer, now: int
+) -> None:
+    asked: list[int] = []
+    real = verify_many
+
+    async def watched(*args: Any, threads: Any, **kwargs: Any) -> Any:
+        def decide() -> int:  # asked by verify_many once the credentials are in
+            asked.append(threads() if callable(threads) else threads)
+            return asked[-1]
+
+        return await real(*args, threads=decide, **kwargs)
+
+    monkeypatch.setattr("verifier.service.verify_many", watched)
+    service = Service(
+        Settings(batch_threads=2, records=RecordSettings(enabled=False)),
+        trust,
+        credentials=Source(trust, signer),
+        clock=lambda: float(now),
+    )
+    call = CallInfo(from_="12155551212", to="12155551213")
+
+    def batch() -> list[VerifyRequest]:
+        return [VerifyRequest(signer.identity(iat=now), call, None) for _ in range(40)]
+
+    ids = [str(i) for i in range(40)]
+    with service.in_flight_request():  # as the batch endpoint does, from body to answer
+        alone = await service.verify_batch(batch(), "batch", ids)
+    assert [2] == asked
+    asked.clear()
+
+    async def first() -> list[Any]:
+        with service.in_flight_request():
+            outcomes = await service.verify_batch(batch(), "batch", ids)
+            await asyncio.sleep(0.05)  # still encoding its answer while the second verifies
+            return outcomes
+
+    async def second() -> list[Any]:
+        await asyncio.sleep(0)  # the first is in flight by now
+        with service.in_flight_request():
+            return await service.verify_batch(batch(), "batch", ids)
+
+    together = await asyncio.gather(first(), second())
+    assert [1, 1] == asked  # each saw the other in flight: the loop checks the signatures
+    assert 0 == service.in_flight
+    outcomes = [*alone, *together[0], *together[1]]
+    assert {"TN-Validation-Passed"} == {o.result.verstat for o in outcomes}
