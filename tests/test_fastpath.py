@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from verifier import errors
 from verifier.certs import Credential, TrustStore
@@ -360,3 +362,122 @@ async def test_pipelined_bulk_behind_a_slow_request_is_read_once_it_is_answered(
     assert ["r0", "r1", "r2", "r3"] == [r.headers["x-requestid"] for r in replies]
     assert {"TN-Validation-Passed"} == {r.body["verificationResponse"]["verstat"] for r in replies}
     assert 0 == app[FRONT].handed_over
+
+
+# -- property: any mutation of a request gets the same answer from both servers -----------------
+
+_HEADER_LINES = st.sampled_from(
+    [
+        "Accept: */*",
+        "Accept: application/json;q=0.9",
+        "Accept: text/html",
+        "Connection: keep-alive",
+        "Connection: close",
+        "Connection: upgrade",
+        "Content-Type: application/json",
+        "Content-Type: application/json; charset=utf-8",
+        "Content-Type: text/plain",
+        "X-RequestID: given-x",
+        'X-RequestID: given-"quoted"',
+        "X-RequestID: " + "r" * 200,
+        "Transfer-Encoding: chunked",
+        "Expect: 100-continue",
+        "Authorization: Bearer x",
+        "Content-Length: 3",
+        "Bad Header: x",
+        " folded",
+        "X-Empty:",
+        "X-Tab:\tvalue",
+    ]
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    extra=st.lists(_HEADER_LINES, max_size=3),
+    drop_length=st.booleans(),
+    drop_type=st.booleans(),
+    body_kind=st.sampled_from(["good", "bad-json", "empty", "array", "padded"]),
+    # No shorter Content-Length: the rest of the body would be a second, broken request,
+    # which test_trailing_garbage_is_answered_after_the_request covers.
+    length_delta=st.sampled_from([0, 0, 0, 1]),
+)
+def test_any_request_mutation_gets_the_same_answer(
+    serve: Callable[..., Any],
+    signer: Signer,
+    now: int,
+    extra: list[str],
+    drop_length: bool,
+    drop_type: bool,
+    body_kind: str,
+    length_delta: int,
+) -> None:
+    body = {
+        "good": atis(signer.identity(iat=now), now),
+        "bad-json": '{"verificationRequest":',
+        "empty": "",
+        "array": "[1,2]",
+        "padded": "  " + atis(None, now) + "\n",
+    }[body_kind]
+    data = body.encode()
+    lines = [f"POST {PATH} HTTP/1.1", "Host: 127.0.0.1"]
+    if not drop_type:
+        lines.append("Content-Type: application/json")
+    if not drop_length:
+        lines.append(f"Content-Length: {max(0, len(data) + length_delta)}")
+    lines.extend(extra)
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+    async def both() -> None:
+        async with serve() as pair:
+            fast = await answer_or_close(pair.fast, raw)
+            plain = await answer_or_close(pair.plain, raw)
+            assert plain == fast, raw[:300]
+
+    asyncio.run(both())
+
+
+async def answer_or_close(port: int, raw: bytes) -> Any:
+    """The first answer's comparable parts; "closed" when the server closed without one;
+    "waiting" when it still waits for the body a Content-Length promised.
+
+    (The client does not half-close: aiohttp then drops the request unanswered, where the
+    fast lane answers it, as HTTP allows.)"""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        try:
+            reply = await asyncio.wait_for(read_reply(reader), 0.5)
+        except TimeoutError:
+            return "waiting"
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return "closed"
+        return reply.comparable()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_trailing_garbage_is_answered_after_the_request(
+    serve: Callable[..., Any], signer: Signer, now: int
+) -> None:
+    """A complete request followed by bytes that are no request: the fast lane answers the
+    request, then hands the rest to aiohttp, which refuses it (400) and closes. (aiohttp
+    alone answers the parse error first and drops the request: answers out of order.)"""
+    raw = request(atis(signer.identity(iat=now), now)) + b"}\r\n\r\n"
+    async with serve() as pair:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pair.fast)
+        writer.write(raw)
+        first = await asyncio.wait_for(read_reply(reader), 10)
+        second = await asyncio.wait_for(read_reply(reader), 10)
+        assert b"" == await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert 1 == pair.apps[0][FRONT].handed_over
+    assert "TN-Validation-Passed" == first.body["verificationResponse"]["verstat"]
+    assert 400 == second.status
