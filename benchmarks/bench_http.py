@@ -15,7 +15,7 @@ rounds (openssl, then each run on a fresh service), and each figure is its best 
 the baseline's included; every round's figures are printed too (``--json``: "rounds").
 
     apt-get install wrk        # Debian package `wrk`
-    .venv/bin/python benchmarks/bench_http.py [--rounds 3] [--seconds 5] [--json] [--no-log]
+    .venv/bin/python benchmarks/bench_http.py [--rounds 5] [--seconds 4] [--json] [--no-log]
 """
 
 from __future__ import annotations
@@ -167,9 +167,9 @@ def _bodies(work: Path, pki: TestPKI, per_batch: int) -> tuple[Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5, help="seconds of each wrk run")
+    parser.add_argument("--seconds", type=int, default=4, help="seconds of each wrk run")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds of openssl + every run (best kept)"
+        "--rounds", type=int, default=5, help="rounds of openssl + every run (best kept)"
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-log", action="store_true", help="turn off per-verification logs")
