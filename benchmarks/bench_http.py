@@ -263,8 +263,8 @@ def main() -> None:
         f" the fast lane gains {100 * fast_gain:.0f}%, median of rounds)"
     )
     print(f"batch /v1/verify/batch:     {batch_rate:9.1f} verifications/s ({per_batch} a request)")
-    runs = ", ".join(f"{r:.0f}" for r in openssl_runs)
-    print(f"openssl speed ecdsap256:    {openssl:9.1f} verify/s (one core; best of {runs})")
+    listed = ", ".join(f"{r:.0f}" for r in openssl_runs)
+    print(f"openssl speed ecdsap256:    {openssl:9.1f} verify/s (one core; best of {listed})")
     print(
         f"ratios: ATIS {figures['atis_ratio']:.3f} (target >= 0.55, p99 <= 10 ms);"
         f" batch {figures['batch_ratio']:.3f} (target >= 0.8)"
