@@ -364,6 +364,35 @@ async def test_hung_redis_costs_one_timeout(pki: TestPKI, repo: Repository, flee
         assert False is await link.ping()
 
 
+async def test_a_busy_event_loop_is_not_a_slow_redis(fleet: Fleet) -> None:
+    """Redis answers at once, but this loop is busy past the timeout (a burst of cold x5u
+    validating their chains): the answer is taken, Redis stays healthy."""
+    link = fleet.link(timeout=0.1)
+    assert await link.ping()  # connected
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.005, time.sleep, 0.35)  # busy while Redis works on the command
+    # Redis answers after 30 ms (BLPOP's own timeout), while the loop is still busy.
+    got = await link.call(lambda client: client.blpop([link.key("never")], timeout=0.03))
+    assert got is None
+    assert (True, 0) == (link.healthy, link.errors)
+
+
+async def test_a_slow_redis_beside_a_busy_loop_still_times_out(fleet: Fleet) -> None:
+    """The deadline moves on only a few times: a hung Redis fails within a bounded time
+    even while the loop is repeatedly busy."""
+    async with silent_server() as port:
+        link = fleet.link(port=port, timeout=0.1, retry_after=30)
+        loop = asyncio.get_running_loop()
+        hogs = [loop.call_later(0.05 + 0.2 * i, time.sleep, 0.15) for i in range(10)]
+        started = time.monotonic()
+        assert False is await link.ping()
+        elapsed = time.monotonic() - started
+        for hog in hogs:
+            hog.cancel()
+    assert 0.1 <= elapsed < 1.5
+    assert 1 == link.errors and not link.healthy
+
+
 # -- replay detection across the fleet ---------------------------------------------------------
 
 
