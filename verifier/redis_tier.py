@@ -4,7 +4,8 @@ Several instances of the service behind one Redis (redis-py asyncio) share what 
 them learnt, so that a cold x5u is fetched once per fleet, not once per instance:
 
 * :class:`RedisLink` holds the connection pool and the link's health. Every operation is
-  bounded by ``RedisSettings.timeout`` (100-200 ms); after an error, Redis is skipped for
+  bounded by ``RedisSettings.timeout`` (100-200 ms) of Redis's time (while this process is
+  busy the deadline moves on, at most three times); after an error, Redis is skipped for
   ``retry_after`` seconds and each instance works alone (its memory tier, direct
   fetches, its own replay cache), then Redis is tried again: recovery needs no one.
   ``healthy``, ``last_error`` and the counters feed /readyz and /metrics.
@@ -82,7 +83,8 @@ class RedisSettings:
     key_prefix: str = "verifier:"
     """Prepended to every key: instances that share it share their caches."""
     timeout: float = 0.15
-    """Longest wait for one Redis operation (connecting included); then each instance is alone."""
+    """Longest wait for one Redis operation (connecting included), in Redis's time: while this
+    process is busy the deadline moves on, at most three times; then each instance is alone."""
     retry_after: float = 5.0
     """After a Redis error, how long Redis is skipped before it is tried again."""
     lock_ttl: float = 5.0
