@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from verifier import errors
@@ -394,6 +394,7 @@ _HEADER_LINES = st.sampled_from(
 
 @settings(
     max_examples=60,
+    derandomize=True,  # the same 60 cases on every run: CI never meets a new one by chance
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -424,6 +425,9 @@ def test_any_request_mutation_gets_the_same_answer(
         "padded": "  " + atis(None, now) + "\n",
     }[body_kind]
     data = body.encode()
+    # A Content-Length shorter than the body leaves the rest as a second, broken request
+    # (see test_trailing_garbage_is_answered_after_the_request).
+    assume(not (drop_length and "Content-Length: 3" in extra and len(data) > 3))
     lines = [f"POST {PATH} HTTP/1.1", "Host: 127.0.0.1"]
     if not drop_type:
         lines.append("Content-Type: application/json")
@@ -481,3 +485,39 @@ async def test_trailing_garbage_is_answered_after_the_request(
         assert 1 == pair.apps[0][FRONT].handed_over
     assert "TN-Validation-Passed" == first.body["verificationResponse"]["verstat"]
     assert 400 == second.status
+
+
+async def test_idle_and_dribbling_connections_are_closed_busy_ones_kept(
+    serve: Callable[..., Any], signer: Signer, now: int
+) -> None:
+    """Keep-alive (here 0.3 s): an idle connection and one that dribbles a partial request
+    a byte at a time are closed; one that keeps completing requests is kept."""
+    async with serve() as pair:
+        pair.apps[0][FRONT].keepalive = 0.3
+        idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", pair.fast)
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", pair.fast)
+        busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", pair.fast)
+        partial = request(atis(signer.identity(iat=now), now))
+        for i in range(12):  # 1.2 s
+            if not slow_writer.is_closing():
+                slow_writer.write(partial[i : i + 1])
+            busy_writer.write(request(atis(signer.identity(iat=now), now)))
+            reply = await asyncio.wait_for(read_reply(busy_reader), 5)
+            assert 200 == reply.status
+            await asyncio.sleep(0.1)
+        assert await closed_by_server(idle_reader)
+        assert await closed_by_server(slow_reader)
+        assert not busy_reader.at_eof()
+        for writer in (idle_writer, slow_writer, busy_writer):
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """The server closed this connection: end of stream, or (we kept writing to it) a
+    broken pipe or reset."""
+    try:
+        return b"" == await asyncio.wait_for(reader.read(), 1)
+    except ConnectionError:
+        return True

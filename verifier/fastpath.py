@@ -26,7 +26,8 @@ compares the two, request by request).
 
 Requests on one connection are answered one at a time, in order (pipelined requests wait
 in the buffer). A connection idle for :data:`KEEPALIVE` seconds is closed, as aiohttp does;
-so is one that holds a partial request that long.
+so is one that has not completed a request in that time (a partial request dribbled in a
+byte at a time keeps no connection open).
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ class FastFront:
     """What the fast connections of one application share: the answer, the limits, the
     list of connections (for shutdown and the idle sweep) and the Date header."""
 
-    def __init__(self, answer: Answer, accepts: Accepts, *, body_limit: int) -> None:
+    def __init__(
+        self, answer: Answer, accepts: Accepts, *, body_limit: int, keepalive: float = KEEPALIVE
+    ) -> None:
         self.answer = answer
+        self.keepalive = keepalive
         self.accepts = accepts
         self.body_limit = body_limit
         self.connections: set[FastProtocol] = set()
@@ -104,16 +108,17 @@ class FastFront:
         self.connections.add(conn)
         if self._sweeper is None and not self.closing:
             loop = asyncio.get_running_loop()
-            self._sweeper = loop.call_later(KEEPALIVE / 5, self._sweep)
+            self._sweeper = loop.call_later(self.keepalive / 5, self._sweep)
 
     def _sweep(self) -> None:
         self._sweeper = None
-        deadline = time.monotonic() - KEEPALIVE
+        deadline = time.monotonic() - self.keepalive
         for conn in list(self.connections):
             if not conn.busy and conn.last_active < deadline:
                 conn.close()
         if self.connections and not self.closing:
-            self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE / 5, self._sweep)
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.keepalive / 5, self._sweep)
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking requests: close idle connections now, the others once their request
@@ -180,7 +185,6 @@ class FastProtocol(asyncio.Protocol):
             self._inner.data_received(data)
             return
         self._buffer += data
-        self.last_active = time.monotonic()
         if not self.busy:
             self._serve()
         elif len(self._buffer) > self._front.body_limit + _MAX_HEAD and self._transport:
