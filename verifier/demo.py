@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from .certs import load_certificates
 from .config import Settings, load_settings
 from .repository import Repository
 from .testing import write_pki
-from .web import create_app
+from .web import create_app, start_site
 
 __all__ = ["run_demo"]
 
@@ -114,10 +113,7 @@ async def _serve(directory: Path, host: str, port: int) -> None:
             }
         )
         load_certificates(settings.trust_anchors)
-        runner = web.AppRunner(create_app(settings), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        runner, _site = await start_site(create_app(settings), settings)  # as `serve` does
         url = f"http://{host}:{port}"
         try:
             print(f"verifier demo: service on {url}, certificate repository {x5u}\n")
