@@ -51,6 +51,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -363,7 +364,7 @@ def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[objec
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         chunk = rows[start : start + _ROWS_PER_INSERT]
         one = "(" + ", ".join("?" * len(chunk[0])) + ")"
-        conn.execute(head + ", ".join([one] * len(chunk)), [v for row in chunk for v in row])
+        conn.execute(head + ", ".join([one] * len(chunk)), list(chain.from_iterable(chunk)))
 
 
 def query_page(
