@@ -521,3 +521,23 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
         return b"" == await asyncio.wait_for(reader.read(), 1)
     except ConnectionError:
         return True
+
+
+async def test_half_closed_client_gets_its_answers_then_the_close(
+    serve: Callable[..., Any], signer: Signer, now: int
+) -> None:
+    """A client that sends two requests and shuts down its sending side (HTTP allows it)
+    gets both answers, then the connection closes."""
+    raws = [
+        request(atis(signer.identity(iat=now), now), headers=f"X-RequestID: h{i}\r\n")
+        for i in range(2)
+    ]
+    async with serve() as pair:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pair.fast)
+        writer.write(b"".join(raws))
+        writer.write_eof()
+        replies = [await asyncio.wait_for(read_reply(reader), 10) for _ in raws]
+        assert await closed_by_server(reader)
+        writer.close()
+    assert ["h0", "h1"] == [r.headers["x-requestid"] for r in replies]
+    assert {200} == {r.status for r in replies}

@@ -148,11 +148,14 @@ class FastProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
+        "_eof",
         "_front",
         "_held",
         "_inner",
         "_server",
+        "_task",
         "_transport",
+        "_write_paused",
         "busy",
         "last_active",
     )
@@ -165,6 +168,9 @@ class FastProtocol(asyncio.Protocol):
         self._buffer = bytearray()
         self.busy = False
         self._held = False
+        self._eof = False
+        self._write_paused = False
+        self._task: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -196,6 +202,7 @@ class FastProtocol(asyncio.Protocol):
         if self._inner is not None:
             return self._inner.eof_received()
         # The client will send no more: answer what is in flight, then close.
+        self._eof = True
         return True if self.busy else None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -208,13 +215,15 @@ class FastProtocol(asyncio.Protocol):
         if self._inner is not None:
             self._inner.pause_writing()
         elif self._transport is not None:
+            self._write_paused = True
             self._transport.pause_reading()  # a client that does not read gets no more
 
     def resume_writing(self) -> None:
+        if self._write_paused and self._transport is not None:
+            self._write_paused = False
+            self._transport.resume_reading()  # also after a hand-over: aiohttp never paused
         if self._inner is not None:
             self._inner.resume_writing()
-        elif self._transport is not None:
-            self._transport.resume_reading()
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -255,7 +264,7 @@ class FastProtocol(asyncio.Protocol):
         body = bytes(buffer[start : start + size])
         del buffer[: start + size]
         self.busy = True
-        asyncio.get_running_loop().create_task(self._respond(body, headers))
+        self._task = asyncio.get_running_loop().create_task(self._respond(body, headers))
 
     async def _respond(self, body: bytes, headers: Headers) -> None:
         try:
@@ -287,6 +296,8 @@ class FastProtocol(asyncio.Protocol):
             self._transport.resume_reading()
         if keep and self._transport is not None:
             self._serve()
+            if self._eof and not self.busy and self._inner is None:
+                self._transport.close()  # the client sent its last request (half-close)
         elif self._front.closing:
             self._front.answered()
 
