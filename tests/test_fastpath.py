@@ -21,28 +21,15 @@ from aiohttp import web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from verifier import errors
-from verifier.certs import Credential, TrustStore
+from verifier.certs import TrustStore
 from verifier.config import ApiSettings, Settings
 from verifier.records import RecordSettings
-from verifier.testing import Signer, TestPKI
+from verifier.testing import ChainSource, Signer, TestPKI
 from verifier.web import FRONT, create_app, start_site
 
 PATH = "/stir/v1/verification"
 ORIG, DEST = "12155551212", "12155551213"
 TOKEN = "s3cret-token-for-tests"
-
-
-class Source:
-    """The test signer's chain for its x5u; any other x5u fails to fetch (436)."""
-
-    def __init__(self, trust: TrustStore, signer: Signer) -> None:
-        self.trust, self.signer = trust, signer
-
-    async def get(self, x5u: str, *, now: float) -> Credential:
-        if x5u != self.signer.x5u:
-            raise errors.X5uFetchFailed(f"{x5u}: 404 Not Found")
-        return self.trust.validate(self.signer.chain, now)
 
 
 @dataclass
@@ -124,7 +111,10 @@ def serve(pki: TestPKI, now: int) -> Callable[..., contextlib.AbstractAsyncConte
                 records=RecordSettings(enabled=False),
             )
             app = create_app(
-                settings, trust=trust, credentials=Source(trust, pki.signer), clock=lambda: now
+                settings,
+                trust=trust,
+                credentials=ChainSource(trust, [pki.signer]),
+                clock=lambda: now,
             )
             runner, site = await start_site(app, settings, port=0)
             ports.append(site.port)
@@ -308,23 +298,13 @@ async def test_verify_token_checked_in_both_lanes(
 async def test_shutdown_answers_the_request_in_flight_and_closes_idle_connections(
     pki: TestPKI, signer: Signer, now: int
 ) -> None:
-    started = asyncio.Event()
-
-    class Slow(Source):
-        async def get(self, x5u: str, *, now: float) -> Credential:
-            started.set()
-            await asyncio.sleep(0.3)
-            return await super().get(x5u, now=now)
-
-    trust = TrustStore([pki.root.cert])
-    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
-    app = create_app(settings, trust=trust, credentials=Slow(trust, signer), clock=lambda: now)
-    runner, site = await start_site(app, settings, port=0)
-    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", site.port)
+    source = ChainSource(TrustStore([pki.root.cert]), [signer], delay=0.3)
+    runner, port = await fast_server(source, now)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
     idle_writer.write(b"POST /stir")  # a partial request, then nothing
-    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request(atis(signer.identity(iat=now), now)))
-    await started.wait()
+    await source.called.wait()  # the request is in flight, waiting for its certificate
     await runner.cleanup()  # what SIGTERM does
     reply = await asyncio.wait_for(read_reply(reader), 10)
     assert "TN-Validation-Passed" == reply.body["verificationResponse"]["verstat"]
@@ -335,28 +315,30 @@ async def test_shutdown_answers_the_request_in_flight_and_closes_idle_connection
     idle_writer.close()
 
 
+async def fast_server(source: ChainSource, now: int) -> tuple[web.AppRunner, int]:
+    """One server with the fast lane over ``source``, on a free port."""
+    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
+    app = create_app(settings, trust=source.trust, credentials=source, clock=lambda: now)
+    runner, site = await start_site(app, settings, port=0)
+    return runner, site.port
+
+
 async def test_pipelined_bulk_behind_a_slow_request_is_read_once_it_is_answered(
     pki: TestPKI, signer: Signer, now: int
 ) -> None:
     """More pipelined bytes than one request may hold, behind a request still verifying:
     reading pauses, then resumes; every request is answered, in order."""
 
-    class Slow(Source):
-        async def get(self, x5u: str, *, now: float) -> Credential:
-            await asyncio.sleep(0.2)
-            return await super().get(x5u, now=now)
-
-    trust = TrustStore([pki.root.cert])
-    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
-    app = create_app(settings, trust=trust, credentials=Slow(trust, signer), clock=lambda: now)
-    runner, site = await start_site(app, settings, port=0)
+    source = ChainSource(TrustStore([pki.root.cert]), [signer], delay=0.2)
+    runner, port = await fast_server(source, now)
+    app = runner.app
     try:
         padding = " " * 60_000  # JSON allows white space: a large, valid body
         raws = [
             request(atis(signer.identity(iat=now), now) + padding, headers=f"X-RequestID: r{i}\r\n")
             for i in range(4)
         ]
-        replies = await exchange(site.port, b"".join(raws), replies=4)
+        replies = await exchange(port, b"".join(raws), replies=4)
     finally:
         await runner.cleanup()
     assert ["r0", "r1", "r2", "r3"] == [r.headers["x-requestid"] for r in replies]

@@ -8,23 +8,12 @@ from typing import Any
 
 import pytest
 
-from verifier import errors
-from verifier.certs import Credential, TrustStore
+from verifier.certs import TrustStore
 from verifier.config import Settings
 from verifier.records import RecordSettings
 from verifier.service import Service, VerifyRequest
-from verifier.testing import Signer
+from verifier.testing import ChainSource, Signer
 from verifier.verify import CallInfo, verify_many
-
-
-class Source:
-    def __init__(self, trust: TrustStore, signer: Signer) -> None:
-        self.trust, self.signer = trust, signer
-
-    async def get(self, x5u: str, *, now: float) -> Credential:
-        if x5u != self.signer.x5u:
-            raise errors.X5uFetchFailed(f"{x5u}: 404 Not Found")
-        return self.trust.validate(self.signer.chain, now)
 
 
 async def test_batch_signatures_use_threads_only_while_the_batch_is_alone(
@@ -44,7 +33,7 @@ async def test_batch_signatures_use_threads_only_while_the_batch_is_alone(
     service = Service(
         Settings(batch_threads=2, records=RecordSettings(enabled=False)),
         trust,
-        credentials=Source(trust, signer),
+        credentials=ChainSource(trust, [signer]),
         clock=lambda: float(now),
     )
     call = CallInfo(from_="12155551212", to="12155551213")

@@ -27,12 +27,12 @@ from pytest_aiohttp import AiohttpClient
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from verifier import __version__, errors
+from verifier import __version__
 from verifier import web as web_module
-from verifier.certs import Credential, TrustStore
+from verifier.certs import TrustStore
 from verifier.config import ApiSettings, Settings
 from verifier.records import RecordSettings
-from verifier.testing import Signer, TestPKI, b64url, identity_header, pem
+from verifier.testing import ChainSource, Signer, TestPKI, b64url, identity_header, pem
 from verifier.web import SERVICE, create_app
 
 JSON = "application/json"
@@ -152,20 +152,7 @@ def b64decode_part(part: str) -> bytes:
 # -- the app -------------------------------------------------------------------------------------
 
 
-class Repository:
-    """A CredentialSource that serves known chains by x5u and fails any other x5u (436)."""
-
-    def __init__(self, trust: TrustStore, signers: list[Signer]) -> None:
-        self.trust = trust
-        self.chains = {s.x5u: s.chain for s in signers}
-        self.asked: list[str] = []
-
-    async def get(self, x5u: str, *, now: float) -> Credential:
-        self.asked.append(x5u)
-        chain = self.chains.get(x5u)
-        if chain is None:
-            raise errors.X5uFetchFailed(f"{x5u}: 404 Not Found")
-        return self.trust.validate(chain, now)
+Repository = ChainSource  # the test signer's chain for its x5u; 436 for any other x5u
 
 
 NO_RECORDS = RecordSettings(enabled=False)  # record tests give their own data directory

@@ -10,7 +10,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
@@ -119,26 +119,17 @@ _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder(  # type: ignore
 ).scan_once
 
 
-def _key_count(obj: dict[str, Any]) -> int:
-    """Keys in ``obj`` and in every object nested in it."""
-    count = len(obj)
-    for value in obj.values():
-        kind = type(value)
-        if kind is dict:
-            count += _key_count(value)
-        elif kind is list:
-            count += _keys_in_list(value)
-    return count
-
-
-def _keys_in_list(items: list[Any]) -> int:
-    count = 0
-    for value in items:
-        kind = type(value)
-        if kind is dict:
-            count += _key_count(value)
-        elif kind is list:
-            count += _keys_in_list(value)
+def _key_count(value: dict[str, Any] | list[Any]) -> int:
+    """Keys in an object (or in the objects of an array) and in every object nested in it."""
+    items: Iterable[Any]
+    if isinstance(value, dict):
+        count, items = len(value), value.values()
+    else:
+        count, items = 0, value
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            count += _key_count(item)
     return count
 
 

@@ -9,6 +9,7 @@ ones no honest signer would produce.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import ipaddress
@@ -27,10 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .certs import SHAKEN_POLICY_OID, TNAUTHLIST_OID
+from . import errors
+from .certs import SHAKEN_POLICY_OID, TNAUTHLIST_OID, Credential, TrustStore
 
 __all__ = [
     "CA",
+    "ChainSource",
     "Signer",
     "TestPKI",
     "b64url",
@@ -291,6 +294,32 @@ class Signer:
         (or ``params`` verbatim)."""
         token = self.passport(**kwargs)
         return identity_header(token, self.x5u) if params is None else token + params
+
+
+class ChainSource:
+    """A credential source (``await get(x5u, now=...)``) for tests: the known signers'
+    chains by x5u, validated against ``trust`` at ``now``; any other x5u fails as an
+    unreachable one would (436). ``delay`` seconds pass before each answer (a slow
+    repository); ``asked`` lists the x5u asked for, in order; ``called`` is set at the
+    first."""
+
+    def __init__(self, trust: TrustStore, signers: Iterable[Signer], delay: float = 0.0) -> None:
+        self.trust = trust
+        self.chains = {s.x5u: s.chain for s in signers}
+        self.delay = delay
+        self.asked: list[str] = []
+        self.called = asyncio.Event()
+        """Set at the first ``get``."""
+
+    async def get(self, x5u: str, *, now: float) -> Credential:
+        self.asked.append(x5u)
+        self.called.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        chain = self.chains.get(x5u)
+        if chain is None:
+            raise errors.X5uFetchFailed(f"{x5u}: 404 Not Found")
+        return self.trust.validate(list(chain), now)
 
 
 def sign_jws(
