@@ -161,7 +161,8 @@ async def test_answers_match_aiohttp_request_by_request(
         (request(atis(good, now), line="POST /v1/nowhere HTTP/1.1"), 404, False),
         (request("x" * 70_000), 413, False),
         (request(""), 400, False),  # Content-Length: 0
-        (request(atis(good, now), headers="Expect: 100-continue\r\n"), 200, False),
+        (request(atis(good, now), headers="Expect: 100-continue\r\n"), 200, True),
+        (request(atis(good, now), headers="Expect: something-else\r\n"), 417, False),
     ]
     replies = []
     async with serve() as pair:
@@ -523,3 +524,26 @@ async def test_half_closed_client_gets_its_answers_then_the_close(
         writer.close()
     assert ["h0", "h1"] == [r.headers["x-requestid"] for r in replies]
     assert {200} == {r.status for r in replies}
+
+
+async def test_expect_100_continue_is_met_before_the_body(
+    serve: Callable[..., Any], signer: Signer, now: int
+) -> None:
+    """A client that sends its headers with ``Expect: 100-continue`` and waits: both servers
+    answer ``100 Continue``, then the verdict once the body follows."""
+    raw = request(atis(signer.identity(iat=now), now), headers="Expect: 100-continue\r\n")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    async with serve() as pair:
+        answers = []
+        for port in (pair.fast, pair.plain):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head + b"\r\n\r\n")
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            writer.write(body)
+            answers.append((interim, await asyncio.wait_for(read_reply(reader), 10)))
+            writer.close()
+        assert 0 == pair.apps[0][FRONT].handed_over
+    (fast_interim, fast), (plain_interim, plain) = answers
+    assert b"HTTP/1.1 100 Continue\r\n\r\n" == fast_interim == plain_interim
+    assert plain.comparable() == fast.comparable()
+    assert "TN-Validation-Passed" == fast.body["verificationResponse"]["verstat"]

@@ -10,7 +10,7 @@ which stays the server of record:
   them (a strict subset of HTTP/1.1, below), answers them through the same
   :data:`Answer` function as the aiohttp handler, and writes the response itself.
 - The first request it does not recognise (another path or method, a query string,
-  chunked encoding, ``Expect``, an unusual header, a body over the limit, HTTP/1.0...) hands
+  chunked encoding, an unusual header, a body over the limit, HTTP/1.0...) hands
   the connection to aiohttp for good: aiohttp's own protocol gets the connection and every
   byte not yet answered, so it parses, refuses (411, 413, 415...) and answers as it always
   does. Nothing is parsed twice; no request is answered by both.
@@ -18,9 +18,11 @@ which stays the server of record:
 Recognised, and nothing else: the request line exactly ``POST /stir/v1/verification
 HTTP/1.1``; header names that are RFC 9110 tokens, values of visible ASCII, space and tab,
 at most 8 KiB of headers; ``Content-Length`` once, 1-8 digits, not 0, within the body limit;
-no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``; ``Content-Type`` ``application/json``
-(parameters allowed); ``Connection`` absent, ``keep-alive`` or ``close``; no header that
-the answer depends on (Content-Type, Accept, Authorization, X-RequestID, Connection) twice.
+no ``Transfer-Encoding`` or ``Upgrade``; ``Content-Type`` ``application/json`` (parameters
+allowed); ``Connection`` absent, ``keep-alive`` or ``close``; ``Expect`` absent or
+``100-continue`` (answered ``100 Continue`` while the body is awaited); no header that the
+answer depends on (Content-Type, Accept, Authorization, X-RequestID, Connection, Expect)
+twice.
 A request that is recognised is answered exactly as aiohttp's handler answers it (a test
 compares the two, request by request).
 
@@ -57,9 +59,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e]*")
 _SINGLE = frozenset(
     {b"content-length", b"content-type", b"accept", b"authorization"}
-    | {b"x-requestid", b"connection"}
+    | {b"x-requestid", b"connection", b"expect"}
 )
-_REFUSED = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+_REFUSED = frozenset({b"transfer-encoding", b"upgrade"})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REASONS = (
     {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden"}
     | {404: b"Not Found", 406: b"Not Acceptable", 413: b"Request Entity Too Large"}
@@ -148,6 +151,7 @@ class FastProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
+        "_continued",
         "_eof",
         "_front",
         "_held",
@@ -169,6 +173,7 @@ class FastProtocol(asyncio.Protocol):
         self.busy = False
         self._held = False
         self._eof = False
+        self._continued = False
         self._write_paused = False
         self._task: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
@@ -260,7 +265,12 @@ class FastProtocol(asyncio.Protocol):
             return
         start = end + 4
         if len(buffer) < start + size:
+            if "expect" in headers and not self._continued:
+                self._continued = True  # the client waits for this before the body
+                if self._transport is not None:
+                    self._transport.write(_CONTINUE)
             return  # the rest of the body is on its way
+        self._continued = False
         body = bytes(buffer[start : start + size])
         del buffer[: start + size]
         self.busy = True
@@ -338,6 +348,8 @@ def _headers(block: bytes) -> Headers | None:
         return None
     if headers.get("connection", "keep-alive").lower() not in ("keep-alive", "close"):
         return None
+    if headers.get("expect", "100-continue").lower() != "100-continue":
+        return None  # an expectation we cannot meet: aiohttp answers 417
     return headers
 
 
