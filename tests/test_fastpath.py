@@ -156,6 +156,21 @@ async def test_answers_match_aiohttp_request_by_request(
         (request("[]"), 400, True),
         (request(atis(good, now), headers="Accept: text/html\r\n"), 406, False),
         (request(atis(good, now)).replace(b"application/json", b"text/plain"), 415, False),
+        (request(atis(good, now)).replace(b"application/json", b"Application/JSON"), 200, True),
+        (
+            request(atis(good, now))
+            .replace(b"Content-Type", b"content-type")
+            .replace(b"Content-Length", b"CONTENT-LENGTH"),
+            200,
+            True,
+        ),
+        (request(atis(good, now)).replace(b"Content-Type: ", b"Content-Type:\t"), 200, True),
+        (request(atis(good, now)).replace(b"application/json", b"application/json;x=1"), 200, True),
+        (
+            request(atis(good, now)).replace(b"application/json", b'application/json; a="b;c"'),
+            200,
+            True,
+        ),
         (request(atis(good, now), line=f"POST {PATH}?x=1 HTTP/1.1"), 200, False),
         (request(atis(good, now), line=f"PUT {PATH} HTTP/1.1"), 405, False),
         (request(atis(good, now), line="POST /v1/nowhere HTTP/1.1"), 404, False),
