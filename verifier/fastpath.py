@@ -63,6 +63,7 @@ _SINGLE = frozenset(
 )
 _REFUSED = frozenset({b"transfer-encoding", b"upgrade"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_SERVER = b"Server: " + SERVER_SOFTWARE.encode("ascii")
 _REASONS = (
     {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden"}
     | {404: b"Not Found", 406: b"Not Acceptable", 413: b"Request Entity Too Large"}
@@ -151,9 +152,9 @@ class FastProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
-        "_continued",
         "_eof",
         "_front",
+        "_head",
         "_held",
         "_inner",
         "_server",
@@ -173,7 +174,9 @@ class FastProtocol(asyncio.Protocol):
         self.busy = False
         self._held = False
         self._eof = False
-        self._continued = False
+        self._head: tuple[Headers, int] | None = None
+        """The head of the request whose body is still arriving: its headers, and where
+        the request ends in the buffer."""
         self._write_paused = False
         self._task: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
@@ -251,28 +254,28 @@ class FastProtocol(asyncio.Protocol):
             if len(buffer) > _MAX_HEAD:
                 self._hand_over()
             return
-        headers = _headers(bytes(buffer[len(_REQUEST_LINE) : end]))
-        if headers is None or not self._front.accepts(headers):
-            self._hand_over()
-            return
-        length = headers.get("content-length", "")
-        if not (0 < len(length) <= 8 and length.isdigit()):
-            self._hand_over()
-            return
-        size = int(length)
-        if not 0 < size <= self._front.body_limit:
-            self._hand_over()
-            return
-        start = end + 4
-        if len(buffer) < start + size:
-            if "expect" in headers and not self._continued:
-                self._continued = True  # the client waits for this before the body
-                if self._transport is not None:
-                    self._transport.write(_CONTINUE)
-            return  # the rest of the body is on its way
-        self._continued = False
-        body = bytes(buffer[start : start + size])
-        del buffer[: start + size]
+        if self._head is None:
+            headers = _headers(bytes(buffer[len(_REQUEST_LINE) : end]))
+            if headers is None or not self._front.accepts(headers):
+                self._hand_over()
+                return
+            length = headers.get("content-length", "")
+            if not (0 < len(length) <= 8 and length.isdigit()):
+                self._hand_over()
+                return
+            size = int(length)
+            if not 0 < size <= self._front.body_limit:
+                self._hand_over()
+                return
+            self._head = (headers, end + 4 + size)
+            if "expect" in headers and len(buffer) < end + 4 + size and self._transport:
+                self._transport.write(_CONTINUE)  # the client waits for this before the body
+        headers, stop = self._head
+        if len(buffer) < stop:
+            return  # the rest of the body is on its way (the head is judged once)
+        self._head = None
+        body = bytes(buffer[end + 4 : stop])
+        del buffer[:stop]
         self.busy = True
         self._task = asyncio.get_running_loop().create_task(self._respond(body, headers))
 
@@ -291,7 +294,7 @@ class FastProtocol(asyncio.Protocol):
                 b"Content-Type: application/json",
                 b"Content-Length: %d" % len(payload),
                 b"Date: " + self._front.date(),
-                b"Server: " + SERVER_SOFTWARE.encode("ascii"),
+                _SERVER,
             ]
             lines.extend(f"{k}: {v}".encode("latin-1") for k, v in extra)
             if not keep:
