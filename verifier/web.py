@@ -340,8 +340,7 @@ def _fast_front(service: Service) -> FastFront:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("internal_error", extra={"path": "/stir/v1/verification"})
-            error = ApiError(500, "POL5000", "Internal server error", [], kind="policyException")
+            error = _internal_error("/stir/v1/verification")
         status, payload, extra = _error_parts(service, error, given)
         return status, payload, list(extra.items())
 
@@ -601,14 +600,20 @@ async def error_middleware(
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("internal_error", extra={"path": request.path})
-        error = ApiError(500, "POL5000", "Internal server error", [], kind="policyException")
+        error = _internal_error(request.path)
     status, body, headers = _error_parts(
         request.app.get(SERVICE), error, _given_request_id(request.headers.get("X-RequestID"))
     )
     if isinstance(error_source, web.HTTPException) and "Allow" in error_source.headers:
         headers["Allow"] = error_source.headers["Allow"]
     return web.Response(body=body, status=status, content_type=JSON, headers=headers)
+
+
+def _internal_error(path: str) -> ApiError:
+    """POL5000, for an exception that should never happen: logged with its traceback (call
+    it from the ``except`` block)."""
+    log.exception("internal_error", extra={"path": path})
+    return ApiError(500, "POL5000", "Internal server error", [], kind="policyException")
 
 
 def _error_parts(
@@ -754,11 +759,12 @@ async def start_site(
     requests in flight are answered (within ``shutdown_timeout``), then the stores are
     drained and closed.
     """
+    front: FastFront | None = None
     if settings.api.fast_path:
         front = app[FRONT] = _fast_front(app[SERVICE])
 
         async def finish_fast(app: web.Application) -> None:
-            await front.shutdown(settings.shutdown_timeout)
+            await app[FRONT].shutdown(settings.shutdown_timeout)
 
         app.on_shutdown.append(finish_fast)
     runner = web.AppRunner(
@@ -770,8 +776,8 @@ async def start_site(
     await runner.setup()
     where = (settings.host, settings.port if port is None else port)
     site = (
-        FastSite(runner, app[FRONT], *where, reuse_port=reuse_port)
-        if FRONT in app
+        FastSite(runner, front, *where, reuse_port=reuse_port)
+        if front is not None
         else web.TCPSite(runner, *where, reuse_port=reuse_port)
     )
     try:
