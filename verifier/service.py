@@ -348,7 +348,8 @@ class Service:
 
     @contextlib.contextmanager
     def in_flight_request(self) -> Iterator[None]:
-        """Count a request (a batch, from parsing to its encoded answer) as in flight."""
+        """Count a request as in flight: a single verification until its verdict, a batch
+        from its parsed body to its encoded answer."""
         self.in_flight += 1
         try:
             yield
@@ -359,8 +360,7 @@ class Service:
         now = self.clock()
         result = self._precheck(item, now)
         if result is None:
-            self.in_flight += 1
-            try:
+            with self.in_flight_request():
                 result = await verify(
                     item.identity,
                     now=now,
@@ -370,8 +370,6 @@ class Service:
                     cache=self.cache,
                     signatures=self.signatures.check if self.signatures is not None else None,
                 )
-            finally:
-                self.in_flight -= 1
         await self._judged(result)
         outcome = self._done(endpoint, request_id, item, result, now)
         await self._keep(outcome)
