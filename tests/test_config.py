@@ -344,6 +344,10 @@ def test_bad_literal(tmp_path: Path) -> None:
             "[verification]\nmax_identity_headers = 0",
             "[verification] max_identity_headers: max_identity_headers must be >= 1",
         ),
+        (
+            "[verification]\nkey_tables = -1",
+            "[verification] key_tables: key_tables must be >= 0",
+        ),
         ("[api]\nbody_limit = 0", "[api] body_limit: body_limit must be >= 1"),
         ("[api]\nbatch_max = -5", "[api] batch_max: batch_max must be >= 1"),
     ],

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification as xv
 
 from . import errors
+from .es256 import ES256Key
 
 __all__ = [
     "SHAKEN_POLICY_OID",
@@ -110,6 +111,11 @@ class Credential:
     not_after: float = float("inf")
     certificates: tuple[x509.Certificate, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    es256: ES256Key = field(init=False, repr=False, compare=False)
+    """The key's ES256 check (with its table once the key is in heavy use)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "es256", ES256Key(self.public_key))
 
     def check_time(self, at: float) -> None:
         """Raises CertificateExpired / CertificateNotYetValid when ``at`` is outside the chain."""

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from . import es256
 from .verify import Result
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -78,6 +79,11 @@ class _FetcherCollector(Collector):
             "verifier_x5u_cache_entries",
             "validated credentials cached",
             value=s.get("cache_size", 0),
+        )
+        yield GaugeMetricFamily(
+            "verifier_es256_key_tables",
+            "signing keys in heavy use holding a precomputed table",
+            value=es256.tables_in_use(),
         )
         yield GaugeMetricFamily(
             "verifier_x5u_negative_entries",

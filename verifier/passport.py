@@ -13,12 +13,10 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from . import errors
+from .es256 import ES256Key
 from .tn import CANONICAL_TN, canonical_tn
 
 __all__ = [
@@ -50,7 +48,6 @@ _B64_VALUES = {
 }
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"]+")
-_ES256 = ec.ECDSA(hashes.SHA256())
 _CANONICAL_TN = CANONICAL_TN.fullmatch
 
 
@@ -440,17 +437,14 @@ def check_freshness(iat: int, now: float, *, max_age: float, max_future_skew: fl
 
 
 def verify_es256(
-    public_key: ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes
+    key: ES256Key | ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes
 ) -> None:
-    """Verify a raw 64-byte R||S ES256 signature.
+    """Verify a raw 64-byte R||S ES256 signature (an :class:`ES256Key` keeps the key's
+    table when it is in heavy use: see :mod:`verifier.es256`).
 
     Raises:
         InvalidSignature: 438 / TN-Validation-Failed.
     """
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
-    try:
-        public_key.verify(der, signing_input, _ES256)
-    except _CryptoInvalidSignature:
-        raise errors.InvalidSignature("ES256 signature does not verify") from None
+    checker = key if isinstance(key, ES256Key) else ES256Key(key)
+    if not checker.check(signing_input, signature):
+        raise errors.InvalidSignature("ES256 signature does not verify")

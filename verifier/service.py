@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import es256
 from .certs import TrustStore
 from .config import Settings
 from .errors import NoIdentity, RequestDateStale, VerificationError
@@ -148,6 +149,7 @@ class Service:
             Policy.load(settings.policy_file) if settings.policy_file else Policy.default()
         )
         verification = settings.verification
+        es256.configure(max_tables=verification.key_tables)
         self.replay = ReplayCache(
             verification.replay_cache_size,
             verification.max_iat_age + verification.max_future_skew,

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import asyncio
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from .es256 import ES256Key
 
 __all__ = ["SignatureBatcher"]
 
-_ES256 = ec.ECDSA(hashes.SHA256())
-_Job = tuple[ec.EllipticCurvePublicKey, bytes, bytes, "asyncio.Future[bool]"]
+_Job = tuple[ES256Key, bytes, bytes, "asyncio.Future[bool]"]
 
 
 class SignatureBatcher:
@@ -35,9 +31,7 @@ class SignatureBatcher:
     def __init__(self) -> None:
         self._batch: list[_Job] = []
 
-    def check(
-        self, key: ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes
-    ) -> asyncio.Future[bool]:
+    def check(self, key: ES256Key, signing_input: bytes, signature: bytes) -> asyncio.Future[bool]:
         """A future that resolves to whether the raw 64-byte R||S ``signature`` verifies."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
@@ -49,13 +43,6 @@ class SignatureBatcher:
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
         for key, data, signature, future in batch:
-            der = encode_dss_signature(
-                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-            )
-            try:
-                key.verify(der, data, _ES256)
-                ok = True
-            except InvalidSignature:
-                ok = False
+            ok = key.check(data, signature)
             if not future.done():  # its request may have been cancelled meanwhile
                 future.set_result(ok)

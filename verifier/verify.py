@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
 from . import errors
 from .certs import CertificateInfo, Credential, TrustStore, credential_from_public_key
 from .errors import TN_VALIDATION_PASSED, VerificationError
+from .es256 import ES256Key
 from .identity import parse_params, split_identity_values, split_value
 from .passport import (
     DivClaims,
@@ -366,9 +366,7 @@ class Verification:
             if ctx.x5u is None:
                 check_algorithm(ctx.header, ctx.params.get("alg"))  # step 4
                 if self._signature_key is not None:
-                    verify_es256(
-                        self._signature_key.public_key, entry.signing_input, entry.signature
-                    )
+                    verify_es256(self._signature_key.es256, entry.signing_input, entry.signature)
                 check_ppt(ctx.header, ctx.params.get("ppt"), kind)  # step 5
                 ctx.x5u = check_x5u(ctx.header, ctx.params.get("info"), require_info=not bare)
                 if cache is not None:
@@ -439,7 +437,7 @@ class Verification:
             if signature_ok is False:
                 raise errors.InvalidSignature("ES256 signature does not verify")
             if signature_ok is None and self._signature_key is None:  # else done at step 4
-                verify_es256(credential.public_key, entry.signing_input, entry.signature)
+                verify_es256(credential.es256, entry.signing_input, entry.signature)
         except VerificationError as exc:
             self._fail(entry, exc)
             return
@@ -805,7 +803,7 @@ class CredentialSource(Protocol):
         ...
 
 
-SignatureCheck = Callable[[EllipticCurvePublicKey, bytes, bytes], Awaitable[bool]]
+SignatureCheck = Callable[[ES256Key, bytes, bytes], Awaitable[bool]]
 
 
 async def verify(
@@ -833,7 +831,7 @@ async def verify(
         if signatures is None:
             verification.settle(entry, credential)
         else:
-            ok = await signatures(credential.public_key, entry.signing_input, entry.signature)
+            ok = await signatures(credential.es256, entry.signing_input, entry.signature)
             verification.settle(entry, credential, signature_ok=ok)
     return verification.result()
 

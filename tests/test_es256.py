@@ -1,0 +1,285 @@
+"""ES256 checks with a hot key's precomputed table (verifier.es256), held to
+pyca/cryptography's verdict on the same inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verifier import errors, es256
+from verifier.certs import TrustStore
+from verifier.metrics import Metrics
+from verifier.passport import verify_es256
+from verifier.testing import TestPKI
+from verifier.verify import Verification
+
+N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+ES256 = ec.ECDSA(hashes.SHA256())
+KEY = ec.derive_private_key(0x5EED_0001, ec.SECP256R1())
+OTHER = ec.derive_private_key(0x5EED_0002, ec.SECP256R1())
+
+
+@pytest.fixture(autouse=True)
+def fresh_tables() -> Iterator[None]:
+    es256.configure()
+    es256.configure(max_tables=0)  # drops every table
+    es256.configure()
+    yield
+    es256.configure(max_tables=0)
+    es256.configure()
+
+
+def raw(signature_der: bytes) -> bytes:
+    r, s = decode_dss_signature(signature_der)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def sign(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
+    return raw(key.sign(message, ES256))
+
+
+def point(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+
+def plain(key: ec.EllipticCurvePrivateKey, message: bytes, signature: bytes) -> bool:
+    return es256._plain_check(key.public_key(), message, signature)
+
+
+def wait_for_tables(count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while es256.tables_in_use() < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{es256.tables_in_use()} tables, {count} expected")
+        time.sleep(0.005)
+
+
+def make_hot(key: ec.EllipticCurvePrivateKey) -> es256.ES256Key:
+    checker = es256.ES256Key(key.public_key())
+    for i in range(es256.HOT_AFTER):
+        message = b"warm %d" % i
+        assert checker.check(message, sign(key, message))
+    return checker
+
+
+def test_tables_are_available_here() -> None:
+    # Every other test in this file would pass through the plain check alone otherwise.
+    assert es256.unavailable() == ""
+
+
+TABLE = es256._Table(point(KEY))
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(
+    message=st.binary(min_size=0, max_size=400),
+    flip=st.integers(min_value=0, max_value=64 * 8 + 7),
+)
+def test_table_agrees_with_cryptography(message: bytes, flip: int) -> None:
+    signature = sign(KEY, message)
+    assert TABLE.check(message, signature) is True
+    if flip < 64 * 8:  # damage one bit of the signature
+        damaged = bytearray(signature)
+        damaged[flip // 8] ^= 1 << (flip % 8)
+        bad_message = message
+    else:  # or of the message
+        damaged = bytearray(signature)
+        bad_message = message + bytes([flip % 8])
+    assert TABLE.check(bad_message, bytes(damaged)) is False
+    assert plain(KEY, bad_message, bytes(damaged)) is False
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(signature=st.binary(min_size=64, max_size=64), message=st.binary(max_size=64))
+def test_table_refuses_arbitrary_signatures(signature: bytes, message: bytes) -> None:
+    assert TABLE.check(message, signature) is plain(KEY, message, signature) is False
+
+
+def test_other_keys_signature_is_refused() -> None:
+    signature = sign(OTHER, b"hello")
+    assert TABLE.check(b"hello", signature) is False
+    assert plain(KEY, b"hello", signature) is False
+
+
+@pytest.mark.parametrize(
+    ("r", "s"),
+    [(0, 1), (1, 0), (0, 0), (N, 1), (1, N), (N + 1, 1), (2**256 - 1, 2**256 - 1), (N - 1, N - 1)],
+)
+def test_scalars_out_of_range_are_refused(r: int, s: int) -> None:
+    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    assert TABLE.check(b"m", signature) is False
+    assert plain(KEY, b"m", signature) is False
+
+
+def test_r_plus_or_minus_n_is_not_the_same_signature() -> None:
+    signature = sign(KEY, b"m")
+    r = int.from_bytes(signature[:32], "big")
+    if r + N < 2**256:
+        shifted = (r + N).to_bytes(32, "big") + signature[32:]
+        assert TABLE.check(b"m", shifted) is plain(KEY, b"m", shifted) is False
+    negated_s = (N - int.from_bytes(signature[32:], "big")).to_bytes(32, "big")
+    # (r, n - s) is ECDSA's other valid signature for the same message: both accept it.
+    assert TABLE.check(b"m", signature[:32] + negated_s) is True
+    assert plain(KEY, b"m", signature[:32] + negated_s) is True
+
+
+def test_sum_at_infinity_is_refused() -> None:
+    # With the private key d known, pick r so that u1·G + u2·Q is the point at infinity:
+    # e/s + r·d/s = 0 (mod n), that is r = -e/d. Any s then gives infinity.
+    d = KEY.private_numbers().private_value
+    e = int.from_bytes(hashlib.sha256(b"m").digest(), "big")
+    r = (-e * pow(d, -1, N)) % N
+    for s in (1, 2, N - 1, 0x1234567):
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        assert TABLE.check(b"m", signature) is False
+        assert plain(KEY, b"m", signature) is False
+
+
+def test_a_key_gets_its_table_once_hot() -> None:
+    checker = es256.ES256Key(KEY.public_key())
+    for i in range(es256.HOT_AFTER - 1):
+        assert checker.check(b"%d" % i, sign(KEY, b"%d" % i))
+    time.sleep(0.05)
+    assert es256.tables_in_use() == 0
+    assert checker.check(b"last", sign(KEY, b"last"))
+    wait_for_tables(1)
+    assert checker.check(b"after", sign(KEY, b"after")) is True
+    assert checker.check(b"after", sign(KEY, b"other")) is False
+
+
+def test_failed_checks_do_not_make_a_key_hot() -> None:
+    checker = es256.ES256Key(KEY.public_key())
+    for i in range(3 * es256.HOT_AFTER):
+        assert checker.check(b"%d" % i, bytes(64)) is False
+    time.sleep(0.05)
+    assert es256.tables_in_use() == 0
+
+
+def test_credentials_of_one_key_share_its_table() -> None:
+    make_hot(KEY)
+    wait_for_tables(1)
+    again = make_hot(KEY)  # a credential made again, e.g. a refreshed cache entry
+    time.sleep(0.05)
+    assert es256.tables_in_use() == 1
+    assert again.check(b"x", sign(KEY, b"x"))
+
+
+def test_tables_are_bounded_least_recently_used_first() -> None:
+    es256.configure(max_tables=2, hot_after=1)
+    keys = [ec.derive_private_key(0x5EED_0100 + i, ec.SECP256R1()) for i in range(3)]
+    checkers = [es256.ES256Key(k.public_key()) for k in keys]
+    for i in (0, 1):
+        assert checkers[i].check(b"m", sign(keys[i], b"m"))
+        wait_for_tables(i + 1)
+    assert checkers[0].check(b"n", sign(keys[0], b"n"))  # key 0 used last: key 1 goes
+    assert checkers[2].check(b"m", sign(keys[2], b"m"))
+    deadline = time.monotonic() + 10
+    while point(keys[2]) not in es256._tables.by_point:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert list(es256._tables.by_point) == [point(keys[0]), point(keys[2])]
+    for checker, key in zip(checkers, keys, strict=True):  # all still verify
+        assert checker.check(b"z", sign(key, b"z")) is True
+        assert checker.check(b"z", sign(key, b"y")) is False
+
+
+def test_no_tables_when_turned_off() -> None:
+    es256.configure(max_tables=0)
+    checker = make_hot(KEY)
+    checker.check(b"x", sign(KEY, b"x"))
+    time.sleep(0.05)
+    assert es256.tables_in_use() == 0
+    assert checker.check(b"x", sign(KEY, b"y")) is False
+
+
+def test_configure_refuses_nonsense() -> None:
+    with pytest.raises(ValueError):
+        es256.configure(max_tables=-1)
+    with pytest.raises(ValueError):
+        es256.configure(hot_after=0)
+
+
+def test_table_checks_from_many_threads() -> None:
+    checker = make_hot(KEY)
+    wait_for_tables(1)
+    messages = [os.urandom(100) for _ in range(100)]
+    signed = [(m, sign(KEY, m)) for m in messages]
+    wrong: list[tuple[bytes, bool]] = []
+
+    def work(offset: int) -> None:
+        for i, (m, signature) in enumerate(signed):
+            good = (i + offset) % 2 == 0
+            given_signature = signature if good else signed[(i + 1) % len(signed)][1]
+            if checker.check(m, given_signature) is not good:
+                wrong.append((m, good))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_a_table_that_fails_its_proof_turns_tables_off() -> None:
+    try:
+        # A "known-good" signature that does not verify: the new table must refuse it,
+        # and a table that disagrees with the plain check is never used.
+        es256._build(point(KEY), b"m", sign(KEY, b"other"))
+        assert "disagreed" in es256.unavailable()
+        assert es256.tables_in_use() == 0
+        checker = make_hot(KEY)
+        time.sleep(0.05)
+        assert es256.tables_in_use() == 0
+        assert checker.check(b"x", sign(KEY, b"x")) is True
+    finally:
+        es256._broken = ""
+
+
+def test_verify_es256_takes_a_key_or_its_checker() -> None:
+    signature = sign(KEY, b"a.b")
+    verify_es256(KEY.public_key(), b"a.b", signature)
+    verify_es256(es256.ES256Key(KEY.public_key()), b"a.b", signature)
+    with pytest.raises(errors.InvalidSignature):
+        verify_es256(es256.ES256Key(KEY.public_key()), b"a.c", signature)
+
+
+def test_metrics_count_the_tables() -> None:
+    metrics = Metrics.create()
+    metrics.watch_fetcher(dict)
+    assert b"verifier_es256_key_tables 0.0" in metrics.render()
+    make_hot(KEY)
+    wait_for_tables(1)
+    assert b"verifier_es256_key_tables 1.0" in metrics.render()
+
+
+def test_the_pipeline_uses_the_credentials_table() -> None:
+    pki = TestPKI.create()
+    now = time.time()
+    credential = TrustStore([pki.root.cert]).validate(list(pki.signer.chain), now)
+
+    def verify(value: str) -> bool:
+        verification = Verification(value, now=now)
+        for entry in verification.pending():
+            verification.settle(entry, credential)
+        return verification.result().passed
+
+    for _ in range(es256.HOT_AFTER):
+        assert verify(pki.signer.identity(iat=int(now)))
+    wait_for_tables(1)
+    assert verify(pki.signer.identity(iat=int(now)))
+    one, other = (pki.signer.identity(iat=int(now)) for _ in range(2))
+    swapped = one.split(";")[0].rsplit(".", 1)[0] + "." + other.split(";")[0].rsplit(".", 1)[1]
+    assert not verify(swapped + one[one.index(";") :])

@@ -1,0 +1,380 @@
+"""ES256 (ECDSA P-256 with SHA-256) signature checks, faster for keys in heavy use.
+
+An ECDSA check computes ``u1·G + u2·Q`` and compares its x-coordinate with ``r``. OpenSSL
+keeps a precomputed table of multiples of the base point G, so ``u1·G`` is cheap, but it
+computes ``u2·Q`` from scratch for every signature: most of a check's cost. A verifier sees
+the same few signing keys over and over (one certificate signs all of a carrier's calls),
+so for a key in heavy use this module builds the same kind of table for Q, once, and a
+check becomes two fixed-base multiplications: about 1.7x the checks per second of a plain
+one (``benchmarks/bench_core.py`` prints both).
+
+How: a copy of OpenSSL's P-256 group whose generator is Q, for which
+``EC_GROUP_precompute_mult`` builds the table (OpenSSL's own nistz256 code, the code that
+holds G's table), called through :mod:`ctypes` in the libcrypto this interpreter already
+has loaded. The arithmetic is all OpenSSL's; this module only strings the steps together.
+
+The equation is ECDSA's (SEC 1 v2 §4.1.4, FIPS 186-5 §6.4.2): refuse ``r`` or ``s``
+outside ``[1, n-1]``; ``e`` = SHA-256 of the message as an integer (n has 256 bits: no
+truncation); ``w = s⁻¹ mod n``; ``X = (e·w mod n)·G + (r·w mod n)·Q``; accept iff X is not
+the point at infinity and ``x(X) mod n == r``. Tests hold it to pyca/cryptography's
+verdict on random keys, valid signatures and every kind of damaged one; and each table,
+once built, must pass the signature that made its key hot, and refuse a damaged copy,
+before it is used (else tables are turned off for the process, with an error logged).
+
+Everything else goes through pyca/cryptography's ordinary check: a key not yet hot
+(:data:`HOT_AFTER` checks), a table still being built (on a helper thread: about 20 ms of
+CPU, with the GIL released), no usable libcrypto (:func:`unavailable` says why), or tables
+turned off (``configure(max_tables=0)``). Tables are bounded: at most ``max_tables``
+(about 150 KiB each), the least recently used dropped first. A table is freed only when
+nothing refers to it any more, so a check running on another thread is never left with
+freed memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from ctypes import c_char_p, c_int, c_size_t, c_void_p
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+__all__ = ["HOT_AFTER", "ES256Key", "configure", "tables_in_use", "unavailable"]
+
+log = logging.getLogger(__name__)
+
+HOT_AFTER = 32
+"""Checks with a key before its table is built."""
+
+_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 order
+_NID_P256 = 415  # NID_X9_62_prime256v1
+_ES256 = ec.ECDSA(hashes.SHA256())
+_sha256 = hashlib.sha256
+
+
+def _plain_check(key: ec.EllipticCurvePublicKey, data: bytes, signature: bytes) -> bool:
+    der = encode_dss_signature(
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    )
+    try:
+        key.verify(der, data, _ES256)
+    except InvalidSignature:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ libcrypto
+
+
+class _Lib:
+    """The libcrypto functions used, typed for ctypes (which releases the GIL in each)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        def fn(name: str, restype: Any, *argtypes: Any) -> Any:
+            f = getattr(lib, name)
+            f.restype = restype
+            f.argtypes = list(argtypes)
+            return f
+
+        p = c_void_p
+        self.version_num = fn("OpenSSL_version_num", ctypes.c_ulong)
+        self.group_by_name = fn("EC_GROUP_new_by_curve_name", p, c_int)
+        self.group_dup = fn("EC_GROUP_dup", p, p)
+        self.group_free = fn("EC_GROUP_free", None, p)
+        self.group_order = fn("EC_GROUP_get0_order", p, p)
+        self.group_cofactor = fn("EC_GROUP_get0_cofactor", p, p)
+        self.set_generator = fn("EC_GROUP_set_generator", c_int, p, p, p, p)
+        self.precompute = fn("EC_GROUP_precompute_mult", c_int, p, p)
+        self.point_new = fn("EC_POINT_new", p, p)
+        self.point_free = fn("EC_POINT_free", None, p)
+        self.oct2point = fn("EC_POINT_oct2point", c_int, p, p, c_char_p, c_size_t, p)
+        self.mul = fn("EC_POINT_mul", c_int, p, p, p, p, p, p)
+        self.add = fn("EC_POINT_add", c_int, p, p, p, p, p)
+        self.at_infinity = fn("EC_POINT_is_at_infinity", c_int, p, p)
+        self.affine = fn("EC_POINT_get_affine_coordinates", c_int, p, p, p, p, p)
+        self.bn_new = fn("BN_new", p)
+        self.bn_free = fn("BN_free", None, p)
+        self.bin2bn = fn("BN_bin2bn", p, c_char_p, c_int, p)
+        self.bn2binpad = fn("BN_bn2binpad", c_int, p, c_char_p, c_int)
+        self.mod_inverse = fn("BN_mod_inverse", p, p, p, p, p)
+        self.ctx_new = fn("BN_CTX_new", p)
+        self.ctx_free = fn("BN_CTX_free", None, p)
+
+
+def _loaded_libcrypto() -> str | None:
+    """The path of the libcrypto this process already maps (the one ``_hashlib`` uses)."""
+    try:
+        import _hashlib  # noqa: F401 - maps libcrypto into the process
+
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+            for line in maps:
+                path = line.rstrip("\n").partition("/")[2]
+                if path and "/libcrypto.so" in "/" + path:
+                    return "/" + path
+    except (ImportError, OSError):
+        pass
+    return ctypes.util.find_library("crypto")
+
+
+def _load() -> tuple[_Lib | None, int, str]:
+    """(library, P-256 group, why not) — the group is the standard one, G's table built in."""
+    path = _loaded_libcrypto()
+    if path is None:
+        return None, 0, "no libcrypto found"
+    try:
+        lib = _Lib(ctypes.CDLL(path))
+    except (OSError, AttributeError) as exc:
+        return None, 0, f"{path}: {exc}"
+    if lib.version_num() < 0x30000000:
+        return None, 0, f"{path}: OpenSSL older than 3.0"
+    group = lib.group_by_name(_NID_P256)
+    if not group:
+        return None, 0, f"{path}: no P-256 group"
+    return lib, group, ""
+
+
+_lib, _G, _why_not = _load()
+_ORDER = _lib.group_order(_G) if _lib is not None else 0
+_broken = ""  # set when a table failed its self-check: no more tables in this process
+
+
+def unavailable() -> str:
+    """Why keys get no tables in this process ("" when they do)."""
+    return _why_not or _broken
+
+
+class _Scratch:
+    """One thread's OpenSSL working objects (a BN_CTX must not be shared between threads)."""
+
+    def __init__(self) -> None:
+        lib = _lib
+        if lib is None:
+            raise _TableError(_why_not)
+        self.lib = lib
+        self.ctx = lib.ctx_new()
+        self.u1, self.u2, self.s, self.w, self.x = (lib.bn_new() for _ in range(5))
+        self.p1, self.p2 = lib.point_new(_G), lib.point_new(_G)
+        self.out = ctypes.create_string_buffer(32)
+        if not all((self.ctx, self.u1, self.u2, self.s, self.w, self.x, self.p1, self.p2)):
+            raise MemoryError("OpenSSL allocation failed")
+
+    def __del__(self) -> None:
+        lib = self.lib
+        for bn in (self.u1, self.u2, self.s, self.w, self.x):
+            lib.bn_free(bn)
+        lib.point_free(self.p1)
+        lib.point_free(self.p2)
+        lib.ctx_free(self.ctx)
+
+
+class _TableError(RuntimeError):
+    """An OpenSSL call on the table path failed (not a verdict on the signature)."""
+
+
+class _Table:
+    """A P-256 group whose generator is one public key, with its precomputed table."""
+
+    __slots__ = ("group", "lib")
+
+    def __init__(self, point: bytes) -> None:
+        lib = _lib
+        if lib is None:
+            raise _TableError(_why_not)
+        self.lib = lib
+        self.group = lib.group_dup(_G)
+        if not self.group:
+            raise _TableError("EC_GROUP_dup failed")
+        q = lib.point_new(_G)
+        ctx = lib.ctx_new()
+        try:
+            if not (
+                q
+                and ctx
+                and lib.oct2point(_G, q, point, len(point), ctx) == 1
+                and lib.set_generator(self.group, q, _ORDER, lib.group_cofactor(_G)) == 1
+                and lib.precompute(self.group, ctx) == 1
+            ):
+                raise _TableError("building the table failed")
+        finally:
+            lib.point_free(q)
+            lib.ctx_free(ctx)
+
+    def __del__(self) -> None:
+        if getattr(self, "group", None):
+            self.lib.group_free(self.group)
+
+    def check(self, data: bytes, signature: bytes) -> bool:
+        r = int.from_bytes(signature[:32], "big")
+        s = int.from_bytes(signature[32:], "big")
+        if not (0 < r < _N and 0 < s < _N) or len(signature) != 64:
+            return False
+        k: _Scratch | None = getattr(_per_thread, "scratch", None)
+        if k is None:
+            k = _per_thread.scratch = _Scratch()
+        lib = k.lib
+        ctx = k.ctx
+        lib.bin2bn(signature[32:], 32, k.s)
+        if not lib.mod_inverse(k.w, k.s, _ORDER, ctx):
+            raise _TableError("BN_mod_inverse failed")
+        lib.bn2binpad(k.w, k.out, 32)
+        w = int.from_bytes(k.out.raw, "big")
+        e = int.from_bytes(_sha256(data).digest(), "big")
+        lib.bin2bn((e * w % _N).to_bytes(32, "big"), 32, k.u1)
+        lib.bin2bn((r * w % _N).to_bytes(32, "big"), 32, k.u2)
+        if not (
+            lib.mul(_G, k.p1, k.u1, None, None, ctx) == 1
+            and lib.mul(self.group, k.p2, k.u2, None, None, ctx) == 1
+            and lib.add(_G, k.p1, k.p1, k.p2, ctx) == 1
+        ):
+            raise _TableError("EC_POINT arithmetic failed")
+        if lib.at_infinity(_G, k.p1):
+            return False
+        if lib.affine(_G, k.p1, k.x, None, ctx) != 1:
+            raise _TableError("EC_POINT_get_affine_coordinates failed")
+        lib.bn2binpad(k.x, k.out, 32)
+        return int.from_bytes(k.out.raw, "big") % _N == r
+
+
+_per_thread = threading.local()
+
+
+# -------------------------------------------------------------------------------- tables
+
+
+class _Tables:
+    """The tables, by public key (X9.62 uncompressed point), least recently used first.
+
+    Shared by every :class:`ES256Key` of the same key: a credential made again (a cache
+    entry refreshed) finds its table built."""
+
+    def __init__(self) -> None:
+        self.max_tables = 64
+        self.hot_after = HOT_AFTER
+        self.by_point: OrderedDict[bytes, _Table] = OrderedDict()
+        self.building: set[bytes] = set()
+        self.lock = threading.Lock()
+
+    def admit(self, point: bytes, table: _Table) -> None:
+        with self.lock:
+            self.building.discard(point)
+            if self.max_tables == 0 or _broken:
+                return
+            self.by_point[point] = table
+            self.by_point.move_to_end(point)
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self.by_point) > self.max_tables:
+            self.by_point.popitem(last=False)
+
+    def build_later(self, point: bytes, data: bytes, signature: bytes) -> None:
+        """Build ``point``'s table on a helper thread unless it is there or on its way."""
+        with self.lock:
+            if point in self.by_point or point in self.building or self.max_tables == 0:
+                return
+            self.building.add(point)
+        threading.Thread(
+            target=_build, args=(point, data, signature), name="es256-table", daemon=True
+        ).start()
+
+
+_tables = _Tables()
+
+
+def _build(point: bytes, data: bytes, signature: bytes) -> None:
+    """Build a table, prove it on a known-good and a damaged signature, admit it."""
+    try:
+        table = _Table(point)
+        damaged = bytearray(signature)
+        damaged[-1] ^= 1
+        if not table.check(data, signature) or table.check(data, bytes(damaged)):
+            _disable("a new table disagreed with the plain check on a known signature")
+            return
+    except (_TableError, MemoryError) as exc:
+        log.warning("no ES256 table for a key: %s", exc)
+        with _tables.lock:
+            _tables.building.discard(point)
+        return
+    _tables.admit(point, table)
+
+
+def configure(*, max_tables: int = 64, hot_after: int = HOT_AFTER) -> None:
+    """At most ``max_tables`` keys hold a table (0: none), each built after ``hot_after``
+    checks. Tables beyond the new bound are dropped at once."""
+    if max_tables < 0 or hot_after < 1:
+        raise ValueError("max_tables must be >= 0 and hot_after >= 1")
+    with _tables.lock:
+        _tables.max_tables = max_tables
+        _tables.hot_after = hot_after
+        _tables._trim()
+
+
+def tables_in_use() -> int:
+    """Keys that hold a table now."""
+    return len(_tables.by_point)
+
+
+def _disable(why: str) -> None:
+    global _broken
+    with _tables.lock:
+        if not _broken:
+            _broken = why
+            log.error("ES256 tables turned off for this process: %s", why)
+        _tables.by_point.clear()
+
+
+# ------------------------------------------------------------------------------------ keys
+
+
+class ES256Key:
+    """One public key's ES256 check: ``key.check(signing_input, signature)`` -> bool.
+
+    ``signature`` is the raw 64-byte R||S of RFC 7518 §3.4. Thread-safe.
+    """
+
+    __slots__ = ("_point", "_uses", "public_key")
+
+    def __init__(self, public_key: ec.EllipticCurvePublicKey) -> None:
+        self.public_key = public_key
+        self._point: bytes | None = None  # known once the key is hot
+        self._uses = 0
+
+    def check(self, data: bytes, signature: bytes) -> bool:
+        point = self._point
+        if point is not None:
+            by_point = _tables.by_point
+            table = by_point.get(point)
+            if table is not None:
+                try:  # noqa: SIM105 - contextlib.suppress costs more, on the hot path
+                    by_point.move_to_end(point)
+                except KeyError:  # dropped meanwhile; this check still holds the table
+                    pass
+                try:
+                    return table.check(data, signature)
+                except _TableError as exc:  # not a verdict: the plain check gives it
+                    _disable(f"a table check failed: {exc}")
+        ok = _plain_check(self.public_key, data, signature)
+        if ok:
+            self._uses += 1
+            if self._uses >= _tables.hot_after:
+                self._uses = 0
+                self._hot(data, signature)
+        return ok
+
+    def _hot(self, data: bytes, signature: bytes) -> None:
+        if _tables.max_tables == 0 or unavailable():
+            return
+        if not isinstance(self.public_key.curve, ec.SECP256R1):
+            return
+        if self._point is None:
+            self._point = self.public_key.public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+        _tables.build_later(self._point, data, signature)
