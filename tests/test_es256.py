@@ -283,3 +283,33 @@ def test_the_pipeline_uses_the_credentials_table() -> None:
     one, other = (pki.signer.identity(iat=int(now)) for _ in range(2))
     swapped = one.split(";")[0].rsplit(".", 1)[0] + "." + other.split(";")[0].rsplit(".", 1)[1]
     assert not verify(swapped + one[one.index(";") :])
+
+
+def test_check_many_agrees_with_one_by_one() -> None:
+    hot = make_hot(KEY)
+    wait_for_tables(1)
+    cold = es256.ES256Key(OTHER.public_key())
+    jobs: list[tuple[es256.ES256Key, bytes, bytes]] = []
+    expected: list[bool] = []
+    for i in range(40):
+        key, checker = (KEY, hot) if i % 3 else (OTHER, cold)
+        message = b"message %d" % i
+        signature = sign(key, message)
+        kind = i % 5
+        if kind == 1:  # another message's signature
+            signature = sign(key, message + b"!")
+        elif kind == 2:  # out of range
+            signature = bytes(32) + signature[32:]
+        elif kind == 3:  # one bit off
+            signature = signature[:40] + bytes([signature[40] ^ 4]) + signature[41:]
+        jobs.append((checker, message, signature))
+        expected.append(kind in (0, 4))
+    assert es256.check_many(jobs) == expected
+    assert [checker.check(m, s) for checker, m, s in jobs] == expected
+    assert es256.check_many([]) == []
+
+
+def test_check_many_with_only_refused_signatures() -> None:
+    hot = make_hot(KEY)
+    wait_for_tables(1)
+    assert es256.check_many([(hot, b"m", bytes(64)), (hot, b"m", b"\xff" * 64)]) == [False] * 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .es256 import ES256Key
+from .es256 import ES256Key, check_many
 
 __all__ = ["SignatureBatcher"]
 
@@ -42,7 +42,7 @@ class SignatureBatcher:
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        for key, data, signature, future in batch:
-            ok = key.check(data, signature)
+        verdicts = check_many([(key, data, signature) for key, data, signature, _ in batch])
+        for (_, _, _, future), ok in zip(batch, verdicts, strict=True):
             if not future.done():  # its request may have been cancelled meanwhile
                 future.set_result(ok)

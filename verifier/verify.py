@@ -39,7 +39,7 @@ from cryptography import x509
 from . import errors
 from .certs import CertificateInfo, Credential, TrustStore, credential_from_public_key
 from .errors import TN_VALIDATION_PASSED, VerificationError
-from .es256 import ES256Key
+from .es256 import ES256Key, check_many
 from .identity import parse_params, split_identity_values, split_value
 from .passport import (
     DivClaims,
@@ -868,13 +868,21 @@ async def verify_many(
     found = dict(zip(wanted, await asyncio.gather(*map(lookup, wanted)), strict=True))
 
     def settle(share: Sequence[Verification]) -> None:
+        # The signatures are checked together (hot keys share a scalar inversion), then
+        # each entry is settled with its verdict.
+        checks: list[tuple[Verification, _Entry, Credential]] = []
         for verification in share:
             for entry in verification.pending():
                 credential = found[Verification.x5u_of(entry)]
                 if isinstance(credential, VerificationError):
                     verification.fail(entry, credential)
                 else:
-                    verification.settle(entry, credential)
+                    checks.append((verification, entry, credential))
+        verdicts = check_many(
+            [(c.es256, entry.signing_input, entry.signature) for _, entry, c in checks]
+        )
+        for (verification, entry, credential), ok in zip(checks, verdicts, strict=True):
+            verification.settle(entry, credential, signature_ok=ok)
 
     if callable(threads):
         threads = threads()
