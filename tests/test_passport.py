@@ -21,10 +21,12 @@ from verifier.passport import (
     check_shaken_claims,
     check_x5u,
     decode_jws,
+    decode_payload,
     ppt_of,
     verify_es256,
 )
 from verifier.testing import Signer, b64url
+from verifier.verify import Verification
 
 RawJws = Callable[[bytes, bytes], str]
 
@@ -472,3 +474,35 @@ def test_verify_es256_other_key(signer: Signer) -> None:
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
     with pytest.raises(errors.InvalidSignature):
         verify_es256(other, jws.signing_input, jws.signature)
+
+
+# -- lone surrogates --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"x":"\\ud800"}',
+        b'{"x":"a\\udfffb"}',
+        b'{"\\udc80":1}',
+        b'{"x":["\\ud83d"]}',  # half of a pair
+        b'{"x":"\\ude00\\ud83d"}',  # a pair in the wrong order
+        b'{"x": {"y": "\\uDC00"}}',  # the strict decoder's path (whitespace), upper case
+    ],
+)
+def test_lone_surrogates_are_refused(text: bytes) -> None:
+    with pytest.raises(errors.MalformedPassport, match="lone UTF-16 surrogate"):
+        decode_payload(b64url(text))
+
+
+def test_escaped_pairs_and_other_escapes_are_text() -> None:
+    assert {"x": "\U0001f600 \u00e9\n"} == decode_payload(
+        b64url(b'{"x":"\\ud83d\\ude00 \\u00e9\\n"}')
+    )
+
+
+def test_a_signed_passport_with_a_lone_surrogate_is_438(signer: Signer) -> None:
+    value = signer.identity(iat=NOW, claims={"x": "\udc80"})
+    result = Verification(value, now=NOW).result()
+    assert result.reason is not None
+    assert (438, "passport_malformed") == (result.reason.sip_code, result.reason.slug)

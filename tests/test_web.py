@@ -937,6 +937,26 @@ def _malformed(good: str) -> list[bytes]:
         b"INVITE sip:x SIP/2.0\r\n\tfolded: before any header\r\n",
         b"Identity:" + b"x" * 70_000,
     ]
+    # Lone UTF-16 surrogates: valid JSON escapes with no UTF-8 form, in keys and values.
+    lone = "\udc80"
+    for field in ("identity", "from", "pai", "to", "ruri", "date", lone):
+        bodies.append(dumps({"identity": good, field: lone}))
+        bodies.append(dumps({"requests": [{"identity": good, field: lone}, lone, {lone: [lone]}]}))
+    bodies += [
+        dumps({lone: 1}),
+        dumps({"verificationRequest": {lone: lone}}),
+        dumps(
+            {
+                "verificationRequest": {
+                    "from": {"tn": lone},
+                    "to": {"tn": [lone]},
+                    "time": lone,
+                    "identity": lone,
+                }
+            }
+        ),
+        f"INVITE sip:{lone}@x SIP/2.0\r\nIdentity: {lone}\r\n\r\n".encode("utf-8", "surrogatepass"),
+    ]
     return bodies
 
 

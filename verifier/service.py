@@ -44,7 +44,14 @@ log = logging.getLogger(__name__)
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact JSON in UTF-8. A string holding a lone UTF-16 surrogate has no UTF-8 form
+    (only a request's ``\\u`` escape makes one, echoed in an error): then every non-ASCII
+    character is written as an escape."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def _js(value: str | None) -> str:
