@@ -4,6 +4,7 @@ verifications."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from verifier.certs import TrustStore
 from verifier.config import Settings
 from verifier.records import RecordSettings
-from verifier.service import Service, VerifyRequest
+from verifier.service import Service, VerifyRequest, dumps
 from verifier.testing import ChainSource, Signer
 from verifier.verify import CallInfo, verify_many
 
@@ -63,3 +64,26 @@ async def test_batch_signatures_use_threads_only_while_the_batch_is_alone(
     assert 0 == service.in_flight
     outcomes = [*alone, *together[0], *together[1]]
     assert {"TN-Validation-Passed"} == {o.result.verstat for o in outcomes}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"verificationResponse": {"verstat": "TN-Validation-Passed", "attest": "A"}},
+        {"claims": {"x": "é \U0001f600 \x00 \"'\\ </script>", "n": [1, -2, 0.5, True, None]}},
+        {"big": 2**70, "neg": -(2**64)},  # beyond orjson's 64 bits
+        {"variables": ["\udc80"]},  # a lone surrogate, echoed from a request
+        {1: "a non-string key"},
+        [],
+    ],
+)
+def test_dumps_writes_json_that_reads_back(value: Any) -> None:
+    written = dumps(value)
+    assert isinstance(written, bytes)
+    expected = json.loads(json.dumps(value))  # what the standard library makes of it
+    assert expected == json.loads(written)
+
+
+def test_dumps_is_compact_utf8() -> None:
+    assert b'{"a":[1,2],"b":"\xc3\xa9"}' == dumps({"a": [1, 2], "b": "\u00e9"})
+    assert b'{"b":"\\u00e9","n":1180591620717411303424}' == dumps({"b": "\u00e9", "n": 2**70})

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from . import es256
 from .certs import TrustStore
 from .config import Settings
@@ -44,13 +46,17 @@ log = logging.getLogger(__name__)
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON in UTF-8. A string holding a lone UTF-16 surrogate has no UTF-8 form
-    (only a request's ``\\u`` escape makes one, echoed in an error): then every non-ASCII
-    character is written as an escape."""
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON in UTF-8, by orjson (a batch answer: 0.7 us an item against 10.4 us
+    with the standard encoder).
+
+    What orjson refuses, the standard encoder writes, every non-ASCII character as an
+    escape: an integer beyond 64 bits (an unknown claim we keep may hold one), a string
+    with a lone UTF-16 surrogate (no UTF-8 form: only a request's ``\\u`` escape makes
+    one, echoed in an error), a key that is not a string.
+    """
     try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError is one
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
