@@ -313,3 +313,16 @@ def test_check_many_with_only_refused_signatures() -> None:
     hot = make_hot(KEY)
     wait_for_tables(1)
     assert es256.check_many([(hot, b"m", bytes(64)), (hot, b"m", b"\xff" * 64)]) == [False] * 2
+
+
+def test_without_libcrypto_every_check_is_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A machine without a usable libcrypto cannot be had here: fake what _load reports.
+    monkeypatch.setattr(es256, "_why_not", "no libcrypto found")
+    assert es256.unavailable() == "no libcrypto found"
+    checker = make_hot(KEY)
+    for i in range(2 * es256.HOT_AFTER):
+        assert checker.check(b"%d" % i, sign(KEY, b"%d" % i)) is True
+    assert checker.check(b"x", sign(KEY, b"y")) is False
+    time.sleep(0.05)
+    assert es256.tables_in_use() == 0
+    assert es256.check_many([(checker, b"z", sign(KEY, b"z"))]) == [True]
