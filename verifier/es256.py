@@ -223,7 +223,13 @@ class _Table:
             self.lib.group_free(self.group)
 
     def check(self, data: bytes, signature: bytes) -> bool:
-        return _table_checks([(self, data, signature)])[0]
+        """One signature's verdict (with its own scalar inversion)."""
+        r = int.from_bytes(signature[:32], "big")
+        s = int.from_bytes(signature[32:], "big")
+        if len(signature) != 64 or not (0 < r < _N and 0 < s < _N):
+            return False
+        k = _scratch()
+        return _verdict(k, self.group, data, r, _inverse(s, k))
 
 
 def _scratch() -> _Scratch:
@@ -233,26 +239,55 @@ def _scratch() -> _Scratch:
     return k
 
 
+def _inverse(v: int, k: _Scratch) -> int:
+    """``v⁻¹ mod n`` (v in [1, n-1])."""
+    lib = k.lib
+    lib.bin2bn(v.to_bytes(32, "big"), 32, k.s)
+    if not lib.mod_inverse(k.w, k.s, _ORDER, k.ctx):
+        raise _TableError("BN_mod_inverse failed")
+    lib.bn2binpad(k.w, k.out, 32)
+    return int.from_bytes(k.out.raw, "big")
+
+
 def _inverses(values: list[int], k: _Scratch) -> list[int]:
     """``v⁻¹ mod n`` of each value (all in [1, n-1]): one inversion for all of them
     (Montgomery's trick: invert the product, then peel each factor off)."""
-    lib = k.lib
     prefix = []
     product = 1
     for v in values:
         product = product * v % _N
         prefix.append(product)
-    lib.bin2bn(product.to_bytes(32, "big"), 32, k.s)
-    if not lib.mod_inverse(k.w, k.s, _ORDER, k.ctx):
-        raise _TableError("BN_mod_inverse failed")
-    lib.bn2binpad(k.w, k.out, 32)
-    inverse = int.from_bytes(k.out.raw, "big")  # of the whole product
+    inverse = _inverse(product, k)
     out = [0] * len(values)
     for i in range(len(values) - 1, 0, -1):
         out[i] = inverse * prefix[i - 1] % _N
         inverse = inverse * values[i] % _N
     out[0] = inverse
     return out
+
+
+def _verdict(k: _Scratch, group: int, data: bytes, r: int, w: int) -> bool:
+    """ECDSA's check with ``w = s⁻¹ mod n`` given and the key's table in ``group``."""
+    lib, ctx, p1, x, z, out = k.lib, k.ctx, k.p1, k.x, k.z, k.out
+    e = int.from_bytes(_sha256(data).digest(), "big")
+    lib.bin2bn((e * w % _N).to_bytes(32, "big"), 32, k.u1)
+    lib.bin2bn((r * w % _N).to_bytes(32, "big"), 32, k.u2)
+    if not (
+        lib.mul(_G, p1, k.u1, None, None, ctx) == 1
+        and lib.mul(group, k.p2, k.u2, None, None, ctx) == 1
+        and lib.add(_G, p1, p1, k.p2, ctx) == 1
+        and lib.jacobian(_G, p1, x, None, z, ctx) == 1
+    ):
+        raise _TableError("EC_POINT arithmetic failed")
+    lib.bn2binpad(z, out, 32)
+    zz = int.from_bytes(out.raw, "big")
+    if not zz:  # Z = 0: the point at infinity
+        return False
+    zz = zz * zz % _P
+    lib.bn2binpad(x, out, 32)
+    jx = int.from_bytes(out.raw, "big")
+    # x(X) = jx / Z² (mod p); x(X) mod n == r  <=>  x(X) is r or r + n (x < p < 2n)
+    return jx == r * zz % _P or (r + _N < _P and jx == (r + _N) * zz % _P)
 
 
 def _table_checks(jobs: list[tuple[_Table, bytes, bytes]]) -> list[bool]:
@@ -263,32 +298,13 @@ def _table_checks(jobs: list[tuple[_Table, bytes, bytes]]) -> list[bool]:
         r = int.from_bytes(signature[:32], "big")
         s = int.from_bytes(signature[32:], "big")
         if len(signature) == 64 and 0 < r < _N and 0 < s < _N:
-            live.append((i, table, data, r, s))
+            live.append((i, table.group, data, r, s))
     if not live:
         return verdicts
     k = _scratch()
-    lib, ctx, u1, u2, p1, p2, x, z, out = (k.lib, k.ctx, k.u1, k.u2, k.p1, k.p2, k.x, k.z, k.out)
     ws = _inverses([job[4] for job in live], k)
-    for (i, table, data, r, _), w in zip(live, ws, strict=True):
-        e = int.from_bytes(_sha256(data).digest(), "big")
-        lib.bin2bn((e * w % _N).to_bytes(32, "big"), 32, u1)
-        lib.bin2bn((r * w % _N).to_bytes(32, "big"), 32, u2)
-        if not (
-            lib.mul(_G, p1, u1, None, None, ctx) == 1
-            and lib.mul(table.group, p2, u2, None, None, ctx) == 1
-            and lib.add(_G, p1, p1, p2, ctx) == 1
-            and lib.jacobian(_G, p1, x, None, z, ctx) == 1
-        ):
-            raise _TableError("EC_POINT arithmetic failed")
-        lib.bn2binpad(z, out, 32)
-        zz = int.from_bytes(out.raw, "big")
-        if not zz:  # Z = 0: the point at infinity
-            continue
-        zz = zz * zz % _P
-        lib.bn2binpad(x, out, 32)
-        jx = int.from_bytes(out.raw, "big")
-        # x(X) = jx / Z² (mod p); x(X) mod n == r  <=>  x(X) is r or r + n (x < p < 2n)
-        verdicts[i] = jx == r * zz % _P or (r + _N < _P and jx == (r + _N) * zz % _P)
+    for (i, group, data, r, _), w in zip(live, ws, strict=True):
+        verdicts[i] = _verdict(k, group, data, r, w)
     return verdicts
 
 
@@ -397,7 +413,7 @@ class ES256Key:
         self._uses = 0
 
     def check(self, data: bytes, signature: bytes) -> bool:
-        table = self._table()
+        table = self._table() if self._point is not None else None
         if table is not None:
             try:
                 return table.check(data, signature)

@@ -146,7 +146,9 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value, end = _SCAN(text, 0)
         if end == len(text) and type(value) is dict and text.count(":") == _key_count(value):
-            return _unicode_only(text, value, what)
+            if "\\u" in text:  # only an escape can make a lone surrogate
+                _refuse_lone_surrogates(value, what)
+            return value
     except (StopIteration, ValueError, RecursionError):
         pass
     try:
@@ -157,26 +159,26 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
         raise errors.MalformedPassport(f"{what} is not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise errors.MalformedPassport(f"{what} is JSON but not an object")
-    return _unicode_only(text, value, what)
-
-
-def _unicode_only(text: str, value: dict[str, Any], what: str) -> dict[str, Any]:
-    """``value``, unless a string in it holds a lone UTF-16 surrogate.
-
-    JSON's grammar lets a string escape one (``"\\ud800"``), but such a string is not
-    Unicode text (RFC 8259 §8.2: software receiving it behaves unpredictably) and has no
-    UTF-8 form, so it could be neither answered, logged nor recorded as it came: 438.
-    Only an escape can make one (the bytes were decoded as UTF-8), so only a text with
-    a ``\\u`` is looked at.
-    """
     if "\\u" in text:
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise errors.MalformedPassport(
-                f"{what} holds a lone UTF-16 surrogate: not Unicode text"
-            ) from None
+        _refuse_lone_surrogates(value, what)
     return value
+
+
+def _refuse_lone_surrogates(value: dict[str, Any], what: str) -> None:
+    """Raise unless every string in ``value`` is Unicode text.
+
+    JSON's grammar lets a string escape a lone UTF-16 surrogate (``"\\ud800"``), but such
+    a string is not Unicode text (RFC 8259 §8.2: software receiving it behaves
+    unpredictably) and has no UTF-8 form, so it could be neither answered, logged nor
+    recorded as it came: 438. Only an escape can make one (the bytes were decoded as
+    UTF-8), so callers ask only for a text with a ``\\u``.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.MalformedPassport(
+            f"{what} holds a lone UTF-16 surrogate: not Unicode text"
+        ) from None
 
 
 def decode_header(h64: str) -> dict[str, Any]:
