@@ -326,3 +326,23 @@ def test_without_libcrypto_every_check_is_plain(monkeypatch: pytest.MonkeyPatch)
     time.sleep(0.05)
     assert es256.tables_in_use() == 0
     assert es256.check_many([(checker, b"z", sign(KEY, b"z"))]) == [True]
+
+
+def test_inversion_without_gmp_gives_the_same_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gmpy2 has wheels for the usual platforms; elsewhere OpenSSL's BN_mod_inverse serves.
+    values = [
+        1,
+        2,
+        N - 1,
+        0x1234567,
+        *(int.from_bytes(os.urandom(32), "big") % N or 1 for _ in range(50)),
+    ]
+    with_gmp = [es256._inverse(v, es256._scratch()) for v in values]
+    assert es256._gmp_invert is not None
+    monkeypatch.setattr(es256, "_gmp_invert", None)
+    assert with_gmp == [es256._inverse(v, es256._scratch()) for v in values]
+    assert all(v * w % N == 1 for v, w in zip(values, with_gmp, strict=True))
+    signed = [(TABLE, b"m%d" % i, sign(KEY, b"m%d" % i)) for i in range(5)]
+    damaged = [(t, m + b"!", s) for t, m, s in signed]
+    assert [True] * 5 + [False] * 5 == es256._table_checks(signed + damaged)
+    assert all(TABLE.check(m, s) for _, m, s in signed)

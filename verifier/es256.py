@@ -60,6 +60,14 @@ _NID_P256 = 415  # NID_X9_62_prime256v1
 _ES256 = ec.ECDSA(hashes.SHA256())
 _sha256 = hashlib.sha256
 
+try:
+    from gmpy2 import invert as _gmp_invert
+    from gmpy2 import mpz
+
+    _GMP_N = mpz(_N)
+except ImportError:  # pragma: no cover - a platform without gmpy2 wheels
+    _gmp_invert = None
+
 
 def _plain_check(key: ec.EllipticCurvePublicKey, data: bytes, signature: bytes) -> bool:
     der = encode_dss_signature(
@@ -240,7 +248,10 @@ def _scratch() -> _Scratch:
 
 
 def _inverse(v: int, k: _Scratch) -> int:
-    """``v⁻¹ mod n`` (v in [1, n-1])."""
+    """``v⁻¹ mod n`` (v in [1, n-1]): GMP's, else OpenSSL's BN_mod_inverse (about 10x the
+    time: it is the largest part of a single check after the two multiplications)."""
+    if _gmp_invert is not None:
+        return int(_gmp_invert(v, _GMP_N))
     lib = k.lib
     lib.bin2bn(v.to_bytes(32, "big"), 32, k.s)
     if not lib.mod_inverse(k.w, k.s, _ORDER, k.ctx):
