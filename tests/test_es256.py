@@ -3,11 +3,13 @@ pyca/cryptography's verdict on the same inputs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,8 +22,8 @@ from verifier import errors, es256
 from verifier.certs import TrustStore
 from verifier.metrics import Metrics
 from verifier.passport import verify_es256
-from verifier.testing import TestPKI
-from verifier.verify import Verification
+from verifier.testing import ChainSource, TestPKI
+from verifier.verify import CallInfo, Verification, verify_many
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ES256 = ec.ECDSA(hashes.SHA256())
@@ -338,7 +340,7 @@ def test_inversion_without_gmp_gives_the_same_verdicts(monkeypatch: pytest.Monke
         *(int.from_bytes(os.urandom(32), "big") % N or 1 for _ in range(50)),
     ]
     with_gmp = [es256._inverse(v, es256._scratch()) for v in values]
-    assert es256._gmp_invert is not None
+    assert es256._gmp_invert is not None  # type: ignore[attr-defined]
     monkeypatch.setattr(es256, "_gmp_invert", None)
     assert with_gmp == [es256._inverse(v, es256._scratch()) for v in values]
     assert all(v * w % N == 1 for v, w in zip(values, with_gmp, strict=True))
@@ -346,3 +348,36 @@ def test_inversion_without_gmp_gives_the_same_verdicts(monkeypatch: pytest.Monke
     damaged = [(t, m + b"!", s) for t, m, s in signed]
     assert [True] * 5 + [False] * 5 == es256._table_checks(signed + damaged)
     assert all(TABLE.check(m, s) for _, m, s in signed)
+
+
+async def test_batch_threads_only_for_keys_without_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    pki = TestPKI.create()
+    now = time.time()
+    trust = TrustStore([pki.root.cert])
+    source = ChainSource(trust, [pki.signer])
+    call = CallInfo(from_="12155551212", to="12155551213")
+    threaded: list[int] = []
+    real = asyncio.to_thread
+
+    async def to_thread(func: Any, /, *args: Any) -> Any:
+        threaded.append(len(args[0]))
+        return await real(func, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+
+    async def batch() -> list[str]:
+        requests = [(pki.signer.identity(iat=int(now)), call) for _ in range(40)]
+        results = await verify_many(requests, now=now, credentials=source, threads=2)
+        return [r.verstat for r in results]
+
+    es256.configure(max_tables=0)
+    assert ["TN-Validation-Passed"] * 40 == await batch()
+    assert [20, 20] == threaded  # plain checks: on two threads
+    threaded.clear()
+    es256.configure()
+    await batch()  # the key is hot now
+    wait_for_tables(1)
+    threaded.clear()
+    # A credential made again (ChainSource validates on every call) finds its key's table.
+    assert ["TN-Validation-Passed"] * 40 == await batch()
+    assert [] == threaded  # table checks keep the GIL: on the loop

@@ -143,7 +143,8 @@ class Settings:
     batch_threads: int = 2
     """Threads that check a large batch's signatures (``/v1/verify/batch``) while no other
     request is in flight (beside other requests the event loop checks them: it is faster
-    then); 1: always on the event loop. More than the host's cores gains nothing."""
+    then) and some key has no table yet (a table's checks keep the GIL: threads would only
+    add hand-overs); 1: always on the event loop. More than the host's cores gains nothing."""
     batch_signatures: bool = True
     """Check the ES256 signatures of all requests that reach that step in one event-loop
     turn together (faster under load: OpenSSL stays hot in the CPU caches)."""

@@ -420,17 +420,29 @@ class ES256Key:
 
     def __init__(self, public_key: ec.EllipticCurvePublicKey) -> None:
         self.public_key = public_key
-        self._point: bytes | None = None  # known once the key is hot
         self._uses = 0
+        # The tables' key: a credential made again (a cache entry refreshed) finds the
+        # table of its key at once. None: not a P-256 key, it never gets one.
+        self._point: bytes | None = None
+        if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
+            public_key.curve, ec.SECP256R1
+        ):
+            self._point = public_key.public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
 
     def check(self, data: bytes, signature: bytes) -> bool:
-        table = self._table() if self._point is not None else None
+        table = self._table()
         if table is not None:
             try:
                 return table.check(data, signature)
             except _TableError as exc:  # not a verdict: the plain check gives it
                 _disable(f"a table check failed: {exc}")
         return self._plain(data, signature)
+
+    def has_table(self) -> bool:
+        """Whether the key's checks use its table now."""
+        return self._point is not None and self._point in _tables.by_point
 
     def _table(self) -> _Table | None:
         """The key's table when it has one (and mark it used)."""
@@ -457,14 +469,8 @@ class ES256Key:
         return ok
 
     def _hot(self, data: bytes, signature: bytes) -> None:
-        if _tables.max_tables == 0 or unavailable():
+        if self._point is None or _tables.max_tables == 0 or unavailable():
             return
-        if not isinstance(self.public_key.curve, ec.SECP256R1):
-            return
-        if self._point is None:
-            self._point = self.public_key.public_bytes(
-                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-            )
         _tables.build_later(self._point, data, signature)
 
 

@@ -884,9 +884,11 @@ async def verify_many(
         for (verification, entry, credential), ok in zip(checks, verdicts, strict=True):
             verification.settle(entry, credential, signature_ok=ok)
 
+    # A key's table checks keep the GIL (verifier.es256): threads pay only for plain checks.
+    plain = any(isinstance(c, Credential) and not c.es256.has_table() for c in found.values())
     if callable(threads):
         threads = threads()
-    if threads > 1 and len(verifications) >= PARALLEL_THRESHOLD:
+    if threads > 1 and plain and len(verifications) >= PARALLEL_THRESHOLD:
         shares = [verifications[i::threads] for i in range(threads)]
         await asyncio.gather(*(asyncio.to_thread(settle, share) for share in shares))
     else:
