@@ -381,3 +381,16 @@ async def test_batch_threads_only_for_keys_without_a_table(monkeypatch: pytest.M
     # A credential made again (ChainSource validates on every call) finds its key's table.
     assert ["TN-Validation-Passed"] * 40 == await batch()
     assert [] == threaded  # table checks keep the GIL: on the loop
+
+
+def test_keys_turning_hot_together_are_built_one_at_a_time() -> None:
+    es256.configure(hot_after=1)
+    keys = [ec.derive_private_key(0x5EED_0200 + i, ec.SECP256R1()) for i in range(6)]
+    checkers = [es256.ES256Key(k.public_key()) for k in keys]
+    for checker, key in zip(checkers, keys, strict=True):
+        assert checker.check(b"m", sign(key, b"m"))
+    builders = [t for t in threading.enumerate() if t.name == "es256-tables"]
+    assert len(builders) == 1
+    wait_for_tables(6)
+    assert [c.has_table() for c in checkers] == [True] * 6
+    assert not es256._tables.building

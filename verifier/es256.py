@@ -22,8 +22,8 @@ once built, must pass the signature that made its key hot, and refuse a damaged 
 before it is used (else tables are turned off for the process, with an error logged).
 
 Everything else goes through pyca/cryptography's ordinary check: a key not yet hot
-(:data:`HOT_AFTER` checks), a table still being built (on a helper thread: about 20 ms of
-CPU, with the GIL released), no usable libcrypto (:func:`unavailable` says why), or tables
+(:data:`HOT_AFTER` checks), a table still being built (one at a time, on a builder thread:
+about 20 ms of CPU each, with the GIL released), no usable libcrypto (:func:`unavailable` says why), or tables
 turned off (``configure(max_tables=0)``). Tables are bounded: at most ``max_tables``
 (about 150 KiB each), the least recently used dropped first. A table is freed only when
 nothing refers to it any more, so a check running on another thread is never left with
@@ -36,6 +36,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import logging
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -337,6 +338,8 @@ class _Tables:
         self.by_point: OrderedDict[bytes, _Table] = OrderedDict()
         self.building: set[bytes] = set()
         self.lock = threading.Lock()
+        self.queue: queue.SimpleQueue[tuple[bytes, bytes, bytes]] = queue.SimpleQueue()
+        self.builder: threading.Thread | None = None
 
     def admit(self, point: bytes, table: _Table) -> None:
         with self.lock:
@@ -352,14 +355,30 @@ class _Tables:
             self.by_point.popitem(last=False)
 
     def build_later(self, point: bytes, data: bytes, signature: bytes) -> None:
-        """Build ``point``'s table on a helper thread unless it is there or on its way."""
+        """Queue ``point``'s table for the builder thread unless it is there or on its way.
+
+        One builder, one table at a time: a burst of keys turning hot at once (a restart
+        under load) takes one core for a while, not all of them."""
         with self.lock:
             if point in self.by_point or point in self.building or self.max_tables == 0:
                 return
             self.building.add(point)
-        threading.Thread(
-            target=_build, args=(point, data, signature), name="es256-table", daemon=True
-        ).start()
+            if self.builder is None or not self.builder.is_alive():
+                self.builder = threading.Thread(
+                    target=self._build_queued, name="es256-tables", daemon=True
+                )
+                self.builder.start()
+        self.queue.put((point, data, signature))
+
+    def _build_queued(self) -> None:
+        while True:
+            point, data, signature = self.queue.get()
+            try:
+                _build(point, data, signature)
+            except Exception:  # a bug must not stop the builder: that key stays plain
+                log.exception("building an ES256 table failed")
+                with self.lock:
+                    self.building.discard(point)
 
 
 _tables = _Tables()
