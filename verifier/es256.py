@@ -5,8 +5,10 @@ keeps a precomputed table of multiples of the base point G, so ``u1·G`` is chea
 computes ``u2·Q`` from scratch for every signature: most of a check's cost. A verifier sees
 the same few signing keys over and over (one certificate signs all of a carrier's calls),
 so for a key in heavy use this module builds the same kind of table for Q, once, and a
-check becomes two fixed-base multiplications: about 1.7x the checks per second of a plain
-one (``benchmarks/bench_core.py`` prints both).
+check becomes two fixed-base multiplications. With GMP's modular inverse (gmpy2) a check
+costs about 28 us where a plain one costs 66 us; checks made together share one inversion
+(``check_many``), and ``x(X)`` is compared in Jacobian coordinates (``X == r·Z²``), so no
+field inversion is needed (``benchmarks/bench_core.py`` prints the pipeline both ways).
 
 How: a copy of OpenSSL's P-256 group whose generator is Q, for which
 ``EC_GROUP_precompute_mult`` builds the table (OpenSSL's own nistz256 code, the code that
@@ -22,12 +24,12 @@ once built, must pass the signature that made its key hot, and refuse a damaged 
 before it is used (else tables are turned off for the process, with an error logged).
 
 Everything else goes through pyca/cryptography's ordinary check: a key not yet hot
-(:data:`HOT_AFTER` checks), a table still being built (one at a time, on a builder thread:
-about 20 ms of CPU each, with the GIL released), no usable libcrypto (:func:`unavailable` says why), or tables
-turned off (``configure(max_tables=0)``). Tables are bounded: at most ``max_tables``
-(about 150 KiB each), the least recently used dropped first. A table is freed only when
-nothing refers to it any more, so a check running on another thread is never left with
-freed memory.
+(:data:`HOT_AFTER` verified checks), a table still being built (one at a time, on a
+builder thread: about 20 ms of CPU each, with the GIL released), no usable libcrypto
+(:func:`unavailable` says why), or tables turned off (``configure(max_tables=0)``).
+Tables are bounded: at most ``max_tables`` (about 150 KiB each), the least recently used
+dropped first. A table is freed only when nothing refers to it any more, so a check
+running on another thread is never left with freed memory.
 """
 
 from __future__ import annotations
@@ -495,8 +497,8 @@ class ES256Key:
 
 def check_many(jobs: Sequence[tuple[ES256Key, bytes, bytes]]) -> list[bool]:
     """Each ``(key, signing_input, signature)``'s verdict, as :meth:`ES256Key.check`
-    gives it; the checks with a table share one scalar inversion (about 0.6x the cost of
-    checking them one by one)."""
+    gives it; the checks with a table share one scalar inversion (27 us a check against 29
+    one by one with GMP's inverse; against 46 with OpenSSL's)."""
     verdicts = [False] * len(jobs)
     tabled: list[tuple[_Table, bytes, bytes]] = []
     where: list[int] = []
