@@ -7,7 +7,7 @@ signed by one key, as a carrier's calls are: so the key is hot and its checks us
 precomputed table (``verifier.es256``). The same pipeline without key tables, and a bare
 ``cryptography`` verify, are measured in the same rounds.
 
-    .venv/bin/python benchmarks/bench_core.py [--rounds 5] [--seconds 1] [--json]
+    .venv/bin/python benchmarks/bench_core.py [--rounds 5] [--seconds 3] [--json]
 
 The ratio to openssl's single-core verify rate is what to compare across machines. These
 machines are shared: a neighbour's load slows either side for seconds at a time. So the two
@@ -189,7 +189,7 @@ def pyjwt_decode_per_s(seconds: float, count: int = 2000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (best kept)")
-    parser.add_argument("--seconds", type=int, default=1, help="seconds per side and round")
+    parser.add_argument("--seconds", type=int, default=3, help="seconds per side and round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     table = best_of_rounds(
