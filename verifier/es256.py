@@ -189,7 +189,9 @@ class _Scratch:
             raise MemoryError("OpenSSL allocation failed")
 
     def __del__(self) -> None:
-        lib = self.lib
+        lib = getattr(self, "lib", None)
+        if lib is None:  # __init__ stopped before allocating anything
+            return
         for bn in self.bns:
             lib.bn_free(bn)
         lib.point_free(self.p1)
