@@ -502,11 +502,6 @@ class PostgresRecordStore:
             ValueError: ``chunk`` < 1; or the database cannot be reached (also
                 psycopg.Error).
         """
-        if chunk < 1:
-            raise ValueError("chunk must be >= 1")
-        return self._chunks(q, chunk)
-
-    def _chunks(self, q: RecordQuery, chunk: int) -> Iterator[list[Record]]:
         return iter_chunks(q, chunk, _select, self._reader, _row)
 
     def stats(self, since: float | None, until: float | None) -> dict[str, Any]:

@@ -396,17 +396,27 @@ def iter_chunks(
     """Every record matching ``q``, newest first, ``chunk`` at a time, each chunk read on a
     connection of its own (nothing stays open between chunks). Shared by the stores: each
     gives its ``select`` (query, arguments for a position and a size), ``connect`` and
-    ``row`` (a result row as a Record); rows start with (id, ts)."""
-    position = q.position
-    while True:
-        query, args = select(q, position, chunk)
-        with contextlib.closing(connect()) as conn:
-            rows = conn.execute(query, args).fetchall()
-        if rows:
-            yield [row(r) for r in rows]
-        if len(rows) < chunk:
-            return
-        position = (rows[-1][1], rows[-1][0])
+    ``row`` (a result row as a Record); rows start with (id, ts).
+
+    Raises:
+        ValueError: ``chunk`` < 1, at once (not at the first ``next()``).
+    """
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1")
+
+    def chunks() -> Iterator[list[Record]]:
+        position = q.position
+        while True:
+            query, args = select(q, position, chunk)
+            with contextlib.closing(connect()) as conn:
+                rows = conn.execute(query, args).fetchall()
+            if rows:
+                yield [row(r) for r in rows]
+            if len(rows) < chunk:
+                return
+            position = (rows[-1][1], rows[-1][0])
+
+    return chunks()
 
 
 def _spc_json(spc: tuple[str, ...]) -> str:
@@ -629,11 +639,6 @@ class SqliteRecordStore:
         Raises:
             ValueError: ``chunk`` < 1; or the database cannot be read (also sqlite3.Error).
         """
-        if chunk < 1:
-            raise ValueError("chunk must be >= 1")
-        return self._chunks(q, chunk)
-
-    def _chunks(self, q: RecordQuery, chunk: int) -> Iterator[list[Record]]:
         return iter_chunks(q, chunk, _select, self._reader, _row)
 
     def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
