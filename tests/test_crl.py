@@ -35,16 +35,6 @@ class Clock:
         self.t += seconds
 
 
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI.create()
-
-
-@pytest.fixture(scope="module")
-def trust(pki: TestPKI) -> TrustStore:
-    return TrustStore([pki.root.cert])
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

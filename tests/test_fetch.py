@@ -61,16 +61,6 @@ class NoConnector(aiohttp.BaseConnector):
         raise aiohttp.ClientConnectorError(req.connection_key, OSError("no network in tests"))
 
 
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI.create()
-
-
-@pytest.fixture(scope="module")
-def trust(pki: TestPKI) -> TrustStore:
-    return TrustStore([pki.root.cert])
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

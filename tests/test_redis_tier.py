@@ -37,16 +37,6 @@ HOW = "set VERIFIER_TEST_REDIS_URL=redis://127.0.0.1:6379/15 (a Redis you can wr
 RETRY = 0.2  # retry_after in these tests: Redis is tried again this soon after an error
 
 
-@pytest.fixture(scope="module")
-def pki() -> TestPKI:
-    return TestPKI.create()
-
-
-@pytest.fixture(scope="module")
-def trust(pki: TestPKI) -> TrustStore:
-    return TrustStore([pki.root.cert])
-
-
 @pytest.fixture
 async def redis_url() -> str:
     """The test Redis, answering on loopback, or the test is skipped (saying how to run it)."""
