@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from verifier.config import load_settings
 from verifier.rcd import digest_of
 from verifier.repository import Repository
-from verifier.testing import Signer, TestPKI, identity_header, pem
+from verifier.testing import Signer, TestPKI, identity_header
 from verifier.web import create_app
 
 LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
@@ -39,21 +38,17 @@ async def stack(aiohttp_client: AiohttpClient, tmp_path: Path) -> AsyncIterator[
         repo.put("/sp.pem", pki.signer.chain_pem())
         repo.put("/fw.pem", forwarder.chain_pem())
         repo.put("/logo.png", LOGO, content_type="image/png")
-        (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
-        (tmp_path / "ca.pem").write_bytes(repo.ca_pem)
         ports = [443, repo.port]
-        settings = load_settings(
-            overrides={
-                "trust_anchors": [str(tmp_path / "root.pem")],
-                "x5u.ca_file": str(tmp_path / "ca.pem"),
-                "x5u.private_allow": ["127.0.0.1"],
+        settings = repo.service_settings(
+            pki,
+            tmp_path,
+            {
                 "x5u.ports": ports,
-                "x5u.crl_check": False,
                 "rcd.ca_file": str(tmp_path / "ca.pem"),
                 "rcd.private_allow": ["127.0.0.1"],
                 "rcd.ports": ports,
                 "records.enabled": False,
-            }
+            },
         )
         client = await aiohttp_client(create_app(settings))
         yield Stack(repo, pki, forwarder, client)

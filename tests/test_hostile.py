@@ -164,18 +164,8 @@ async def test_x5u_serving_another_providers_chain(
 async def test_the_service_stays_healthy_after_hostile_repositories(
     aiohttp_client: AiohttpClient, repo: Repository, pki: TestPKI, tmp_path: Path, now: int
 ) -> None:
-    (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
-    (tmp_path / "ca.pem").write_bytes(repo.ca_pem)
-    settings = load_settings(
-        overrides={
-            "trust_anchors": [str(tmp_path / "root.pem")],
-            "x5u.ca_file": str(tmp_path / "ca.pem"),
-            "x5u.private_allow": ["127.0.0.1"],
-            "x5u.ports": [repo.port],
-            "x5u.timeout": BOUND,
-            "x5u.crl_check": False,
-            "records.enabled": False,
-        }
+    settings = repo.service_settings(
+        pki, tmp_path, {"x5u.timeout": BOUND, "records.enabled": False}
     )
     client = await aiohttp_client(create_app(settings))
     signer = pki.signer

@@ -20,10 +20,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from verifier.config import load_settings
 from verifier.faults import TcpProxy
 from verifier.repository import Repository
-from verifier.testing import TestPKI, pem
+from verifier.testing import TestPKI
 from verifier.web import SERVICE, create_app
 
 HOW = (
@@ -90,25 +89,20 @@ Start = Callable[..., Awaitable[Instance]]
 @pytest.fixture
 def start(aiohttp_client: AiohttpClient, repo: Repository, pki: TestPKI, tmp_path: Path) -> Start:
     """``await start(redis=URL, database=URL)``: one more instance of the service."""
-    (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
-    (tmp_path / "ca.pem").write_bytes(repo.ca_pem)
     prefix = f"verifier-test-{uuid.uuid4().hex}:"
 
     async def run(*, redis: str, database: str) -> Instance:
-        settings = load_settings(
-            overrides={
-                "trust_anchors": [str(tmp_path / "root.pem")],
-                "x5u.ca_file": str(tmp_path / "ca.pem"),
-                "x5u.private_allow": ["127.0.0.1"],
-                "x5u.ports": [repo.port],
-                "x5u.crl_check": False,
+        settings = repo.service_settings(
+            pki,
+            tmp_path,
+            {
                 "redis.url": redis,
                 "redis.key_prefix": prefix,
                 "records.database_url": database,
                 "records.flush_interval": 0.01,
                 "api.admin_token": TOKEN,
                 "api.log_verifications": False,
-            }
+            },
         )
         client: Instance = await aiohttp_client(create_app(settings))
         return client

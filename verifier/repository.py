@@ -19,14 +19,16 @@ import socket
 import ssl
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from aiohttp import web
 
-from .testing import TestPKI
+from .config import Settings, load_settings
+from .testing import TestPKI, pem
 
 __all__ = ["Behaviour", "Repository", "Resource"]
 
@@ -79,6 +81,26 @@ class Repository:
         """A repository with a TLS certificate for 127.0.0.1, localhost and ::1."""
         ca_pem, chain_pem, key_pem = pki.tls_server()
         return cls(tls=(chain_pem, key_pem), ca_pem=ca_pem, host=host)
+
+    def service_settings(
+        self, pki: TestPKI, directory: Path, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Settings of a service that trusts ``pki``'s root and fetches x5u from this
+        repository (its TLS CA and port, 127.0.0.1 allowed, no CRL checks), ``overrides``
+        (:func:`verifier.config.load_settings` keys) on top. Writes ``root.pem`` and
+        ``ca.pem`` in ``directory``."""
+        (directory / "root.pem").write_bytes(pem(pki.root.cert))
+        (directory / "ca.pem").write_bytes(self.ca_pem)
+        return load_settings(
+            overrides={
+                "trust_anchors": [str(directory / "root.pem")],
+                "x5u.ca_file": str(directory / "ca.pem"),
+                "x5u.private_allow": ["127.0.0.1"],
+                "x5u.ports": [self.port],
+                "x5u.crl_check": False,
+                **(overrides or {}),
+            }
+        )
 
     # -- content ---------------------------------------------------------------------------
 
