@@ -340,6 +340,27 @@ def cmd_records(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trust and x5u options that ``verify`` and ``serve`` share."""
+    parser.add_argument(
+        "--trust-anchor",
+        action="append",
+        default=[],
+        metavar="PEM|DIR",
+        help="trust anchor PEM file or directory (repeatable; default ./certs)",
+    )
+    parser.add_argument(
+        "--x5u-ca-file",
+        metavar="PEM",
+        help="CA bundle for TLS to x5u repositories (default: the system trust store)",
+    )
+    parser.add_argument(
+        "--allow-private-x5u",
+        action="store_true",
+        help="allow x5u hosts on loopback, private and link-local addresses (testing only)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="verifier", description="STIR/SHAKEN verification service"
@@ -355,13 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cert", help="PEM with the signer's certificate (+ intermediates), instead of x5u"
     )
     v.add_argument("--key", help="a bare PEM public key: check the PASSporT only, no certificate")
-    v.add_argument(
-        "--trust-anchor",
-        action="append",
-        default=[],
-        metavar="PEM|DIR",
-        help="trust anchors (default: ./certs)",
-    )
+    _fetch_arguments(v)
     v.add_argument("--at", help="verify as of this moment: epoch seconds or RFC 3339")
     v.add_argument("--orig", help="the calling number (From / P-Asserted-Identity)")
     v.add_argument("--dest", help="the called number (To / Request-URI)")
@@ -376,16 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-iat-age", type=float, default=60.0, metavar="S")
     v.add_argument("--max-future-skew", type=float, default=10.0, metavar="S")
     v.add_argument("--json", action="store_true", help="print the result object as JSON")
-    v.add_argument(
-        "--x5u-ca-file",
-        metavar="PEM",
-        help="CA bundle for TLS to x5u repositories (default: the system trust store)",
-    )
-    v.add_argument(
-        "--allow-private-x5u",
-        action="store_true",
-        help="allow x5u hosts on loopback, private and link-local addresses (testing)",
-    )
     v.add_argument(
         "--x5u-port",
         action="append",
@@ -437,19 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--config", metavar="FILE", help="TOML configuration file")
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
-    sv.add_argument(
-        "--trust-anchor",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="trust anchor PEM file or directory (repeatable; default ./certs)",
-    )
-    sv.add_argument("--x5u-ca-file", metavar="PEM", help="CA bundle for TLS to x5u repositories")
-    sv.add_argument(
-        "--allow-private-x5u",
-        action="store_true",
-        help="allow x5u on loopback/private addresses (testing only)",
-    )
+    _fetch_arguments(sv)
     sv.add_argument("--workers", type=int, help="worker processes on one port (SO_REUSEPORT)")
     sv.add_argument("--policy", metavar="FILE", help="disposition policy (TOML)")
     sv.add_argument(
