@@ -848,9 +848,10 @@ async def verify_many(
     """Many verifications at once (the batch API): steps 1-9 for all of them, one credential
     lookup per distinct x5u (concurrently), then steps 11-12.
 
-    With ``threads`` > 1 and enough work, steps 11-12 run on that many threads, each on its
-    own share of the verifications: cryptography releases the GIL while it checks a
-    signature and the event loop only awaits them, so the checks use more cores.
+    With ``threads`` > 1, enough work and some key without a table (:mod:`verifier.es256`),
+    the signature checks run on that many threads, each on its own share: cryptography
+    releases the GIL while it checks a signature and the event loop only awaits them, so
+    the checks use more cores. A key's table checks keep the GIL: they stay on the loop.
     ``threads`` may be a function, asked once the credentials are in (the caller may
     know by then that the loop has other work)."""
     verifications = [
