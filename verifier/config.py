@@ -78,6 +78,11 @@ class VerificationSettings:
         if self.key_tables < 0:
             raise ValueError("key_tables must be >= 0")
 
+    @property
+    def replay_window(self) -> float:
+        """How long a PASSporT can pass the iat checks: how long replays are remembered."""
+        return self.max_iat_age + self.max_future_skew
+
     def options(self, fetch: FetchSettings) -> VerifyOptions:
         return VerifyOptions(
             max_iat_age=self.max_iat_age,

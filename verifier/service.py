@@ -165,7 +165,7 @@ class Service:
         es256.configure(max_tables=verification.key_tables)
         self.replay = ReplayCache(
             verification.replay_cache_size,
-            verification.max_iat_age + verification.max_future_skew,
+            verification.replay_window,
             clock=clock,
         )
         self.rcd_fetcher: RcdContentFetcher | None = None

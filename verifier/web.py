@@ -691,7 +691,7 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
                 RedisReplayCache(
                     link,
                     max_size=verification.replay_cache_size,
-                    window=verification.max_iat_age + verification.max_future_skew,
+                    window=verification.replay_window,
                     clock=service.clock,
                 ),
             )
