@@ -143,25 +143,30 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise errors.MalformedPassport(f"{what} is not JSON: {exc}") from None
+    value = _scanned(text)
+    if value is None:
+        try:
+            value = _DECODER.decode(text)
+        except errors.DuplicateJsonKey as exc:
+            raise errors.DuplicateJsonKey(f"{what}: {exc.detail}") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise errors.MalformedPassport(f"{what} is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise errors.MalformedPassport(f"{what} is JSON but not an object")
+    if "\\u" in text:  # only an escape can make a lone surrogate
+        _refuse_lone_surrogates(value, what)
+    return value
+
+
+def _scanned(text: str) -> dict[str, Any] | None:
+    """The fast path of :func:`_json_object`: the object, or None for the strict decoder."""
     try:
         value, end = _SCAN(text, 0)
         if end == len(text) and type(value) is dict and text.count(":") == _key_count(value):
-            if "\\u" in text:  # only an escape can make a lone surrogate
-                _refuse_lone_surrogates(value, what)
             return value
-    except (StopIteration, ValueError, RecursionError):
+    except (StopIteration, ValueError, RecursionError):  # _key_count recurses too
         pass
-    try:
-        value = _DECODER.decode(text)
-    except errors.DuplicateJsonKey as exc:
-        raise errors.DuplicateJsonKey(f"{what}: {exc.detail}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise errors.MalformedPassport(f"{what} is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise errors.MalformedPassport(f"{what} is JSON but not an object")
-    if "\\u" in text:
-        _refuse_lone_surrogates(value, what)
-    return value
+    return None
 
 
 def _refuse_lone_surrogates(value: dict[str, Any], what: str) -> None:
