@@ -428,6 +428,65 @@ def test_a_broken_write_connection_is_replaced(
     assert ["req-3", "req-1"] == ids(everything(store))
 
 
+async def test_a_commit_whose_acknowledgement_is_lost_is_not_written_twice(
+    database_url: str, schema: str
+) -> None:
+    parts = urlsplit(database_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxied = parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}")
+        store = await asyncio.to_thread(PostgresRecordStore.open, proxied.geturl(), schema=schema)
+        try:
+            await asyncio.to_thread(store.insert_many, [rec(1)])  # the day's partitions
+            batch = [rec(2), rec(3, spc=("123A", "456B"))]
+            proxy.lose_reply(_COMMIT_DONE)  # the server commits; the client never hears
+            with pytest.raises(psycopg.OperationalError):
+                await asyncio.to_thread(store.insert_many, batch)
+            assert ["req-3", "req-2", "req-1"] == stored(database_url, schema)
+            await asyncio.to_thread(store.insert_many, batch)  # the writer's retry
+            again = [rec(4)]
+            proxy.lose_reply(_COMMIT_DONE)
+            with pytest.raises(psycopg.OperationalError):
+                await asyncio.to_thread(store.insert_many, again)
+            await asyncio.to_thread(store.insert_many, [rec(5)])  # another batch: new ids
+        finally:
+            await asyncio.to_thread(store.close)
+    assert ["req-5", "req-4", "req-3", "req-2", "req-1"] == stored(database_url, schema)
+    assert [(6,)] == fetch(database_url, schema, "SELECT count(*) FROM record_spc")
+
+
+async def test_a_retry_after_a_lost_commit_request_writes_the_batch(
+    database_url: str, schema: str
+) -> None:
+    parts = urlsplit(database_url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxied = parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}")
+        store = await asyncio.to_thread(PostgresRecordStore.open, proxied.geturl(), schema=schema)
+        try:
+            await asyncio.to_thread(store.insert_many, [rec(1)])
+            batch = [rec(2)]
+            proxy.lose_reply(b"COPY 1\x00")  # cut before the commit was sent: rolled back
+            with pytest.raises(psycopg.OperationalError):
+                await asyncio.to_thread(store.insert_many, batch)
+            assert ["req-1"] == stored(database_url, schema)
+            await asyncio.to_thread(store.insert_many, batch)
+        finally:
+            await asyncio.to_thread(store.close)
+    assert ["req-2", "req-1"] == stored(database_url, schema)
+
+
+_COMMIT_DONE = b"C\x00\x00\x00\x0bCOMMIT\x00"
+"""PostgreSQL's CommandComplete message for a COMMIT."""
+
+
+def stored(database_url: str, schema: str) -> list[str]:
+    """The request ids of every record in ``schema``, newest first, read directly."""
+    reader = PostgresRecordStore.open(database_url, schema=schema, create=False)
+    try:
+        return ids(everything(reader))
+    finally:
+        reader.close()
+
+
 def with_search_path(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 

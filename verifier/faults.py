@@ -7,6 +7,11 @@ again), without stopping the shared server itself::
     async with TcpProxy("127.0.0.1", 6379) as proxy:   # listens on 127.0.0.1:proxy.port
         ... redis://127.0.0.1:{proxy.port}/15 ...
         proxy.cut(); ...; proxy.restore()
+
+``lose_reply(marker)`` is the nastier fault: the next reply from the target that contains
+``marker`` is not delivered and the connections are cut, as when the network fails after a
+server committed a write and before its acknowledgement arrived. New connections are
+accepted again at once.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class TcpProxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._up = True
+        self._lose: bytes | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -43,6 +49,11 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._up = True
+
+    def lose_reply(self, marker: bytes) -> None:
+        """Cut every connection instead of delivering the next reply holding ``marker``
+        (once; the proxy stays up)."""
+        self._lose = marker
 
     async def close(self) -> None:
         self.cut()
@@ -77,18 +88,25 @@ class TcpProxy:
         self.connections += 1
         self._writers.update((writer, up_writer))
         tasks = [
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
+            asyncio.create_task(self._pipe(reader, up_writer, reply=False)),
+            asyncio.create_task(self._pipe(up_reader, writer, reply=True)),
         ]
         self._pipes.update(tasks)
         for task in tasks:
             task.add_done_callback(self._pipes.discard)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, reply: bool
+    ) -> None:
         try:
             while self._up:
                 data = await reader.read(65536)
                 if not data:
+                    break
+                if reply and self._lose is not None and self._lose in data:
+                    self._lose = None
+                    for each in list(self._writers):
+                        each.close()
                     break
                 writer.write(data)
                 await writer.drain()

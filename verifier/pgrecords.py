@@ -52,8 +52,13 @@ dependency and threads to manage for no figure that needs it. Unless the URL say
 otherwise, connections time out after 5 s (``connect_timeout``) and use TCP keepalives, so
 a vanished server fails a call instead of hanging the writer's thread.
 
-Delivery is at least once: if the connection breaks after the server committed a batch but
-before it acknowledged it, the writer's retry writes the batch again.
+Delivery is exactly once. A batch is one transaction, so it is written whole or not at all;
+but when the connection breaks after the server committed it and before the acknowledgement
+arrived, the client cannot tell which. The store then keeps the batch's ids, and when the
+writer retries the same batch (the same sequence object), it reuses them and first looks up
+the batch's first row: found, the batch was committed and nothing is written again; not
+found, the rows go in with those ids. A retry that races a commit still in flight on the
+server meets the primary key (``ts, id``), fails and is retried again, and then finds it.
 """
 
 from __future__ import annotations
@@ -274,6 +279,8 @@ class PostgresRecordStore:
         self._writer: psycopg.Connection[tuple[Any, ...]] | None = None
         self._migrated = migrated
         self._partitions: set[int] = set()
+        self._unsure: tuple[Sequence[Record], list[int]] | None = None
+        """The last batch whose write failed after it took its ids, and those ids."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -391,6 +398,9 @@ class PostgresRecordStore:
     def insert_many(self, records: Sequence[Record]) -> None:
         """Write ``records`` in one transaction (all or none), with COPY.
 
+        Called again with the same ``records`` object after a failure, it writes them only
+        if the failed call did not commit them (the module's "exactly once").
+
         Raises:
             psycopg.Error: the write failed (the database went away...); nothing of
                 ``records`` was written, unless the commit's acknowledgement was lost.
@@ -401,17 +411,43 @@ class PostgresRecordStore:
             return
         days = {_day(r.ts) for r in records}
         days.add(max(days) + 1)
+        with self._lock:
+            unsure, self._unsure = self._unsure, None
+        retry = unsure is not None and unsure[0] is records
+        ids = list(unsure[1]) if retry and unsure is not None else []
+        try:
+            self._insert(records, days, ids, retry=retry)
+        except BaseException:
+            if ids:  # taken: the transaction may have committed
+                with self._lock:
+                    self._unsure = (records, ids)
+            raise
+
+    def _insert(
+        self, records: Sequence[Record], days: set[int], ids: list[int], *, retry: bool
+    ) -> None:
+        """:meth:`insert_many`'s transaction. ``ids`` holds the ids of a retried batch whose
+        commit is unknown: its first row is looked up first, and if it is there nothing is
+        written. Otherwise ``ids`` is empty and gets the batch's new ids (for the caller to
+        keep should this write fail)."""
         with self._writing() as conn:
             missing = days - self._partitions
             if missing:
                 _create_partitions(conn, missing)
                 self._partitions |= missing
             with conn.transaction(), conn.cursor() as cur:
-                cur.execute(
-                    "SELECT nextval('records_id_seq') FROM generate_series(1, %s)",
-                    (len(records),),
-                )
-                ids = sorted(row[0] for row in cur.fetchall())
+                if retry:
+                    cur.execute(
+                        "SELECT 1 FROM records WHERE ts = %s AND id = %s", (records[0].ts, ids[0])
+                    )
+                    if cur.fetchone() is not None:
+                        return  # committed before: its acknowledgement was lost
+                else:
+                    cur.execute(
+                        "SELECT nextval('records_id_seq') FROM generate_series(1, %s)",
+                        (len(records),),
+                    )
+                    ids.extend(sorted(row[0] for row in cur.fetchall()))
                 with cur.copy(_COPY_RECORDS) as copy:
                     copy.set_types(_RECORD_TYPES)
                     for row_id, r in zip(ids, records, strict=True):
