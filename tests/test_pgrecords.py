@@ -69,6 +69,7 @@ SHARED = (
     "test_record_round_trips_and_to_dict",
     "test_stats",
     "test_stats_window_and_top_20",
+    "test_texts_no_store_can_hold_are_replaced_not_fatal",
     "test_writer_drains_on_close",
     "test_writer_flushes_a_partial_batch_after_the_interval",
     "test_writer_never_started_drains_on_close",
@@ -485,6 +486,15 @@ def stored(database_url: str, schema: str) -> list[str]:
         return ids(everything(reader))
     finally:
         reader.close()
+
+
+def test_nul_characters_are_replaced_not_fatal(store: PostgresRecordStore) -> None:
+    """PostgreSQL's text cannot hold NUL: without the replacement the batch fails on
+    every retry, and the writer holds back every record behind it."""
+    store.insert_many([rec(1, origid="a\x00b", spc=("\x00",)), rec(2)])
+    got = {r.request_id: r for r in everything(store)}
+    assert ("a\ufffdb", ("\ufffd",)) == (got["req-1"].origid, got["req-1"].spc)
+    assert rec(2) == got["req-2"]
 
 
 def with_search_path(url: str, schema: str) -> str:

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,35 @@ def test_duplicate_spcs_are_indexed_once(store: SqliteRecordStore) -> None:
 def test_insert_many_of_nothing(store: SqliteRecordStore) -> None:
     store.insert_many([])
     assert ([], None) == store.query(RecordQuery())
+
+
+def test_texts_no_store_can_hold_are_replaced_not_fatal(store: SqliteRecordStore) -> None:
+    """An origid is any JSON string its signer chose: a lone surrogate (no UTF-8 form) or,
+    in PostgreSQL, a NUL would otherwise fail its batch on every retry."""
+    odd = rec(1, origid="a\ud800b", label="\udfff", spc=("1234", "X\udc00"))
+    fine = rec(2, origid="caf\u00e9 \U0001f600")  # non-ASCII that UTF-8 holds: kept
+    store.insert_many([odd, fine])
+    got = {r.request_id: r for r in all_rows(store)}
+    assert ("a\ufffdb", "\ufffd", ("1234", "X\ufffd")) == (
+        got["req-1"].origid,
+        got["req-1"].label,
+        got["req-1"].spc,
+    )
+    assert fine == got["req-2"]
+    assert ["req-1"] == ids(store.query(RecordQuery(spc="X\ufffd"))[0])
+
+
+def test_storable_is_the_record_itself_when_nothing_needs_replacing() -> None:
+    plain = rec(1, origid="caf\u00e9")
+    assert plain.storable() is plain
+    assert plain.storable(nul=False) is plain
+    nul = rec(2, origid="a\x00b", spc=("\x00",))
+    assert nul.storable() is nul  # SQLite keeps NULs
+    assert ("a\ufffdb", ("\ufffd",)) == (
+        nul.storable(nul=False).origid,
+        nul.storable(nul=False).spc,
+    )
+    assert replace(nul, origid="a\ufffdb", spc=("\ufffd",)) == nul.storable(nul=False)
 
 
 def test_query_last_page_has_no_cursor(mixed: SqliteRecordStore) -> None:

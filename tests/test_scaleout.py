@@ -209,3 +209,22 @@ async def test_redis_and_postgres_down_mid_load_lose_nothing(
         async with one.get(f"/v1/stats?since={now - 5}", headers=auth) as resp:
             assert 200 == (await resp.json())["total"]  # every accepted record written
         assert 1 == repo.counts["/warm.pem"]
+
+
+async def test_an_origid_postgresql_cannot_store_holds_back_no_record(
+    start: Start, repo: Repository, pki: TestPKI, redis_url: str, database_url: str
+) -> None:
+    """A signer's origid is any JSON string: one with a NUL (PostgreSQL's text cannot hold
+    it) is recorded with U+FFFD, and the calls after it are recorded too."""
+    one = await start(redis=redis_url, database=database_url)
+    pki.signer.x5u = repo.put("/nul.pem", pki.signer.chain_pem())
+    now = int(time.time())
+    odd = pki.signer.identity(iat=now, origid="call\x00one")
+    assert (200, "TN-Validation-Passed") == await atis(one, odd, now)
+    assert (200, "TN-Validation-Passed") == await atis(one, pki.signer.identity(iat=now), now)
+    await drained(one)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with one.get(f"/v1/records?since={now - 5}", headers=auth) as resp:
+        origids = [r["origid"] for r in (await resp.json())["records"]]
+    assert 2 == len(origids)
+    assert "call\ufffdone" in origids

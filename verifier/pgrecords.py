@@ -37,6 +37,11 @@ Tables, partitioned by range on ``ts`` into UTC days (``records_p20270115``,
   A store remembers the partitions it has seen; when an insert fails (another instance
   pruned a partition meanwhile), it forgets them and the writer's retry recreates them.
 
+Texts: PostgreSQL's ``text`` cannot hold NUL, and an origid is any JSON string its signer
+chose, so NULs (and lone UTF-16 surrogates, which no UTF-8 text holds) are stored as U+FFFD
+(:meth:`~verifier.records.Record.storable`). Otherwise one such record would fail its
+batch on every retry and hold back every record behind it.
+
 Retention: :meth:`PostgresRecordStore.prune` drops whole days older than ``before`` and
 deletes the rows before it in the boundary day; the count it returns is exact (each dropped
 partition is counted first). Dropping a partition takes an exclusive lock on the parent for
@@ -430,6 +435,7 @@ class PostgresRecordStore:
         commit is unknown: its first row is looked up first, and if it is there nothing is
         written. Otherwise ``ids`` is empty and gets the batch's new ids (for the caller to
         keep should this write fail)."""
+        records = [r.storable(nul=False) for r in records]
         with self._writing() as conn:
             missing = days - self._partitions
             if missing:

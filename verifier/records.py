@@ -44,13 +44,14 @@ import json
 import logging
 import math
 import os
+import re
 import sqlite3
 import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -121,6 +122,32 @@ class Record:
         out["spc"] = list(self.spc)
         return out
 
+    def storable(self, *, nul: bool = True) -> Record:
+        """This record with what a store cannot hold replaced by U+FFFD: lone UTF-16
+        surrogates (text with no UTF-8 form) and, with ``nul=False``, NUL characters
+        (PostgreSQL's text cannot hold them). The record itself when nothing needs it,
+        which is nearly always: an ``isascii`` per text decides, a search where one is not.
+
+        The texts come from the call (an origid is any JSON string a signer chose); one
+        that no store takes would otherwise fail its whole batch on every retry, and
+        hold back every record behind it.
+        """
+        texts = [t for name in _TEXT_FIELDS if (t := getattr(self, name)) is not None]
+        texts.extend(self.spc)
+        if all(t.isascii() and (nul or "\x00" not in t) for t in texts):
+            return self
+        unstorable = _SURROGATE if nul else _SURROGATE_OR_NUL
+        if not any(unstorable.search(t) for t in texts):
+            return self
+
+        def clean(text: str) -> str:
+            return unstorable.sub("\ufffd", text)
+
+        changes: dict[str, Any] = {
+            name: clean(t) for name in _TEXT_FIELDS if (t := getattr(self, name)) is not None
+        }
+        return replace(self, spc=tuple(map(clean, self.spc)), **changes)
+
     def row(self, row_id: int, spc: object) -> tuple[object, ...]:
         """The record as a store's row: ``row_id``, then the ``_FIELDS`` in order, with
         ``spc`` in the store's own encoding (a JSON text, a text array)."""
@@ -161,6 +188,9 @@ _FIELDS = (
     "action",
     "label",
 )
+_TEXT_FIELDS = tuple(name for name in _FIELDS if name not in ("ts", "sip_code", "spc"))
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_OR_NUL = re.compile("[\x00\ud800-\udfff]")
 CSV_COLUMNS: tuple[str, ...] = ("ts", "time", *_FIELDS[1:])
 """CSV header order: the record's fields, with ``time`` (RFC 3339, UTC) after ``ts``."""
 
@@ -560,6 +590,7 @@ class SqliteRecordStore:
                     "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
                 ).fetchone()
                 first = (row[0] if row else 0) + 1
+                records = [r.storable() for r in records]
                 _insert_rows(
                     conn,
                     _INSERT,
