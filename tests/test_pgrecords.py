@@ -71,6 +71,7 @@ SHARED = (
     "test_stats_window_and_top_20",
     "test_texts_no_store_can_hold_are_replaced_not_fatal",
     "test_writer_drains_on_close",
+    "test_writer_drops_only_the_record_the_store_refuses",
     "test_writer_flushes_a_partial_batch_after_the_interval",
     "test_writer_never_started_drains_on_close",
     "test_writer_prunes_by_retention",

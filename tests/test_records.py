@@ -542,6 +542,23 @@ async def test_writer_writes_in_batches(tmp_path: Path) -> None:
     assert (250, 0, 0) == (writer.written, writer.dropped, writer.queue_depth)
 
 
+async def test_writer_drops_only_the_record_the_store_refuses(
+    store: SqliteRecordStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record no retry can store (here a sip_code past 64 bits) is found by writing its
+    batch in halves, dropped and logged; the rest of its batch, and what follows, is written."""
+    writer = RecordWriter(store, RecordSettings(batch_size=16, flush_interval=0.01))
+    await writer.start()
+    for i in range(40):
+        await writer.submit(rec(i, sip_code=2**70) if i in (5, 23) else rec(i))
+    await writer.close()
+    assert (38, 2, 2) == (writer.written, writer.dropped, writer.rejected)
+    assert sorted(f"req-{i}" for i in range(40) if i not in (5, 23)) == sorted(ids(all_rows(store)))
+    refused = [r for r in caplog.records if r.getMessage() == "record_rejected"]
+    assert ["req-5", "req-23"] == [getattr(r, "request_id", None) for r in refused]
+    assert writer.healthy is False  # an error was logged: /readyz says so for a while
+
+
 async def test_writer_flushes_a_partial_batch_after_the_interval(
     store: SqliteRecordStore,
 ) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from verifier import __version__
 from verifier import web as web_module
 from verifier.certs import TrustStore
 from verifier.config import ApiSettings, Settings
-from verifier.records import RecordSettings
+from verifier.records import Record, RecordSettings, RecordWriter
 from verifier.testing import ChainSource, Signer, TestPKI, b64url, identity_header, pem
 from verifier.web import SERVICE, create_app
 
@@ -1122,6 +1123,38 @@ async def _flushed(api: Api) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("records not written")
+
+
+async def test_metrics_count_records_the_store_refused(recording: Api) -> None:
+    writer = api_writer(recording)
+    now = time.time()
+    fields = dict.fromkeys(("orig", "dest", "origid", "attest", "reason", "x5u"))
+    fields |= dict.fromkeys(("fingerprint", "action", "label"))
+    for i, code in enumerate((438, 2**70)):  # past 64 bits: no store takes it
+        await writer.submit(
+            Record(
+                ts=now,
+                request_id=f"r{i}",
+                endpoint="native",
+                verstat=PASSED,
+                sip_code=code,
+                spc=(),
+                **fields,
+            )
+        )
+    await _flushed(recording)
+    lines = (await recording.call("GET", "/metrics")).body.splitlines()
+    assert {
+        "verifier_records_written_total 1.0",
+        "verifier_records_rejected_total 1.0",
+        "verifier_records_dropped_total 1.0",
+    } <= set(lines)
+
+
+def api_writer(api: Api) -> RecordWriter:
+    writer = api.service.records
+    assert isinstance(writer, RecordWriter)
+    return writer
 
 
 async def test_every_verification_is_recorded_and_queryable(

@@ -137,8 +137,13 @@ class _RecordsCollector(Collector):
         yield CounterMetricFamily("verifier_records_written", "records on disk", value=w.written)
         yield CounterMetricFamily(
             "verifier_records_dropped",
-            "records not kept (queue full in drop mode, wait timeout, shutdown)",
+            "records not kept (queue full in drop mode, wait timeout, shutdown, refused)",
             value=w.dropped,
+        )
+        yield CounterMetricFamily(
+            "verifier_records_rejected",
+            "records the store refused for their content (also counted as dropped)",
+            value=w.rejected,
         )
         yield CounterMetricFamily(
             "verifier_records_write_errors", "failed store writes (retried)", value=w.write_errors

@@ -85,6 +85,7 @@ from .records import (
     TOP_SPC,
     Record,
     RecordQuery,
+    RecordRefused,
     _check_window,
     iter_chunks,
     query_page,
@@ -173,13 +174,13 @@ def _day(ts: float) -> int:
     """The UTC day number (days since 1970-01-01) of ``ts``.
 
     Raises:
-        ValueError: ``ts`` is not finite or outside the years 1 to 9999.
+        RecordRefused: ``ts`` is not finite or outside the years 1 to 9999.
     """
     if not math.isfinite(ts):
-        raise ValueError(f"record ts {ts!r} is not finite")
+        raise RecordRefused(f"record ts {ts!r} is not finite")
     day = math.floor(ts / _DAY)
     if not (_FIRST_DAY - _EPOCH).days <= day <= (_LAST_DAY - _EPOCH).days:
-        raise ValueError(f"record ts {ts!r} is outside the years 1 to 9999")
+        raise RecordRefused(f"record ts {ts!r} is outside the years 1 to 9999")
     return day
 
 
@@ -409,7 +410,7 @@ class PostgresRecordStore:
         Raises:
             psycopg.Error: the write failed (the database went away...); nothing of
                 ``records`` was written, unless the commit's acknowledgement was lost.
-            ValueError: a record's ts is not finite or outside the years 1 to 9999.
+            RecordRefused: a record's ts is not finite or outside the years 1 to 9999.
             RuntimeError: the store is closed.
         """
         if not records:
@@ -517,6 +518,16 @@ class PostgresRecordStore:
                 total += conn.execute("DELETE FROM records WHERE ts < %s", (before,)).rowcount
                 conn.execute("DELETE FROM record_spc WHERE ts < %s", (before,))
         return total
+
+    @staticmethod
+    def rejects(exc: Exception) -> bool:
+        """A value PostgreSQL refuses (SQLSTATE class 22, data exception), a ts outside
+        the partitions' years, an integer past its column, text with no UTF-8 form: the
+        content's fault. A unique
+        violation is not: it is the retry of a batch whose commit is still in flight."""
+        return isinstance(
+            exc, psycopg.errors.DataError | RecordRefused | OverflowError | UnicodeError
+        )
 
     def close(self) -> None:
         """Close the write connection. Idempotent."""

@@ -62,6 +62,7 @@ __all__ = [
     "MAX_LIMIT",
     "Record",
     "RecordQuery",
+    "RecordRefused",
     "RecordSettings",
     "RecordStore",
     "RecordWriter",
@@ -86,6 +87,10 @@ _CURSOR = struct.Struct(">dq")
 
 
 # -- records -----------------------------------------------------------------------------------
+
+
+class RecordRefused(ValueError):
+    """A record a store cannot hold as it is (a ts outside the store's range...)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -333,6 +338,11 @@ class RecordStore(Protocol):
     """
 
     def insert_many(self, records: Sequence[Record]) -> None: ...
+
+    def rejects(self, exc: Exception) -> bool:
+        """Whether ``exc``, raised by ``insert_many``, says that the records themselves
+        cannot be stored (a retry would fail the same way), not that the store is away."""
+        ...
 
     def query(self, q: RecordQuery) -> tuple[list[Record], str | None]: ...
 
@@ -642,6 +652,15 @@ class SqliteRecordStore:
             if deleted < _PRUNE_CHUNK and spc_deleted < _PRUNE_CHUNK:
                 return total
 
+    @staticmethod
+    def rejects(exc: Exception) -> bool:
+        """A value SQLite refuses (a constraint, a string too long, an integer over 64
+        bits, text with no UTF-8 form): the content's fault, unlike a locked or full
+        database (``OperationalError``)."""
+        return isinstance(
+            exc, sqlite3.IntegrityError | sqlite3.DataError | OverflowError | UnicodeError
+        )
+
     def close(self) -> None:
         """Close the write connection; a running :meth:`prune` stops after its chunk.
         Idempotent."""
@@ -873,7 +892,8 @@ class RecordWriter:
     does not own the store: close the store after the writer.
 
     Counters (for metrics): ``written``, ``dropped`` (overflow in "drop" mode, a "wait" past
-    ``submit_timeout``, submitted after close, or given up at close), ``write_errors``
+    ``submit_timeout``, submitted after close, given up at close, or refused by the store
+    for its content: ``rejected`` counts those apart), ``write_errors``
     (failed store calls, retries included), ``pruned``; ``last_error``; ``queue_depth`` and
     ``healthy`` are properties.
     """
@@ -911,6 +931,7 @@ class RecordWriter:
         self.written = 0
         self.dropped = 0
         self.write_errors = 0
+        self.rejected = 0
         self.pruned = 0
         self.last_error: str | None = None
 
@@ -1032,6 +1053,9 @@ class RecordWriter:
             try:
                 await asyncio.to_thread(self.store.insert_many, batch)
             except Exception as exc:
+                if self.store.rejects(exc):
+                    await self._write_apart(batch, exc)
+                    return
                 self._failing = True
                 self._error(exc, "records_write_failed", batch=len(batch), attempt=attempt)
                 wait = delay
@@ -1050,6 +1074,19 @@ class RecordWriter:
             self._failing = False
             self.written += len(batch)
             return
+
+    async def _write_apart(self, batch: list[Record], exc: Exception) -> None:
+        """A batch the store refuses for its content: its halves are written apart (each
+        retried as any batch), down to the records refused, which are dropped and logged
+        with their request id. One bad record does not hold back the others."""
+        if len(batch) == 1:
+            self.rejected += 1
+            self.dropped += 1
+            self._error(exc, "record_rejected", request_id=batch[0].request_id)
+            return
+        middle = len(batch) // 2
+        await self._write(batch[:middle])
+        await self._write(batch[middle:])
 
     def _error(self, exc: Exception, event: str, **extra: Any) -> None:
         self.write_errors += 1
