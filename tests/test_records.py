@@ -20,6 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from verifier import records as records_module
 from verifier.cli import main
@@ -271,6 +273,60 @@ def test_texts_no_store_can_hold_are_replaced_not_fatal(store: SqliteRecordStore
     )
     assert fine == got["req-2"]
     assert ["req-1"] == ids(store.query(RecordQuery(spc="X\ufffd"))[0])
+
+
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+_records = st.builds(
+    Record,
+    ts=st.floats(allow_nan=False, allow_infinity=False),
+    request_id=st.uuids().map(str),
+    endpoint=st.sampled_from(["atis", "native", "sip", "batch"]),
+    orig=st.none() | _text,
+    dest=st.none() | _text,
+    origid=st.none() | _text,
+    attest=st.none() | st.sampled_from(["A", "B", "C"]),
+    verstat=_text,
+    reason=st.none() | _text,
+    sip_code=st.none() | st.integers(-(2**63), 2**63 - 1),
+    spc=st.lists(_text, max_size=3, unique=True).map(tuple),
+    x5u=st.none() | _text,
+    fingerprint=st.none() | _text,
+    action=st.none() | _text,
+    label=st.none() | _text,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.lists(_records, min_size=1, max_size=8, unique_by=lambda r: r.request_id))
+def test_every_record_reads_back_exactly(
+    tmp_path_factory: pytest.TempPathFactory, batch: list[Record]
+) -> None:
+    """Through either write path (one JSON array, or bound parameters where the array
+    would not carry a record exactly: a NUL, say): any double, any text, any 64-bit code."""
+    store = SqliteRecordStore.open(tmp_path_factory.mktemp("exact"))
+    try:
+        store.insert_many(batch)
+        got = {r.request_id: r for r in all_rows(store)}
+    finally:
+        store.close()
+    assert {r.request_id: r for r in batch} == got
+
+
+def test_plain_records_travel_as_one_json_array() -> None:
+    assert records_module._json_functions()
+    assert records_module._as_json([rec(1), rec(2, origid="caf\u00e9 \U0001f600")]) is not None
+    for odd in (rec(3, origid="a\x00b"), rec(4, sip_code=2**64), rec(5, label="\ud800")):
+        assert records_module._as_json([rec(1), odd]) is None  # bound parameters instead
+
+
+def test_a_batch_of_several_json_chunks_reads_back_whole(store: SqliteRecordStore) -> None:
+    batch = [rec(i, spc=(f"S{i % 7}",)) for i in range(2 * records_module._JSON_CHUNK + 50)]
+    encoded = records_module._as_json(batch)
+    assert encoded is not None and len(batch) == len(json.loads(encoded))
+    store.insert_many(batch)
+    assert sorted(batch, key=lambda r: r.ts, reverse=True) == all_rows(store)
+    by_spc = store.query(RecordQuery(spc="S3", limit=1000))[0]
+    assert [r for r in batch if r.spc == ("S3",)][::-1] == by_spc
 
 
 def test_storable_is_the_record_itself_when_nothing_needs_replacing() -> None:
