@@ -39,7 +39,6 @@ import base64
 import contextlib
 import csv
 import datetime as dt
-import functools
 import io
 import json
 import logging
@@ -56,8 +55,6 @@ from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, Protocol
-
-import orjson
 
 __all__ = [
     "CSV_COLUMNS",
@@ -413,55 +410,6 @@ def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[tuple[objec
         conn.execute(head + ", ".join([one] * len(chunk)), list(chain.from_iterable(chunk)))
 
 
-_INSERT_JSON = (
-    f"INSERT INTO records (id, {', '.join(_FIELDS)}) SELECT ?1 + key, "  # noqa: S608 - fixed
-    + ", ".join(f"json_extract(value, '$.{name}')" for name in _FIELDS)
-    + " FROM json_each(?2)"
-)
-_INSERT_SPC_JSON = (
-    "INSERT OR IGNORE INTO record_spc (spc, ts, record_id)"
-    " SELECT s.value, r.ts, r.id FROM records r, json_each(r.spc) s WHERE r.id >= ?1 AND r.id < ?2"
-)
-
-
-_JSON_CHUNK = 200
-"""Records encoded between two offers of the GIL: orjson holds it throughout a call, about
-1 us a record, and a 2,000-record batch in one call stalled the event loop for 2 ms (the
-ATIS p99 rose by as much)."""
-
-
-def _as_json(records: Sequence[Record]) -> bytes | None:
-    """``records`` as one JSON array for :data:`_INSERT_JSON`, or None where it would not
-    carry them exactly: text with a lone surrogate (orjson refuses it), an integer past 64
-    bits, a NUL (SQLite's JSON functions end the text there), or no JSON functions in
-    this SQLite. Numbers survive the trip exactly: orjson writes the shortest text that
-    reads back as the same double, and SQLite reads it back so (tested on 600,000
-    doubles, every exponent)."""
-    if not _json_functions():
-        return None
-    parts = []
-    for start in range(0, len(records), _JSON_CHUNK):
-        if start:
-            time.sleep(0)  # the GIL, to an event loop that waits for it
-        try:
-            parts.append(orjson.dumps(records[start : start + _JSON_CHUNK])[1:-1])
-        except TypeError:
-            return None
-    data = b"[" + b",".join(parts) + b"]"
-    return None if b"\\u0000" in data else data
-
-
-@functools.cache
-def _json_functions() -> bool:
-    """Whether this SQLite has its JSON functions (built in since 3.38, an option before)."""
-    try:
-        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
-            row = conn.execute("SELECT json_extract('[7]', '$[0]')").fetchone()
-    except sqlite3.Error:
-        return False
-    return bool(row == (7,))
-
-
 def query_page(
     q: RecordQuery,
     select: Callable[[RecordQuery, tuple[float, int] | None, int], tuple[Any, Sequence[Any]]],
@@ -519,7 +467,7 @@ def _spc_json(spc: tuple[str, ...]) -> str:
     runs for every record, in the writer thread that shares the GIL with the event loop)."""
     if len(spc) == 1 and spc[0].isalnum() and spc[0].isascii():
         return f'["{spc[0]}"]'
-    return json.dumps(list(spc), separators=(",", ":"))  # as SQLite's json_each path writes
+    return json.dumps(list(spc))
 
 
 def _row(row: Sequence[Any]) -> Record:
@@ -638,11 +586,6 @@ class SqliteRecordStore:
     def insert_many(self, records: Sequence[Record]) -> None:
         """Write ``records`` in one transaction (all or none).
 
-        The records go to SQLite as one JSON array (orjson), which SQLite takes apart
-        (``json_each``) in one statement: the writer thread holds the GIL only while orjson
-        encodes, about 0.3 us a record, where binding 16 parameters a row held it for
-        several. Records the array cannot carry exactly (below) are bound as parameters.
-
         Raises:
             sqlite3.Error: the write failed (database locked past the busy timeout, disk
                 full...); nothing of ``records`` was written.
@@ -660,22 +603,15 @@ class SqliteRecordStore:
                     "SELECT seq FROM sqlite_sequence WHERE name = 'records'"
                 ).fetchone()
                 first = (row[0] if row else 0) + 1
-                data = _as_json(records)
-                if data is not None:
-                    conn.execute(_INSERT_JSON, (first, data))
-                    conn.execute(_INSERT_SPC_JSON, (first, first + len(records)))
-                else:
-                    records = [r.storable() for r in records]
-                    _insert_rows(
-                        conn,
-                        _INSERT,
-                        [r.row(first + i, _spc_json(r.spc)) for i, r in enumerate(records)],
-                    )
-                    spc_rows = [
-                        (spc, r.ts, first + i) for i, r in enumerate(records) for spc in r.spc
-                    ]
-                    if spc_rows:
-                        _insert_rows(conn, _INSERT_SPC, spc_rows)
+                records = [r.storable() for r in records]
+                _insert_rows(
+                    conn,
+                    _INSERT,
+                    [r.row(first + i, _spc_json(r.spc)) for i, r in enumerate(records)],
+                )
+                spc_rows = [(spc, r.ts, first + i) for i, r in enumerate(records) for spc in r.spc]
+                if spc_rows:
+                    _insert_rows(conn, _INSERT_SPC, spc_rows)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
