@@ -14,6 +14,7 @@ the writer) are imported below and run again here, where ``store`` is a PostgreS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import importlib
 import io
@@ -22,7 +23,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, LiteralString
 from urllib.parse import urlsplit
@@ -433,25 +434,19 @@ def test_a_broken_write_connection_is_replaced(
 async def test_a_commit_whose_acknowledgement_is_lost_is_not_written_twice(
     database_url: str, schema: str
 ) -> None:
-    parts = urlsplit(database_url)
-    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        proxied = parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}")
-        store = await asyncio.to_thread(PostgresRecordStore.open, proxied.geturl(), schema=schema)
-        try:
-            await asyncio.to_thread(store.insert_many, [rec(1)])  # the day's partitions
-            batch = [rec(2), rec(3, spc=("123A", "456B"))]
-            proxy.lose_reply(_COMMIT_DONE)  # the server commits; the client never hears
-            with pytest.raises(psycopg.OperationalError):
-                await asyncio.to_thread(store.insert_many, batch)
-            assert ["req-3", "req-2", "req-1"] == stored(database_url, schema)
-            await asyncio.to_thread(store.insert_many, batch)  # the writer's retry
-            again = [rec(4)]
-            proxy.lose_reply(_COMMIT_DONE)
-            with pytest.raises(psycopg.OperationalError):
-                await asyncio.to_thread(store.insert_many, again)
-            await asyncio.to_thread(store.insert_many, [rec(5)])  # another batch: new ids
-        finally:
-            await asyncio.to_thread(store.close)
+    async with through_proxy(database_url, schema) as (proxy, store):
+        await asyncio.to_thread(store.insert_many, [rec(1)])  # the day's partitions
+        batch = [rec(2), rec(3, spc=("123A", "456B"))]
+        proxy.lose_reply(_COMMIT_DONE)  # the server commits; the client never hears
+        with pytest.raises(psycopg.OperationalError):
+            await asyncio.to_thread(store.insert_many, batch)
+        assert ["req-3", "req-2", "req-1"] == stored(database_url, schema)
+        await asyncio.to_thread(store.insert_many, batch)  # the writer's retry
+        again = [rec(4)]
+        proxy.lose_reply(_COMMIT_DONE)
+        with pytest.raises(psycopg.OperationalError):
+            await asyncio.to_thread(store.insert_many, again)
+        await asyncio.to_thread(store.insert_many, [rec(5)])  # another batch: new ids
     assert ["req-5", "req-4", "req-3", "req-2", "req-1"] == stored(database_url, schema)
     assert [(6,)] == fetch(database_url, schema, "SELECT count(*) FROM record_spc")
 
@@ -459,20 +454,14 @@ async def test_a_commit_whose_acknowledgement_is_lost_is_not_written_twice(
 async def test_a_retry_after_a_lost_commit_request_writes_the_batch(
     database_url: str, schema: str
 ) -> None:
-    parts = urlsplit(database_url)
-    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        proxied = parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}")
-        store = await asyncio.to_thread(PostgresRecordStore.open, proxied.geturl(), schema=schema)
-        try:
-            await asyncio.to_thread(store.insert_many, [rec(1)])
-            batch = [rec(2)]
-            proxy.lose_reply(b"COPY 1\x00")  # cut before the commit was sent: rolled back
-            with pytest.raises(psycopg.OperationalError):
-                await asyncio.to_thread(store.insert_many, batch)
-            assert ["req-1"] == stored(database_url, schema)
+    async with through_proxy(database_url, schema) as (proxy, store):
+        await asyncio.to_thread(store.insert_many, [rec(1)])
+        batch = [rec(2)]
+        proxy.lose_reply(b"COPY 1\x00")  # cut before the commit was sent: rolled back
+        with pytest.raises(psycopg.OperationalError):
             await asyncio.to_thread(store.insert_many, batch)
-        finally:
-            await asyncio.to_thread(store.close)
+        assert ["req-1"] == stored(database_url, schema)
+        await asyncio.to_thread(store.insert_many, batch)
     assert ["req-2", "req-1"] == stored(database_url, schema)
 
 
@@ -502,11 +491,23 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
-async def test_database_outage_loses_nothing_accepted(database_url: str, schema: str) -> None:
+@contextlib.asynccontextmanager
+async def through_proxy(
+    database_url: str, schema: str
+) -> AsyncIterator[tuple[TcpProxy, PostgresRecordStore]]:
+    """A store in ``schema`` whose connections go through a :class:`TcpProxy`."""
     parts = urlsplit(database_url)
     async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
         proxied = parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}")
         store = await asyncio.to_thread(PostgresRecordStore.open, proxied.geturl(), schema=schema)
+        try:
+            yield proxy, store
+        finally:
+            await asyncio.to_thread(store.close)
+
+
+async def test_database_outage_loses_nothing_accepted(database_url: str, schema: str) -> None:
+    async with through_proxy(database_url, schema) as (proxy, store):
         settings = RecordSettings(batch_size=50, flush_interval=0.01, queue_size=5000)
         writer = RecordWriter(store, settings)
         await writer.start()
@@ -526,14 +527,9 @@ async def test_database_outage_loses_nothing_accepted(database_url: str, schema:
             await until(lambda: writer.queue_depth == 0)
         finally:
             await writer.close()
-            await asyncio.to_thread(store.close)
         assert (2500, 0) == (writer.written, writer.dropped)
         assert proxy.connections >= 3  # migrations/read check, the writer, its replacement
-    direct = PostgresRecordStore.open(database_url, schema=schema, create=False)
-    try:
-        got = ids(everything(direct))
-    finally:
-        direct.close()
+    got = stored(database_url, schema)
     assert {f"r{i}" for i in range(2500)} == set(got)
     assert 2500 == len(got)  # nothing lost, nothing twice
 
