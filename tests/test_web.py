@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -503,6 +504,23 @@ async def test_app_body_cap_answers_in_the_api_shape(
 
 
 # -- request ids ---------------------------------------------------------------------------------
+
+
+def test_new_request_ids_are_distinct_and_a_forked_worker_draws_its_own() -> None:
+    ids = [web_module.new_request_id() for _ in range(20000)]
+    assert all(re.fullmatch("[0-9a-f]{16}", rid) for rid in ids)
+    assert len(ids) == len(set(ids))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: what a forked worker would draw first
+        os.write(write, web_module.new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    assert re.fullmatch("[0-9a-f]{16}", child)
+    assert child != web_module.new_request_id()  # the same state would draw the same id
 
 
 async def test_request_id_generated_when_absent_or_invalid(api: Api, good: str, now: int) -> None:

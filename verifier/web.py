@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,8 +119,31 @@ def _given_request_id(value: str | None) -> str | None:
     return None
 
 
+class _RequestIds:
+    """A new request id: 16 hex digits, 64 bits from a generator seeded from the system's
+    randomness once per process (and again in a forked child).
+
+    ``os.urandom(8)`` for each request cost 10 us here, a ``getrandom`` system call on a
+    virtual machine: 8% of a whole ATIS verification. Request ids correlate logs, records
+    and answers; they guard nothing, so a non-cryptographic generator serves.
+    """
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._bits = random.Random(os.urandom(32)).getrandbits  # noqa: S311 - not a secret
+
+    def __call__(self) -> str:
+        return f"{self._bits(64):016x}"
+
+
+new_request_id = _RequestIds()
+
+
 def _request_id(request: web.Request) -> str:
-    return _given_request_id(request.headers.get("X-RequestID")) or os.urandom(8).hex()
+    return _given_request_id(request.headers.get("X-RequestID")) or new_request_id()
 
 
 def _token_ok(authorization: str, token: str) -> bool:
@@ -331,7 +355,7 @@ def _fast_front(service: Service) -> FastFront:
 
     async def answer(body: bytes, headers: Headers) -> tuple[int, bytes, list[tuple[str, str]]]:
         given = _given_request_id(headers.get("x-requestid"))
-        rid = given or os.urandom(8).hex()
+        rid = given or new_request_id()
         started = time.perf_counter()
         try:
             return 200, await _atis_answer(service, body, rid, started), [("X-RequestID", rid)]
