@@ -52,7 +52,7 @@ class TcpProxy:
 
     def lose_reply(self, marker: bytes) -> None:
         """Cut every connection instead of delivering the next reply holding ``marker``
-        (once; the proxy stays up)."""
+        within one read (once; the proxy stays up)."""
         self._lose = marker
 
     async def close(self) -> None:

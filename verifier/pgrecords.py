@@ -523,8 +523,8 @@ class PostgresRecordStore:
     def rejects(exc: Exception) -> bool:
         """A value PostgreSQL refuses (SQLSTATE class 22, data exception), a ts outside
         the partitions' years, an integer past its column, text with no UTF-8 form: the
-        content's fault. A unique
-        violation is not: it is the retry of a batch whose commit is still in flight."""
+        content's fault. A unique violation is not: it is the retry of a batch whose
+        commit is still in flight."""
         return isinstance(
             exc, psycopg.errors.DataError | RecordRefused | OverflowError | UnicodeError
         )

@@ -298,7 +298,7 @@ class RecordSettings:
     batch_size: int = 2000
     """Most records written in one transaction. Under load a batch is what arrived in
     ``flush_interval``: fewer, larger transactions cost the event loop less (measured
-    with the batch endpoint, 11,500-12,000 verifications/s against 9,500-10,500 with
+    with the batch endpoint, 11,000-12,900 verifications/s against 9,400-10,400 with
     batches of 500)."""
     flush_interval: float = 0.2
     """How long the writer waits for a batch to fill before writing what it has."""
