@@ -237,12 +237,7 @@ class _Table:
 
     def check(self, data: bytes, signature: bytes) -> bool:
         """One signature's verdict (with its own scalar inversion)."""
-        r = int.from_bytes(signature[:32], "big")
-        s = int.from_bytes(signature[32:], "big")
-        if len(signature) != 64 or not (0 < r < _N and 0 < s < _N):
-            return False
-        k = _scratch()
-        return _verdict(k, self.group, data, r, _inverse(s, k))
+        return _table_checks([(self, data, signature)])[0]
 
 
 def _scratch() -> _Scratch:
@@ -455,13 +450,7 @@ class ES256Key:
             )
 
     def check(self, data: bytes, signature: bytes) -> bool:
-        table = self._table()
-        if table is not None:
-            try:
-                return table.check(data, signature)
-            except _TableError as exc:  # not a verdict: the plain check gives it
-                _disable(f"a table check failed: {exc}")
-        return self._plain(data, signature)
+        return check_many([(self, data, signature)])[0]
 
     def has_table(self) -> bool:
         """Whether the key's checks use its table now."""
