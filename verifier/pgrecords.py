@@ -419,8 +419,9 @@ class PostgresRecordStore:
         days.add(max(days) + 1)
         with self._lock:
             unsure, self._unsure = self._unsure, None
-        retry = unsure is not None and unsure[0] is records
-        ids = list(unsure[1]) if retry and unsure is not None else []
+        # The ids of this very batch when its last try's commit is unknown (never empty).
+        ids = list(unsure[1]) if unsure is not None and unsure[0] is records else []
+        retry = bool(ids)
         try:
             self._insert(records, days, ids, retry=retry)
         except BaseException:
