@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from . import __version__
 from .certs import TrustStore
@@ -653,6 +655,42 @@ def _error_parts(
     return error.status, dumps(error.body()), headers
 
 
+class _ParserErrors(RequestHandler):
+    """aiohttp's connection handler, answering what its HTTP parser refuses (a bad request
+    line, header or Content-Length: no application code runs for those) in the ATIS
+    ``requestError`` shape like every other refusal, SVC4006, where aiohttp answers in
+    plain text. Installed by :func:`start_site` (``__slots__`` empty: an instance of
+    aiohttp's handler can take this class)."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        detail = " ".join((message or str(exc or "") or "malformed HTTP request").split())
+        log.warning("http_request_refused", extra={"status": status, "error": detail[:200]})
+        error = ApiError(status, "SVC4006", "Failed to parse message body: %1", [detail[:200]])
+        code, body, headers = _error_parts(None, error, None)
+        response = web.Response(status=code, body=body, content_type=JSON, headers=headers)
+        response.force_close()  # as aiohttp does: the stream is past understanding
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's server, whose connections refuse in the API's shape (_ParserErrors)."""
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _ParserErrors
+        return handler
+
+
 # -- application -------------------------------------------------------------------------------
 
 
@@ -799,6 +837,8 @@ async def start_site(
         shutdown_timeout=settings.shutdown_timeout,
     )
     await runner.setup()
+    if runner.server is not None:
+        runner.server.__class__ = _Server  # parser errors in the requestError shape
     where = (settings.host, settings.port if port is None else port)
     site = (
         FastSite(runner, front, *where, reuse_port=reuse_port)
