@@ -643,6 +643,19 @@ async def test_back_pressure_waits_for_room(store: SqliteRecordStore) -> None:
     assert (4, 0) == (writer.written, writer.dropped)
 
 
+async def test_offer_queues_only_what_needs_no_waiting(store: SqliteRecordStore) -> None:
+    """offer() is submit() without a coroutine: it queues while there is room and leaves
+    a full queue, or a closed writer, to submit() (which waits, or drops and counts)."""
+    writer = RecordWriter(store, RecordSettings(queue_size=2, submit_timeout=0.05))
+    assert [True, True, False] == [writer.offer(rec(i)) for i in range(3)]
+    assert (2, 0) == (writer.queue_depth, writer.dropped)
+    await writer.start()
+    await writer.close()
+    assert not writer.offer(rec(9))
+    assert (2, 0) == (writer.written, writer.dropped)
+    assert ["req-0", "req-1"] == sorted(ids(all_rows(store)))
+
+
 async def test_back_pressure_is_bounded_by_submit_timeout(store: SqliteRecordStore) -> None:
     writer = RecordWriter(store, RecordSettings(queue_size=1, submit_timeout=0.05))
     await writer.submit(rec(0))

@@ -302,9 +302,20 @@ class Service:
             self.metrics.replays.inc()
 
     async def _judged(self, result: Result) -> None:
-        """What is decided about a verdict beyond the pure pipeline: RCD, replay."""
-        await self._judge_rcd(result)
-        await self._flag_replay(result)
+        """What is decided about a verdict beyond the pure pipeline: RCD, replay. (The
+        common case, no RCD and no shared replay set, awaits nothing: a call's answer
+        passes through here, and each coroutine costs.)"""
+        if result.rcd_sources:
+            await self._judge_rcd(result)
+        if not result.passed:
+            return
+        if self.shared_replay is not None:
+            await self._flag_replay(result)
+            return
+        signature = next((h.ppi for h in result.identities if h.status == "passed" and h.ppi), None)
+        if signature is not None and self.replay.seen(signature):
+            result.replayed = True
+            self.metrics.replays.inc()
 
     def _done(
         self, endpoint: str, request_id: str, item: VerifyRequest, result: Result, now: float
@@ -318,8 +329,9 @@ class Service:
 
     async def _keep(self, outcome: Outcome) -> None:
         """Hand the record to the writer (it may wait for queue space: back-pressure)."""
-        if self.records is not None:
-            await self.records.submit(outcome.record)
+        records = self.records
+        if records is not None and not records.offer(outcome.record):
+            await records.submit(outcome.record)
 
     def _source(self) -> CredentialSource:
         if self.credentials is None:  # pragma: no cover - cleanup_ctx always attaches one
@@ -376,7 +388,8 @@ class Service:
         now = self.clock()
         result = self._precheck(item, now)
         if result is None:
-            with self.in_flight_request():
+            self.in_flight += 1  # in_flight_request(), without a context manager's cost
+            try:
                 result = await verify(
                     item.identity,
                     now=now,
@@ -386,6 +399,8 @@ class Service:
                     cache=self.cache,
                     signatures=self.signatures.check if self.signatures is not None else None,
                 )
+            finally:
+                self.in_flight -= 1
         await self._judged(result)
         outcome = self._done(endpoint, request_id, item, result, now)
         await self._keep(outcome)
