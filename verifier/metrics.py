@@ -7,6 +7,7 @@ cache gauges are those of the worker that answered.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -37,6 +38,8 @@ _LATENCY_BUCKETS = (
     0.25,
     1.0,
 )
+FLUSH_INTERVAL = 1.0
+"""Seconds within which a verification reaches the counters (a scrape flushes at once)."""
 _FETCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -220,6 +223,8 @@ class Metrics:
         self._by_spc: dict[tuple[str, ...], Any] = {}
         self._records: _RecordsCollector | None = None
         self._shared: _SharedCollector | None = None
+        self._pending: dict[tuple[Any, ...], int] = {}
+        self._flusher: asyncio.TimerHandle | None = None
         self.verifications = Counter(
             "verifier_verifications",
             "verifications by verstat, attestation and failure reason",
@@ -290,29 +295,63 @@ class Metrics:
         self.registry.register(self._records)
 
     def observe(self, endpoint: str, result: Result, action: str = "", label: str = "") -> None:
-        """Count one verification (and its disposition). Label children are looked up in a
-        dict of their own: ``labels()`` costs microseconds a call on the hot path."""
-        reason = result.reason.slug if result.reason is not None else ""
-        key = (endpoint, result.verstat, result.attest or "", reason)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.verifications.labels(*key)
-        child.inc()
-        if action:
-            pair = (action, label)
-            counted = self._dispositions.get(pair)
-            if counted is None:
-                counted = self._dispositions[pair] = self.dispositions.labels(*pair)
-            counted.inc()
-        if result.certificate is not None:
-            for spc in result.certificate.spc:
-                signer = (spc, result.verstat)
+        """Count one verification (and its disposition and signer).
+
+        In one process, counted here in a dict and added to the counters by :meth:`flush`:
+        at every scrape (:meth:`render`), within :data:`FLUSH_INTERVAL` seconds and at
+        shutdown. The three counters' own ``inc()`` each take a lock: about 1.5 us a
+        verification, against 0.3 here. With ``--workers`` (multiprocess mode) a scrape
+        reads every worker's counters, not their dicts: each count goes in at once.
+        """
+        certificate = result.certificate
+        key = (
+            endpoint,
+            result.verstat,
+            result.attest or "",
+            result.reason.slug if result.reason is not None else "",
+            action,
+            label,
+            certificate.spc if certificate is not None else (),
+        )
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
+        if self._multiprocess:
+            self.flush()
+        elif self._flusher is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._flusher = loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        """Add the verifications counted since the last flush to the counters."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        pending, self._pending = self._pending, {}
+        for (endpoint, verstat, attest, reason, action, label, spcs), count in pending.items():
+            key = (endpoint, verstat, attest, reason)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.verifications.labels(*key)
+            child.inc(count)
+            if action:
+                pair = (action, label)
+                counted = self._dispositions.get(pair)
+                if counted is None:
+                    counted = self._dispositions[pair] = self.dispositions.labels(*pair)
+                counted.inc(count)
+            for spc in spcs:
+                signer = (spc, verstat)
                 by_spc = self._by_spc.get(signer)
                 if by_spc is None:
                     by_spc = self._by_spc[signer] = self.signers.labels(*signer)
-                by_spc.inc()
+                by_spc.inc(count)
 
     def render(self) -> bytes:
+        self.flush()
         if self._multiprocess:
             merged = CollectorRegistry()
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]

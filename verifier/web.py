@@ -832,7 +832,10 @@ async def _not_ready(app: web.Application) -> None:
 
 
 async def _flush_logs(app: web.Application) -> None:
+    """The log lines and the counts still held back (with ``--workers``, the counts reach
+    the shared files here; the worker is about to exit)."""
     app[SERVICE].vlog.flush()
+    app[SERVICE].metrics.flush()
 
 
 FRONT = web.AppKey("fast_front", FastFront)
