@@ -4,6 +4,7 @@ sockets on 127.0.0.1, real signals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ def start(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
         text=True,
         cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # a group of its own: the fixture kills workers too
     )
 
 
@@ -71,9 +73,11 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
     yield started
     for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        # The whole group: a supervisor killed alone leaves its workers holding the pipes,
+        # and communicate() would wait for them for ever.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def atis_body(identity: str, now: int, to: str = "12155551213") -> dict[str, object]:
