@@ -63,12 +63,24 @@ _SINGLE = frozenset(
 )
 _REFUSED = frozenset({"transfer-encoding", "upgrade"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_SERVER = b"Server: " + SERVER_SOFTWARE.encode("ascii")
+_SERVER = b"Server: " + SERVER_SOFTWARE.encode("ascii") + b"\r\n"
 _REASONS = (
     {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden"}
     | {404: b"Not Found", 406: b"Not Acceptable", 413: b"Request Entity Too Large"}
     | {415: b"Unsupported Media Type", 500: b"Internal Server Error", 503: b"Service Unavailable"}
 )
+
+
+def _head(status: int) -> bytes:
+    """An answer's status line and fixed headers, up to the Content-Length value."""
+    reason = _REASONS.get(status, b"Unknown")
+    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: " % (
+        status,
+        reason,
+    )
+
+
+_OK_HEAD = _head(200)
 
 Headers = dict[str, str]
 """A recognised request's headers: lower-case names (each at most once) to values."""
@@ -288,18 +300,14 @@ class FastProtocol(asyncio.Protocol):
         transport = self._transport
         keep = headers.get("connection", "").lower() != "close" and not self._front.closing
         if transport is not None and not transport.is_closing():
-            reason = _REASONS.get(status, b"Unknown")
-            lines = [
-                b"HTTP/1.1 %d %s" % (status, reason),
-                b"Content-Type: application/json",
-                b"Content-Length: %d" % len(payload),
-                b"Date: " + self._front.date(),
-                _SERVER,
-            ]
-            lines.extend(f"{k}: {v}".encode("latin-1") for k, v in extra)
+            head = _OK_HEAD if status == 200 else _head(status)
+            tail = b"".join([f"{k}: {v}\r\n".encode("latin-1") for k, v in extra])
             if not keep:
-                lines.append(b"Connection: close")
-            transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + payload)
+                tail += b"Connection: close\r\n"
+            transport.write(
+                b"%s%d\r\nDate: %s\r\n%s%s\r\n%s"
+                % (head, len(payload), self._front.date(), _SERVER, tail, payload)
+            )
             if not keep:
                 transport.close()
         self.busy = False
