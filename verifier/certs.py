@@ -76,8 +76,18 @@ class CertificateInfo:
     crl_urls: tuple[str, ...] = ()
     chain: tuple[str, ...] = ()
     anchor: str = ""
+    _dict: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """The certificate as JSON-ready data: made once, then the same dict for every
+        result it signed (a batch answer holds it a hundred times). Do not change it."""
+        made = self._dict
+        if made is None:
+            made = self._make_dict()
+            object.__setattr__(self, "_dict", made)
+        return made
+
+    def _make_dict(self) -> dict[str, Any]:
         return {
             "subject": self.subject,
             "issuer": self.issuer,
