@@ -1,0 +1,156 @@
+"""SQLite writes in a child process (verifier.recordproc): the same store, read in this
+process; refused content comes back as the child's own exception; a dead child is started
+again; a batch whose answer was lost is not written twice; closing ends the child."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from verifier.recordproc import PART, ChildWriterStore
+from verifier.records import (
+    Record,
+    RecordQuery,
+    RecordSettings,
+    RecordWriter,
+    SqliteRecordStore,
+    open_store,
+)
+
+T0 = 1_800_000_000.0
+
+
+def rec(i: int, **kwargs: object) -> Record:
+    fields: dict[str, object] = {
+        "ts": T0 + i,
+        "request_id": f"req-{i}",
+        "endpoint": "batch",
+        "orig": "12155551000",
+        "dest": "12155552000",
+        "origid": f"origid-{i}",
+        "attest": "A",
+        "verstat": "TN-Validation-Passed",
+        "reason": None,
+        "sip_code": None,
+        "spc": ("1234",),
+        "x5u": "https://cr.example.com/sp.pem",
+        "fingerprint": "AB:CD",
+        "action": "allow",
+        "label": "verified",
+    } | kwargs
+    return Record(**fields)  # type: ignore[arg-type]
+
+
+def ids(records: list[Record]) -> list[str]:
+    return [r.request_id for r in records]
+
+
+def all_rows(store: SqliteRecordStore) -> list[Record]:
+    return [r for chunk in store.iter_query(RecordQuery()) for r in chunk]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ChildWriterStore]:
+    s = ChildWriterStore.open_for_child(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def test_the_service_writes_through_a_child_by_default(tmp_path: Path) -> None:
+    made = open_store(RecordSettings(data_dir=str(tmp_path / "a")))
+    try:
+        assert isinstance(made, ChildWriterStore)
+    finally:
+        made.close()
+    plain = open_store(RecordSettings(data_dir=str(tmp_path / "b"), writer_process=False))
+    try:
+        assert type(plain) is SqliteRecordStore
+    finally:
+        plain.close()
+
+
+def test_a_batch_of_several_parts_is_written_whole_and_read_here(
+    store: ChildWriterStore,
+) -> None:
+    batch = [rec(i, spc=("1234",), origid="\ud800 lone" if i == 7 else f"o{i}") for i in range(600)]
+    assert len(batch) > 2 * PART
+    store.insert_many(batch)
+    rows = all_rows(store)
+    assert sorted(ids(batch)) == sorted(ids(rows))
+    assert "\ufffd lone" == next(r.origid for r in rows if r.request_id == "req-7")
+    assert 600 == store.stats(None, None)["total"]
+    assert store._child is not None and store._child.poll() is None  # one child, still up
+    assert 600 == store.prune(rec(10_000).ts)
+    assert [] == all_rows(store)
+
+
+def test_refused_content_is_the_childs_exception_and_isolated_by_the_writer(
+    store: ChildWriterStore,
+) -> None:
+    with pytest.raises(OverflowError):
+        store.insert_many([rec(1), rec(2, sip_code=2**70)])
+    assert store.rejects(OverflowError())
+    assert [] == all_rows(store)  # all or none
+
+
+async def test_the_writer_drops_only_the_poisoned_record(store: ChildWriterStore) -> None:
+    writer = RecordWriter(store, RecordSettings())
+    await writer.start()
+    for i in range(40):
+        await writer.submit(rec(i, sip_code=2**70) if i == 13 else rec(i))
+    await writer.close()
+    assert (39, 1) == (writer.written, writer.rejected)
+    assert "req-13" not in ids(all_rows(store))
+
+
+def test_a_dead_child_is_started_again_and_nothing_is_lost(store: ChildWriterStore) -> None:
+    store.insert_many([rec(1)])
+    first = store._child
+    assert first is not None
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    store.insert_many([rec(2)])
+    assert store._child is not None and store._child.pid != first.pid
+    assert ["req-1", "req-2"] == sorted(ids(all_rows(store)))
+
+
+def test_a_batch_whose_answer_was_lost_is_not_written_twice(store: ChildWriterStore) -> None:
+    batch = [rec(i) for i in range(5)]
+    store.insert_many(batch)
+    store._unsure = batch  # as after a child that died between its commit and its answer
+    store.insert_many(batch)  # the writer's retry of the same batch
+    assert 5 == len(all_rows(store))
+    other = [rec(i) for i in range(5, 8)]
+    store._unsure = other  # sent, and never committed: the retry writes it
+    store.insert_many(other)
+    assert 8 == len(all_rows(store))
+
+
+def test_the_childs_death_mid_batch_marks_the_batch_for_a_check(
+    store: ChildWriterStore,
+) -> None:
+    store.insert_many([rec(0)])
+    child = store._child
+    assert child is not None and child.stdin is not None
+    child.stdin.close()  # the channel breaks while the next batch is sent
+    batch = [rec(i) for i in range(1, 4)]
+    with pytest.raises(OSError):
+        store.insert_many(batch)
+    store.insert_many(batch)
+    assert 4 == len(all_rows(store))
+
+
+def test_closing_ends_the_child(tmp_path: Path) -> None:
+    s = ChildWriterStore.open_for_child(tmp_path / "data")
+    s.insert_many([rec(1)])
+    child = s._child
+    assert child is not None
+    s.close()
+    assert child.poll() is not None
+    assert ["req-1"] == ids(list(SqliteRecordStore.open(tmp_path / "data").query(RecordQuery())[0]))
+    with pytest.raises(RuntimeError):
+        s.insert_many([rec(2)])
