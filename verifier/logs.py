@@ -76,6 +76,8 @@ class VerificationLog:
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._prefix = ""
+        self._millisecond = -1
+        self._head = ""
 
     @property
     def enabled(self) -> bool:
@@ -88,15 +90,20 @@ class VerificationLog:
         """One line whose fields are ``members``: JSON object members (``"k":v,...``)
         already encoded, by a caller that formats its line faster than a dict would be."""
         now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        head = (
-            f'{{"ts":"{self._prefix}.{int((now - second) * 1000):03d}+00:00","level":"INFO",'
-            f'"logger":"{self.logger_name}","event":"verification",'
-        )
-        self._lines.append(head + members + "}")
+        millisecond = int(now * 1000)
+        if millisecond != self._millisecond:  # lines of the same millisecond share a head
+            self._millisecond = millisecond
+            second = int(now)
+            if second != self._second:
+                self._second = second
+                self._prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%S"
+                )
+            self._head = (
+                f'{{"ts":"{self._prefix}.{int((now - second) * 1000):03d}+00:00","level":"INFO",'
+                f'"logger":"{self.logger_name}","event":"verification",'
+            )
+        self._lines.append(self._head + members + "}")
         if len(self._lines) >= self._max_lines:
             self.flush()
         elif self._timer is None:

@@ -313,9 +313,8 @@ _NATIVE_FIELDS = frozenset({"identity", "from", "pai", "to", "ruri", "date"})
 def _native_call(data: Any, where: str = "") -> VerifyRequest:
     if not isinstance(data, dict):
         raise invalid(where.removesuffix(".") or "body", "must be a JSON object")
-    unknown = set(data) - _NATIVE_FIELDS
-    if unknown:
-        raise invalid(f"{where}{sorted(unknown)[0]}", "unknown field")
+    if not data.keys() <= _NATIVE_FIELDS:
+        raise invalid(f"{where}{sorted(set(data) - _NATIVE_FIELDS)[0]}", "unknown field")
     identity = data.get("identity")
     if identity is not None and not _identity_ok(identity):
         raise invalid(f"{where}identity", "must be a string or an array of strings")
