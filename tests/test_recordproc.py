@@ -4,6 +4,7 @@ again; a batch whose answer was lost is not written twice; closing ends the chil
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 from collections.abc import Iterator
@@ -13,7 +14,6 @@ import pytest
 
 from verifier.recordproc import PART, ChildWriterStore
 from verifier.records import (
-    Record,
     RecordQuery,
     RecordSettings,
     RecordWriter,
@@ -21,36 +21,9 @@ from verifier.records import (
     open_store,
 )
 
-T0 = 1_800_000_000.0
-
-
-def rec(i: int, **kwargs: object) -> Record:
-    fields: dict[str, object] = {
-        "ts": T0 + i,
-        "request_id": f"req-{i}",
-        "endpoint": "batch",
-        "orig": "12155551000",
-        "dest": "12155552000",
-        "origid": f"origid-{i}",
-        "attest": "A",
-        "verstat": "TN-Validation-Passed",
-        "reason": None,
-        "sip_code": None,
-        "spc": ("1234",),
-        "x5u": "https://cr.example.com/sp.pem",
-        "fingerprint": "AB:CD",
-        "action": "allow",
-        "label": "verified",
-    } | kwargs
-    return Record(**fields)  # type: ignore[arg-type]
-
-
-def ids(records: list[Record]) -> list[str]:
-    return [r.request_id for r in records]
-
-
-def all_rows(store: SqliteRecordStore) -> list[Record]:
-    return [r for chunk in store.iter_query(RecordQuery()) for r in chunk]
+# The SQLite store tests' helpers (imported by name at run time, as test_pgrecords does).
+_records = importlib.import_module("tests.test_records")
+rec, ids, all_rows = _records.rec, _records.ids, _records.all_rows
 
 
 @pytest.fixture
