@@ -34,6 +34,7 @@ from psycopg import sql
 
 from verifier.faults import TcpProxy
 from verifier.pgrecords import MIGRATIONS, PostgresRecordStore
+from verifier.recordproc import ChildWriterStore
 from verifier.records import (
     CSV_COLUMNS,
     Record,
@@ -291,12 +292,15 @@ def test_open_unreachable_names_the_database_without_password() -> None:
 def test_open_store_picks_the_backend(database_url: str, schema: str, tmp_path: Path) -> None:
     url = with_search_path(database_url, schema)
     pg = open_store(RecordSettings(database_url=url))
-    lite = open_store(RecordSettings(data_dir=str(tmp_path)))
+    lite = open_store(RecordSettings(data_dir=str(tmp_path), writer_process=False))
+    child = open_store(RecordSettings(data_dir=str(tmp_path)))
     try:
         assert (PostgresRecordStore, SqliteRecordStore) == (type(pg), type(lite))
+        assert isinstance(child, ChildWriterStore)  # SQLite's default
     finally:
         pg.close()
         lite.close()
+        child.close()
     assert [(1,)] == fetch(database_url, schema, "SELECT version FROM verifier_schema_migrations")
 
 
