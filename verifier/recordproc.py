@@ -2,11 +2,12 @@
 
 Writing records from a thread of the service's process costs the event loop more than the
 writes themselves: the writer thread takes the GIL to build and bind its rows, and again
-after every SQLite call that released it, and each time the loop waits. Measured in
-bench_http.py on a 2 vCPU EPYC: recording cost 10.5% of the ATIS rate, and the batch
-endpoint gave 12,000 verifications/s against 13,700 with the writes in a child process
-(the same SQLite file, WAL, synchronous FULL). This is what a database server does for
-PostgreSQL: the storing happens in another process.
+after every SQLite call that released it, and each time the loop waits (py-spy: 88 us of
+wall time a record for 14 us of CPU). Measured over HTTP on a 2 vCPU EPYC, in paired runs:
+the batch endpoint gave 12,490-13,058 verifications/s with the writes in a child process
+(the same SQLite file, WAL, synchronous FULL) against 11,116-11,405 from a thread; the
+ATIS endpoint about 4% more. This is what a database server does for PostgreSQL: the
+storing happens in another process.
 
 :class:`ChildWriterStore` is a :class:`~verifier.records.SqliteRecordStore` whose
 ``insert_many`` and ``prune`` are done by ``python -m verifier.recordproc DB``, started on

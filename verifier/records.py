@@ -308,9 +308,10 @@ class RecordSettings:
     """How long the writer waits for a batch to fill before writing what it has."""
     writer_process: bool = True
     """SQLite: write from a child process (``verifier.recordproc``) rather than a thread
-    of the service's process. A thread competes with the event loop for the GIL: measured,
-    recording cost the ATIS endpoint 10.5% of its rate, and the batch endpoint 12,000
-    against 13,700 verifications/s. (PostgreSQL is another process anyway.)"""
+    of the service's process. A thread competes with the event loop for the GIL: in paired
+    runs the batch endpoint gave 12,490-13,058 verifications/s with the child against
+    11,116-11,405 with the thread, the ATIS endpoint about 4% more. (PostgreSQL is another
+    process anyway.)"""
     prune_interval: float = 3600.0
     """Time between two prunings (the first runs when the writer starts)."""
     submit_timeout: float = 5.0

@@ -290,9 +290,14 @@ class Service:
         if rcd is not None:
             result.rcd = (await verify_rcd(rcd, self.rcd_fetcher)).to_dict()
 
-    async def _flag_replay(self, result: Result) -> None:
-        """A verified PASSporT seen again (by its signature) within its freshness window:
-        across the fleet when Redis is configured, else in this process."""
+    async def _judged(self, result: Result) -> None:
+        """What is decided about a verdict beyond the pure pipeline: RCD, and whether a
+        verified PASSporT was seen again (by its signature) within its freshness window:
+        across the fleet when Redis is configured, else in this process. (The common case,
+        no RCD and no Redis, awaits nothing: every call passes here, and each coroutine
+        costs.)"""
+        if result.rcd_sources:
+            await self._judge_rcd(result)
         if not result.passed:
             return
         signature = next((h.ppi for h in result.identities if h.status == "passed" and h.ppi), None)
@@ -303,22 +308,6 @@ class Service:
         else:
             seen = self.replay.seen(signature)
         if seen:
-            result.replayed = True
-            self.metrics.replays.inc()
-
-    async def _judged(self, result: Result) -> None:
-        """What is decided about a verdict beyond the pure pipeline: RCD, replay. (The
-        common case, no RCD and no shared replay set, awaits nothing: a call's answer
-        passes through here, and each coroutine costs.)"""
-        if result.rcd_sources:
-            await self._judge_rcd(result)
-        if not result.passed:
-            return
-        if self.shared_replay is not None:
-            await self._flag_replay(result)
-            return
-        signature = next((h.ppi for h in result.identities if h.status == "passed" and h.ppi), None)
-        if signature is not None and self.replay.seen(signature):
             result.replayed = True
             self.metrics.replays.inc()
 

@@ -223,8 +223,8 @@ async def _read_body(request: web.Request, limit: int, types: tuple[str, ...] = 
 def _parse_json(body: bytes) -> Any:
     """The request body's JSON value, exactly as the standard parser reads it.
 
-    orjson reads a body in a fifth of the time (3 us an ATIS request), but not always
-    the same way: it reads an integer past 64 bits as a float, and refuses what the
+    orjson parses an ATIS body in 0.7 us against 2.9 (1.6 with the float check below),
+    but not always the same way: it reads an integer past 64 bits as a float, and refuses what the
     standard parser takes (a byte order mark, NaN, a lone surrogate escape). So a body
     orjson refuses, or whose value holds any float (no valid request has one), is read
     again by the standard parser, whose value or error is the answer.
