@@ -127,3 +127,19 @@ def test_closing_ends_the_child(tmp_path: Path) -> None:
     assert ["req-1"] == ids(list(SqliteRecordStore.open(tmp_path / "data").query(RecordQuery())[0]))
     with pytest.raises(RuntimeError):
         s.insert_many([rec(2)])
+
+
+def test_the_child_runs_below_the_service(tmp_path: Path) -> None:
+    """records.writer_nice: where the writer and the service compete for a core, answering
+    calls goes first."""
+    s = open_store(RecordSettings(data_dir=str(tmp_path / "data"), writer_nice=7))
+    try:
+        assert isinstance(s, ChildWriterStore)
+        s.insert_many([rec(1)])
+        assert s._child is not None
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert min(ours + 7, 19) == os.getpriority(os.PRIO_PROCESS, s._child.pid)
+    finally:
+        s.close()
+    with pytest.raises(ValueError, match="writer_nice"):
+        RecordSettings(writer_nice=20)

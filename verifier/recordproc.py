@@ -26,6 +26,8 @@ What the thread-backed store promises still holds:
   sent and before it answered (the batch may or may not be committed), the retry of that
   same batch tells the child to look for its first record (``ts`` and ``request_id``)
   first, and to write nothing if it is there: exactly once.
+- The child runs ``records.writer_nice`` steps below the service (10 by default): where
+  they compete for a core, answering calls goes first; records wait in their bounded queue.
 - The child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): the
   service drains its queue, then closes the store, which ends the child. It also ends when
   its stdin closes (the service died).
@@ -62,20 +64,22 @@ _CLOSE_WAIT = 10.0
 class ChildWriterStore(SqliteRecordStore):
     """A SQLite record store whose writes run in a child process (module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, nice: int = 0) -> None:
         super().__init__(path, None)
+        self._nice = nice
         self._child: subprocess.Popen[bytes] | None = None
         self._channel = threading.Lock()
         self._unsure: Sequence[Record] | None = None
         """A batch whose commit is unknown: the child died after it was sent."""
 
     @classmethod
-    def open_for_child(cls, data_dir: str | Path) -> ChildWriterStore:
+    def open_for_child(cls, data_dir: str | Path, *, nice: int = 0) -> ChildWriterStore:
         """The store in ``data_dir``, created (directory, file, schema) as
-        :meth:`SqliteRecordStore.open` does; the child opens its own connection."""
+        :meth:`SqliteRecordStore.open` does; the child opens its own connection and runs
+        ``nice`` steps below the service (``records.writer_nice``)."""
         made = SqliteRecordStore.open(data_dir)
         made.close()
-        return cls(made.path)
+        return cls(made.path, nice=nice)
 
     # -- writes, through the child -----------------------------------------------------------
 
@@ -138,7 +142,7 @@ class ChildWriterStore(SqliteRecordStore):
 
     def _start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(  # noqa: S603 - this interpreter, our module, our path
-            [sys.executable, "-m", "verifier.recordproc", str(self.path)],
+            [sys.executable, "-m", "verifier.recordproc", str(self.path), str(self._nice)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -233,6 +237,8 @@ def main() -> None:
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but answers on the channel
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if len(sys.argv) > 2 and int(sys.argv[2]):
+        os.nice(int(sys.argv[2]))  # answering calls goes first (records.writer_nice)
     _serve(Path(sys.argv[1]), inp, out)
 
 
