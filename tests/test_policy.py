@@ -60,6 +60,25 @@ def test_defaults_label_and_never_block(
     assert None is policy.decide(passed, now=now).response
 
 
+def test_default_dispositions_are_made_once_per_verdict_and_policy(
+    signer: Signer, trust: TrustStore, now: int, passed: Result
+) -> None:
+    """Every call without an entry or rule gets one of a handful of default dispositions:
+    each is made once (and its JSON with it), per policy: a reloaded policy's labels apply."""
+    policy = Policy.default()
+    first = policy.decide(passed, now=now)
+    assert first is policy.decide(verdict(signer, trust, now, attest="A"), now=now)
+    assert first.to_dict() is first.to_dict()
+    assert {"action": "allow", "label": "verified"}.items() <= first.to_dict().items()
+    partial = policy.decide(verdict(signer, trust, now, attest="B"), now=now)
+    assert ("label", "partial") == _al(partial)
+    replayed = dataclasses.replace(passed, replayed=True)
+    assert ("label", "replayed") == _al(policy.decide(replayed, now=now))
+    assert ("allow", "verified") == _al(policy.decide(passed, now=now))  # not mixed up
+    relabelled = Policy.from_text('[labels]\nA = "signed-a"\n')
+    assert ("allow", "signed-a") == _al(relabelled.decide(passed, now=now))
+
+
 def _al(disposition: object) -> tuple[str, str]:
     return disposition.action, disposition.label  # type: ignore[attr-defined]
 

@@ -77,14 +77,21 @@ class Disposition:
     label: str
     reasons: tuple[dict[str, Any], ...] = ()
     response: dict[str, Any] | None = None
+    _dict: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "label": self.label,
-            "reasons": list(self.reasons),
-            "response": self.response,
-        }
+        """JSON-ready: made once, then the same dict (a default disposition is shared by
+        every call it applies to). Do not change it."""
+        made = self._dict
+        if made is None:
+            made = {
+                "action": self.action,
+                "label": self.label,
+                "reasons": list(self.reasons),
+                "response": self.response,
+            }
+            object.__setattr__(self, "_dict", made)
+        return made
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +162,10 @@ class Policy:
     allows: tuple[ProviderEntry, ...] = ()
     rules: tuple[Rule, ...] = ()
     source: str = "(defaults)"
+    _defaults: dict[tuple[str, str | None], Disposition] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """The default dispositions, made once each (no entry or rule applied)."""
 
     @classmethod
     def default(cls) -> Policy:
@@ -222,6 +233,15 @@ class Policy:
                     label=rule.label,
                     reasons=({"rule": rule.name, "line": rule.line},),
                 )
+        key = ("replayed", None) if result.replayed else (result.verstat, result.attest)
+        made = self._defaults.get(key)
+        if made is None:
+            if len(self._defaults) >= 64:  # verstat x attestation: a handful, but bounded
+                self._defaults.clear()
+            made = self._defaults[key] = self._default(result)
+        return made
+
+    def _default(self, result: Result) -> Disposition:
         if result.replayed:
             # A repeat within the freshness window: forked INVITEs carry one legitimately,
             # so it is labelled, never blocked by default.
