@@ -457,19 +457,28 @@ class Verification:
     # -- the verdict -----------------------------------------------------------------------
 
     def result(self) -> Result:
-        identities = [e.result for e in self._entries]
+        entries = self._entries
+        identities = [e.result for e in entries]
         if self._top_error is not None:
             return _failed(self._top_error, identities)
-        if any(e.result.status == "pending" for e in self._entries):
-            raise RuntimeError("Verification.result() called with headers still pending")
-        shaken = [e for e in self._entries if e.kind == SHAKEN]
-        divs = [e for e in self._entries if e.kind == DIV]
-        for e in shaken:
-            if e.deferred is not None:
-                self._resolve_deferred(e, divs)
-        chosen = next((e for e in shaken if e.result.status == "passed"), None)
-        chosen = chosen or (shaken[0] if shaken else None)
-        diversion = self._diversion(chosen, divs) if divs else None
+        chosen: _Entry | None
+        if len(entries) == 1 and entries[0].kind == SHAKEN:  # nearly every call: no choice
+            only = entries[0]
+            if only.result.status == "pending":
+                raise RuntimeError("Verification.result() called with headers still pending")
+            chosen, shaken = only, entries
+            diversion = None  # (a deferred dest needs a div PASSporT: none here)
+        else:
+            if any(e.result.status == "pending" for e in entries):
+                raise RuntimeError("Verification.result() called with headers still pending")
+            shaken = [e for e in entries if e.kind == SHAKEN]
+            divs = [e for e in entries if e.kind == DIV]
+            for e in shaken:
+                if e.deferred is not None:
+                    self._resolve_deferred(e, divs)
+            chosen = next((e for e in shaken if e.result.status == "passed"), None)
+            chosen = chosen or (shaken[0] if shaken else None)
+            diversion = self._diversion(chosen, divs) if divs else None
         if chosen is None:
             ppts = ", ".join(repr(e.result.ppt) for e in self._entries)
             result = _failed(
