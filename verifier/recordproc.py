@@ -204,15 +204,13 @@ def _serve(path: Path, inp: IO[bytes], out: IO[bytes]) -> None:
             except EOFError:
                 return
             kind = message[0]
-            if kind == "part":
+            if kind in ("part", "insert"):
                 pending.extend(Record(**dict(zip(_NAMES, row, strict=True))) for row in message[1])
+            if kind == "part":
                 continue
             answer: tuple[Any, ...]
             try:
                 if kind == "insert":
-                    pending.extend(
-                        Record(**dict(zip(_NAMES, row, strict=True))) for row in message[1]
-                    )
                     batch, pending = pending, []
                     if not (message[2] and _already_written(store, batch[0])):
                         store.insert_many(batch)

@@ -408,10 +408,17 @@ class Service:
         the calls of one signer share (verdict, SPC, x5u) are formatted once.
         """
         full = self.settings.api.log_full_numbers
-        shared = (record.verstat, record.attest, record.reason, record.sip_code)
-        middle = self._log_parts.get((shared, record.spc, record.x5u))
+        key = (
+            record.verstat,
+            record.attest,
+            record.reason,
+            record.sip_code,
+            record.spc,
+            record.x5u,
+        )
+        middle = self._log_parts.get(key)
         if middle is None:
-            middle = self._log_middle(record)
+            middle = self._log_middle(record, key)
         self.vlog.emit_members(
             f'"endpoint":{_js(record.endpoint)},"request_id":{_js(record.request_id)},'
             f"{middle}"
@@ -421,7 +428,9 @@ class Service:
             f'"action":{_js(record.action)},"label":{_js(record.label)}'
         )
 
-    def _log_middle(self, record: Record) -> str:
+    def _log_middle(self, record: Record, key: tuple[Any, ...]) -> str:
+        """The members of ``record``'s line that ``key`` (verdict, SPC, x5u) determines,
+        formatted and kept."""
         spc = record.spc
         middle = (
             f'"verstat":{_js(record.verstat)},"attest":{_js(record.attest)},'
@@ -432,8 +441,7 @@ class Service:
         )
         if len(self._log_parts) >= _LOG_PARTS:  # an x5u is the caller's: bounded
             self._log_parts.clear()
-        shared = (record.verstat, record.attest, record.reason, record.sip_code)
-        self._log_parts[(shared, spc, record.x5u)] = middle
+        self._log_parts[key] = middle
         return middle
 
     # -- answers ---------------------------------------------------------------------------
