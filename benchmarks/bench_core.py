@@ -4,7 +4,7 @@ The certificate is already validated (what a cache hit gives): the figure is the
 parsing, decoding, checking claims, numbers and freshness, and the ES256 signature.
 Each PASSporT is distinct (its own origid and signature), as in real traffic, and all are
 signed by one key, as a carrier's calls are: so the key is hot and its checks use its
-precomputed table (``verifier.es256``). The same pipeline without key tables, and a bare
+precomputed table (``verifier.accel.es256``). The same pipeline without key tables, and a bare
 ``cryptography`` verify, are measured in the same rounds.
 
     .venv/bin/python benchmarks/bench_core.py [--rounds 5] [--seconds 3] [--json]
@@ -27,10 +27,10 @@ from collections.abc import Callable
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from verifier import es256
-from verifier.certs import TrustStore
+from verifier.accel import es256
+from verifier.core.certs import TrustStore
+from verifier.core.verify import CallInfo, DecodeCache, Verification
 from verifier.testing import TestPKI, identity_header
-from verifier.verify import CallInfo, DecodeCache, Verification
 
 
 def openssl_verify_per_s(seconds: int) -> float:

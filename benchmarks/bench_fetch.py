@@ -1,6 +1,6 @@
 """Certificate retrieval: a cold burst on one x5u, and cache hits against full validation.
 
-Starts its own HTTPS certificate repository on 127.0.0.1 (verifier.repository), so it needs
+Starts its own HTTPS certificate repository on 127.0.0.1 (verifier.testing.repository), so it needs
 no network. Two figures, each beside its baseline from the same run:
 
 (a) cold burst: N concurrent verifications of distinct PASSporTs that share one uncached
@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from verifier.certs import Credential, TrustStore, load_chain
-from verifier.errors import TN_VALIDATION_PASSED
-from verifier.fetch import CertificateFetcher, FetchSettings
-from verifier.repository import Repository
+from verifier.core.certs import Credential, TrustStore, load_chain
+from verifier.core.errors import TN_VALIDATION_PASSED
+from verifier.core.verify import CallInfo, CredentialSource, verify
+from verifier.net.fetch import CertificateFetcher, FetchSettings
 from verifier.testing import Signer, TestPKI
-from verifier.verify import CallInfo, CredentialSource, verify
+from verifier.testing.repository import Repository
 
 CALL = CallInfo(from_="12155551212", to="12155551213")
 

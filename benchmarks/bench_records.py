@@ -31,8 +31,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from verifier.pgrecords import PostgresRecordStore
 from verifier.records import Record, RecordSettings, RecordStore, RecordWriter, SqliteRecordStore
+from verifier.records.postgres import PostgresRecordStore
 
 T0 = 1_800_000_000.0
 

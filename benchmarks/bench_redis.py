@@ -1,6 +1,6 @@
 """The Redis shared tier: what it costs on a local hit, and what it saves a cold instance.
 
-Starts its own HTTPS certificate repository on 127.0.0.1 (verifier.repository) and uses the
+Starts its own HTTPS certificate repository on 127.0.0.1 (verifier.testing.repository) and uses the
 Redis at --redis-url (default: $VERIFIER_TEST_REDIS_URL, else redis://127.0.0.1:6379/15)
 under a fresh key prefix, deleted at the end. Figures, each beside its baseline from the
 same run:
@@ -30,11 +30,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from verifier.certs import TrustStore
-from verifier.fetch import CertificateFetcher, FetchSettings
-from verifier.redis_tier import RedisLink, RedisSettings, RedisTier
-from verifier.repository import Repository
+from verifier.core.certs import TrustStore
+from verifier.net.fetch import CertificateFetcher, FetchSettings
+from verifier.net.redis_tier import RedisLink, RedisSettings, RedisTier
 from verifier.testing import TestPKI
+from verifier.testing.repository import Repository
 
 
 def _write(path: Path, data: bytes) -> str:

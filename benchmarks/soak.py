@@ -1,6 +1,6 @@
 """Soak: mixed traffic against `verifier serve` for minutes; the service must stay standing.
 
-Starts an HTTPS certificate repository (verifier.repository) and the service (one worker,
+Starts an HTTPS certificate repository (verifier.testing.repository) and the service (one worker,
 records on) on 127.0.0.1, then sends ATIS requests from 32 concurrent clients:
 about 70% valid, 20% invalid (tampered signature, wrong called number, malformed header,
 stale iat, unparseable body), 10% signed under a new x5u (a cache miss and a fetch). Each
@@ -33,8 +33,8 @@ from typing import Any
 
 import aiohttp
 
-from verifier.repository import Repository
 from verifier.testing import Signer, TestPKI, pem
+from verifier.testing.repository import Repository
 
 ORIG, DEST = "12155551212", "12155551213"
 CACHE_SIZE = 2000  # the service's x5u.cache_size in this run

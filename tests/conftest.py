@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from verifier.certs import TrustStore
-from verifier.repository import Repository
+from verifier.core.certs import TrustStore
+from verifier.core.verify import CallInfo, Result, VerifyOptions, verify_offline
 from verifier.testing import Signer, TestPKI, b64url
-from verifier.verify import CallInfo, Result, VerifyOptions, verify_offline
+from verifier.testing.repository import Repository
 
 CONFORMANCE = Path(__file__).parent / "conformance"
 

@@ -1,4 +1,4 @@
-"""verifier.cache: lifetimes from HTTP headers, clamping, the memory tier, the stores."""
+"""verifier.net.cache: lifetimes from HTTP headers, clamping, the memory tier, the stores."""
 
 # STYLE.md: asserts read ``expected == actual``.
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from verifier.cache import (
+from verifier.core.certs import TrustStore
+from verifier.net.cache import (
     CacheEntry,
     DiskStore,
     MemoryTier,
@@ -19,7 +20,6 @@ from verifier.cache import (
     clamp,
     lifetime_from_headers,
 )
-from verifier.certs import TrustStore
 from verifier.testing import TestPKI
 
 NOW = 1_700_000_000.0

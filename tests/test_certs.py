@@ -1,4 +1,4 @@
-"""verifier.certs: real STI-CA certificates, TNAuthList DER, chain validation, loading."""
+"""verifier.core.certs: real STI-CA certificates, TNAuthList DER, chain validation, loading."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from verifier import errors
-from verifier.certs import (
+from verifier.core import errors
+from verifier.core.certs import (
     SHAKEN_POLICY_OID,
     TNAUTHLIST_OID,
     Credential,

@@ -1,4 +1,4 @@
-"""verifier.config: defaults < TOML file < environment < overrides, every value validated."""
+"""verifier.settings: defaults < TOML file < environment < overrides, every value validated."""
 
 # STYLE.md: asserts read ``expected == actual``.
 
@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 
-from verifier.config import (
+from verifier.net.fetch import FetchSettings
+from verifier.net.rcd import RcdSettings
+from verifier.net.redis_tier import RedisSettings
+from verifier.records import RecordSettings
+from verifier.settings import (
     ApiSettings,
     ConfigError,
     Settings,
@@ -22,10 +26,6 @@ from verifier.config import (
     describe,
     load_settings,
 )
-from verifier.fetch import FetchSettings
-from verifier.rcd import RcdSettings
-from verifier.records import RecordSettings
-from verifier.redis_tier import RedisSettings
 
 FULL_TOML = """
 host = "192.0.2.10"

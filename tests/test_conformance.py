@@ -12,10 +12,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from verifier import errors
-from verifier.certs import TNAUTHLIST_OID, TrustStore, parse_tnauthlist
-from verifier.errors import TN_VALIDATION_PASSED
-from verifier.verify import CallInfo, Result, verify_offline
+from verifier.core import errors
+from verifier.core.certs import TNAUTHLIST_OID, TrustStore, parse_tnauthlist
+from verifier.core.errors import TN_VALIDATION_PASSED
+from verifier.core.verify import CallInfo, Result, verify_offline
 
 VECTORS = Path(__file__).parent / "conformance" / "vectors"
 VECTOR_DIRS = sorted(p for p in VECTORS.iterdir() if p.is_dir())

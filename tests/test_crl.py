@@ -1,5 +1,5 @@
-"""verifier.crl: revocation checks after chain validation. CRLs are real, signed by the test
-PKI's keys; they are served over plain HTTP by verifier.repository on 127.0.0.1, or handed
+"""verifier.net.crl: revocation checks after chain validation. CRLs are real, signed by the test
+PKI's keys; they are served over plain HTTP by verifier.testing.repository on 127.0.0.1, or handed
 to the checker by a fetch function. The only fake is the clock."""
 
 # STYLE.md: asserts read ``expected == actual``.
@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from verifier import errors
-from verifier.certs import Credential, TrustStore
-from verifier.crl import CrlChecker, crl_urls, load_crl
-from verifier.fetch import CertificateFetcher, FetchSettings
-from verifier.repository import Repository
-from verifier.testing import TestPKI, make_crl
+from verifier.core import errors
+from verifier.core.certs import Credential, TrustStore
+from verifier.net.crl import CrlChecker, crl_urls, load_crl
+from verifier.net.fetch import CertificateFetcher, FetchSettings
+from verifier.testing import TestPKI
+from verifier.testing.pki import make_crl
+from verifier.testing.repository import Repository
 
 _DAY = dt.timedelta(days=1)
 

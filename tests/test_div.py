@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from verifier.certs import TrustStore
+from verifier.core.certs import TrustStore
+from verifier.core.verify import CallInfo, Result, Verification, VerifyOptions
 from verifier.testing import Signer, TestPKI, identity_header
-from verifier.verify import CallInfo, Result, Verification, VerifyOptions
 
 ORIG = "12155551212"
 A, B, C, D, E, F = (f"1215555{n:04d}" for n in range(2001, 2007))

@@ -1,4 +1,4 @@
-"""ES256 checks with a hot key's precomputed table (verifier.es256), held to
+"""ES256 checks with a hot key's precomputed table (verifier.accel.es256), held to
 pyca/cryptography's verdict on the same inputs."""
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier import errors, es256
-from verifier.certs import TrustStore
+from verifier.accel import es256
+from verifier.core import errors
+from verifier.core.certs import TrustStore
+from verifier.core.passport import verify_es256
+from verifier.core.verify import CallInfo, Verification, verify_many
 from verifier.metrics import Metrics
-from verifier.passport import verify_es256
 from verifier.testing import ChainSource, TestPKI
-from verifier.verify import CallInfo, Verification, verify_many
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ES256 = ec.ECDSA(hashes.SHA256())

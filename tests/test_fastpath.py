@@ -1,4 +1,4 @@
-"""The fast lane of POST /stir/v1/verification (verifier.fastpath): for every request, it
+"""The fast lane of POST /stir/v1/verification (verifier.http.fastpath): for every request, it
 answers exactly as aiohttp's handler does, or hands the connection to aiohttp.
 
 Two real servers on 127.0.0.1 over the same application settings, one with the fast lane
@@ -21,11 +21,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from verifier.certs import TrustStore
-from verifier.config import ApiSettings, Settings
+from verifier.core.certs import TrustStore
+from verifier.http.app import FRONT, create_app, start_site
 from verifier.records import RecordSettings
+from verifier.settings import ApiSettings, Settings
 from verifier.testing import ChainSource, Signer, TestPKI
-from verifier.web import FRONT, create_app, start_site
 
 PATH = "/stir/v1/verification"
 ORIG, DEST = "12155551212", "12155551213"

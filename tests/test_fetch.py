@@ -1,5 +1,5 @@
-"""verifier.fetch: x5u rules, SSRF refusals, the cache layers, against a real local HTTPS
-repository (verifier.repository) on 127.0.0.1. The only fakes: the clock, and DNS answers
+"""verifier.net.fetch: x5u rules, SSRF refusals, the cache layers, against a real local HTTPS
+repository (verifier.testing.repository) on 127.0.0.1. The only fakes: the clock, and DNS answers
 for names of other networks. Nothing here connects anywhere but 127.0.0.1."""
 
 # STYLE.md: asserts read ``expected == actual``.
@@ -19,12 +19,12 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from verifier import errors
-from verifier.certs import TrustStore
-from verifier.fetch import CertificateFetcher, FetchSettings
-from verifier.repository import Repository
+from verifier.core import errors
+from verifier.core.certs import TrustStore
+from verifier.core.verify import CallInfo, verify
+from verifier.net.fetch import CertificateFetcher, FetchSettings
 from verifier.testing import TestPKI, pem
-from verifier.verify import CallInfo, verify
+from verifier.testing.repository import Repository
 
 SLOW = 0.3  # the total timeout in tests that wait for one
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from verifier.rcd import digest_of
-from verifier.repository import Repository
+from verifier.http.app import create_app
+from verifier.net.rcd import digest_of
 from verifier.testing import Signer, TestPKI, identity_header
-from verifier.web import create_app
+from verifier.testing.repository import Repository
 
 LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 ORIG, DEST = "12155551212", "12155551213"

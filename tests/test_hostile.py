@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from verifier import errors
-from verifier.certs import TrustStore
-from verifier.config import load_settings
-from verifier.fetch import CertificateFetcher, FetchSettings
-from verifier.repository import Repository
+from verifier.core import errors
+from verifier.core.certs import TrustStore
+from verifier.core.verify import CallInfo, verify
+from verifier.http.app import create_app
+from verifier.net.fetch import CertificateFetcher, FetchSettings
+from verifier.settings import load_settings
 from verifier.testing import TestPKI, pem
-from verifier.verify import CallInfo, verify
-from verifier.web import create_app
+from verifier.testing.repository import Repository
 
 BOUND = 1.0  # the fetch timeout in these tests, seconds
 

@@ -1,11 +1,11 @@
-"""verifier.identity: Identity header values (RFC 8224 section 4) -> IdentityHeader."""
+"""verifier.core.identity: Identity header values (RFC 8224 section 4) -> IdentityHeader."""
 
 from __future__ import annotations
 
 import pytest
 
-from verifier import errors
-from verifier.identity import (
+from verifier.core import errors
+from verifier.core.identity import (
     MAX_IDENTITY_LENGTH,
     IdentityHeader,
     parse_identity,

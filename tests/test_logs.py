@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from verifier.certs import TrustStore
-from verifier.config import ApiSettings, Settings
+from verifier.core.certs import TrustStore
 from verifier.logs import VerificationLog
 from verifier.records import Record
 from verifier.service import Service
+from verifier.settings import ApiSettings, Settings
 
 HOSTILE = 'q"\\\n\u2603\x00},"x":1'
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from verifier import metrics as metrics_module
-from verifier.certs import CertificateInfo
-from verifier.errors import TN_VALIDATION_PASSED
+from verifier.core.certs import CertificateInfo
+from verifier.core.errors import TN_VALIDATION_PASSED
+from verifier.core.verify import Result
 from verifier.metrics import MAX_HOST_LABELS, Metrics
-from verifier.verify import Result
 
 
 def test_fetch_error_hosts_are_bounded() -> None:

@@ -13,10 +13,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from verifier import web
-from verifier.certs import TrustStore
-from verifier.config import Settings
-from verifier.errors import all_error_classes
+from verifier.core.certs import TrustStore
+from verifier.core.errors import all_error_classes
+from verifier.http import app as web
+from verifier.settings import Settings
 from verifier.testing import TestPKI
 
 DOC_PATH = Path(web.__file__).with_name("openapi.json")

@@ -1,4 +1,4 @@
-"""verifier.passport: strict JWS decoding, header checks, SHAKEN claims, iat, ES256."""
+"""verifier.core.passport: strict JWS decoding, header checks, SHAKEN claims, iat, ES256."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from verifier import errors
-from verifier.passport import (
+from verifier.core import errors
+from verifier.core.passport import (
     ShakenClaims,
     b64url_decode,
     check_algorithm,
@@ -25,8 +25,8 @@ from verifier.passport import (
     ppt_of,
     verify_es256,
 )
+from verifier.core.verify import Verification
 from verifier.testing import Signer, b64url
-from verifier.verify import Verification
 
 RawJws = Callable[[bytes, bytes], str]
 

@@ -1,9 +1,9 @@
-"""verifier.pgrecords: the PostgreSQL record store, against a real server.
+"""verifier.records.postgres: the PostgreSQL record store, against a real server.
 
 Needs VERIFIER_TEST_DATABASE_URL (CI: postgresql://postgres@127.0.0.1:5432/test); without
 it, or when the server does not answer, every test here is skipped. Each test works in its
 own schema (``verifier_test_<uuid>``), dropped afterwards. The database outage is real: a
-:class:`verifier.faults.TcpProxy` between the store and the server is cut and restored.
+:class:`verifier.testing.faults.TcpProxy` between the store and the server is cut and restored.
 
 The store-agnostic tests of test_records.py (queries, pagination, cursors, stats, pruning,
 the writer) are imported below and run again here, where ``store`` is a PostgreSQL store.
@@ -32,9 +32,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from verifier.faults import TcpProxy
-from verifier.pgrecords import MIGRATIONS, PostgresRecordStore
-from verifier.recordproc import ChildWriterStore
 from verifier.records import (
     CSV_COLUMNS,
     Record,
@@ -44,6 +41,9 @@ from verifier.records import (
     SqliteRecordStore,
     open_store,
 )
+from verifier.records.child import ChildWriterStore
+from verifier.records.postgres import MIGRATIONS, PostgresRecordStore
+from verifier.testing.faults import TcpProxy
 
 # The store-agnostic behaviours of the SQLite store (and its `mixed` fixture), collected
 # again here: pytest resolves their `store` fixture in this module, a PostgreSQL store.

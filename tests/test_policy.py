@@ -1,4 +1,4 @@
-"""verifier.policy: labels, provider block and allow lists, rules, file validation."""
+"""verifier.core.policy: labels, provider block and allow lists, rules, file validation."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from verifier.certs import TrustStore
-from verifier.policy import Policy, PolicyError
+from verifier.core.certs import TrustStore
+from verifier.core.policy import Policy, PolicyError
+from verifier.core.verify import CallInfo, Result, Verification, verify_offline
 from verifier.testing import Signer, TestPKI
-from verifier.verify import CallInfo, Result, Verification, verify_offline
 
 DAY = 86400.0
 

@@ -12,13 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from verifier.certs import TNAuthList, credential_from_public_key, parse_tnauthlist
-from verifier.errors import NO_TN_VALIDATION, TN_VALIDATION_FAILED, VerificationError
-from verifier.identity import parse_identity, split_identity_values
-from verifier.passport import b64url_decode, check_freshness, check_shaken_claims, decode_jws
-from verifier.testing import Signer, b64url, encode_tnauthlist, identity_header, sign_jws
-from verifier.tn import canonical_tn, is_canonical, tn_from_uri
-from verifier.verify import (
+from verifier.core.certs import TNAuthList, credential_from_public_key, parse_tnauthlist
+from verifier.core.errors import NO_TN_VALIDATION, TN_VALIDATION_FAILED, VerificationError
+from verifier.core.identity import parse_identity, split_identity_values
+from verifier.core.passport import b64url_decode, check_freshness, check_shaken_claims, decode_jws
+from verifier.core.tn import canonical_tn, is_canonical, tn_from_uri
+from verifier.core.verify import (
     CallInfo,
     DecodeCache,
     Result,
@@ -26,6 +25,7 @@ from verifier.verify import (
     VerifyOptions,
     verify_offline,
 )
+from verifier.testing import Signer, b64url, encode_tnauthlist, identity_header, sign_jws
 
 NOW = 1_700_000_000
 SOME = settings(
@@ -340,8 +340,8 @@ def _object_text(depth: int) -> st.SearchStrategy[str]:
 def test_json_fast_path_agrees_with_the_strict_decoder(text: str) -> None:
     """Duplicate keys (also spelt with escapes, or hidden in a nested object that a duplicate
     replaced), ':' inside strings, NaN, whitespace: same value or same error class."""
-    from verifier.errors import DuplicateJsonKey, MalformedPassport
-    from verifier.passport import _DECODER, _json_object
+    from verifier.core.errors import DuplicateJsonKey, MalformedPassport
+    from verifier.core.passport import _DECODER, _json_object
 
     expected: Any
     try:
@@ -388,7 +388,7 @@ def test_request_bodies_read_as_the_standard_parser_reads_them(doc: Any) -> None
     """The API reads bodies with orjson where it can, but the value (or the refusal) must be
     the standard parser's: integers past 64 bits stay exact, NaN, a byte order mark and
     lone surrogates are read as json.loads reads them."""
-    from verifier.web import ApiError, _parse_json
+    from verifier.http.app import ApiError, _parse_json
 
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     try:

@@ -1,5 +1,5 @@
-"""verifier.rcd: the rcd/rcdi/crn claims (RFC 9795), their digests, and referenced content
-served by a real local HTTPS repository (verifier.repository) on 127.0.0.1. Nothing here
+"""verifier.net.rcd: the rcd/rcdi/crn claims (RFC 9795), their digests, and referenced content
+served by a real local HTTPS repository (verifier.testing.repository) on 127.0.0.1. Nothing here
 connects anywhere but 127.0.0.1."""
 
 # STYLE.md: asserts read ``expected == actual``.
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from verifier.rcd import (
+from verifier.net.rcd import (
     Rcd,
     RcdContentFetcher,
     RcdError,
@@ -28,8 +28,8 @@ from verifier.rcd import (
     parse_rcd,
     verify_rcd,
 )
-from verifier.repository import Repository
 from verifier.testing import TestPKI
+from verifier.testing.repository import Repository
 
 LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 PHOTO = b"\xff\xd8\xff\xe0 a photo"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from verifier.config import describe
+from verifier.settings import describe
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 

@@ -1,4 +1,4 @@
-"""SQLite writes in a child process (verifier.recordproc): the same store, read in this
+"""SQLite writes in a child process (verifier.records.child): the same store, read in this
 process; refused content comes back as the child's own exception; a dead child is started
 again; a batch whose answer was lost is not written twice; closing ends the child."""
 
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from verifier.recordproc import PART, ChildWriterStore
 from verifier.records import (
     RecordQuery,
     RecordSettings,
@@ -20,6 +19,7 @@ from verifier.records import (
     SqliteRecordStore,
     open_store,
 )
+from verifier.records.child import PART, ChildWriterStore
 
 # The SQLite store tests' helpers (imported by name at run time, as test_pgrecords does).
 _records = importlib.import_module("tests.test_records")

@@ -23,7 +23,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier import records as records_module
 from verifier.cli import main
 from verifier.records import (
     CSV_COLUMNS,
@@ -36,6 +35,7 @@ from verifier.records import (
     csv_header,
     to_csv_rows,
 )
+from verifier.records import sqlite as records_module
 
 T0 = 1_800_000_000.0
 
@@ -525,7 +525,7 @@ def test_settings_validation(kwargs: dict[str, object], field: str) -> None:
 
 
 def test_settings_fields_have_docs() -> None:
-    from verifier.config import _attribute_docs
+    from verifier.settings import _attribute_docs
 
     docs = _attribute_docs(RecordSettings)
     assert [f for f in RecordSettings.__dataclass_fields__ if f not in docs] == []

@@ -1,7 +1,7 @@
-"""verifier.redis_tier: the fleet's shared tier on a real Redis, with the real HTTPS repository.
+"""verifier.net.redis_tier: the fleet's shared tier on a real Redis, with the real HTTPS repository.
 
 Two fetchers stand for two instances: each has its own memory tier and its own RedisLink,
-on the same Redis and key prefix. Redis outages are real: a TcpProxy (verifier.faults)
+on the same Redis and key prefix. Redis outages are real: a TcpProxy (verifier.testing.faults)
 between an instance and Redis is cut, or the instance talks to a server that never answers.
 
 Needs a Redis you can write to on 127.0.0.1: set VERIFIER_TEST_REDIS_URL (CI sets
@@ -24,14 +24,14 @@ import pytest
 from redis.asyncio import Redis
 from yarl import URL
 
-from verifier import errors
-from verifier.cache import StoredChain
-from verifier.certs import TrustStore
-from verifier.faults import TcpProxy
-from verifier.fetch import CertificateFetcher, FetchSettings, SharedFailure
-from verifier.redis_tier import RedisLink, RedisReplayCache, RedisSettings, RedisTier
-from verifier.repository import Repository
+from verifier.core import errors
+from verifier.core.certs import TrustStore
+from verifier.net.cache import StoredChain
+from verifier.net.fetch import CertificateFetcher, FetchSettings, SharedFailure
+from verifier.net.redis_tier import RedisLink, RedisReplayCache, RedisSettings, RedisTier
 from verifier.testing import TestPKI
+from verifier.testing.faults import TcpProxy
+from verifier.testing.repository import Repository
 
 HOW = "set VERIFIER_TEST_REDIS_URL=redis://127.0.0.1:6379/15 (a Redis you can write to)"
 RETRY = 0.2  # retry_after in these tests: Redis is tried again this soon after an error

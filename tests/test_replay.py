@@ -1,11 +1,11 @@
-"""The local replay set (verifier.replay): a signature seen again within its window is a
+"""The local replay set (verifier.core.replay): a signature seen again within its window is a
 replay; the set forgets after the window, and never holds more than its bound."""
 
 from __future__ import annotations
 
 import pytest
 
-from verifier.replay import ReplayCache
+from verifier.core.replay import ReplayCache
 
 
 class Clock:

@@ -20,10 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from verifier.faults import TcpProxy
-from verifier.repository import Repository
+from verifier.http.app import SERVICE, create_app
 from verifier.testing import TestPKI
-from verifier.web import SERVICE, create_app
+from verifier.testing.faults import TcpProxy
+from verifier.testing.repository import Repository
 
 HOW = (
     "set VERIFIER_TEST_REDIS_URL=redis://127.0.0.1:6379/15 and"

@@ -18,8 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from verifier.repository import Repository
 from verifier.testing import TestPKI, pem, write_preload
+from verifier.testing.repository import Repository
 
 
 def free_port() -> int:

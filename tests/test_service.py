@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from verifier.certs import TrustStore
-from verifier.config import Settings
+from verifier.core.certs import TrustStore
+from verifier.core.verify import CallInfo, verify_many
 from verifier.records import RecordSettings
 from verifier.service import Service, VerifyRequest, dumps
+from verifier.settings import Settings
 from verifier.testing import ChainSource, Signer
-from verifier.verify import CallInfo, verify_many
 
 
 async def test_batch_signatures_use_threads_only_while_the_batch_is_alone(

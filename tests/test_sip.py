@@ -1,4 +1,4 @@
-"""verifier.sip: what the verifier reads from an INVITE, and the RFC 9410 Reason it hands back."""
+"""verifier.core.sip: what the verifier reads from an INVITE, and the RFC 9410 Reason it returns."""
 
 # STYLE.md: asserts read ``expected == actual``.
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from verifier import errors
-from verifier.errors import NO_TN_VALIDATION, TN_VALIDATION_FAILED, TN_VALIDATION_PASSED
-from verifier.sip import MAX_SIP_HEADERS, SipError, SipRequest, parse_invite, reason_header
-from verifier.verify import HeaderResult, Reason, Result
+from verifier.core import errors
+from verifier.core.errors import NO_TN_VALIDATION, TN_VALIDATION_FAILED, TN_VALIDATION_PASSED
+from verifier.core.sip import MAX_SIP_HEADERS, SipError, SipRequest, parse_invite, reason_header
+from verifier.core.verify import HeaderResult, Reason, Result
 
 ID1 = 'aaa.bbb.sig1;info=<https://cert.example.org/sp.pem>;alg=ES256;ppt="shaken"'
 ID2 = 'ccc.ddd.sig2;info=<https://cert.example.org/a,b.pem>;ppt="div"'

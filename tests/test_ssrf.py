@@ -1,4 +1,4 @@
-"""verifier.ssrf: special-purpose ranges, operator allowances, vetted resolution. DNS answers
+"""verifier.net.ssrf: special-purpose ranges, operator allowances, vetted resolution. DNS answers
 come from a fake resolver (they stand for other networks); nothing connects."""
 
 # STYLE.md: asserts read ``expected == actual``.
@@ -9,8 +9,8 @@ import ipaddress
 
 import pytest
 
-from verifier import errors
-from verifier.ssrf import (
+from verifier.core import errors
+from verifier.net.ssrf import (
     AddressPolicy,
     host_matches,
     resolve_vetted,

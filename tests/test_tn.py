@@ -1,10 +1,10 @@
-"""verifier.tn: canonical telephone numbers, and TNs taken out of SIP/tel URIs."""
+"""verifier.core.tn: canonical telephone numbers, and TNs taken out of SIP/tel URIs."""
 
 from __future__ import annotations
 
 import pytest
 
-from verifier.tn import canonical_tn, is_canonical, tn_from_uri
+from verifier.core.tn import canonical_tn, is_canonical, tn_from_uri
 
 
 @pytest.mark.parametrize(

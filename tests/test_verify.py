@@ -1,4 +1,4 @@
-"""verifier.verify: the ordered pipeline, end to end, with real keys and certificates."""
+"""verifier.core.verify: the ordered pipeline, end to end, with real keys and certificates."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from verifier import errors
-from verifier.certs import Credential, TrustStore, credential_from_public_key
-from verifier.errors import (
+from verifier.core import errors
+from verifier.core.certs import Credential, TrustStore, credential_from_public_key
+from verifier.core.errors import (
     NO_TN_VALIDATION,
     TN_VALIDATION_FAILED,
     TN_VALIDATION_PASSED,
     VerificationError,
     all_error_classes,
 )
-from verifier.passport import b64url_decode
-from verifier.testing import Signer, TestPKI, b64url, identity_header
-from verifier.verify import (
+from verifier.core.passport import b64url_decode
+from verifier.core.verify import (
     CallInfo,
     DecodeCache,
     Reason,
@@ -31,7 +30,8 @@ from verifier.verify import (
     verify,
     verify_offline,
 )
-from verifier.x5u import X5uUrl, check_x5u_url
+from verifier.core.x5u import X5uUrl, check_x5u_url
+from verifier.testing import Signer, TestPKI, b64url, identity_header
 
 Check = Callable[..., Result]
 RawJws = Callable[[bytes, bytes], str]
@@ -562,7 +562,7 @@ def test_decode_cache_gives_the_same_verdicts(signer: Signer, trust: TrustStore,
     _fails(header_result, errors.InfoMissing)
 
 
-# -- x5u URL rules (verifier.x5u) ---------------------------------------------------------------
+# -- x5u URL rules (verifier.core.x5u) -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(

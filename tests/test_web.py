@@ -1,4 +1,4 @@
-"""verifier.web: the service on a real socket; every answer is checked against openapi.json.
+"""verifier.http.app: the service on a real socket; every answer is checked against openapi.json.
 
 The credential source and the clock are fakes (x5u fetching has its own tests, against a real
 HTTPS repository): ``Repository`` validates the test signer's chain for its x5u and fails
@@ -30,12 +30,12 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from verifier import __version__
-from verifier import web as web_module
-from verifier.certs import TrustStore
-from verifier.config import ApiSettings, Settings
+from verifier.core.certs import TrustStore
+from verifier.http import app as web_module
+from verifier.http.app import SERVICE, create_app
 from verifier.records import Record, RecordSettings, RecordWriter
+from verifier.settings import ApiSettings, Settings
 from verifier.testing import ChainSource, Signer, TestPKI, b64url, identity_header, pem
-from verifier.web import SERVICE, create_app
 
 JSON = "application/json"
 ORIG, DEST = "12155551212", "12155551213"
@@ -1291,7 +1291,7 @@ async def test_the_same_passport_twice_is_flagged_as_replayed(
 async def test_replay_set_stays_within_its_bound(
     start: Callable[..., Any], signer: Signer, now: int
 ) -> None:
-    from verifier.config import VerificationSettings
+    from verifier.settings import VerificationSettings
 
     api = await start(verification=VerificationSettings(replay_cache_size=50))
     values = [signer.identity(iat=now) for _ in range(120)]

@@ -1,9 +1,9 @@
 """verifier: a STIR/SHAKEN verification service (STI-VS)."""
 
 from .__version__ import __version__
-from .certs import CertificateInfo, Credential, TrustStore
-from .errors import VerificationError
-from .verify import CallInfo, Reason, Result, Verification, VerifyOptions, verify_offline
+from .core.certs import CertificateInfo, Credential, TrustStore
+from .core.errors import VerificationError
+from .core.verify import CallInfo, Reason, Result, Verification, VerifyOptions, verify_offline
 
 __all__ = [
     "CallInfo",

@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
-from .certs import TrustStore, load_certificates
-from .fetch import CertificateFetcher, FetchSettings
+from .core.certs import TrustStore, load_certificates
+from .core.verify import CallInfo, Result, VerifyOptions, verify, verify_offline
+from .core.x5u import DEFAULT_X5U_PORTS
 from .logs import configure_logging
-from .testing import identity_header, sign_jws, write_pki
-from .verify import CallInfo, Result, VerifyOptions, verify, verify_offline
-from .x5u import DEFAULT_X5U_PORTS
+from .net.fetch import CertificateFetcher, FetchSettings
+from .testing.pki import identity_header, sign_jws, write_pki
 
 __all__ = ["main"]
 
@@ -168,7 +168,7 @@ async def _verify_online(
     trust: TrustStore,
     settings: FetchSettings,
 ) -> Result:
-    """Verify by fetching each x5u with the fetch rules (verifier.fetch)."""
+    """Verify by fetching each x5u with the fetch rules (verifier.net.fetch)."""
     async with CertificateFetcher(trust, settings) as fetcher:
         return await verify(values, now=now, credentials=fetcher, call=call, options=options)
 
@@ -221,14 +221,14 @@ def cmd_pki_init(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .testing.demo import run_demo
 
     configure_logging("WARNING")
     return run_demo(args.dir, args.host, args.port)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_settings
+    from .settings import ConfigError, load_settings
 
     overrides: dict[str, object] = {}
     for name in ("host", "port", "workers"):
@@ -260,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         argv = [a for a in (args.argv or []) if a != "--worker"]
         return supervise(argv, settings.workers, settings.shutdown_timeout)
-    from .web import run
+    from .http.app import run
 
     run(settings, reuse_port=args.worker)
     return 0
@@ -268,8 +268,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_records(args: argparse.Namespace) -> int:
     """Query the traceback records in a data directory or a PostgreSQL database (read-only)."""
-    from .records import RecordQuery, RecordStore, SqliteRecordStore, csv_header, to_csv_rows
-    from .tn import canonical_tn
+    from .core.tn import canonical_tn
+    from .records.sqlite import RecordQuery, RecordStore, SqliteRecordStore, csv_header, to_csv_rows
 
     def when(option: str, text: str | None) -> float | None:
         if text is None:
@@ -298,7 +298,7 @@ def cmd_records(args: argparse.Namespace) -> int:
     )
     store: RecordStore
     if args.database_url is not None:
-        from .pgrecords import PostgresRecordStore
+        from .records.postgres import PostgresRecordStore
 
         store = PostgresRecordStore.open(args.database_url, create=False)
     else:

@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from . import es256
-from .verify import Result
+from .accel import es256
+from .core.verify import Result
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 

@@ -1,6 +1,6 @@
 """The verification service, apart from HTTP: runs a request's verification, judges its
 RCD, flags replays, applies the policy, counts, logs and records it. Held by the aiohttp
-application (``app[SERVICE]`` in :mod:`verifier.web`) and reached from its handlers.
+application (``app[SERVICE]`` in :mod:`verifier.http.app`) and reached from its handlers.
 """
 
 from __future__ import annotations
@@ -15,22 +15,15 @@ from typing import Any
 
 import orjson
 
-from . import es256
-from .certs import TrustStore
-from .config import Settings
-from .errors import NoIdentity, RequestDateStale, VerificationError
-from .fetch import CertificateFetcher
-from .logs import VerificationLog, json_string
-from .metrics import Metrics
-from .policy import Disposition, Policy, PolicyError
-from .rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
-from .records import Record, RecordStore, RecordWriter
-from .redis_tier import RedisLink, RedisReplayCache, RedisTier
-from .replay import ReplayCache
-from .sigpool import SignatureBatcher
-from .sip import reason_header
-from .tn import tn_from_uri
-from .verify import (
+from .accel import es256
+from .accel.batcher import SignatureBatcher
+from .core.certs import TrustStore
+from .core.errors import NoIdentity, RequestDateStale, VerificationError
+from .core.policy import Disposition, Policy, PolicyError
+from .core.replay import ReplayCache
+from .core.sip import reason_header
+from .core.tn import tn_from_uri
+from .core.verify import (
     CallInfo,
     CredentialSource,
     DecodeCache,
@@ -39,6 +32,13 @@ from .verify import (
     verify,
     verify_many,
 )
+from .logs import VerificationLog, json_string
+from .metrics import Metrics
+from .net.fetch import CertificateFetcher
+from .net.rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
+from .net.redis_tier import RedisLink, RedisReplayCache, RedisTier
+from .records.sqlite import Record, RecordStore, RecordWriter
+from .settings import Settings
 
 __all__ = ["Outcome", "Service", "VerifyRequest", "dumps"]
 
@@ -339,7 +339,7 @@ class Service:
 
         The signatures go to ``batch_threads`` threads only while nothing else is in
         flight (:meth:`in_flight_request`: this batch's request at most) and some key has
-        no table yet (:func:`verifier.verify.verify_many`). Beside other requests the
+        no table yet (:func:`verifier.core.verify.verify_many`). Beside other requests the
         event loop is busy, and a thread waits for the GIL after every check (a switch
         interval each time): measured over HTTP with 32 concurrent batches, 2,300
         verifications/s on two threads against 2,620/s on the loop alone.

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification as xv
 
+from ..accel.es256 import ES256Key
 from . import errors
-from .es256 import ES256Key
 
 __all__ = [
     "SHAKEN_POLICY_OID",

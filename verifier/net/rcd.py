@@ -48,7 +48,7 @@ Choices made where the text leaves room (or could not be checked, see the report
   Such content (a photo, a logo) is fetched under the ``icn`` rules and size cap.
 - URL rules for ``icn``, ``jcl`` and jCard references: https, a host, no userinfo, no
   fragment (a query is allowed: image CDNs use them), a port from the allowed set; then
-  the x5u rules of :class:`~verifier.transport.PinnedGetter` (vetted addresses, pinned
+  the x5u rules of :class:`~verifier.net.transport.PinnedGetter` (vetted addresses, pinned
   connection, no redirects, status 200, size cap, total timeout, circuit breaker per
   host). The media type is not judged: the digest is what makes content trustworthy.
 - ``nam`` is required (the RFC asks for it once in every ``rcd``); an ``rcd`` without it is
@@ -83,11 +83,11 @@ import aiohttp
 from cachetools import TTLCache
 from yarl import URL
 
-from .__version__ import __version__
-from .errors import VerificationError
+from ..__version__ import __version__
+from ..core.errors import VerificationError
+from ..core.x5u import DEFAULT_X5U_PORTS
 from .ssrf import AddressPolicy, Resolver, system_resolver
 from .transport import PinnedGetter, SessionUser
-from .x5u import DEFAULT_X5U_PORTS
 
 __all__ = [
     "ALGORITHMS",

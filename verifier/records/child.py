@@ -9,8 +9,8 @@ the batch endpoint gave 12,490-13,058 verifications/s with the writes in a child
 ATIS endpoint about 4% more. This is what a database server does for PostgreSQL: the
 storing happens in another process.
 
-:class:`ChildWriterStore` is a :class:`~verifier.records.SqliteRecordStore` whose
-``insert_many`` and ``prune`` are done by ``python -m verifier.recordproc DB``, started on
+:class:`ChildWriterStore` is a :class:`~verifier.records.sqlite.SqliteRecordStore` whose
+``insert_many`` and ``prune`` are done by ``python -m verifier.records.child DB``, started on
 the first write, fed records through its stdin (length-prefixed pickles, a batch in parts
 of :data:`PART` records, so that no single pickling holds the GIL long) and answering on
 its stdout. Reads (queries, stats, exports) open their own connections in the service's
@@ -20,7 +20,7 @@ What the thread-backed store promises still holds:
 
 - A batch is one transaction: the child inserts it only once its last part arrived.
 - A failure is the child's own exception, raised again here (a refused value is still an
-  ``IntegrityError``, so :meth:`~verifier.records.SqliteRecordStore.rejects` still isolates
+  ``IntegrityError``, so :meth:`~verifier.records.sqlite.SqliteRecordStore.rejects` still isolates
   one poisoned record, and an outage is retried).
 - A child that died is started again on the next write. If it died after the batch was
   sent and before it answered (the batch may or may not be committed), the retry of that
@@ -49,7 +49,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any
 
-from .records import Record, SqliteRecordStore
+from .sqlite import Record, SqliteRecordStore
 
 __all__ = ["PART", "ChildWriterStore"]
 
@@ -142,7 +142,7 @@ class ChildWriterStore(SqliteRecordStore):
 
     def _start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(  # noqa: S603 - this interpreter, our module, our path
-            [sys.executable, "-m", "verifier.recordproc", str(self.path), str(self._nice)],
+            [sys.executable, "-m", "verifier.records.child", str(self.path), str(self._nice)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

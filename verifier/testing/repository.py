@@ -1,7 +1,7 @@
 """A certificate repository (x5u host) and CRL server, for tests, benchmarks and the demo.
 
 Not a production server. :class:`Repository` serves ``path -> Resource`` over HTTPS (TLS
-from :meth:`verifier.testing.TestPKI.tls_server`) and over plain HTTP (CRLs, RFC 5280),
+from :meth:`verifier.testing.pki.TestPKI.tls_server`) and over plain HTTP (CRLs, RFC 5280),
 counts the requests per path, and misbehaves on demand: redirects, a stalled or slow body,
 an endless body, any status, any headers. Use it as::
 
@@ -27,8 +27,8 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
-from .config import Settings, load_settings
-from .testing import TestPKI, pem
+from ..settings import Settings, load_settings
+from .pki import TestPKI, pem
 
 __all__ = ["Behaviour", "Repository", "Resource"]
 
@@ -87,7 +87,7 @@ class Repository:
     ) -> Settings:
         """Settings of a service that trusts ``pki``'s root and fetches x5u from this
         repository (its TLS CA and port, 127.0.0.1 allowed, no CRL checks), ``overrides``
-        (:func:`verifier.config.load_settings` keys) on top. Writes ``root.pem`` and
+        (:func:`verifier.settings.load_settings` keys) on top. Writes ``root.pem`` and
         ``ca.pem`` in ``directory``."""
         (directory / "root.pem").write_bytes(pem(pki.root.cert))
         (directory / "ca.pem").write_bytes(self.ca_pem)

@@ -22,7 +22,7 @@ rather than hide behind its x5u. Steps 5-11 follow, so a PASSporT that could not
 verified from the network still fails with its 436/437.
 
 :class:`Verification` runs steps 1-9 for every Identity header when it is built; the caller
-obtains a :class:`~verifier.certs.Credential` for each pending SHAKEN header's x5u (from a
+obtains a :class:`~verifier.core.certs.Credential` for each pending SHAKEN header's x5u (from a
 cache, a fetch, or a file) and hands it to :meth:`Verification.settle`, which runs the rest.
 :func:`verify_offline` does all of it with a supplied certificate or key.
 """
@@ -36,10 +36,10 @@ from typing import Any, Literal, Protocol
 
 from cryptography import x509
 
+from ..accel.es256 import ES256Key, check_many
 from . import errors
 from .certs import CertificateInfo, Credential, TrustStore, credential_from_public_key
 from .errors import TN_VALIDATION_PASSED, VerificationError
-from .es256 import ES256Key, check_many
 from .identity import parse_params, split_identity_values, split_value
 from .passport import (
     DivClaims,
@@ -828,7 +828,7 @@ async def verify(
     """The online pipeline: steps 1-9, then each pending header's credential, then 11-12.
 
     ``signatures`` (optional) runs step 12 elsewhere, e.g. on a helper thread
-    (:class:`verifier.sigpool.SignaturePool`); by default it runs inline.
+    (:class:`verifier.accel.batcher.SignaturePool`); by default it runs inline.
     """
     verification = Verification(values, now=now, call=call, options=options, cache=cache)
     for entry in verification.pending():
@@ -857,7 +857,7 @@ async def verify_many(
     """Many verifications at once (the batch API): steps 1-9 for all of them, one credential
     lookup per distinct x5u (concurrently), then steps 11-12.
 
-    With ``threads`` > 1, enough work and some key without a table (:mod:`verifier.es256`),
+    With ``threads`` > 1, enough work and some key without a table (:mod:`verifier.accel.es256`),
     the signature checks run on that many threads, each on its own share: cryptography
     releases the GIL while it checks a signature and the event loop only awaits them, so
     the checks use more cores. A key's table checks keep the GIL: they stay on the loop.
@@ -894,7 +894,7 @@ async def verify_many(
         for (verification, entry, credential), ok in zip(checks, verdicts, strict=True):
             verification.settle(entry, credential, signature_ok=ok)
 
-    # A key's table checks keep the GIL (verifier.es256): threads pay only for plain checks.
+    # A key's table checks keep the GIL (verifier.accel.es256): threads pay only for plain checks.
     plain = any(isinstance(c, Credential) and not c.es256.has_table() for c in found.values())
     if callable(threads):
         threads = threads()

@@ -1,6 +1,6 @@
 """Call disposition: what the switch should do with a verified (or not) call. Pure.
 
-A :class:`Policy` turns a verification :class:`~verifier.verify.Result` into a
+A :class:`Policy` turns a verification :class:`~verifier.core.verify.Result` into a
 :class:`Disposition`: ``action`` (``allow``, ``label`` or ``block``), a short display
 ``label``, the ``reasons`` (which entries fired, with their references) and, for a block,
 the SIP response to send. The policy is a TOML file; without one, the defaults apply:

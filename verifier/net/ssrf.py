@@ -3,7 +3,7 @@
 The x5u URL is chosen by whoever sent the call, so its host is resolved here, every
 address is vetted (RFC 6890 special-purpose ranges, addresses embedded in IPv6
 transition prefixes, IPv4-mapped IPv6), and the fetcher then connects to one of the
-vetted addresses itself (:func:`verifier.fetch`), so that a second DNS answer cannot swap
+vetted addresses itself (:func:`verifier.net.fetch`), so that a second DNS answer cannot swap
 in an address that was not vetted.
 
 :class:`AddressPolicy` holds the operator's allowances; :func:`special_range` names the
@@ -18,7 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from .errors import X5uRefused
+from ..core.errors import X5uRefused
 
 __all__ = [
     "AddressPolicy",

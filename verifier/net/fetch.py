@@ -1,9 +1,9 @@
 """Certificate retrieval: x5u fetch, the chain cache, revocation. The only network I/O.
 
-:class:`CertificateFetcher` is the pipeline's :class:`~verifier.verify.CredentialSource`.
+:class:`CertificateFetcher` is the pipeline's :class:`~verifier.core.verify.CredentialSource`.
 ``await fetcher.get(x5u, now=...)`` returns the validated Credential for an x5u:
 
-1. **Memory tier** (:class:`~verifier.cache.MemoryTier`): a fresh entry is returned at the
+1. **Memory tier** (:class:`~verifier.net.cache.MemoryTier`): a fresh entry is returned at the
    cost of a dict lookup and the validity check at ``now``. An entry past its lifetime but
    inside its grace period is served while one background refresh runs
    (stale-while-revalidate).
@@ -13,13 +13,13 @@
    given by the caller), re-validating what they hold, then the fleet's **shared tier** if
    one is given (:class:`SharedTier`: its chain, validated here, or its fetch failure; on
    a miss one instance of the fleet fetches while the others wait), then the **network**: the x5u
-   URL rules (:mod:`verifier.x5u`), the host allow/deny lists, then one GET by
-   :class:`~verifier.transport.PinnedGetter`: the per-host **circuit breaker**, DNS
-   resolution with every address vetted (:mod:`verifier.ssrf`), a connection pinned to a
+   URL rules (:mod:`verifier.core.x5u`), the host allow/deny lists, then one GET by
+   :class:`~verifier.net.transport.PinnedGetter`: the per-host **circuit breaker**, DNS
+   resolution with every address vetted (:mod:`verifier.net.ssrf`), a connection pinned to a
    vetted address (TLS SNI and hostname verification against the x5u host), no
    redirects, a total timeout and a body cap.
 5. The chain is validated against the trust store, then checked against its CRLs
-   (:mod:`verifier.crl`); its lifetime comes from ``Cache-Control``/``Expires``, clamped
+   (:mod:`verifier.net.crl`); its lifetime comes from ``Cache-Control``/``Expires``, clamped
    to the configured bounds and never past the earliest notAfter or a CRL's nextUpdate.
 
 Use it as ``async with CertificateFetcher(trust, settings) as fetcher:`` (it opens and
@@ -42,8 +42,11 @@ import aiohttp
 from cachetools import LRUCache
 from yarl import URL
 
-from . import errors
-from .__version__ import __version__
+from ..__version__ import __version__
+from ..core import errors
+from ..core.certs import Credential, TrustStore, load_chain
+from ..core.errors import VerificationError, X5uFetchFailed, X5uRefused
+from ..core.x5u import DEFAULT_X5U_PORTS, check_x5u_url
 from .cache import (
     CacheEntry,
     ChainStore,
@@ -54,12 +57,9 @@ from .cache import (
     clamp,
     lifetime_from_headers,
 )
-from .certs import Credential, TrustStore, load_chain
 from .crl import CrlChecker, CrlMode, Revocation
-from .errors import VerificationError, X5uFetchFailed, X5uRefused
 from .ssrf import AddressPolicy, Resolver, host_matches, system_resolver
 from .transport import Answer, PinnedGetter, SessionUser
-from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
 
 __all__ = ["CertificateFetcher", "FetchSettings", "FetchStats", "SharedFailure", "SharedTier"]
 
@@ -171,7 +171,7 @@ class SharedFailure:
 
 
 class SharedTier(Protocol):
-    """The fleet's shared cache behind the stores (:class:`verifier.redis_tier.RedisTier`).
+    """The fleet's shared cache behind the stores (:class:`verifier.net.redis_tier.RedisTier`).
 
     No method raises for an unavailable tier: reads miss, writes are dropped, and
     ``acquire`` says "fetch it yourself", so an outage costs the fleet its sharing only.

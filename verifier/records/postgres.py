@@ -18,7 +18,7 @@ an advisory lock, so instances that start together apply each step once.
 Tables, partitioned by range on ``ts`` into UTC days (``records_p20270115``,
 ``record_spc_p20270115``):
 
-- ``ts`` is ``double precision`` epoch seconds, as in :class:`~verifier.records.Record` and
+- ``ts`` is ``double precision`` epoch seconds, as in :class:`~verifier.records.sqlite.Record` and
   in the cursor: a page boundary compares the stored value with the cursor's double
   exactly. ``timestamptz`` keeps microseconds, so a round trip could move a record across
   a cursor or a window bound and break "no gaps, no duplicates".
@@ -39,7 +39,7 @@ Tables, partitioned by range on ``ts`` into UTC days (``records_p20270115``,
 
 Texts: PostgreSQL's ``text`` cannot hold NUL, and an origid is any JSON string its signer
 chose, so NULs (and lone UTF-16 surrogates, which no UTF-8 text holds) are stored as U+FFFD
-(:meth:`~verifier.records.Record.storable`). Otherwise one such record would fail its
+(:meth:`~verifier.records.sqlite.Record.storable`). Otherwise one such record would fail its
 batch on every retry and hold back every record behind it.
 
 Retention: :meth:`PostgresRecordStore.prune` drops whole days older than ``before`` and
@@ -80,7 +80,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .records import (
+from .sqlite import (
     _FIELDS,
     TOP_SPC,
     Record,

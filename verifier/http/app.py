@@ -32,14 +32,16 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from . import __version__
-from .certs import TrustStore
-from .config import Settings
-from .fastpath import FastFront, FastSite, Headers
-from .fetch import CertificateFetcher
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .rcd import RcdContentFetcher
-from .records import (
+from .. import __version__
+from ..core.certs import TrustStore
+from ..core.sip import SipError, parse_invite
+from ..core.tn import tn_from_uri
+from ..core.verify import CallInfo, CredentialSource
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..net.fetch import CertificateFetcher
+from ..net.rcd import RcdContentFetcher
+from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
+from ..records.sqlite import (
     RecordQuery,
     RecordStore,
     RecordWriter,
@@ -47,11 +49,9 @@ from .records import (
     open_store,
     to_csv_rows,
 )
-from .redis_tier import RedisLink, RedisReplayCache, RedisTier
-from .service import Service, VerifyRequest, dumps
-from .sip import SipError, parse_invite
-from .tn import tn_from_uri
-from .verify import CallInfo, CredentialSource
+from ..service import Service, VerifyRequest, dumps
+from ..settings import Settings
+from .fastpath import FastFront, FastSite, Headers
 
 __all__ = ["FRONT", "SERVICE", "ApiError", "Service", "create_app", "run", "start_site"]
 
@@ -384,7 +384,7 @@ async def _atis_answer(service: Service, body: bytes, rid: str, started: float) 
 
 
 def _fast_front(service: Service) -> FastFront:
-    """The fast lane of ``POST /stir/v1/verification`` (:mod:`verifier.fastpath`): the same
+    """The fast lane of ``POST /stir/v1/verification`` (:mod:`verifier.http.fastpath`): the same
     answers as :func:`atis_verification` and :func:`error_middleware`, without aiohttp's
     request and response objects."""
 
@@ -852,7 +852,7 @@ async def start_site(
     ``settings.port``; 0 picks a free one).
 
     Connections start in the fast lane of ``POST /stir/v1/verification``
-    (:mod:`verifier.fastpath`, ``app[FRONT]``) unless ``api.fast_path`` is off; aiohttp
+    (:mod:`verifier.http.fastpath`, ``app[FRONT]``) unless ``api.fast_path`` is off; aiohttp
     serves the rest. End with ``await runner.cleanup()``: the listening socket closes,
     requests in flight are answered (within ``shutdown_timeout``), then the stores are
     drained and closed.

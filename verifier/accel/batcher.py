@@ -2,7 +2,7 @@
 
 Under load, many requests reach step 12 in one turn of the event loop. Instead of each
 checking its signature in the middle of its own request handling, they queue the check
-and one callback verifies the whole queue in a tight loop (:func:`verifier.es256.check_many`):
+and one callback verifies the whole queue in a tight loop (:func:`verifier.accel.es256.check_many`):
 OpenSSL's code and the keys' tables stay hot in the CPU caches between signatures, and hot
 keys' checks share one scalar inversion. Measured with key tables: 7,000 requests/s in
 bench_http.py's ATIS run against 5,100-5,400 with each request checking its own.

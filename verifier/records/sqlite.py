@@ -8,7 +8,7 @@ HTTP endpoints and ``verifier records`` read them back through a :class:`RecordS
 Storage: :class:`SqliteRecordStore`, SQLite in WAL mode in a data directory (created mode
 0700, the database file mode 0600; SQLite gives its ``-wal``/``-shm`` files the same mode).
 The schema is versioned with ``PRAGMA user_version``. With ``database_url`` set,
-:func:`open_store` gives :class:`verifier.pgrecords.PostgresRecordStore` instead: the same
+:func:`open_store` gives :class:`verifier.records.postgres.PostgresRecordStore` instead: the same
 protocol and cursor format, for several instances sharing one database.
 
 Ordering and pagination: newest first by ``(ts, id)``, ``id`` being the row id (it breaks
@@ -307,7 +307,7 @@ class RecordSettings:
     flush_interval: float = 0.2
     """How long the writer waits for a batch to fill before writing what it has."""
     writer_process: bool = True
-    """SQLite: write from a child process (``verifier.recordproc``) rather than a thread
+    """SQLite: write from a child process (``verifier.records.child``) rather than a thread
     of the service's process. A thread competes with the event loop for the GIL: in paired
     runs the batch endpoint gave 12,490-13,058 verifications/s with the child against
     11,116-11,405 with the thread, the ATIS endpoint about 4% more. (PostgreSQL is another
@@ -840,7 +840,7 @@ def _check_version(conn: sqlite3.Connection, path: Path, *, allow_empty: bool = 
 
 def open_store(settings: RecordSettings) -> RecordStore:
     """The service's record store: PostgreSQL at ``settings.database_url`` when it is set
-    (:class:`verifier.pgrecords.PostgresRecordStore`), else SQLite in ``settings.data_dir``.
+    (:class:`verifier.records.postgres.PostgresRecordStore`), else SQLite in ``settings.data_dir``.
     Blocking: call it from a worker thread.
 
     Raises:
@@ -848,11 +848,11 @@ def open_store(settings: RecordSettings) -> RecordStore:
             :meth:`SqliteRecordStore.open` / ``PostgresRecordStore.open`` raise).
     """
     if settings.database_url is not None:
-        from .pgrecords import PostgresRecordStore  # psycopg is imported only when used
+        from .postgres import PostgresRecordStore
 
         return PostgresRecordStore.open(settings.database_url)
     if settings.writer_process:
-        from .recordproc import ChildWriterStore  # it imports this module
+        from .child import ChildWriterStore
 
         return ChildWriterStore.open_for_child(settings.data_dir, nice=settings.writer_nice)
     return SqliteRecordStore.open(settings.data_dir)

@@ -1,12 +1,12 @@
 """One safe GET: vetted addresses, pinned connection, no redirects, caps, per-host breaker.
 
-:class:`PinnedGetter` is how :mod:`verifier.fetch` reaches a certificate repository or a CRL
+:class:`PinnedGetter` is how :mod:`verifier.net.fetch` reaches a certificate repository or a CRL
 server. For each GET it
 
 1. fails fast if the host's circuit is open (``threshold`` consecutive host failures:
    DNS, connect, TLS, timeout, 5xx; a 4xx is the host answering, so a hostile x5u naming
    missing paths cannot shut a repository out). After ``cooldown`` one trial is let through;
-2. resolves the host itself and vets every address (:func:`verifier.ssrf.resolve_vetted`);
+2. resolves the host itself and vets every address (:func:`verifier.net.ssrf.resolve_vetted`);
 3. connects to a vetted address literally (the URL's host replaced by the IP), with TLS
    SNI and certificate hostname verification against the original host name
    (aiohttp ``server_hostname``) and the original ``Host`` header, so that no second DNS
@@ -30,7 +30,7 @@ import aiohttp
 from cachetools import LRUCache
 from yarl import URL
 
-from .errors import X5uFetchFailed
+from ..core.errors import X5uFetchFailed
 from .ssrf import AddressPolicy, Resolver, resolve_vetted
 
 __all__ = ["Answer", "PinnedGetter", "SessionUser", "new_session"]

@@ -1,6 +1,6 @@
 """PASSporT (RFC 8225, RFC 8588): JWS decoding, protected header, claims, iat, ES256. Pure.
 
-Each function checks one thing and raises the typed error of :mod:`verifier.errors` when
+Each function checks one thing and raises the typed error of :mod:`verifier.core.errors` when
 it fails; the order in which they run is the pipeline's business (``verify.py``).
 """
 
@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..accel.es256 import ES256Key
 from . import errors
-from .es256 import ES256Key
 from .tn import CANONICAL_TN, canonical_tn
 
 __all__ = [
@@ -420,7 +420,7 @@ def check_div_claims(payload: dict[str, Any]) -> DivClaims:
 
 class RcdPassportClaims(NamedTuple):
     """The identity claims of an ``rcd`` PASSporT (RFC 9795): the RCD itself is judged by
-    :mod:`verifier.rcd`."""
+    :mod:`verifier.net.rcd`."""
 
     orig_tn: str
     dest_tns: tuple[str, ...]
@@ -466,7 +466,7 @@ def verify_es256(
     key: ES256Key | ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes
 ) -> None:
     """Verify a raw 64-byte R||S ES256 signature (an :class:`ES256Key` keeps the key's
-    table when it is in heavy use: see :mod:`verifier.es256`).
+    table when it is in heavy use: see :mod:`verifier.accel.es256`).
 
     Raises:
         InvalidSignature: 438 / TN-Validation-Failed.

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import errors
-from .certs import SHAKEN_POLICY_OID, TNAUTHLIST_OID, Credential, TrustStore
+from ..core import errors
+from ..core.certs import SHAKEN_POLICY_OID, TNAUTHLIST_OID, Credential, TrustStore
 
 __all__ = [
     "CA",

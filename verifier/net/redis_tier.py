@@ -9,14 +9,14 @@ them learnt, so that a cold x5u is fetched once per fleet, not once per instance
   ``retry_after`` seconds and each instance works alone (its memory tier, direct
   fetches, its own replay cache), then Redis is tried again: recovery needs no one.
   ``healthy``, ``last_error`` and the counters feed /readyz and /metrics.
-* :class:`RedisTier` is the fetcher's :class:`~verifier.fetch.SharedTier`, behind the
+* :class:`RedisTier` is the fetcher's :class:`~verifier.net.fetch.SharedTier`, behind the
   in-process memory tier (a local hit never leaves the process). It keeps the fetched
   bytes with their lifetime and fetch facts (never a validated credential: each instance
   validates what it reads against its own trust store), the fetch failures with their
   slug, detail and expiry, and one fetch lock per x5u (``SET NX PX``; a dead holder's
   lock expires after ``lock_ttl``). Waiters poll the entry every ``poll_interval``.
 * :class:`RedisReplayCache` flags a PASSporT signature seen by any instance within the
-  window (``SET NX PX``), falling back to a local :class:`~verifier.replay.ReplayCache`
+  window (``SET NX PX``), falling back to a local :class:`~verifier.core.replay.ReplayCache`
   while Redis is away.
 
 Keys, under ``key_prefix``: ``x5u:{<sha256 of x5u>}:chain`` / ``:fail`` / ``:lock`` (one
@@ -49,9 +49,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from ..core.replay import ReplayCache
 from .cache import StoredChain
 from .fetch import SharedFailure
-from .replay import ReplayCache
 
 __all__ = [
     "RedisDown",
@@ -291,7 +291,7 @@ class RedisTierStats:
 
 
 class RedisTier:
-    """The fleet's certificate tier on Redis: a :class:`~verifier.fetch.SharedTier`.
+    """The fleet's certificate tier on Redis: a :class:`~verifier.net.fetch.SharedTier`.
 
     Entries are JSON: a chain is ``{"x5u", "body" (base64), "fetched_at", "expires_at"}``,
     a failure ``{"x5u", "slug", "detail", "expires_at"}``; each key expires with its entry.

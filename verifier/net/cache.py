@@ -30,7 +30,7 @@ from typing import Protocol
 
 from cachetools import LRUCache
 
-from .certs import Credential
+from ..core.certs import Credential
 
 __all__ = [
     "CacheEntry",

@@ -6,7 +6,7 @@ names where it came from (``config.toml: [x5u] timeout``, ``VERIFIER_X5U_TIMEOUT
 Nothing is read at import time.
 
 TOML layout: top-level keys are :class:`Settings` fields; the tables ``[verification]``,
-``[x5u]`` and ``[api]`` hold :class:`VerificationSettings`, :class:`~verifier.fetch.FetchSettings`
+``[x5u]`` and ``[api]`` hold :class:`VerificationSettings`, :class:`FetchSettings`
 and :class:`ApiSettings`. The environment variable of a key is ``VERIFIER_`` + the table name
 (if any) + the key, upper-cased: ``VERIFIER_PORT``, ``VERIFIER_X5U_ALLOW_PRIVATE_X5U``.
 Lists in the environment are comma-separated.
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .fetch import FetchSettings
-from .rcd import RcdSettings
-from .records import RecordSettings
-from .redis_tier import RedisSettings
-from .verify import VerifyOptions
+from .core.verify import VerifyOptions
+from .net.fetch import FetchSettings
+from .net.rcd import RcdSettings
+from .net.redis_tier import RedisSettings
+from .records.sqlite import RecordSettings
 
 __all__ = [
     "ApiSettings",

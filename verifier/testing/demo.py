@@ -19,11 +19,11 @@ from typing import Any
 
 import aiohttp
 
-from .certs import load_certificates
-from .config import Settings, load_settings
+from ..core.certs import load_certificates
+from ..http.app import create_app, start_site
+from ..settings import Settings, load_settings
+from .pki import write_pki
 from .repository import Repository
-from .testing import write_pki
-from .web import create_app, start_site
 
 __all__ = ["run_demo"]
 
@@ -65,7 +65,7 @@ def _atis_request(signer_key: Path, x5u: str, ask_to: str) -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from .testing import identity_header, sign_jws
+    from .pki import identity_header, sign_jws
 
     key = serialization.load_pem_private_key(signer_key.read_bytes(), None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):

@@ -7,10 +7,10 @@ CRL's issuer name and signature against the certificate's issuer, and honours ne
 Verified CRLs are cached (keyed by URL and issuer) until their nextUpdate; a CRL that could
 not be had is not asked for again before ``failure_ttl`` has passed.
 
-A listed serial raises :class:`~verifier.errors.CertificateRevoked` (437). When no usable
+A listed serial raises :class:`~verifier.core.errors.CertificateRevoked` (437). When no usable
 CRL can be had for a certificate that has a distribution point, the mode decides:
 ``"open"`` adds a warning to the Credential, ``"closed"`` raises
-:class:`~verifier.errors.CrlUnavailable` (437).
+:class:`~verifier.core.errors.CrlUnavailable` (437).
 
 The only I/O is the ``fetch`` callable (the fetcher's, with its SSRF rules and caps).
 """
@@ -31,8 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from . import errors
-from .certs import Credential
+from ..core import errors
+from ..core.certs import Credential
 
 __all__ = ["CrlChecker", "CrlFetch", "CrlMode", "Revocation", "crl_urls", "load_crl"]
 

@@ -1,0 +1,1 @@
+"""Accelerators handed to the core by the service: ES256 key tables, the signature batcher."""

@@ -1,0 +1,1 @@
+"""The HTTP front end: the aiohttp application, its routes and its error shapes."""
