@@ -87,3 +87,26 @@ def test_dumps_writes_json_that_reads_back(value: Any) -> None:
 def test_dumps_is_compact_utf8() -> None:
     assert b'{"a":[1,2],"b":"\xc3\xa9"}' == dumps({"a": [1, 2], "b": "\u00e9"})
     assert b'{"b":"\\u00e9","n":1180591620717411303424}' == dumps({"b": "\u00e9", "n": 2**70})
+
+
+def test_every_exception_the_package_defines_derives_from_verifier_error() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import verifier
+    from verifier.core.errors import VerifierError
+
+    found = []
+    for info in pkgutil.walk_packages(verifier.__path__, "verifier."):
+        if info.name.endswith("__main__") or info.name.endswith(".child"):
+            continue
+        module = importlib.import_module(info.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == info.name and issubclass(cls, BaseException):
+                found.append(cls)
+    outside = [
+        c for c in found if not issubclass(c, VerifierError) and not c.__name__.startswith("_")
+    ]
+    assert [] == outside
+    assert len(found) > 40

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
 from .core.certs import TrustStore, load_certificates
+from .core.errors import VerifierError
 from .core.verify import CallInfo, Result, VerifyOptions, verify, verify_offline
 from .core.x5u import DEFAULT_X5U_PORTS
 from .logs import configure_logging
@@ -37,7 +38,7 @@ _DATE_RANGE = (
 )
 
 
-class UsageError(Exception):
+class UsageError(VerifierError):
     """A bad command line or an unreadable input file: exit status 2."""
 
 

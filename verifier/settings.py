@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .core.errors import VerifierError
 from .core.verify import VerifyOptions
 from .net.fetch import FetchSettings
 from .net.rcd import RcdSettings
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(VerifierError, ValueError):
     """A configuration value is missing, unknown or invalid; the message says which."""
 
 

@@ -5,9 +5,13 @@ verifier would answer with, the verstat (ATIS-1000074) that the failure maps
 to, and a stable ``slug`` for logs, metrics and policy rules. The ``detail``
 given to the constructor is the human explanation of this one failure.
 
+Every exception this package defines derives from :class:`VerifierError`: the verdicts
+below, and elsewhere the errors of a request, a setting, a policy file or a store
+(``ApiError``, ``ConfigError``, ``PolicyError``, ``RcdError``, ``RecordRefused``...).
+
 Hierarchy::
 
-    VerificationError
+    VerificationError (a VerifierError)
     + NoIdentity                      428  No-TN-Validation
     + StaleDate                       403  No-TN-Validation
     | x IatTooOld, IatInFuture, RequestDateStale
@@ -80,6 +84,7 @@ __all__ = [
     "UnsupportedKey",
     "UnsupportedType",
     "VerificationError",
+    "VerifierError",
     "X5uFetchFailed",
     "X5uMismatch",
     "X5uMissing",
@@ -88,7 +93,11 @@ __all__ = [
 ]
 
 
-class VerificationError(Exception):
+class VerifierError(Exception):
+    """Base of every exception this package defines."""
+
+
+class VerificationError(VerifierError):
     """Base of every verification failure. Not raised itself."""
 
     sip_code: ClassVar[int] = 500

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from .errors import TN_VALIDATION_FAILED, TN_VALIDATION_PASSED
+from .errors import TN_VALIDATION_FAILED, TN_VALIDATION_PASSED, VerifierError
 from .tn import tn_from_uri
 from .verify import CallInfo, Result
 
@@ -67,7 +67,7 @@ _DEFAULT_LABELS = {
 }
 
 
-class PolicyError(ValueError):
+class PolicyError(VerifierError, ValueError):
     """The policy file is invalid; the message names the file, the line and the problem."""
 
 

@@ -11,6 +11,7 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 
+from .errors import VerifierError
 from .identity import split_header_values
 from .verify import Reason, Result
 
@@ -22,7 +23,7 @@ _REQUEST_LINE = re.compile(r"^([A-Z]+) (\S+) SIP/2\.0$")
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
 
 
-class SipError(ValueError):
+class SipError(VerifierError, ValueError):
     """The text is not a SIP request or header block; the message says why."""
 
 

@@ -34,6 +34,7 @@ from aiohttp.web_request import BaseRequest
 
 from .. import __version__
 from ..core.certs import TrustStore
+from ..core.errors import VerifierError
 from ..core.sip import SipError, parse_invite
 from ..core.tn import tn_from_uri
 from ..core.verify import CallInfo, CredentialSource
@@ -64,7 +65,7 @@ _MAX_EPOCH = 2**62  # a larger time is no date, and 10**400 would overflow float
 # -- API errors (ATIS-1000082 requestError) ----------------------------------------------------
 
 
-class ApiError(Exception):
+class ApiError(VerifierError):
     """A request that cannot be served, answered in the ATIS ``requestError`` shape."""
 
     def __init__(

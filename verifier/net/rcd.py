@@ -84,7 +84,7 @@ from cachetools import TTLCache
 from yarl import URL
 
 from ..__version__ import __version__
-from ..core.errors import VerificationError
+from ..core.errors import VerificationError, VerifierError
 from ..core.x5u import DEFAULT_X5U_PORTS
 from .ssrf import AddressPolicy, Resolver, system_resolver
 from .transport import PinnedGetter, SessionUser
@@ -126,7 +126,7 @@ _ESCAPE = re.compile(r"~(?![01])")
 _INDEX = re.compile(r"0|[1-9][0-9]*")
 
 
-class RcdError(ValueError):
+class RcdError(VerifierError, ValueError):
     """The rcd, rcdi or crn claim is malformed; ``reason`` says how. The RCD is then
     unverified; the call's identity verification is not affected."""
 
@@ -135,7 +135,7 @@ class RcdError(ValueError):
         self.reason = reason
 
 
-class RcdFetchError(Exception):
+class RcdFetchError(VerifierError):
     """Referenced content (jcl, icn...) could not be had; ``reason`` says why."""
 
     def __init__(self, reason: str) -> None:

@@ -49,6 +49,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from ..core.errors import VerifierError
 from ..core.replay import ReplayCache
 from .cache import StoredChain
 from .fetch import SharedFailure
@@ -155,7 +156,7 @@ class _RedisDeadline:
         self._handle.cancel()
 
 
-class RedisDown(Exception):
+class RedisDown(VerifierError):
     """Redis was skipped (recent error) or failed this operation; the caller goes on alone."""
 
 

@@ -56,6 +56,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ..core.errors import VerifierError
+
 __all__ = [
     "CSV_COLUMNS",
     "DB_NAME",
@@ -89,7 +91,7 @@ _CURSOR = struct.Struct(">dq")
 # -- records -----------------------------------------------------------------------------------
 
 
-class RecordRefused(ValueError):
+class RecordRefused(VerifierError, ValueError):
     """A record a store cannot hold as it is (a ts outside the store's range...)."""
 
 
