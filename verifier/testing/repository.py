@@ -129,22 +129,6 @@ class Repository:
     def redirect(self, path: str, location: str, *, status: int = 302) -> str:
         return self.put(path, b"", status=status, headers={"Location": location})
 
-    def add_directory(self, root: str | Path, prefix: str = "") -> list[str]:
-        """Serve every ``.pem``/``.crl``/``.der`` file under ``root`` at ``prefix/relative``."""
-        base = Path(root)
-        paths: list[str] = []
-        for file in sorted(base.rglob("*")):
-            if file.is_file() and file.suffix in {".pem", ".crl", ".der"}:
-                path = f"{prefix}/{file.relative_to(base).as_posix()}"
-                kind = "application/pkix-crl" if file.suffix == ".crl" else None
-                self.put(
-                    path,
-                    file.read_bytes(),
-                    content_type=kind or "application/pem-certificate-chain",
-                )
-                paths.append(path)
-        return paths
-
     def _authority(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{port}"
