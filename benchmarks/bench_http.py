@@ -7,24 +7,39 @@ connections:
   2. POST /v1/verify/batch with 100 distinct headers per request.
 It prints req/s, p50 and p99 for (1), verifications/s for (2), the openssl single-core
 verify rate measured in the same run, and the ratios. (1) is run again with records off
-(what recording costs) and with the fast lane off (aiohttp serving every request).
+(what recording costs) and with the fast lane off (aiohttp serving every request; skipped
+where the service has no ``api.fast_path`` setting).
 
-These machines are shared: a neighbour's load slows any measurement, by up to half, for
-seconds at a time, and only ever slows it down. So everything is measured in ``--rounds``
-rounds (openssl, then each run on a fresh service), and each figure is its best round,
-the baseline's included; every round's figures are printed too (``--json``: "rounds").
+Two modes, printed in the output and in the JSON ("mode"):
+  two-core (the default): nothing is pinned; the service, wrk and openssl share the cores.
+  one-core (``--one-core``): the whole server side (the service, started under
+  ``taskset -c 0``, and its child processes, which inherit that) runs on CPU 0, wrk on
+  CPU 1, and openssl (one process) on CPU 0 too. The script checks, before stopping each
+  service, that every process of the service's session is pinned to CPU 0.
 
-    apt-get install wrk        # Debian package `wrk`
-    .venv/bin/python benchmarks/bench_http.py [--rounds 5] [--seconds 4] [--json] [--no-log]
+These machines are shared: a neighbour's load slows any measurement for seconds at a
+time, and only ever slows it down. So everything is measured in ``--rounds`` rounds
+(openssl, then each run on a fresh service), and each figure is its best round, the
+baseline's included; every round's figures are printed too (``--json``: "rounds").
+Everything runs on 127.0.0.1 and the script ends by itself: rounds and seconds are
+bounded, and each process it starts either ends by itself (wrk, openssl) or is stopped
+within a time limit (the service, its children included).
+
+    apt-get install wrk        # Debian package `wrk`; `taskset` is in util-linux
+    .venv/bin/python benchmarks/bench_http.py [--one-core] [--rounds 5] [--seconds 4]
+        [--json] [--no-log]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,11 +47,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from bench_core import openssl_verify_per_s
 
+from verifier.settings import ApiSettings
 from verifier.testing import TestPKI, pem, write_preload
+
+SERVER_CPU, CLIENT_CPU = 0, 1  # --one-core: the whole server side, and wrk
+MAX_ROUNDS, MAX_SECONDS = 20, 30  # bounds; a run must end well within iat's 60 s freshness
+STOP_WAIT = 30.0  # seconds a stopped service (and its children) gets before SIGKILL
 
 LUA = r"""
 local threads = {}
@@ -103,6 +125,7 @@ def _wrk(url: str, bodies: Path, seconds: int, script: Path) -> dict[str, float]
         check=True,
         capture_output=True,
         text=True,
+        timeout=seconds + 60,
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
@@ -125,32 +148,95 @@ def _wrk(url: str, bodies: Path, seconds: int, script: Path) -> dict[str, float]
     }
 
 
-class _Service:
-    """`verifier serve` (one worker) in a subprocess, on the run's PKI."""
+def _has_fast_path() -> bool:
+    """Whether this tree's service has the ``api.fast_path`` setting (an unknown key is a
+    configuration error)."""
+    return "fast_path" in {f.name for f in dataclasses.fields(ApiSettings)}
 
-    def __init__(self, work: Path, *, records: bool, log: bool, fast: bool = True) -> None:
+
+@contextlib.contextmanager
+def _on_cpu(cpu: int | None) -> Iterator[None]:
+    """This process, and what it starts meanwhile, on ``cpu`` (None: unchanged)."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+class _Service:
+    """`verifier serve` (one worker) in a subprocess and a session of its own, on the run's
+    PKI; ``cpu``: started under ``taskset -c cpu`` (its children inherit it)."""
+
+    def __init__(
+        self, work: Path, *, records: bool, log: bool, fast: bool, cpu: int | None
+    ) -> None:
         self.port = _free_port()
+        self.cpu = cpu
         config = work / f"verifier-{'rec' if records else 'norec'}.toml"
+        fast_line = f"fast_path = {'true' if fast else 'false'}\n" if _has_fast_path() else ""
         config.write_text(
-            f'port = {self.port}\ntrust_anchors = ["{work / "root.pem"}"]\nlog_level = "INFO"\n'
+            f'host = "127.0.0.1"\nport = {self.port}\n'
+            f'trust_anchors = ["{work / "root.pem"}"]\nlog_level = "INFO"\n'
             f'[x5u]\npreload_dir = "{work / "preload"}"\ncrl_check = false\n'
             f"[api]\nlog_verifications = {'true' if log else 'false'}\n"
-            f"fast_path = {'true' if fast else 'false'}\n"
+            f"{fast_line}"
             f"[records]\nenabled = {'true' if records else 'false'}\n"
             f'data_dir = "{work / "data"}"\n'
         )
+        pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "verifier", "serve", "--config", str(config)],
+            [*pin, sys.executable, "-m", "verifier", "serve", "--config", str(config)],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.base = f"http://127.0.0.1:{self.port}"
-        _wait_ready(self.base + "/readyz")
+        try:
+            _wait_ready(self.base + "/readyz")
+        except BaseException:
+            self.stop()
+            raise
+
+    def processes(self) -> list[int]:
+        """The service's process and its children: every process of its session."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.getsid(int(entry)) == self.proc.pid:
+                        pids.append(int(entry))
+        return pids
+
+    def check_pinned(self) -> int:
+        """Raise unless every process of the service is on ``cpu`` only; their count."""
+        pids = self.processes()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                cpus = os.sched_getaffinity(pid)
+                if cpus != {self.cpu}:
+                    raise RuntimeError(f"server process {pid} runs on CPUs {sorted(cpus)}")
+        return len(pids)
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL to the whole session if it has not ended in time."""
         self.proc.terminate()
-        self.proc.wait(timeout=30)
+        deadline = time.monotonic() + STOP_WAIT
+        try:
+            self.proc.wait(timeout=STOP_WAIT)
+            while self.processes() and time.monotonic() < deadline:
+                time.sleep(0.1)  # the record writer child ends once it has read everything
+        except subprocess.TimeoutExpired:
+            pass
+        if self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_WAIT)
 
 
 def _bodies(work: Path, pki: TestPKI, per_batch: int) -> tuple[Path, Path]:
@@ -192,32 +278,68 @@ def _bodies(work: Path, pki: TestPKI, per_batch: int) -> tuple[Path, Path]:
     return atis, batch
 
 
-def main() -> None:
+def _bounded(top: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= top:
+            raise argparse.ArgumentTypeError(f"must be 1 to {top}")
+        return value
+
+    return parse
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=4, help="seconds of each wrk run")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="rounds of openssl + every run (best kept)"
+        "--seconds", type=_bounded(MAX_SECONDS), default=4, help="seconds of each wrk run"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_bounded(MAX_ROUNDS),
+        default=5,
+        help="rounds of openssl + every run (best kept)",
+    )
+    parser.add_argument(
+        "--one-core",
+        action="store_true",
+        help=f"server side and openssl on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU}",
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-log", action="store_true", help="turn off per-verification logs")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    if args.one_core:
+        if shutil.which("taskset") is None:
+            sys.exit("taskset is not installed: apt-get install util-linux")
+        if not {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0):
+            sys.exit(f"--one-core needs CPUs {SERVER_CPU} and {CLIENT_CPU}")
+    return args
 
-    per_batch = 100
-    path = "/stir/v1/verification"
+
+PER_BATCH = 100
+PATH = "/stir/v1/verification"
+
+
+def main() -> None:
+    args = _arguments()
+    server_cpu = SERVER_CPU if args.one_core else None
     # name: (records, fast lane, endpoint)
     runs = {
-        "atis": (True, True, path),
+        "atis": (True, True, PATH),
         "batch": (True, True, "/v1/verify/batch"),
-        "unrecorded": (False, True, path),
-        "plain": (True, False, path),
+        "unrecorded": (False, True, PATH),
     }
+    if _has_fast_path():
+        runs["plain"] = (True, False, PATH)
     best: dict[str, dict[str, float]] = {}
     openssl_runs: list[float] = []
     rounds: list[dict[str, float]] = []
+    processes: dict[str, int] = {}
     non_2xx = 0.0
     work = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    if args.one_core:
+        os.sched_setaffinity(0, {CLIENT_CPU})  # this script, and the wrk it starts
     try:
         pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
         write_preload(work / "preload", [pki.signer])
@@ -225,15 +347,20 @@ def main() -> None:
         script = work / "bench.lua"
         script.write_text(LUA)
         for _ in range(args.rounds):
-            openssl_runs.append(openssl_verify_per_s(2))
+            with _on_cpu(server_cpu):
+                openssl_runs.append(openssl_verify_per_s(2))
             this_round = {"openssl": openssl_runs[-1]}
             for name, (records, fast, endpoint) in runs.items():
-                atis, batch = _bodies(work, pki, per_batch)
+                atis, batch = _bodies(work, pki, PER_BATCH)
                 bodies = batch if endpoint.endswith("batch") else atis
-                service = _Service(work, records=records, log=not args.no_log, fast=fast)
+                service = _Service(
+                    work, records=records, log=not args.no_log, fast=fast, cpu=server_cpu
+                )
                 try:
                     _wrk(service.base + endpoint, bodies, 1, script)  # warm up
                     got = _wrk(service.base + endpoint, bodies, args.seconds, script)
+                    if server_cpu is not None:
+                        processes[name] = service.check_pinned()
                 finally:
                     service.stop()
                 this_round[name] = got["req_per_s"]
@@ -243,14 +370,32 @@ def main() -> None:
             rounds.append(this_round)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    single, batched = best["atis"], best["batch"]
-    unrecorded, plain = best["unrecorded"], best["plain"]
+    figures = _figures(best, openssl_runs, rounds, non_2xx)
+    figures["mode"] = "one-core" if args.one_core else "two-core"
+    if args.one_core:
+        figures["server_processes"] = processes
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        _print(figures, best, rounds, one_core=args.one_core)
+
+
+def _figures(
+    best: dict[str, dict[str, float]],
+    openssl_runs: list[float],
+    rounds: list[dict[str, float]],
+    non_2xx: float,
+) -> dict[str, Any]:
+    single, batched, unrecorded = best["atis"], best["batch"], best["unrecorded"]
+    plain = best.get("plain")
     openssl = max(openssl_runs)
-    batch_rate = batched["req_per_s"] * per_batch
+    batch_rate = batched["req_per_s"] * PER_BATCH
     # Costs compare runs of one round (neighbours: a few seconds apart), then the median.
     record_cost = statistics.median(1 - r["atis"] / r["unrecorded"] for r in rounds)
-    fast_gain = statistics.median(r["atis"] / r["plain"] - 1 for r in rounds)
-    figures = {
+    fast_gain = (
+        None if plain is None else statistics.median(r["atis"] / r["plain"] - 1 for r in rounds)
+    )
+    return {
         "atis_req_per_s": round(single["req_per_s"], 1),
         "atis_p50_ms": round(single["p50_ms"], 3),
         "atis_p99_ms": round(single["p99_ms"], 3),
@@ -260,42 +405,72 @@ def main() -> None:
         "batch_ratio": round(batch_rate / openssl, 3),
         "atis_req_per_s_without_records": round(unrecorded["req_per_s"], 1),
         "record_cost": round(record_cost, 3),
-        "fast_lane_gain": round(fast_gain, 3),
-        "atis_req_per_s_without_fast_lane": round(plain["req_per_s"], 1),
-        "atis_p99_ms_without_fast_lane": round(plain["p99_ms"], 3),
+        "fast_lane_gain": None if fast_gain is None else round(fast_gain, 3),
+        "atis_req_per_s_without_fast_lane": None if plain is None else round(plain["req_per_s"], 1),
+        "atis_p99_ms_without_fast_lane": None if plain is None else round(plain["p99_ms"], 3),
         "openssl_runs": [round(r, 1) for r in openssl_runs],
         "rounds": [{k: round(v, 1) for k, v in r.items()} for r in rounds],
         "non_2xx": non_2xx,
     }
-    if args.json:
-        print(json.dumps(figures))
-        return
+
+
+def _print(
+    figures: dict[str, Any],
+    best: dict[str, dict[str, float]],
+    rounds: list[dict[str, float]],
+    *,
+    one_core: bool,
+) -> None:
+    if one_core:
+        pinned = ", ".join(f"{k} {v}" for k, v in figures["server_processes"].items())
+        print(
+            f"mode: one-core (server side on CPU {SERVER_CPU} under taskset, processes per"
+            f" run: {pinned}; wrk on CPU {CLIENT_CPU}; openssl on CPU {SERVER_CPU})"
+        )
+    else:
+        print("mode: two-core (nothing pinned)")
     for i, r in enumerate(rounds, 1):
+        plain = f"  fast lane off {r['plain']:7.1f}" if "plain" in r else ""
         print(
             f"round {i}: openssl {r['openssl']:8.1f}  ATIS {r['atis']:7.1f}"
-            f"  batch {r['batch'] * per_batch:8.1f}  records off {r['unrecorded']:7.1f}"
-            f"  fast lane off {r['plain']:7.1f}"
+            f"  batch {r['batch'] * PER_BATCH:8.1f}  records off {r['unrecorded']:7.1f}{plain}"
         )
+    single = best["atis"]
     print(
         f"ATIS /stir/v1/verification: {single['req_per_s']:9.1f} req/s"
         f"  p50 {single['p50_ms']:.2f} ms  p99 {single['p99_ms']:.2f} ms  (records on)"
     )
     print(
-        f"  same, records off:        {unrecorded['req_per_s']:9.1f} req/s"
-        f"  -> recording costs {100 * record_cost:.1f}% (median of rounds; target <= 10%)"
+        f"  same, records off:        {figures['atis_req_per_s_without_records']:9.1f} req/s"
+        f"  -> recording costs {100 * figures['record_cost']:.1f}%"
+        " (median of rounds; target <= 10%)"
     )
+    if "plain" in best:
+        print(
+            f"  same, fast lane off:      {best['plain']['req_per_s']:9.1f} req/s"
+            f"  p99 {best['plain']['p99_ms']:.2f} ms (aiohttp serves every request;"
+            f" the fast lane gains {100 * figures['fast_lane_gain']:.0f}%, median of rounds)"
+        )
     print(
-        f"  same, fast lane off:      {plain['req_per_s']:9.1f} req/s"
-        f"  p99 {plain['p99_ms']:.2f} ms (aiohttp serves every request;"
-        f" the fast lane gains {100 * fast_gain:.0f}%, median of rounds)"
+        f"batch /v1/verify/batch:     {figures['batch_verify_per_s']:9.1f} verifications/s"
+        f" ({PER_BATCH} a request)"
     )
-    print(f"batch /v1/verify/batch:     {batch_rate:9.1f} verifications/s ({per_batch} a request)")
-    listed = ", ".join(f"{r:.0f}" for r in openssl_runs)
-    print(f"openssl speed ecdsap256:    {openssl:9.1f} verify/s (one core; best of {listed})")
+    listed = ", ".join(f"{r:.0f}" for r in figures["openssl_runs"])
     print(
-        f"ratios: ATIS {figures['atis_ratio']:.3f} (target >= 0.55, p99 <= 10 ms);"
-        f" batch {figures['batch_ratio']:.3f} (target >= 0.8)"
+        f"openssl speed ecdsap256:    {figures['openssl_verify_per_s']:9.1f} verify/s"
+        f" (one core; best of {listed})"
     )
+    if one_core:
+        targets = "ATIS target >= 0.45, p99 <= 10 ms, one core; batch: no one-core target"
+        print(
+            f"ratios: ATIS {figures['atis_ratio']:.3f}; batch {figures['batch_ratio']:.3f}"
+            f" ({targets})"
+        )
+    else:
+        print(
+            f"ratios: ATIS {figures['atis_ratio']:.3f} (target >= 0.55, p99 <= 10 ms);"
+            f" batch {figures['batch_ratio']:.3f} (target >= 0.8)"
+        )
     if figures["non_2xx"]:
         print(f"WARNING: {figures['non_2xx']:.0f} non-2xx responses")
 
