@@ -29,7 +29,7 @@ Checked against the text of RFC 9795 (July 2025)
   is not verified.
 - 8.1, 8.2: a digest that does not match fails the content it names, no more; content
   that cannot be fetched is unverified; inline claims stay usable (``nam`` is withheld
-  only when its own digest fails).
+  only when an rcdi digest of its own does not verify).
 
 Not taken from the RFC: ATIS-1000094 was not read; compact form (9), third-party ``iss``
 (10) and JWT Claim Constraints (6.2, 6.3) are not handled here. Choices of this verifier:

@@ -3,9 +3,10 @@ JSON for digests of inline values, fetching referenced content, and :func:`verif
 
 The rules themselves, and what of them was checked against which section of RFC 9795, are
 in :mod:`verifier.core.rcd`; this module re-exports its API. JSON pointers (RFC 6901) are
-the ``jsonpointer`` library's and canonical JSON (RFC 8785, which gives the RFC 8225
-section 9 form that RFC 9795 section 6.1 asks for) is ``rfc8785``'s: neither may be
-imported by core, and neither is on the hot path (an RCD is judged only when present).
+the ``jsonpointer`` library's and canonical JSON is ``rfc8785``'s (RFC 8785; for the
+strings, arrays and objects of an RCD it is the RFC 8225 section 9 form that RFC 9795
+section 6.1 asks for). Core may import neither; neither is on the hot path (an RCD is
+judged only when a PASSporT carries one).
 
 API: :func:`parse_rcd` (pure) -> :class:`Rcd`; :func:`check_inline` (pure);
 :class:`RcdContentFetcher` (the I/O, with its :class:`RcdSettings`); :func:`verify_rcd`
