@@ -685,3 +685,22 @@ def test_core_rcd_imports_only_the_standard_library_and_core() -> None:
     assert "base64" in imported  # the walk saw the imports
     # what service.py imports from verifier.net.rcd is core's, re-exported
     assert (core_rcd.RcdError, core_rcd.RcdVerdict) == (RcdError, RcdVerdict)
+
+
+async def test_rfc_6_1_4_jcl_pointers_read_the_fetched_jcard_as_inline(
+    repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    card = jcs(JCARD)
+    jcl = repo.put("/card.json", card, content_type="application/json")
+    rcdi = {
+        "/jcl": digest_of(card),
+        "/jcl/1/1/3": digest_of(jcs("Q Branch")),  # fn, as a JSON string
+        "/jcl/1/9/3": GOOD,  # no such property
+    }
+    verdict = await verify_rcd(parsed({"nam": "Q", "jcl": jcl}, rcdi), await make_fetcher())
+    assert {
+        "/nam": "covered by signature",
+        "/jcl": "digest ok",
+        "/jcl/1/1/3": "digest ok",
+        "/jcl/1/9/3": "names nothing in the jcl content",
+    } == dict(verdict.details)

@@ -120,7 +120,8 @@ def _resolve(pointer: JsonPointer, document: Any) -> Any:
 
 
 def _check_pointer(key: str, rcd: Mapping[str, Any]) -> None:
-    parts = _pointer(key).parts
+    pointer = _pointer(key)
+    parts = pointer.parts
     if not parts or parts[0] not in rcd:
         raise RcdError(f"rcdi key {key!r} names no member of rcd")
     if parts[0] == "icn" and len(parts) > 1:
@@ -130,7 +131,7 @@ def _check_pointer(key: str, rcd: Mapping[str, Any]) -> None:
             raise RcdError(f"rcdi key {key!r} is not a path into a jCard")
         return  # resolved once the jCard is fetched (RFC 9795 section 6.1.4)
     try:
-        _resolve(JsonPointer(key), rcd)
+        _resolve(pointer, rcd)
     except LookupError:
         raise RcdError(f"rcdi key {key!r} names nothing in rcd") from None
 
