@@ -4,23 +4,27 @@ with the standard reason and leaves the service healthy. All traffic stays on 12
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from verifier.core import errors
-from verifier.core.certs import TrustStore
-from verifier.core.verify import CallInfo, verify
-from verifier.http.app import create_app
+from verifier.core.certs import Credential, TrustStore
+from verifier.core.verify import CallInfo, CredentialSource, verify
+from verifier.http.app import SERVICE, create_app, start_site
 from verifier.net.fetch import CertificateFetcher, FetchSettings
-from verifier.settings import load_settings
-from verifier.testing import TestPKI, pem
+from verifier.records import RecordSettings
+from verifier.settings import Settings, load_settings
+from verifier.testing import ChainSource, TestPKI, pem
 from verifier.testing.repository import Repository
 
 BOUND = 1.0  # the fetch timeout in these tests, seconds
@@ -242,3 +246,155 @@ async def test_ten_thousand_identity_headers(
     assert (438, "identity_malformed") == (answer["reason"]["sip_code"], answer["reason"]["slug"])
     assert "at most 32" in answer["reason"]["detail"]
     assert time.monotonic() - started < 2.0
+
+
+# -- hostile HTTP clients on raw sockets: aiohttp's server bounds each one ----------------------
+
+PATH = "/stir/v1/verification"
+
+
+class GatedSource:
+    """The test signer's chain, handed out only once ``gate`` is set."""
+
+    def __init__(self, pki: TestPKI) -> None:
+        self.source = ChainSource(TrustStore([pki.root.cert]), [pki.signer])
+        self.gate = asyncio.Event()
+
+    async def get(self, x5u: str, *, now: float) -> Credential:
+        await self.gate.wait()
+        return await self.source.get(x5u, now=now)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    pki: TestPKI, now: int, credentials: CredentialSource | None = None
+) -> AsyncIterator[tuple[web.Application, int]]:
+    """The app on a free port of 127.0.0.1, as ``verifier serve`` runs it."""
+    trust = TrustStore([pki.root.cert])
+    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
+    app = create_app(
+        settings,
+        trust=trust,
+        credentials=credentials or ChainSource(trust, [pki.signer]),
+        clock=lambda: float(now),
+    )
+    runner, site = await start_site(app, settings, port=0)
+    try:
+        yield app, site.port
+    finally:
+        await runner.cleanup()
+
+
+def raw_request(body: str, *, head: str = "Host: 127.0.0.1\r\n", end: bytes = b"\r\n") -> bytes:
+    data = body.encode()
+    return (
+        (
+            f"POST {PATH} HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n"
+        ).encode()
+        + end
+        + data
+    )
+
+
+def atis_body(pki: TestPKI, now: int) -> str:
+    request = {
+        "from": {"tn": "12155551212"},
+        "to": {"tn": ["12155551213"]},
+        "time": now,
+        "identity": pki.signer.identity(iat=now),
+    }
+    return json.dumps({"verificationRequest": request})
+
+
+async def status_of(port: int, raw: bytes) -> int:
+    """The status of the server's answer to ``raw`` (bounded: 10 s at most)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        line = await asyncio.wait_for(reader.readline(), 10)
+        return int(line.split()[1])
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_pipelined_requests_never_read_back_pause_the_reading(pki: TestPKI, now: int) -> None:
+    """A client that pipelines requests without reading the answers: once a request is
+    waiting, the server stops reading the connection (its memory is bounded), and answers
+    once the request is served."""
+    source = GatedSource(pki)
+    one = raw_request(atis_body(pki, now))
+    async with serving(pki, now, source) as (_app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent, stalled = 0, False
+        while sent < 20_000:  # far more bytes than the socket buffers on both sides hold
+            writer.write(one * 50)
+            sent += 50
+            try:
+                await asyncio.wait_for(writer.drain(), 2)
+            except TimeoutError:
+                stalled = True
+                break
+        assert stalled, "the server read every pipelined request while the first waited"
+        source.gate.set()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert first.startswith(b"HTTP/1.1 200")
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        assert 200 == await status_of(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+async def test_a_half_closed_connection_is_closed_not_left_in_close_wait(
+    pki: TestPKI, now: int
+) -> None:
+    """The client shuts its sending half (after a request, or before any): the server closes
+    the connection too (aiohttp does not answer a request whose connection half-closed)."""
+    async with serving(pki, now) as (_app, port):
+        for raw in (raw_request(atis_body(pki, now)), b""):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            writer.write_eof()
+            rest = await asyncio.wait_for(reader.read(), 10)  # ends once the server closes
+            writer.close()
+            assert b"" == rest or rest.startswith(b"HTTP/1.1 200"), rest[:100]
+            assert reader.at_eof()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        raw_request("{}", end=b"\n"),  # the head ends in CRLF LF
+        raw_request("{}", head="Host: a\r\nHost: b\r\n"),  # duplicate Host
+        raw_request("{}", head=""),  # no Host
+        raw_request("{}", head="".join(f"X-H{i}: v\r\n" for i in range(129)) + "Host: x\r\n"),
+    ],
+    ids=["crlf-lf", "two-hosts", "no-host", "129-header-lines"],
+)
+async def test_malformed_heads_are_answered_4xx(pki: TestPKI, now: int, raw: bytes) -> None:
+    async with serving(pki, now) as (_app, port):
+        status = await status_of(port, raw)
+    assert 400 <= status < 500
+
+
+async def test_a_client_gone_mid_body_is_counted_not_an_error(
+    pki: TestPKI, now: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with serving(pki, now) as (app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw_request(atis_body(pki, now))[:-10])  # ten bytes short
+        await writer.drain()
+        writer.close()
+        assert b"" == await asyncio.wait_for(reader.read(), 10)
+
+        async def logged() -> None:  # the server sees the close in its own time
+            while "client_disconnected" not in [r.getMessage() for r in caplog.records]:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(logged(), 10)
+        text = app[SERVICE].metrics.render().decode()
+    assert "verifier_client_disconnects_total 1.0" in text
+    assert [] == [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

@@ -268,6 +268,11 @@ class Metrics:
             "PASSporTs seen again within their freshness window",
             registry=registry,
         )
+        self.client_disconnects = Counter(
+            "verifier_client_disconnects",
+            "requests whose client closed the connection before sending the whole body",
+            registry=registry,
+        )
         self.reloads = Counter(
             "verifier_reloads", "SIGHUP reloads by outcome", ["outcome"], registry=registry
         )

@@ -29,8 +29,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
 
 from .. import __version__
 from ..core.certs import TrustStore
@@ -52,13 +50,14 @@ from ..records.sqlite import (
 )
 from ..service import Service, VerifyRequest, dumps
 from ..settings import Settings
-from .fastpath import FastFront, FastSite, Headers
 
-__all__ = ["FRONT", "SERVICE", "ApiError", "Service", "create_app", "run", "start_site"]
+__all__ = ["SERVICE", "ApiError", "Service", "create_app", "run", "start_site"]
 
 log = logging.getLogger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 JSON = "application/json"
+KEEPALIVE_TIMEOUT = 75.0
+"""Seconds an idle keep-alive connection is kept (aiohttp's own default is far longer)."""
 _MAX_EPOCH = 2**62  # a larger time is no date, and 10**400 would overflow float()
 
 
@@ -373,7 +372,7 @@ async def atis_verification(request: web.Request) -> web.Response:
 
 
 async def _atis_answer(service: Service, body: bytes, rid: str, started: float) -> bytes:
-    """The ATIS answer to a request body, for the aiohttp handler and the fast lane alike.
+    """The ATIS answer to a request body, for the aiohttp handler.
 
     Raises:
         ApiError: a request that cannot be understood (SVC4001, SVC4005, SVC4006...).
@@ -382,36 +381,6 @@ async def _atis_answer(service: Service, body: bytes, rid: str, started: float) 
     outcome = await service.verify(item, "atis", rid)
     service.latency["atis"].observe(time.perf_counter() - started)
     return service.atis_body(outcome.result)
-
-
-def _fast_front(service: Service) -> FastFront:
-    """The fast lane of ``POST /stir/v1/verification`` (:mod:`verifier.http.fastpath`): the same
-    answers as :func:`atis_verification` and :func:`error_middleware`, without aiohttp's
-    request and response objects."""
-
-    async def answer(body: bytes, headers: Headers) -> tuple[int, bytes, list[tuple[str, str]]]:
-        given = _given_request_id(headers.get("x-requestid"))
-        rid = given or new_request_id()
-        started = time.perf_counter()
-        try:
-            return 200, await _atis_answer(service, body, rid, started), [("X-RequestID", rid)]
-        except ApiError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            error = _internal_error("/stir/v1/verification")
-        status, payload, extra = _error_parts(service, error, given)
-        return status, payload, list(extra.items())
-
-    def accepts(headers: Headers) -> bool:
-        """Requests aiohttp's handler would refuse (token, Accept) are left to it."""
-        token = service.settings.api.verify_token
-        if token is not None and not _token_ok(headers.get("authorization", ""), token):
-            return False
-        return _accept_ok(headers.get("accept"))
-
-    return FastFront(answer, accepts, body_limit=service.settings.api.body_limit)
 
 
 @routes.post("/v1/verify")
@@ -659,6 +628,13 @@ async def error_middleware(
             raise
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The client went away mid-body: nobody to answer, nothing broken; a cheap flood.
+        log.debug("client_disconnected", extra={"path": request.path[:200]})
+        service = request.app.get(SERVICE)
+        if service is not None:
+            service.metrics.client_disconnects.inc()
+        return web.Response(status=499)  # never sent: the connection is gone
     except Exception:
         error = _internal_error(request.path)
     status, body, headers = _error_parts(
@@ -686,42 +662,6 @@ def _error_parts(
     headers = {"X-RequestID": request_id} if request_id is not None else {}
     headers.update(error.headers)
     return error.status, dumps(error.body()), headers
-
-
-class _ParserErrors(RequestHandler):
-    """aiohttp's connection handler, answering what its HTTP parser refuses (a bad request
-    line, header or Content-Length: no application code runs for those) in the ATIS
-    ``requestError`` shape like every other refusal, SVC4006, where aiohttp answers in
-    plain text. Installed by :func:`start_site` (``__slots__`` empty: an instance of
-    aiohttp's handler can take this class)."""
-
-    __slots__ = ()
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status >= 500 or request.writer.output_size > 0:
-            return super().handle_error(request, status, exc, message)
-        detail = " ".join((message or str(exc or "") or "malformed HTTP request").split())
-        log.warning("http_request_refused", extra={"status": status, "error": detail[:200]})
-        error = ApiError(status, "SVC4006", "Failed to parse message body: %1", [detail[:200]])
-        code, body, headers = _error_parts(None, error, None)
-        response = web.Response(status=code, body=body, content_type=JSON, headers=headers)
-        response.force_close()  # as aiohttp does: the stream is past understanding
-        return response
-
-
-class _Server(web.Server):
-    """aiohttp's server, whose connections refuse in the API's shape (_ParserErrors)."""
-
-    def __call__(self) -> RequestHandler:
-        handler = super().__call__()
-        handler.__class__ = _ParserErrors
-        return handler
 
 
 # -- application -------------------------------------------------------------------------------
@@ -838,9 +778,6 @@ async def _flush_held_back(app: web.Application) -> None:
     app[SERVICE].metrics.flush()
 
 
-FRONT = web.AppKey("fast_front", FastFront)
-
-
 async def start_site(
     app: web.Application,
     settings: Settings,
@@ -848,39 +785,26 @@ async def start_site(
     port: int | None = None,
     reuse_port: bool = False,
     handle_signals: bool = False,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
 ) -> tuple[web.AppRunner, web.TCPSite]:
     """Start ``app`` and listen on ``settings.host`` and ``port`` (default
     ``settings.port``; 0 picks a free one).
 
-    Connections start in the fast lane of ``POST /stir/v1/verification``
-    (:mod:`verifier.http.fastpath`, ``app[FRONT]``) unless ``api.fast_path`` is off; aiohttp
-    serves the rest. End with ``await runner.cleanup()``: the listening socket closes,
-    requests in flight are answered (within ``shutdown_timeout``), then the stores are
-    drained and closed.
+    aiohttp serves every request; idle keep-alive connections close after
+    ``keepalive_timeout`` seconds. End with ``await runner.cleanup()``: the listening socket
+    closes, requests in flight are answered (within ``shutdown_timeout``), then the stores
+    are drained and closed.
     """
-    front: FastFront | None = None
-    if settings.api.fast_path:
-        front = app[FRONT] = _fast_front(app[SERVICE])
-
-        async def finish_fast(app: web.Application) -> None:
-            await app[FRONT].shutdown(settings.shutdown_timeout)
-
-        app.on_shutdown.append(finish_fast)
     runner = web.AppRunner(
         app,
         handle_signals=handle_signals,
         access_log=None,
         shutdown_timeout=settings.shutdown_timeout,
+        keepalive_timeout=keepalive_timeout,
     )
     await runner.setup()
-    if runner.server is not None:
-        runner.server.__class__ = _Server  # parser errors in the requestError shape
     where = (settings.host, settings.port if port is None else port)
-    site = (
-        FastSite(runner, front, *where, reuse_port=reuse_port)
-        if front is not None
-        else web.TCPSite(runner, *where, reuse_port=reuse_port)
-    )
+    site = web.TCPSite(runner, *where, reuse_port=reuse_port)
     try:
         await site.start()
     except BaseException:
