@@ -9,10 +9,13 @@ import json
 import pytest
 
 from verifier.core.certs import TrustStore
+from verifier.core.policy import Policy
 from verifier.logs import VerificationLog
+from verifier.metrics import Metrics
 from verifier.records import Record
 from verifier.service import Service
 from verifier.settings import ApiSettings, Settings
+from verifier.testing import ChainSource
 
 HOSTILE = 'q"\\\n\u2603\x00},"x":1'
 
@@ -40,9 +43,15 @@ def record(**fields: object) -> Record:
 
 
 def line_of(rec: Record, trust: TrustStore, *, full: bool = False) -> tuple[str, dict[str, object]]:
-    service = Service(Settings(api=ApiSettings(log_full_numbers=full)), trust)
     stream = io.StringIO()
-    service.vlog = VerificationLog(stream)
+    service = Service(
+        Settings(api=ApiSettings(log_full_numbers=full)),
+        trust,
+        credentials=ChainSource(trust, []),
+        policy=Policy.default(),
+        metrics=Metrics.create(),
+        vlog=VerificationLog(stream),
+    )
     service._log(rec)
     service.vlog.flush()
     text = stream.getvalue()

@@ -57,10 +57,10 @@ def configure_logging(level: str = "INFO") -> None:
 class VerificationLog:
     """The per-verification JSON lines, written in batches.
 
-    A verification line through :mod:`logging` costs ~40 us (a LogRecord, a lock, the
-    formatter, one write per line): a fifth of a request's budget. This writer formats the
-    same JSON object (``ts``, ``level``, ``logger``, ``event`` and the fields) itself and
-    writes every ``flush_interval`` seconds, or each ``max_lines``, with one ``write``.
+    Not through :mod:`logging`: a LogRecord, a lock, the formatter and one write per line
+    weigh on every request. This writer formats the same JSON object (``ts``, ``level``,
+    ``logger``, ``event`` and the fields) itself and writes every ``flush_interval``
+    seconds, or each ``max_lines``, with one ``write``.
     It honours the ``verifier.verifications`` logger's level (INFO by default).
     """
 
