@@ -270,7 +270,7 @@ def run(
 
     async def on_startup(app: web.Application) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[SERVICE].reload)
-        log.info("serving", extra=startup_summary(app, reuse_port=reuse_port))
+        log.info("serving", extra=startup_summary(app))
         # Full collections over the long-lived objects (caches, the replay set, the loaded
         # code) showed as latency spikes: what exists after start-up is frozen out of them,
         # and young objects (nearly all freed by reference counting) are collected less often.
@@ -292,9 +292,10 @@ def run(
     )
 
 
-def startup_summary(app: web.Application, *, reuse_port: bool = False) -> dict[str, object]:
-    """What ``verifier serve`` says once it is up: version, address, workers, the trust
-    anchors (count, earliest expiry), policy, record store, Redis, key tables."""
+def startup_summary(app: web.Application) -> dict[str, object]:
+    """What ``verifier serve`` says once it is up (each worker, with ``--workers``): version,
+    address, workers, process, trust anchors (count, earliest expiry), policy file, record
+    store and Redis (no credentials), whether ES256 key tables are available."""
     settings, service = app[SETTINGS], app[SERVICE]
     anchors = service.trust.anchors
     earliest = min(a.not_valid_after_utc for a in anchors)
@@ -310,7 +311,7 @@ def startup_summary(app: web.Application, *, reuse_port: bool = False) -> dict[s
         "version": __version__,
         "address": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
-        "pid": os.getpid() if reuse_port else None,
+        "pid": os.getpid(),
         "trust_anchors": len(anchors),
         "earliest_anchor_expiry": earliest.astimezone(dt.UTC).isoformat(),
         "policy": settings.policy_file or "default",
