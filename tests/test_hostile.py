@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -259,8 +260,11 @@ class GatedSource:
     def __init__(self, pki: TestPKI) -> None:
         self.source = ChainSource(TrustStore([pki.root.cert]), [pki.signer])
         self.gate = asyncio.Event()
+        self.called = asyncio.Event()
+        """Set once a request asked for a chain."""
 
     async def get(self, x5u: str, *, now: float) -> Credential:
+        self.called.set()
         await self.gate.wait()
         return await self.source.get(x5u, now=now)
 
@@ -398,3 +402,113 @@ async def test_a_client_gone_mid_body_is_counted_not_an_error(
         text = app[SERVICE].metrics.render().decode()
     assert "verifier_client_disconnects_total 1.0" in text
     assert [] == [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- the API's HTTP behaviour on raw sockets (served by aiohttp alone) ---------------------------
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+async def read_reply(reader: asyncio.StreamReader) -> Reply:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 10)
+    return Reply(int(lines[0].split()[1]), headers, json.loads(body) if body else None)
+
+
+async def test_pipelined_requests_are_answered_in_order(pki: TestPKI, now: int) -> None:
+    raws = [
+        raw_request(atis_body(pki, now), head=f"Host: x\r\nX-RequestID: r{i}\r\n") for i in range(3)
+    ]
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with serving(pki, now) as (_app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raws[0] + raws[1] + health + raws[2])
+        replies = [await read_reply(reader) for _ in range(4)]
+        writer.close()
+    assert ["r0", "r1", None, "r2"] == [r.headers.get("x-requestid") for r in replies]
+    assert "ok" == replies[2].body["status"]
+    assert {"TN-Validation-Passed"} == {
+        r.body["verificationResponse"]["verstat"] for r in (replies[0], replies[1], replies[3])
+    }
+
+
+async def test_a_request_in_single_bytes_with_connection_close(pki: TestPKI, now: int) -> None:
+    raw = raw_request(atis_body(pki, now), head="Host: x\r\nConnection: close\r\n")
+    async with serving(pki, now) as (_app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(len(raw)):
+            writer.write(raw[i : i + 1])
+            await writer.drain()
+        reply = await read_reply(reader)
+        assert b"" == await asyncio.wait_for(reader.read(), 10)  # the server closed
+        writer.close()
+    assert "close" == reply.headers["connection"]
+    assert "TN-Validation-Passed" == reply.body["verificationResponse"]["verstat"]
+
+
+async def test_expect_100_continue_is_met_before_the_body(pki: TestPKI, now: int) -> None:
+    raw = raw_request(atis_body(pki, now), head="Host: x\r\nExpect: 100-continue\r\n")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    async with serving(pki, now) as (_app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b"\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(body)
+        reply = await read_reply(reader)
+        writer.close()
+    assert b"HTTP/1.1 100 Continue\r\n\r\n" == interim
+    assert "TN-Validation-Passed" == reply.body["verificationResponse"]["verstat"]
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(
+    pki: TestPKI, now: int
+) -> None:
+    trust = TrustStore([pki.root.cert])
+    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
+    app = create_app(settings, trust=trust, credentials=ChainSource(trust, [pki.signer]))
+    runner, site = await start_site(app, settings, port=0, keepalive_timeout=0.2)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = await read_reply(reader)
+        assert b"" == await asyncio.wait_for(reader.read(), 10)  # closed once idle
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert 200 == reply.status
+
+
+async def test_shutdown_answers_the_request_in_flight_and_closes_idle_connections(
+    pki: TestPKI, now: int
+) -> None:
+    source = GatedSource(pki)
+    trust = TrustStore([pki.root.cert])
+    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
+    app = create_app(settings, trust=trust, credentials=source, clock=lambda: float(now))
+    runner, site = await start_site(app, settings, port=0)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", site.port)
+    idle_writer.write(b"POST /stir")  # a partial request, then nothing
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    writer.write(raw_request(atis_body(pki, now)))
+    await asyncio.wait_for(source.called.wait(), 10)  # in flight, waiting
+    cleanup = asyncio.create_task(runner.cleanup())  # what SIGTERM does
+    await asyncio.sleep(0)
+    source.gate.set()
+    reply = await read_reply(reader)
+    await asyncio.wait_for(cleanup, 20)
+    assert b"" == await asyncio.wait_for(idle_reader.read(), 10)
+    assert b"" == await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    idle_writer.close()
+    assert "TN-Validation-Passed" == reply.body["verificationResponse"]["verstat"]
