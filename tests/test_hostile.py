@@ -512,3 +512,26 @@ async def test_shutdown_answers_the_request_in_flight_and_closes_idle_connection
     writer.close()
     idle_writer.close()
     assert "TN-Validation-Passed" == reply.body["verificationResponse"]["verstat"]
+
+
+class ResetSource:
+    """A credential source whose own connection is reset (a bug's stand-in: a real fetcher
+    turns that into a 436 verdict)."""
+
+    async def get(self, x5u: str, *, now: float) -> Credential:
+        raise ConnectionResetError("the repository reset its connection")
+
+
+async def test_a_reset_that_is_not_the_clients_is_an_internal_error(
+    pki: TestPKI, now: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(pki, now, ResetSource()) as (app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw_request(atis_body(pki, now)))
+        reply = await read_reply(reader)
+        writer.close()
+        text = app[SERVICE].metrics.render().decode()
+    assert 500 == reply.status
+    assert "POL5000" == reply.body["requestError"]["policyException"]["messageId"]
+    assert "verifier_client_disconnects_total 0.0" in text
+    assert ["internal_error"] == [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

@@ -120,6 +120,9 @@ async def error_middleware(
     except asyncio.CancelledError:
         raise
     except ConnectionResetError:
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            return _internal_error(request)  # not our client's connection that went
         # The client went away mid-body: nobody to answer and nothing broken, so no
         # traceback (each one would be an ERROR line: a cheap log flood).
         log.debug("client_disconnected", extra={"path": request.path[:200]})
@@ -128,6 +131,12 @@ async def error_middleware(
             metrics.client_disconnects.inc()
         return web.Response(status=499)  # never sent: the connection is gone
     except Exception:
-        log.exception("internal_error", extra={"path": request.path})
-        error = ApiError(500, "POL5000", "Internal server error", [], kind="policyException")
-        return error_response(request, error)
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """POL5000, for an exception that should never happen: logged with its traceback (call
+    it from the ``except`` block)."""
+    log.exception("internal_error", extra={"path": request.path})
+    error = ApiError(500, "POL5000", "Internal server error", [], kind="policyException")
+    return error_response(request, error)
