@@ -4,23 +4,28 @@ with the standard reason and leaves the service healthy. All traffic stays on 12
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from verifier.core import errors
-from verifier.core.certs import TrustStore
-from verifier.core.verify import CallInfo, verify
-from verifier.http.app import create_app
+from verifier.core.certs import Credential, TrustStore
+from verifier.core.verify import CallInfo, CredentialSource, verify
+from verifier.http.app import SERVICE, create_app, start_site
 from verifier.net.fetch import CertificateFetcher, FetchSettings
-from verifier.settings import load_settings
-from verifier.testing import TestPKI, pem
+from verifier.records import RecordSettings
+from verifier.settings import Settings, load_settings
+from verifier.testing import ChainSource, TestPKI, pem
 from verifier.testing.repository import Repository
 
 BOUND = 1.0  # the fetch timeout in these tests, seconds
@@ -209,14 +214,12 @@ async def test_hostile_bodies_get_a_clear_4xx(
         overrides={"trust_anchors": [str(tmp_path / "root.pem")], "records.enabled": False}
     )
     client = await aiohttp_client(create_app(settings))
-    started = time.monotonic()
     async with client.post(
         "/stir/v1/verification", data=body, headers={"Content-Type": "application/json"}
     ) as resp:
         answer = await resp.json()
     assert 400 == resp.status
     assert "requestError" in answer
-    assert time.monotonic() - started < 1.0
 
 
 async def test_ten_thousand_identity_headers(
@@ -232,7 +235,6 @@ async def test_ten_thousand_identity_headers(
     )
     client = await aiohttp_client(create_app(settings))
     value = pki.signer.identity(iat=now)
-    started = time.monotonic()
     body = io.BytesIO(json.dumps({"identity": [value] * 10000}).encode())
     async with client.post(
         "/v1/verify", data=body, headers={"Content-Type": "application/json"}
@@ -240,5 +242,292 @@ async def test_ten_thousand_identity_headers(
         answer = await resp.json()
     assert 200 == resp.status
     assert (438, "identity_malformed") == (answer["reason"]["sip_code"], answer["reason"]["slug"])
-    assert "at most 32" in answer["reason"]["detail"]
-    assert time.monotonic() - started < 2.0
+    assert "at most 32" in answer["reason"]["detail"]  # the other 9,968 are not looked at
+
+
+# -- hostile HTTP clients on raw sockets: aiohttp's server bounds each one ----------------------
+
+PATH = "/stir/v1/verification"
+
+
+class GatedSource:
+    """The test signer's chain, handed out only once ``gate`` is set."""
+
+    def __init__(self, pki: TestPKI) -> None:
+        self.source = ChainSource(TrustStore([pki.root.cert]), [pki.signer])
+        self.gate = asyncio.Event()
+        self.called = asyncio.Event()
+        """Set once a request asked for a chain."""
+
+    async def get(self, x5u: str, *, now: float) -> Credential:
+        self.called.set()
+        await self.gate.wait()
+        return await self.source.get(x5u, now=now)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    pki: TestPKI, now: int, credentials: CredentialSource | None = None
+) -> AsyncIterator[tuple[web.Application, int]]:
+    """The app on a free port of 127.0.0.1, as ``verifier serve`` runs it."""
+    trust = TrustStore([pki.root.cert])
+    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
+    app = create_app(
+        settings,
+        trust=trust,
+        credentials=credentials or ChainSource(trust, [pki.signer]),
+        clock=lambda: float(now),
+    )
+    runner, site = await start_site(app, settings, port=0)
+    try:
+        yield app, site.port
+    finally:
+        await runner.cleanup()
+
+
+def raw_request(body: str, *, head: str = "Host: 127.0.0.1\r\n", end: bytes = b"\r\n") -> bytes:
+    data = body.encode()
+    return (
+        (
+            f"POST {PATH} HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n"
+        ).encode()
+        + end
+        + data
+    )
+
+
+def atis_body(pki: TestPKI, now: int) -> str:
+    request = {
+        "from": {"tn": "12155551212"},
+        "to": {"tn": ["12155551213"]},
+        "time": now,
+        "identity": pki.signer.identity(iat=now),
+    }
+    return json.dumps({"verificationRequest": request})
+
+
+async def status_of(port: int, raw: bytes) -> int:
+    """The status of the server's answer to ``raw`` (bounded: 10 s at most)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        line = await asyncio.wait_for(reader.readline(), 10)
+        return int(line.split()[1])
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_pipelined_requests_never_read_back_pause_the_reading(pki: TestPKI, now: int) -> None:
+    """A client that pipelines requests without reading the answers: once a request is
+    waiting, the server stops reading the connection (its memory is bounded), and answers
+    once the request is served."""
+    source = GatedSource(pki)
+    one = raw_request(atis_body(pki, now))
+    async with serving(pki, now, source) as (_app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent, stalled = 0, False
+        while sent < 20_000:  # far more bytes than the socket buffers on both sides hold
+            writer.write(one * 50)
+            sent += 50
+            try:
+                await asyncio.wait_for(writer.drain(), 2)
+            except TimeoutError:
+                stalled = True
+                break
+        assert stalled, "the server read every pipelined request while the first waited"
+        source.gate.set()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert first.startswith(b"HTTP/1.1 200")
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        assert 200 == await status_of(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+async def test_a_half_closed_connection_is_closed_not_left_in_close_wait(
+    pki: TestPKI, now: int
+) -> None:
+    """The client shuts its sending half (after a request, or before any): the server closes
+    the connection too (aiohttp does not answer a request whose connection half-closed)."""
+    async with serving(pki, now) as (_app, port):
+        for raw in (raw_request(atis_body(pki, now)), b""):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            writer.write_eof()
+            rest = await asyncio.wait_for(reader.read(), 10)  # ends once the server closes
+            writer.close()
+            assert b"" == rest or rest.startswith(b"HTTP/1.1 200"), rest[:100]
+            assert reader.at_eof()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        raw_request("{}", end=b"\n"),  # the head ends in CRLF LF
+        raw_request("{}", head="Host: a\r\nHost: b\r\n"),  # duplicate Host
+        raw_request("{}", head=""),  # no Host
+        raw_request("{}", head="".join(f"X-H{i}: v\r\n" for i in range(129)) + "Host: x\r\n"),
+    ],
+    ids=["crlf-lf", "two-hosts", "no-host", "129-header-lines"],
+)
+async def test_malformed_heads_are_answered_4xx(pki: TestPKI, now: int, raw: bytes) -> None:
+    async with serving(pki, now) as (_app, port):
+        status = await status_of(port, raw)
+    assert 400 <= status < 500
+
+
+async def test_a_client_gone_mid_body_is_counted_not_an_error(
+    pki: TestPKI, now: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with serving(pki, now) as (app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw_request(atis_body(pki, now))[:-10])  # ten bytes short
+        await writer.drain()
+        writer.close()
+        assert b"" == await asyncio.wait_for(reader.read(), 10)
+
+        async def logged() -> None:  # the server sees the close in its own time
+            while "client_disconnected" not in [r.getMessage() for r in caplog.records]:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(logged(), 10)
+        text = app[SERVICE].metrics.render().decode()
+    assert "verifier_client_disconnects_total 1.0" in text
+    assert [] == [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- the API's HTTP behaviour on raw sockets (served by aiohttp alone) ---------------------------
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+async def read_reply(reader: asyncio.StreamReader) -> Reply:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 10)
+    return Reply(int(lines[0].split()[1]), headers, json.loads(body) if body else None)
+
+
+async def test_pipelined_requests_are_answered_in_order(pki: TestPKI, now: int) -> None:
+    raws = [
+        raw_request(atis_body(pki, now), head=f"Host: x\r\nX-RequestID: r{i}\r\n") for i in range(3)
+    ]
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with serving(pki, now) as (_app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raws[0] + raws[1] + health + raws[2])
+        replies = [await read_reply(reader) for _ in range(4)]
+        writer.close()
+    assert ["r0", "r1", None, "r2"] == [r.headers.get("x-requestid") for r in replies]
+    assert "ok" == replies[2].body["status"]
+    assert {"TN-Validation-Passed"} == {
+        r.body["verificationResponse"]["verstat"] for r in (replies[0], replies[1], replies[3])
+    }
+
+
+async def test_a_request_in_single_bytes_with_connection_close(pki: TestPKI, now: int) -> None:
+    raw = raw_request(atis_body(pki, now), head="Host: x\r\nConnection: close\r\n")
+    async with serving(pki, now) as (_app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(len(raw)):
+            writer.write(raw[i : i + 1])
+            await writer.drain()
+        reply = await read_reply(reader)
+        assert b"" == await asyncio.wait_for(reader.read(), 10)  # the server closed
+        writer.close()
+    assert "close" == reply.headers["connection"]
+    assert "TN-Validation-Passed" == reply.body["verificationResponse"]["verstat"]
+
+
+async def test_expect_100_continue_is_met_before_the_body(pki: TestPKI, now: int) -> None:
+    raw = raw_request(atis_body(pki, now), head="Host: x\r\nExpect: 100-continue\r\n")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    async with serving(pki, now) as (_app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b"\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(body)
+        reply = await read_reply(reader)
+        writer.close()
+    assert b"HTTP/1.1 100 Continue\r\n\r\n" == interim
+    assert "TN-Validation-Passed" == reply.body["verificationResponse"]["verstat"]
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(
+    pki: TestPKI, now: int
+) -> None:
+    trust = TrustStore([pki.root.cert])
+    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
+    app = create_app(settings, trust=trust, credentials=ChainSource(trust, [pki.signer]))
+    runner, site = await start_site(app, settings, port=0, keepalive_timeout=0.2)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = await read_reply(reader)
+        assert b"" == await asyncio.wait_for(reader.read(), 10)  # closed once idle
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert 200 == reply.status
+
+
+async def test_shutdown_answers_the_request_in_flight_and_closes_idle_connections(
+    pki: TestPKI, now: int
+) -> None:
+    source = GatedSource(pki)
+    trust = TrustStore([pki.root.cert])
+    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
+    app = create_app(settings, trust=trust, credentials=source, clock=lambda: float(now))
+    runner, site = await start_site(app, settings, port=0)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", site.port)
+    idle_writer.write(b"POST /stir")  # a partial request, then nothing
+    reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+    writer.write(raw_request(atis_body(pki, now)))
+    await asyncio.wait_for(source.called.wait(), 10)  # in flight, waiting
+    cleanup = asyncio.create_task(runner.cleanup())  # what SIGTERM does
+    await asyncio.sleep(0)
+    source.gate.set()
+    reply = await read_reply(reader)
+    await asyncio.wait_for(cleanup, 20)
+    assert b"" == await asyncio.wait_for(idle_reader.read(), 10)
+    assert b"" == await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    idle_writer.close()
+    assert "TN-Validation-Passed" == reply.body["verificationResponse"]["verstat"]
+
+
+class ResetSource:
+    """A credential source whose own connection is reset (a bug's stand-in: a real fetcher
+    turns that into a 436 verdict)."""
+
+    async def get(self, x5u: str, *, now: float) -> Credential:
+        raise ConnectionResetError("the repository reset its connection")
+
+
+async def test_a_reset_that_is_not_the_clients_is_an_internal_error(
+    pki: TestPKI, now: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(pki, now, ResetSource()) as (app, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw_request(atis_body(pki, now)))
+        reply = await read_reply(reader)
+        writer.close()
+        text = app[SERVICE].metrics.render().decode()
+    assert 500 == reply.status
+    assert "POL5000" == reply.body["requestError"]["policyException"]["messageId"]
+    assert "verifier_client_disconnects_total 0.0" in text
+    assert ["internal_error"] == [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

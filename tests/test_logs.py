@@ -3,16 +3,22 @@ record, numbers masked unless configured, hostile strings escaped."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 
 import pytest
+from aiohttp import web
 
 from verifier.core.certs import TrustStore
-from verifier.logs import VerificationLog
+from verifier.core.policy import Policy
+from verifier.logs import RefusedRequests, VerificationLog, configure_logging
+from verifier.metrics import Metrics
 from verifier.records import Record
 from verifier.service import Service
 from verifier.settings import ApiSettings, Settings
+from verifier.testing import ChainSource
 
 HOSTILE = 'q"\\\n\u2603\x00},"x":1'
 
@@ -40,9 +46,15 @@ def record(**fields: object) -> Record:
 
 
 def line_of(rec: Record, trust: TrustStore, *, full: bool = False) -> tuple[str, dict[str, object]]:
-    service = Service(Settings(api=ApiSettings(log_full_numbers=full)), trust)
     stream = io.StringIO()
-    service.vlog = VerificationLog(stream)
+    service = Service(
+        Settings(api=ApiSettings(log_full_numbers=full)),
+        trust,
+        credentials=ChainSource(trust, []),
+        policy=Policy.default(),
+        metrics=Metrics.create(),
+        vlog=VerificationLog(stream),
+    )
     service._log(rec)
     service.vlog.flush()
     text = stream.getvalue()
@@ -98,3 +110,46 @@ def test_failure_line_with_no_signer_and_no_numbers(trust: TrustStore) -> None:
         line["orig"],
         line["dest"],
     )
+
+
+async def test_a_request_aiohttp_refuses_is_one_warning_line_without_traceback(
+    trust: TrustStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What aiohttp's HTTP parser refuses (it answers 400 itself) is logged as one
+    ``http_request_refused`` warning, not an ERROR with a traceback."""
+    app = web.Application()
+    server = logging.getLogger("aiohttp.server")
+    refused = RefusedRequests()
+    server.addFilter(refused)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)  # aiohttp closes after a 400
+        writer.close()
+    finally:
+        await runner.cleanup()
+        server.removeFilter(refused)
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
+    lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert [("WARNING", "http_request_refused", None)] == lines
+    assert 400 == caplog.records[0].status  # type: ignore[attr-defined]
+    assert "Host" in caplog.records[0].error  # type: ignore[attr-defined]
+
+
+def test_configure_logging_installs_the_refusal_filter_once() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    server = logging.getLogger("aiohttp.server")
+    before = server.filters[:]
+    try:
+        configure_logging("INFO")
+        configure_logging("INFO")
+        assert 1 == sum(isinstance(f, RefusedRequests) for f in server.filters)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        server.filters[:] = before

@@ -388,7 +388,8 @@ def test_request_bodies_read_as_the_standard_parser_reads_them(doc: Any) -> None
     """The API reads bodies with orjson where it can, but the value (or the refusal) must be
     the standard parser's: integers past 64 bits stay exact, NaN, a byte order mark and
     lone surrogates are read as json.loads reads them."""
-    from verifier.http.app import ApiError, _parse_json
+    from verifier.http.errors import ApiError
+    from verifier.http.inputs import parse_json as _parse_json
 
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     try:

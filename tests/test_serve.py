@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from verifier import __version__
 from verifier.testing import TestPKI, pem, write_preload
 from verifier.testing.repository import Repository
 
@@ -204,6 +205,53 @@ async def test_sighup_reloads_trust_anchors_and_keeps_the_old_on_error(
     code, _out, err = stop(proc)
     assert 0 == code
     assert "reload_failed" in err
+
+
+async def test_serve_logs_one_start_up_line(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
+    (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
+    preload = write_preload(tmp_path / "preload", [pki.signer])
+    port = free_port()
+    (tmp_path / "v.toml").write_text(
+        f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\n"
+        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\n"
+        f"[records]\ndata_dir = '{tmp_path / 'data'}'\n"
+    )
+    proc = start("serve", "--config", str(tmp_path / "v.toml"), "--keepalive-timeout", "30")
+    procs.append(proc)
+    await wait_ready(f"http://127.0.0.1:{port}", proc)
+    code, _out, err = stop(proc)
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    serving = [line for line in lines if line["event"] == "serving"]
+    assert 0 == code, err
+    assert 1 == len(serving), err
+    (line,) = serving
+    expiry = pki.root.cert.not_valid_after_utc.isoformat()
+    assert {
+        "level": "INFO",
+        "logger": "verifier.http.app",
+        "event": "serving",
+        "version": __version__,
+        "address": f"127.0.0.1:{port}",
+        "workers": 1,
+        "pid": proc.pid,
+        "trust_anchors": 1,
+        "earliest_anchor_expiry": expiry,
+        "policy": "default",
+        "records": f"sqlite {tmp_path / 'data'}",
+        "redis": "off",
+    } == {k: v for k, v in line.items() if k not in ("ts", "key_tables")}
+    assert line["key_tables"] == "available" or line["key_tables"].startswith("unavailable: ")
+
+
+def test_serve_refuses_a_keepalive_timeout_that_is_no_duration(tmp_path: Path) -> None:
+    (tmp_path / "root.pem").write_bytes(pem(TestPKI.create().root.cert))
+    proc = start("serve", "--trust-anchor", str(tmp_path / "root.pem"), "--keepalive-timeout", "0")
+    _out, err = proc.communicate(timeout=20)
+    assert 2 == proc.returncode
+    assert "--keepalive-timeout must be a positive number of seconds" in err
 
 
 async def test_workers_share_one_port_and_sum_their_metrics(

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 
 from verifier.core.certs import TrustStore
+from verifier.core.policy import Policy
 from verifier.core.verify import CallInfo, verify_many
+from verifier.http.answers import dumps
+from verifier.metrics import Metrics
 from verifier.records import RecordSettings
-from verifier.service import Service, VerifyRequest, dumps
+from verifier.service import Service, VerifyRequest
 from verifier.settings import Settings
 from verifier.testing import ChainSource, Signer
 
@@ -35,6 +38,8 @@ async def test_batch_signatures_use_threads_only_while_the_batch_is_alone(
         Settings(batch_threads=2, records=RecordSettings(enabled=False)),
         trust,
         credentials=ChainSource(trust, [signer]),
+        policy=Policy.default(),
+        metrics=Metrics.create(),
         clock=lambda: float(now),
     )
     call = CallInfo(from_="12155551212", to="12155551213")

@@ -33,6 +33,7 @@ from verifier import __version__
 from verifier.core.certs import TrustStore
 from verifier.http import app as web_module
 from verifier.http.app import SERVICE, create_app
+from verifier.http.inputs import new_request_id
 from verifier.records import Record, RecordSettings, RecordWriter
 from verifier.settings import ApiSettings, Settings
 from verifier.testing import ChainSource, Signer, TestPKI, b64url, identity_header, pem
@@ -507,20 +508,20 @@ async def test_app_body_cap_answers_in_the_api_shape(
 
 
 def test_new_request_ids_are_distinct_and_a_forked_worker_draws_its_own() -> None:
-    ids = [web_module.new_request_id() for _ in range(20000)]
+    ids = [new_request_id() for _ in range(20000)]
     assert all(re.fullmatch("[0-9a-f]{16}", rid) for rid in ids)
     assert len(ids) == len(set(ids))
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: what a forked worker would draw first
-        os.write(write, web_module.new_request_id().encode())
+        os.write(write, new_request_id().encode())
         os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     with os.fdopen(read, "rb") as pipe:
         child = pipe.read().decode()
     assert re.fullmatch("[0-9a-f]{16}", child)
-    assert child != web_module.new_request_id()  # the same state would draw the same id
+    assert child != new_request_id()  # the same state would draw the same id
 
 
 async def test_request_id_generated_when_absent_or_invalid(api: Api, good: str, now: int) -> None:
@@ -876,14 +877,14 @@ async def test_internal_error_is_pol5000(
     assert "a bug" not in answer.body["requestError"]["policyException"]["text"]
 
 
-def test_reload_keeps_the_old_anchors_when_the_new_ones_are_broken(
-    pki: TestPKI, now: int, tmp_path: Path
+async def test_reload_keeps_the_old_anchors_when_the_new_ones_are_broken(
+    aiohttp_client: AiohttpClient, pki: TestPKI, now: int, tmp_path: Path
 ) -> None:
     anchors = tmp_path / "anchors"
     anchors.mkdir()
     (anchors / "root.pem").write_bytes(pem(pki.root.cert))
-    app = make_app(pki, now, Settings(trust_anchors=(str(anchors),)))
-    service = app[SERVICE]
+    settings = Settings(trust_anchors=(str(anchors),), records=NO_RECORDS)
+    service = Api(await aiohttp_client(make_app(pki, now, settings))).service
     other = pki.untrusted_root()
     (anchors / "other.pem").write_bytes(pem(other.cert))
     assert True is service.reload()
@@ -895,7 +896,8 @@ def test_reload_keeps_the_old_anchors_when_the_new_ones_are_broken(
     (anchors / "other.pem").unlink()
     (anchors / "root.pem").unlink()
     assert False is service.reload()  # an empty directory
-    missing = make_app(pki, now, Settings(trust_anchors=(str(tmp_path / "nowhere"),)))[SERVICE]
+    nowhere = Settings(trust_anchors=(str(tmp_path / "nowhere"),), records=NO_RECORDS)
+    missing = Api(await aiohttp_client(make_app(pki, now, nowhere))).service
     assert False is missing.reload()
     assert 1 == len(missing.trust.anchors)
     text = service.metrics.render().decode()

@@ -261,9 +261,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         argv = [a for a in (args.argv or []) if a != "--worker"]
         return supervise(argv, settings.workers, settings.shutdown_timeout)
-    from .http.app import run
+    from .http.app import KEEPALIVE_TIMEOUT, run
 
-    run(settings, reuse_port=args.worker)
+    keepalive = KEEPALIVE_TIMEOUT if args.keepalive_timeout is None else args.keepalive_timeout
+    if not keepalive > 0:
+        raise UsageError("--keepalive-timeout must be a positive number of seconds")
+    run(settings, reuse_port=args.worker, keepalive_timeout=keepalive)
     return 0
 
 
@@ -455,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url",
         metavar="URL",
         help="PostgreSQL for the traceback records (postgresql://...); default SQLite in data/",
+    )
+    sv.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        metavar="S",
+        help="seconds an idle keep-alive connection stays open (default 75)",
     )
     sv.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sv.set_defaults(func=cmd_serve)

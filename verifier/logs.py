@@ -10,8 +10,17 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "VerificationLog", "configure_logging", "json_string"]
+from aiohttp.http import HttpProcessingError
 
+__all__ = [
+    "JsonFormatter",
+    "RefusedRequests",
+    "VerificationLog",
+    "configure_logging",
+    "json_string",
+]
+
+_log = logging.getLogger("verifier.http")
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
 json_string = json.encoder.encode_basestring_ascii
 """A str as a JSON string (quoted, escaped, ASCII): the C encoder's own function."""
@@ -52,15 +61,34 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log duplicates our verification lines; keep its errors.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RefusedRequests) for f in server.filters):
+        server.addFilter(RefusedRequests())
+
+
+class RefusedRequests(logging.Filter):
+    """aiohttp logs each request its HTTP parser refuses (a 400 it answers itself) as an
+    ERROR with a traceback: bad input, not a fault, and a cheap log flood. Such a record
+    becomes one ``http_request_refused`` warning line (status and reason, no traceback);
+    every other record of aiohttp's server passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError) or not 400 <= error.code < 500:
+            return True
+        detail = " ".join((error.message or type(error).__name__).split())
+        level = min(record.levelno, logging.WARNING)  # aiohttp's debug lines stay debug
+        _log.log(level, "http_request_refused", extra={"status": error.code, "error": detail[:200]})
+        return False
 
 
 class VerificationLog:
     """The per-verification JSON lines, written in batches.
 
-    A verification line through :mod:`logging` costs ~40 us (a LogRecord, a lock, the
-    formatter, one write per line): a fifth of a request's budget. This writer formats the
-    same JSON object (``ts``, ``level``, ``logger``, ``event`` and the fields) itself and
-    writes every ``flush_interval`` seconds, or each ``max_lines``, with one ``write``.
+    Not through :mod:`logging`: a LogRecord, a lock, the formatter and one write per line
+    weigh on every request. This writer formats the same JSON object (``ts``, ``level``,
+    ``logger``, ``event`` and the fields) itself and writes every ``flush_interval``
+    seconds, or each ``max_lines``, with one ``write``.
     It honours the ``verifier.verifications`` logger's level (INFO by default).
     """
 

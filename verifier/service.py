@@ -1,19 +1,18 @@
 """The verification service, apart from HTTP: runs a request's verification, judges its
-RCD, flags replays, applies the policy, counts, logs and records it. Held by the aiohttp
-application (``app[SERVICE]`` in :mod:`verifier.http.app`) and reached from its handlers.
+RCD, flags replays, applies the policy, counts, logs and records it. Its collaborators
+(credential source, RCD fetcher, replay set, record writer, policy, metrics, clock) are
+handed to its constructor; :mod:`verifier.http.app` builds them and the service, and its
+handlers format the answers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from .accel import es256
 from .accel.batcher import SignatureBatcher
@@ -21,7 +20,6 @@ from .core.certs import TrustStore
 from .core.errors import NoIdentity, RequestDateStale, VerificationError
 from .core.policy import Disposition, Policy, PolicyError
 from .core.replay import ReplayCache
-from .core.sip import reason_header
 from .core.tn import tn_from_uri
 from .core.verify import (
     CallInfo,
@@ -34,30 +32,14 @@ from .core.verify import (
 )
 from .logs import VerificationLog, json_string
 from .metrics import Metrics
-from .net.fetch import CertificateFetcher
 from .net.rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
-from .net.redis_tier import RedisLink, RedisReplayCache, RedisTier
-from .records.sqlite import Record, RecordStore, RecordWriter
+from .net.redis_tier import RedisReplayCache
+from .records.sqlite import Record, RecordWriter
 from .settings import Settings
 
-__all__ = ["Outcome", "Service", "VerifyRequest", "dumps"]
+__all__ = ["Outcome", "Service", "VerifyRequest"]
 
 log = logging.getLogger(__name__)
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact JSON in UTF-8, by orjson (a batch answer: 0.7 us an item against 10.4 us
-    with the standard encoder).
-
-    What orjson refuses, the standard encoder writes, every non-ASCII character as an
-    escape: an integer beyond 64 bits (an unknown claim we keep may hold one), a string
-    with a lone UTF-16 surrogate (no UTF-8 form: only a request's ``\\u`` escape makes
-    one, echoed in an error), a key that is not a string.
-    """
-    try:
-        return orjson.dumps(obj)
-    except TypeError:  # orjson.JSONEncodeError is one
-        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 _LOG_PARTS = 512
@@ -142,29 +124,46 @@ class VerifyRequest:
 
 
 class Service:
-    """Everything a request needs, held by the application (``app[SERVICE]``)."""
+    """Everything a verification needs; complete when constructed.
+
+    ``credentials`` looks up x5u chains; ``on_trust`` (the fetcher's ``set_trust``) hears of
+    reloaded trust anchors; ``replay`` is the fleet-wide replay set (None: this process's
+    own); ``records`` the record writer (None: records off); ``signatures`` the batcher
+    that checks an event-loop turn's signatures together (None: one at a time).
+    """
 
     def __init__(
         self,
         settings: Settings,
         trust: TrustStore,
         *,
-        credentials: CredentialSource | None = None,
+        credentials: CredentialSource,
+        policy: Policy,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
+        on_trust: Callable[[TrustStore], None] | None = None,
+        rcd_fetcher: RcdContentFetcher | None = None,
+        replay: RedisReplayCache | None = None,
+        records: RecordWriter | None = None,
+        signatures: SignatureBatcher | None = None,
+        vlog: VerificationLog | None = None,
     ) -> None:
         self.settings = settings
         self.trust = trust
         self.credentials = credentials
+        self.policy = policy
+        self.metrics = metrics
         self.clock = clock
-        self.metrics = metrics or Metrics.create()
+        self._on_trust = on_trust
+        self.rcd_fetcher = rcd_fetcher
+        self.shared_replay = replay
+        self.records = records
+        self.signatures = signatures
+        self.vlog = vlog or VerificationLog()
         self.cache = DecodeCache()
         self.options = settings.options
-        self.ready = False
-        self.signatures = SignatureBatcher() if settings.batch_signatures else None
-        self.policy = (
-            Policy.load(settings.policy_file) if settings.policy_file else Policy.default()
-        )
+        self.ready = True
+        """Until shutdown begins (readyz answers 503 from then on)."""
         verification = settings.verification
         es256.configure(max_tables=verification.key_tables)
         self.replay = ReplayCache(
@@ -172,39 +171,16 @@ class Service:
             verification.replay_window,
             clock=clock,
         )
-        self.rcd_fetcher: RcdContentFetcher | None = None
-        self.shared: RedisLink | None = None
-        self.shared_replay: RedisReplayCache | None = None
-        self.records: RecordWriter | None = None
-        self.store: RecordStore | None = None
-        self.vlog = VerificationLog()
         self._log_verifications = settings.api.log_verifications and self.vlog.enabled
-        self._fetcher: CertificateFetcher | None = None
         self.latency = {
             name: self.metrics.latency.labels(name) for name in ("atis", "native", "sip", "batch")
         }
-        api = settings.api
-        if api.reason_key_case == "camel":
-            self._reason_keys = ("reasonCode", "reasonText", "reasonDesc")
-        else:
-            self._reason_keys = ("reasoncode", "reasontext", "reasondesc")
-        self._pass_bodies: dict[str | None, bytes] = {}
         self._log_parts: dict[tuple[Any, ...], str] = {}
         self.in_flight = 0
         """Verifications in progress: single ones until their verdict, batch requests from
         their body to their answer (:meth:`in_flight_request`)."""
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def attach_shared(self, link: RedisLink, tier: RedisTier, replay: RedisReplayCache) -> None:
-        self.shared = link
-        self.shared_replay = replay
-        self.metrics.watch_shared(tier.stats, replay.stats)
-
-    def attach_fetcher(self, fetcher: CertificateFetcher) -> None:
-        self._fetcher = fetcher
-        self.credentials = fetcher
-        self.metrics.watch_fetcher(fetcher.stats)
 
     def reload(self) -> bool:
         """Reload the trust anchors and the policy (SIGHUP, admin endpoint).
@@ -228,8 +204,8 @@ class Service:
             report["trust_anchors"] = {"ok": False, "error": str(exc)}
         else:
             self.trust = trust
-            if self._fetcher is not None:
-                self._fetcher.set_trust(trust)
+            if self._on_trust is not None:
+                self._on_trust(trust)
             self.metrics.reloads.labels("ok").inc()
             log.info("reloaded", extra={"part": "trust_anchors", "count": len(trust.anchors)})
             report["trust_anchors"] = {"ok": True, "count": len(trust.anchors)}
@@ -327,11 +303,6 @@ class Service:
         if records is not None and not records.offer(outcome.record):
             await records.submit(outcome.record)
 
-    def _source(self) -> CredentialSource:
-        if self.credentials is None:  # pragma: no cover - cleanup_ctx always attaches one
-            raise RuntimeError("no credential source")
-        return self.credentials
-
     async def verify_batch(
         self, items: list[VerifyRequest], endpoint: str, request_ids: list[str]
     ) -> list[Outcome]:
@@ -339,10 +310,8 @@ class Service:
 
         The signatures go to ``batch_threads`` threads only while nothing else is in
         flight (:meth:`in_flight_request`: this batch's request at most) and some key has
-        no table yet (:func:`verifier.core.verify.verify_many`). Beside other requests the
-        event loop is busy, and a thread waits for the GIL after every check (a switch
-        interval each time): measured over HTTP with 32 concurrent batches, 2,300
-        verifications/s on two threads against 2,620/s on the loop alone.
+        no table yet (:func:`verifier.core.verify.verify_many`). Beside other requests a
+        thread would wait for the busy loop's GIL after every check: the loop alone is faster.
         """
         now = self.clock()
         results: list[Result | None] = [self._precheck(item, now) for item in items]
@@ -350,7 +319,7 @@ class Service:
         verified = await verify_many(
             [(items[i].identity, items[i].call) for i in todo],
             now=now,
-            credentials=self._source(),
+            credentials=self.credentials,
             options=self.options,
             cache=self.cache,
             threads=lambda: self.settings.batch_threads if self.in_flight <= 1 else 1,
@@ -387,7 +356,7 @@ class Service:
                 result = await verify(
                     item.identity,
                     now=now,
-                    credentials=self._source(),
+                    credentials=self.credentials,
                     call=item.call,
                     options=self.options,
                     cache=self.cache,
@@ -403,9 +372,9 @@ class Service:
     def _log(self, record: Record) -> None:
         """The verification's JSON log line, from its record (numbers masked by default).
 
-        Formatted member by member (each string through the JSON encoder's own escaping):
-        a third of what ``json.dumps`` of a dict costs, on every call. The members that
-        the calls of one signer share (verdict, SPC, x5u) are formatted once.
+        Formatted member by member (each string through the JSON encoder's own escaping),
+        cheaper than ``json.dumps`` of a dict on every call; the members that the calls of
+        one signer share (verdict, SPC, x5u) are formatted once.
         """
         full = self.settings.api.log_full_numbers
         key = (
@@ -443,47 +412,6 @@ class Service:
             self._log_parts.clear()
         self._log_parts[key] = middle
         return middle
-
-    # -- answers ---------------------------------------------------------------------------
-
-    def atis_body(self, result: Result) -> bytes:
-        if result.reason is None:
-            body = self._pass_bodies.get(result.attest)
-            if body is None:
-                answer: dict[str, Any] = {"verstat": result.verstat}
-                if self.settings.api.include_attest and result.attest:
-                    answer["attest"] = result.attest
-                body = self._pass_bodies[result.attest] = dumps({"verificationResponse": answer})
-            return body
-        code, text, desc = self._reason_keys
-        reason = result.reason
-        return dumps(
-            {
-                "verificationResponse": {
-                    code: reason.sip_code,
-                    text: reason.text,
-                    desc: reason.detail,
-                    "verstat": result.verstat,
-                }
-            }
-        )
-
-    @staticmethod
-    def native_body(outcome: Outcome, request_id: str) -> dict[str, Any]:
-        result = outcome.result
-        body = result.to_dict()
-        body["disposition"] = outcome.disposition.to_dict()
-        body["request_id"] = request_id
-        body["sip"] = {
-            "verstat": result.verstat,
-            "reason": reason_header(result),
-            "reasons": [
-                f'STIR;cause={h.reason.sip_code};text="{h.reason.text}";ppi="{h.ppi}"'
-                for h in result.identities
-                if h.status == "failed" and h.reason is not None and h.ppi
-            ],
-        }
-        return body
 
 
 def _verdict(exc: VerificationError) -> Result:

@@ -116,9 +116,6 @@ class ApiSettings:
     Give it through the environment (VERIFIER_API_ADMIN_TOKEN), not in a shared file."""
     verify_token: str | None = None
     """Bearer token for the verification endpoints too (unset: open, as switches expect)."""
-    fast_path: bool = True
-    """Serve plain ``POST /stir/v1/verification`` requests without aiohttp's request
-    machinery (same answers; see ``verifier/fastpath.py``). Off: aiohttp serves all."""
 
     def __post_init__(self) -> None:
         for name in ("body_limit", "batch_body_limit", "batch_max"):

@@ -1,0 +1,169 @@
+"""Operations endpoints: health and readiness, metrics, the OpenAPI document, the traceback
+records and their statistics, and the admin reload."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..core.tn import tn_from_uri
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..records.sqlite import RecordQuery, RecordStore, csv_header, to_csv_rows
+from .errors import JSON, ApiError, invalid, json_response
+from .inputs import authorize
+from .keys import FLEET, METRICS, RECORDS, SERVICE, SETTINGS
+
+__all__ = ["OPENAPI_PATH", "routes"]
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "version": __version__})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body: dict[str, Any] = {
+        "status": "ready" if service.ready else "not ready",
+        "trust_anchors": len(service.trust.anchors),
+    }
+    fleet = request.app[FLEET]
+    if fleet is not None:
+        # Without Redis each instance caches and fetches on its own: degraded, still ready.
+        link = fleet.link
+        body["shared"] = "ok" if link.healthy else f"degraded: {link.last_error}"
+    records = request.app[RECORDS]
+    if records is not None:
+        # Verification goes on while the record store is in trouble; say so, stay ready.
+        writer = records.writer
+        body["records"] = "ok" if writer.healthy else f"degraded: {writer.last_error}"
+    return json_response(body, status=200 if service.ready else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI_PATH.read_bytes(), content_type=JSON)
+
+
+@routes.post("/v1/admin/reload")
+async def admin_reload(request: web.Request) -> web.Response:
+    """Reload the trust anchors and the policy, as SIGHUP does, and say how it went."""
+    authorize(request, request.app[SETTINGS].api.admin_token, required=True)
+    report = request.app[SERVICE].reload_report()
+    ok = all(part["ok"] for part in report.values())
+    return json_response({"ok": ok, **report})
+
+
+def _query_time(request: web.Request, name: str) -> float | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise invalid(name, "must be epoch seconds or an RFC 3339 date-time") from None
+        if when.tzinfo is None:
+            raise invalid(name, "an RFC 3339 date-time needs a UTC offset or Z") from None
+        return when.timestamp()
+    if not math.isfinite(value):
+        raise invalid(name, "must be epoch seconds or an RFC 3339 date-time")
+    return value
+
+
+def _record_store(request: web.Request) -> RecordStore:
+    authorize(request, request.app[SETTINGS].api.admin_token, required=True)
+    records = request.app[RECORDS]
+    if records is None:
+        raise ApiError(404, "SVC4003", "Resource not found: %1", ["records are disabled"])
+    return records.store
+
+
+_RECORD_PARAMS = frozenset(
+    {"origid", "orig", "dest", "spc", "since", "until", "limit", "cursor", "format"}
+)
+
+
+@routes.get("/v1/records")
+async def records(request: web.Request) -> web.StreamResponse:
+    """Traceback records, newest first: JSON pages, or CSV of every match."""
+    store = _record_store(request)
+    unknown = set(request.query) - _RECORD_PARAMS
+    if unknown:
+        raise invalid(sorted(unknown)[0], "unknown query parameter")
+    numbers: dict[str, str | None] = {}
+    for name in ("orig", "dest"):
+        given = request.query.get(name) or None
+        numbers[name] = (tn_from_uri(given) or given) if given else None
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise invalid("limit", "must be an integer from 1 to 1000") from None
+    try:
+        query = RecordQuery(
+            origid=request.query.get("origid") or None,
+            orig=numbers["orig"],
+            dest=numbers["dest"],
+            spc=(request.query.get("spc") or "").upper() or None,
+            since=_query_time(request, "since"),
+            until=_query_time(request, "until"),
+            limit=limit,
+            cursor=request.query.get("cursor") or None,
+        )
+    except ValueError as exc:
+        raise invalid("query", str(exc)) from None
+    wants_csv = request.query.get("format") == "csv" or (
+        "text/csv" in request.headers.get("Accept", "")
+        and JSON not in request.headers.get("Accept", "")
+    )
+    if not wants_csv:
+        page, cursor = await asyncio.to_thread(store.query, query)
+        return json_response({"records": [r.to_dict() for r in page], "next_cursor": cursor})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="records.csv"',
+        }
+    )
+    await response.prepare(request)
+    await response.write(csv_header().encode())
+    chunks = store.iter_query(query)
+    while True:
+        chunk = await asyncio.to_thread(next, chunks, None)
+        if chunk is None:
+            break
+        await response.write("".join(to_csv_rows(chunk)).encode())
+    await response.write_eof()
+    return response
+
+
+@routes.get("/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    """Counts by attestation, verstat, failure reason and top SPCs in a time window."""
+    store = _record_store(request)
+    unknown = set(request.query) - {"since", "until"}
+    if unknown:
+        raise invalid(sorted(unknown)[0], "unknown query parameter")
+    since, until = _query_time(request, "since"), _query_time(request, "until")
+    if since is not None and until is not None and since > until:
+        raise invalid("since", "must not be after until")
+    return json_response(await asyncio.to_thread(store.stats, since, until))
