@@ -35,7 +35,7 @@ from verifier.records import (
     csv_header,
     to_csv_rows,
 )
-from verifier.records import sqlite as records_module
+from verifier.records.model import FIELDS
 
 T0 = 1_800_000_000.0
 
@@ -71,11 +71,11 @@ def rec(i: int = 0, **kwargs: object) -> Record:
 
 
 def test_row_is_the_id_then_every_field_in_column_order() -> None:
-    # Both stores write Record.row(); its order must be the column order of _FIELDS.
+    # Both stores write Record.row(); its order must be the column order of FIELDS.
     r = rec(7, reason="cert_not_trusted", sip_code=437, label="spam", orig="1", dest="2")
     assert r.row(99, "SPC") == (
         99,
-        *[("SPC" if name == "spc" else getattr(r, name)) for name in records_module._FIELDS],
+        *[("SPC" if name == "spc" else getattr(r, name)) for name in FIELDS],
     )
 
 

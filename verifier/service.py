@@ -37,7 +37,7 @@ from .metrics import Metrics
 from .net.fetch import CertificateFetcher
 from .net.rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
 from .net.redis_tier import RedisLink, RedisReplayCache, RedisTier
-from .records.sqlite import Record, RecordStore, RecordWriter
+from .records import Record, RecordStore, RecordWriter
 from .settings import Settings
 
 __all__ = ["Outcome", "Service", "VerifyRequest", "dumps"]

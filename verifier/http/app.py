@@ -42,7 +42,7 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
-from ..records.sqlite import (
+from ..records import (
     RecordQuery,
     RecordStore,
     RecordWriter,
