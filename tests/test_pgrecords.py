@@ -19,7 +19,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, LiteralString
+from typing import TYPE_CHECKING, Any, LiteralString
 from urllib.parse import urlsplit
 
 import psycopg
@@ -37,7 +37,11 @@ from verifier.records.child import ChildWriterStore
 from verifier.records.postgres import MIGRATIONS, PostgresRecordStore
 from verifier.testing.faults import TcpProxy
 
-Kit = Any  # conftest.RecordKit: the ``kit`` fixture (conftest is not importable by name)
+if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
+    from conftest import RecordKit
+
+    Kit = type[RecordKit]
+
 DAY = 86400.0
 
 

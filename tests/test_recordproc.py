@@ -11,7 +11,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,7 +23,10 @@ from verifier.records import (
 )
 from verifier.records.child import PART, ChildWriterStore
 
-Kit = Any  # conftest.RecordKit: the ``kit`` fixture (conftest is not importable by name)
+if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
+    from conftest import RecordKit
+
+    Kit = type[RecordKit]
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
@@ -44,7 +44,10 @@ from verifier.records import (
 from verifier.records.child import ChildWriterStore
 from verifier.records.model import FIELDS
 
-Kit = Any  # conftest.RecordKit: the ``kit`` fixture (conftest is not importable by name)
+if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
+    from conftest import RecordKit
+
+    Kit = type[RecordKit]
 
 
 class Clock:
