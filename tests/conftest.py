@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import psycopg
@@ -20,6 +21,7 @@ from psycopg import sql
 
 from verifier.core.certs import TrustStore
 from verifier.core.verify import CallInfo, Result, VerifyOptions, verify_offline
+from verifier.net.fetch import CertificateFetcher
 from verifier.records import Record, RecordQuery, RecordStore
 from verifier.testing import Signer, TestPKI, b64url
 from verifier.testing.repository import Repository
@@ -234,3 +236,34 @@ def with_search_path(url: str, schema: str) -> str:
 def schema_url(database_url: str, schema: str) -> str:
     """The test database's URL, its search path the test's own schema."""
     return with_search_path(database_url, schema)
+
+
+# -- certificate cache lifetimes (test_fetch, test_crl) ----------------------------------------
+
+
+class FakeClock(Protocol):
+    def __call__(self) -> float: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+
+FreshUntil = Callable[[CertificateFetcher, FakeClock, str, float], Awaitable[None]]
+
+
+async def _fresh_until(fetcher: CertificateFetcher, clock: FakeClock, x5u: str, end: float) -> None:
+    """Assert that ``fetcher`` answers ``x5u`` from its memory (a hit) until ``end`` on its
+    clock, and not after it; ``x5u`` was just fetched. Moves ``clock`` past ``end``."""
+    hits = fetcher.stats()["hits"]
+    clock.advance(end - clock() - 0.001)
+    await fetcher.get(x5u, now=time.time())
+    assert hits + 1 == fetcher.stats()["hits"], "not fresh just before its end"
+    clock.advance(0.002)
+    await fetcher.get(x5u, now=time.time())  # stale (refreshed) or a miss
+    assert hits + 1 == fetcher.stats()["hits"], "still fresh after its end"
+
+
+@pytest.fixture(scope="session")
+def fresh_until() -> FreshUntil:
+    """``await fresh_until(fetcher, clock, x5u, end)``: the cached ``x5u`` is fresh until
+    ``end`` exactly (within a millisecond) on the fetcher's fake clock."""
+    return _fresh_until
