@@ -22,7 +22,9 @@ from psycopg import sql
 from verifier.core.certs import TrustStore
 from verifier.core.verify import CallInfo, Result, VerifyOptions, verify_offline
 from verifier.net.fetch import CertificateFetcher
-from verifier.records import Record, RecordQuery, RecordStore
+from verifier.records import Record, RecordQuery, RecordStore, SqliteRecordStore
+from verifier.records.child import ChildWriterStore
+from verifier.records.postgres import PostgresRecordStore
 from verifier.testing import Signer, TestPKI, b64url
 from verifier.testing.repository import Repository
 
@@ -119,7 +121,7 @@ def raw_jws(signer: Signer) -> RawJws:
     return sign
 
 
-# -- traceback records (test_records, test_pgrecords, test_recordproc) --------------------------
+# -- traceback records (test_records*, test_recordwriter, test_pgrecords, test_recordproc) ------
 
 RECORDS_T0 = 1_800_000_000.0
 """2027-01-15T08:00:00Z: the time of ``rec(0)``; ``rec(i)`` is ``i`` seconds later."""
@@ -168,6 +170,21 @@ class RecordKit:
         """Every record of ``store``, newest first."""
         return [r for chunk in store.iter_query(RecordQuery()) for r in chunk]
 
+    @classmethod
+    def fill_mixed(cls, store: RecordStore) -> None:
+        """Five records (``req-0`` to ``req-4``) over two callers (111, 222), two callees
+        (900, 901), origid ``x`` twice and SPCs AAAA and BBBB (one record has both, one
+        none)."""
+        store.insert_many(
+            [
+                cls.rec(0, orig="111", dest="900", spc=("AAAA",), origid="x"),
+                cls.rec(1, orig="111", dest="901", spc=("BBBB",)),
+                cls.rec(2, orig="222", dest="900", spc=("AAAA", "BBBB")),
+                cls.rec(3, orig="222", dest="901", spc=()),
+                cls.rec(4, orig="111", dest="900", spc=("BBBB",), origid="x"),
+            ]
+        )
+
     @staticmethod
     def run(argv: Sequence[str]) -> int:
         """The exit code of ``verifier argv``."""
@@ -183,6 +200,31 @@ class RecordKit:
 @pytest.fixture(scope="session")
 def kit() -> type[RecordKit]:
     return RecordKit
+
+
+@pytest.fixture(params=["sqlite", "child", "postgres"])
+def record_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStore]:
+    """A new, empty store of each backend, for the store contract: SQLite written from the
+    writer's thread, SQLite written by a child process (``records.writer_process``), and
+    PostgreSQL in a schema of its own (skipped without VERIFIER_TEST_DATABASE_URL)."""
+    made: RecordStore
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("database_url")
+        made = PostgresRecordStore.open(url, schema=request.getfixturevalue("schema"))
+    elif request.param == "child":
+        made = ChildWriterStore.open_for_child(tmp_path / "data")
+    else:
+        made = SqliteRecordStore.open(tmp_path / "data")
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[SqliteRecordStore]:
+    """A new SQLite store written from this process (for what only SQLite does)."""
+    store = SqliteRecordStore.open(tmp_path / "data")
+    yield store
+    store.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,26 +1,24 @@
-"""verifier.records: the store contract on every backend, the SQLite store, the model
-(records, queries, settings, CSV), the batching writer, and ``verifier records``.
+"""verifier.records: the model (records, queries, settings, CSV), the store contract on
+every backend, and what only the SQLite store does.
 
-The contract tests take ``store``, one fixture run three times: SQLite written from the
-writer's thread, SQLite written by a child process (``records.writer_process``), and
-PostgreSQL (skipped without VERIFIER_TEST_DATABASE_URL, in a schema of its own). What only
-one backend does is tested here (SQLite), in test_recordproc.py (the child process) and in
-test_pgrecords.py (PostgreSQL). Real databases throughout; the only stand-ins are a fake
-clock and store subclasses that fail on purpose or note their batch sizes.
+The contract tests take ``store``, conftest's ``record_store``: one fixture run three
+times, SQLite written from the writer's thread, SQLite written by a child process
+(``records.writer_process``), and PostgreSQL (skipped without VERIFIER_TEST_DATABASE_URL,
+in a schema of its own). The writer runs on every backend in test_recordwriter.py,
+``verifier records`` in test_records_cli.py; what only one backend does is tested here
+(SQLite), in test_recordproc.py (the child process) and in test_pgrecords.py (PostgreSQL).
+Real databases throughout.
 """
 
 # STYLE.md: asserts read ``expected == actual``.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-import os
 import sqlite3
 import stat
-from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,12 +34,10 @@ from verifier.records import (
     RecordQuery,
     RecordSettings,
     RecordStore,
-    RecordWriter,
     SqliteRecordStore,
     csv_header,
     to_csv_rows,
 )
-from verifier.records.child import ChildWriterStore
 from verifier.records.model import FIELDS
 
 if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
@@ -50,55 +46,14 @@ if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
     Kit = type[RecordKit]
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(params=["sqlite", "child", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStore]:
-    """A new, empty store of each backend."""
-    made: RecordStore
-    if request.param == "postgres":
-        from verifier.records.postgres import PostgresRecordStore
-
-        url: str = request.getfixturevalue("database_url")
-        made = PostgresRecordStore.open(url, schema=request.getfixturevalue("schema"))
-    elif request.param == "child":
-        made = ChildWriterStore.open_for_child(tmp_path / "data")
-    else:
-        made = SqliteRecordStore.open(tmp_path / "data")
-    yield made
-    made.close()
-
-
 @pytest.fixture
-def lite(tmp_path: Path) -> Iterator[SqliteRecordStore]:
-    """A SQLite store written from this process (for what only SQLite does)."""
-    s = SqliteRecordStore.open(tmp_path / "data")
-    yield s
-    s.close()
-
-
-def fill_mixed(store: RecordStore, kit: Kit) -> None:
-    """Five records over two callers, two callees, two origids and two SPCs."""
-    store.insert_many(
-        [
-            kit.rec(0, orig="111", dest="900", spc=("AAAA",), origid="x"),
-            kit.rec(1, orig="111", dest="901", spc=("BBBB",)),
-            kit.rec(2, orig="222", dest="900", spc=("AAAA", "BBBB")),
-            kit.rec(3, orig="222", dest="901", spc=()),
-            kit.rec(4, orig="111", dest="900", spc=("BBBB",), origid="x"),
-        ]
-    )
+def store(record_store: RecordStore) -> RecordStore:
+    return record_store
 
 
 @pytest.fixture
 def mixed(store: RecordStore, kit: Kit) -> RecordStore:
-    fill_mixed(store, kit)
+    kit.fill_mixed(store)
     return store
 
 
@@ -433,137 +388,6 @@ def test_prune_deletes_older_records_and_their_spcs(store: RecordStore, kit: Kit
     assert 0 == store.prune(t0)
 
 
-# -- the writer on every backend ---------------------------------------------------------------
-
-FAST = RecordSettings(flush_interval=0.01)
-
-
-async def test_writer_drops_only_the_record_the_store_refuses(
-    store: RecordStore, kit: Kit, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A record no retry can store (here a sip_code past 64 bits) is found by writing its
-    batch in halves, dropped and logged; the rest of its batch, and what follows, is written."""
-    writer = RecordWriter(store, RecordSettings(batch_size=16, flush_interval=0.01))
-    await writer.start()
-    for i in range(40):
-        await writer.submit(kit.rec(i, sip_code=2**70) if i in (5, 23) else kit.rec(i))
-    await writer.close()
-    assert (38, 2, 2) == (writer.written, writer.dropped, writer.rejected)
-    expected = sorted(f"req-{i}" for i in range(40) if i not in (5, 23))
-    assert expected == sorted(kit.ids(kit.every(store)))
-    refused = [r for r in caplog.records if r.getMessage() == "record_rejected"]
-    assert ["req-5", "req-23"] == [getattr(r, "request_id", None) for r in refused]
-    assert writer.healthy is False  # an error was logged: /readyz says so for a while
-
-
-async def test_writer_flushes_a_partial_batch_after_the_interval(
-    store: RecordStore, kit: Kit
-) -> None:
-    writer = RecordWriter(store, FAST)
-    await writer.start()
-    await writer.submit(kit.rec(1))
-    for _ in range(200):
-        if writer.written:
-            break
-        await asyncio.sleep(0.01)
-    assert ["req-1"] == kit.ids(kit.every(store))
-    await writer.close()
-
-
-async def test_writer_drains_on_close(store: RecordStore, kit: Kit) -> None:
-    writer = RecordWriter(store, RecordSettings())
-    await writer.start()
-    for i in range(5000):
-        await writer.submit(kit.rec(i))
-    await writer.close()
-    assert (5000, 0) == (writer.written, writer.dropped)
-    assert 5000 == store.stats(None, None)["total"]
-
-
-async def test_writer_never_started_drains_on_close(store: RecordStore, kit: Kit) -> None:
-    writer = RecordWriter(store, RecordSettings())
-    for i in range(10):
-        await writer.submit(kit.rec(i))
-    assert 10 == writer.queue_depth
-    await writer.close()
-    assert 10 == len(kit.every(store))
-
-
-async def test_back_pressure_waits_for_room(store: RecordStore, kit: Kit) -> None:
-    writer = RecordWriter(store, RecordSettings(queue_size=3, flush_interval=0))
-    for i in range(3):
-        await writer.submit(kit.rec(i))
-    late = asyncio.create_task(writer.submit(kit.rec(3)))
-    await asyncio.sleep(0.05)
-    assert not late.done()  # the queue is full and nothing writes yet
-    await writer.start()
-    await asyncio.wait_for(late, 5)
-    await writer.close()
-    assert (4, 0) == (writer.written, writer.dropped)
-
-
-async def test_back_pressure_is_bounded_by_submit_timeout(store: RecordStore, kit: Kit) -> None:
-    writer = RecordWriter(store, RecordSettings(queue_size=1, submit_timeout=0.05))
-    await writer.submit(kit.rec(0))
-    await asyncio.wait_for(writer.submit(kit.rec(1)), 5)
-    assert (1, 1) == (writer.queue_depth, writer.dropped)
-    await writer.close()
-    assert ["req-0"] == kit.ids(kit.every(store))
-
-
-async def test_drop_mode_counts_drops(store: RecordStore, kit: Kit) -> None:
-    writer = RecordWriter(store, RecordSettings(queue_size=5, overflow="drop"))
-    for i in range(8):
-        await writer.submit(kit.rec(i))
-    assert (5, 3) == (writer.queue_depth, writer.dropped)
-    await writer.close()
-    assert (5, 3) == (writer.written, writer.dropped)
-    assert 5 == len(kit.every(store))
-
-
-async def test_close_is_idempotent_and_later_submits_are_counted(
-    store: RecordStore, kit: Kit
-) -> None:
-    writer = RecordWriter(store, FAST)
-    await writer.start()
-    await writer.submit(kit.rec(1))
-    await asyncio.gather(writer.close(), writer.close())
-    await writer.close()
-    await writer.submit(kit.rec(2))
-    assert (1, 1) == (writer.written, writer.dropped)
-    with pytest.raises(RuntimeError, match="closed"):
-        await writer.start()
-
-
-async def test_writer_prunes_by_retention(store: RecordStore, kit: Kit) -> None:
-    t0 = kit.T0
-    clock = Clock(t0 + 10 * 86400)
-    store.insert_many([kit.rec(0, ts=t0 - 1), kit.rec(1, ts=t0 + 1), kit.rec(2, ts=t0 + 9 * 86400)])
-    writer = RecordWriter(store, RecordSettings(retention_days=10), clock=clock)
-    await writer.start()
-    for _ in range(500):
-        if writer.pruned:
-            break
-        await asyncio.sleep(0.01)
-    await writer.close()
-    assert 1 == writer.pruned
-    assert ["req-2", "req-1"] == kit.ids(kit.every(store))
-
-
-async def test_reads_run_while_the_writer_writes(store: RecordStore, kit: Kit) -> None:
-    writer = RecordWriter(store, RecordSettings(batch_size=50, flush_interval=0))
-    await writer.start()
-    seen: list[int] = []
-    for i in range(1000):
-        await writer.submit(kit.rec(i))
-        if i % 100 == 0:
-            stats = await asyncio.to_thread(store.stats, None, None)
-            seen.append(stats["total"])
-    await writer.close()
-    assert seen == sorted(seen)
-    assert 1000 == store.stats(None, None)["total"]
-
-
 # -- the SQLite store --------------------------------------------------------------------------
 
 
@@ -670,236 +494,3 @@ def test_every_record_reads_back_exactly(
     finally:
         store.close()
     assert {r.request_id: r for r in batch} == got
-
-
-# -- the writer, with stores that misbehave on purpose -----------------------------------------
-
-
-class CountingStore(SqliteRecordStore):
-    """Notes the size of each batch written."""
-
-    batches: list[int]
-
-    def insert_many(self, records: Sequence[Record]) -> None:
-        self.batches.append(len(records))
-        super().insert_many(records)
-
-
-class FlakyStore(SqliteRecordStore):
-    """Fails the first ``failures`` writes, like a locked database."""
-
-    failures = 0
-    attempts = 0
-
-    def insert_many(self, records: Sequence[Record]) -> None:
-        self.attempts += 1
-        if self.attempts <= self.failures:
-            raise sqlite3.OperationalError("database is locked")
-        super().insert_many(records)
-
-
-def _open(cls: type[SqliteRecordStore], path: Path) -> SqliteRecordStore:
-    plain = SqliteRecordStore.open(path)
-    plain.close()
-    return cls.open(path)
-
-
-async def test_writer_writes_in_batches(tmp_path: Path, kit: Kit) -> None:
-    store = _open(CountingStore, tmp_path)
-    assert isinstance(store, CountingStore)
-    store.batches = []
-    writer = RecordWriter(store, RecordSettings(batch_size=100, flush_interval=5.0))
-    await writer.start()
-    for i in range(250):
-        await writer.submit(kit.rec(i))
-    await writer.close()
-    store.close()
-    assert [100, 100, 50] == store.batches
-    assert (250, 0, 0) == (writer.written, writer.dropped, writer.queue_depth)
-
-
-async def test_offer_queues_only_what_needs_no_waiting(lite: SqliteRecordStore, kit: Kit) -> None:
-    """offer() is submit() without a coroutine: it queues while there is room and leaves
-    a full queue, or a closed writer, to submit() (which waits, or drops and counts)."""
-    writer = RecordWriter(lite, RecordSettings(queue_size=2, submit_timeout=0.05))
-    assert [True, True, False] == [writer.offer(kit.rec(i)) for i in range(3)]
-    assert (2, 0) == (writer.queue_depth, writer.dropped)
-    await writer.start()
-    await writer.close()
-    assert not writer.offer(kit.rec(9))
-    assert (2, 0) == (writer.written, writer.dropped)
-    assert ["req-0", "req-1"] == sorted(kit.ids(kit.every(lite)))
-
-
-async def test_write_errors_are_retried_without_loss(tmp_path: Path, kit: Kit) -> None:
-    store = _open(FlakyStore, tmp_path)
-    assert isinstance(store, FlakyStore)
-    store.failures = 3
-    clock = Clock(kit.T0)
-    writer = RecordWriter(store, FAST, clock=clock)
-    await writer.start()
-    for i in range(20):
-        await writer.submit(kit.rec(i))
-    for _ in range(500):
-        if writer.write_errors:
-            break
-        await asyncio.sleep(0.01)
-    assert not writer.healthy
-    await writer.close()
-    store.close()
-    assert (20, 0, 3) == (writer.written, writer.dropped, writer.write_errors)
-    assert "OperationalError: database is locked" == writer.last_error
-    assert 20 == len(kit.every(store))
-    assert not writer.healthy  # within HEALTH_WINDOW of the last error
-    clock.now += RecordWriter.HEALTH_WINDOW
-    assert writer.healthy
-
-
-async def test_close_gives_up_on_a_dead_store_after_close_timeout(tmp_path: Path, kit: Kit) -> None:
-    store = _open(FlakyStore, tmp_path)
-    assert isinstance(store, FlakyStore)
-    store.failures = 10**9
-    writer = RecordWriter(store, RecordSettings(close_timeout=0.2, flush_interval=0))
-    for i in range(7):
-        await writer.submit(kit.rec(i))
-    await asyncio.wait_for(writer.close(), 5)
-    store.close()
-    assert (0, 7) == (writer.written, writer.dropped)
-    assert writer.write_errors >= 1
-    assert not writer.healthy
-
-
-# -- verifier records: a data directory or a database ------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def source(request: pytest.FixtureRequest, tmp_path: Path, kit: Kit) -> Iterator[list[str]]:
-    """``verifier records`` options that read the ``mixed`` records, from a data directory
-    or from PostgreSQL."""
-    if request.param == "postgres":
-        from verifier.records.postgres import PostgresRecordStore
-
-        url: str = request.getfixturevalue("schema_url")
-        store: RecordStore = PostgresRecordStore.open(url)
-        where = ["--database-url", url]
-    else:
-        store = SqliteRecordStore.open(tmp_path / "data")
-        where = ["--data-dir", str(tmp_path / "data")]
-    fill_mixed(store, kit)
-    yield where
-    store.close()
-
-
-def test_cli_lists_newest_first_with_a_cursor(
-    source: list[str], kit: Kit, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert 0 == kit.run(["records", *source, "--orig", "111", "--limit", "2"])
-    lines = capsys.readouterr().out.splitlines()
-    assert 3 == len(lines)
-    assert lines[0].startswith("2027-01-15T08:00:04Z native TN-Validation-Passed attest=A")
-    assert "orig=111 dest=900 origid=x spc=BBBB action=accept request_id=req-4" in lines[0]
-    assert "request_id=req-1" in lines[1]
-    assert lines[2].startswith("next cursor: ")
-    cursor = lines[2].split(": ", 1)[1]
-    assert 0 == kit.run(["records", *source, "--orig", "111", "--cursor", cursor])
-    lines = capsys.readouterr().out.splitlines()
-    assert 1 == len(lines)
-    assert "request_id=req-0" in lines[0]
-
-
-def test_cli_json(source: list[str], kit: Kit, capsys: pytest.CaptureFixture[str]) -> None:
-    assert 0 == kit.run(["records", *source, "--spc", "AAAA", "--json"])
-    body = json.loads(capsys.readouterr().out)
-    assert ["req-2", "req-0"] == [r["request_id"] for r in body["records"]]
-    assert ["AAAA", "BBBB"] == body["records"][0]["spc"]
-    assert None is body["next_cursor"]
-
-
-def test_cli_stats(source: list[str], kit: Kit, capsys: pytest.CaptureFixture[str]) -> None:
-    since = "2027-01-15T08:00:01Z"
-    assert 0 == kit.run(["records", *source, "--stats", "--since", since])
-    stats = json.loads(capsys.readouterr().out)
-    assert (kit.T0 + 1, None, 4) == (stats["since"], stats["until"], stats["total"])
-    assert [{"spc": "BBBB", "count": 3}, {"spc": "AAAA", "count": 1}] == stats["top_spc"]
-
-
-def test_cli_csv(source: list[str], kit: Kit, capsys: pytest.CaptureFixture[str]) -> None:
-    assert 0 == kit.run(["records", *source, "--csv", "--dest", "900"])
-    rows = list(csv.reader(io.StringIO(capsys.readouterr().out, newline="")))
-    assert list(CSV_COLUMNS) == rows[0]
-    assert ["req-4", "req-2", "req-0"] == [row[2] for row in rows[1:]]
-
-
-def test_cli_matches_numbers_in_any_notation(
-    lite: SqliteRecordStore, kit: Kit, capsys: pytest.CaptureFixture[str]
-) -> None:
-    lite.insert_many([kit.rec(1, orig="12155551000")])
-    argv = ["records", "--data-dir", str(lite.path.parent), "--json", "--orig", "+1 215-555-1000"]
-    assert 0 == kit.run(argv)
-    assert ["req-1"] == [r["request_id"] for r in json.loads(capsys.readouterr().out)["records"]]
-
-
-def test_cli_csv_has_every_match(
-    lite: SqliteRecordStore, kit: Kit, capsys: pytest.CaptureFixture[str]
-) -> None:
-    lite.insert_many([kit.rec(i, label="=cmd()" if i == 0 else None) for i in range(1500)])
-    argv = ["records", "--data-dir", str(lite.path.parent), "--csv", "--since", str(kit.T0)]
-    assert 0 == kit.run([*argv, "--limit", "10"])
-    rows = list(csv.reader(io.StringIO(capsys.readouterr().out, newline="")))
-    assert list(CSV_COLUMNS) == rows[0]
-    assert 1501 == len(rows)
-    assert ("req-1499", "req-0") == (rows[1][2], rows[-1][2])
-    assert "'=cmd()" == rows[-1][CSV_COLUMNS.index("label")]
-
-
-@pytest.fixture
-def data_dir(lite: SqliteRecordStore, kit: Kit) -> str:
-    """A data directory holding the ``mixed`` records, its store still open."""
-    fill_mixed(lite, kit)
-    return str(lite.path.parent)
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--stats", "--orig", "1"], "--stats takes only --since and --until"),
-        (["--since", "yesterday"], "--since 'yesterday': not epoch seconds"),
-        (["--until", "2027-01-01T00:00:00"], "--until '2027-01-01T00:00:00': an RFC 3339"),
-        (["--limit", "5000"], "limit must be 1 to 1000"),
-        (["--cursor", "xyz"], "cursor is not valid"),
-        (["--since", "20", "--until", "10"], "since must not be after until"),
-    ],
-)
-def test_cli_usage_errors(
-    data_dir: str,
-    kit: Kit,
-    capsys: pytest.CaptureFixture[str],
-    extra: list[str],
-    message: str,
-) -> None:
-    assert 2 == kit.run(["records", "--data-dir", data_dir, *extra])
-    assert message in capsys.readouterr().err
-
-
-def test_cli_missing_data_dir(tmp_path: Path, kit: Kit, capsys: pytest.CaptureFixture[str]) -> None:
-    missing = tmp_path / "no-such-dir"
-    assert 2 == kit.run(["records", "--data-dir", str(missing)])
-    assert f"no records in {missing}/" in capsys.readouterr().err
-    assert not missing.exists()
-
-
-def test_cli_output_modes_are_exclusive(data_dir: str, kit: Kit) -> None:
-    assert 2 == kit.run(["records", "--data-dir", data_dir, "--csv", "--json"])
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_cli_reads_a_directory_it_cannot_write(
-    data_dir: str, kit: Kit, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # WAL readers need the -shm file; it exists while the service's connection is open.
-    os.chmod(data_dir, 0o500)
-    try:
-        assert 0 == kit.run(["records", "--data-dir", data_dir, "--json"])
-    finally:
-        os.chmod(data_dir, 0o700)
-    assert 5 == len(json.loads(capsys.readouterr().out)["records"])
