@@ -14,6 +14,7 @@ Real databases throughout.
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
@@ -27,6 +28,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from verifier import records
 from verifier.records import (
     CSV_COLUMNS,
     DB_NAME,
@@ -55,6 +57,33 @@ def store(record_store: RecordStore) -> RecordStore:
 def mixed(store: RecordStore, kit: Kit) -> RecordStore:
     kit.fill_mixed(store)
     return store
+
+
+# -- the package -------------------------------------------------------------------------------
+
+
+def test_the_record_modules_import_one_way() -> None:
+    """factory -> child -> sqlite -> model, factory -> postgres -> pgschema -> model,
+    writer -> model: no module imports one above it, so there is no cycle."""
+    package = Path(records.__file__).parent
+    imports = {
+        path.stem: {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+        for path in package.glob("*.py")
+        if path.stem != "__init__"
+    }
+    assert {
+        "model": set(),
+        "sqlite": {"model"},
+        "pgschema": {"model"},
+        "postgres": {"model", "pgschema"},
+        "child": {"model", "sqlite"},
+        "writer": {"model"},
+        "factory": {"child", "model", "postgres", "sqlite"},
+    } == imports
 
 
 # -- the model ---------------------------------------------------------------------------------

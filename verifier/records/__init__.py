@@ -9,8 +9,9 @@ by a child process unless ``writer_process`` is off), or PostgreSQL with ``datab
 (:class:`verifier.records.postgres.PostgresRecordStore`, imported on demand: it loads
 psycopg).
 
-Modules, imports pointing one way: ``factory`` -> ``sqlite``, ``postgres`` (-> ``pgschema``),
-``child`` -> ``model``; ``writer`` -> ``model``.
+Modules, their imports pointing one way (no cycle): ``factory`` -> ``child`` -> ``sqlite``
+-> ``model``; ``factory`` -> ``postgres`` -> ``pgschema`` -> ``model``; ``writer`` ->
+``model``. ``model`` holds what every store shares and imports none of them.
 """
 
 from .factory import open_store
