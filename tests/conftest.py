@@ -1,19 +1,30 @@
 """Shared fixtures: one test STI PKI per session (making keys is slow-ish), a trust store
-holding its root, a fixed ``now`` and a one-call verifier over the default signer's chain."""
+holding its root, a fixed ``now`` and a one-call verifier over the default signer's chain;
+for the record tests, their helpers (``kit``) and a PostgreSQL schema of their own."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from psycopg import sql
 
 from verifier.core.certs import TrustStore
 from verifier.core.verify import CallInfo, Result, VerifyOptions, verify_offline
+from verifier.net.fetch import CertificateFetcher
+from verifier.records import Record, RecordQuery, RecordStore, SqliteRecordStore
+from verifier.records.child import ChildWriterStore
+from verifier.records.postgres import PostgresRecordStore
 from verifier.testing import Signer, TestPKI, b64url
 from verifier.testing.repository import Repository
 
@@ -108,3 +119,193 @@ def raw_jws(signer: Signer) -> RawJws:
         return f"{h}.{p}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
     return sign
+
+
+# -- traceback records (test_records*, test_recordwriter, test_pgrecords, test_recordproc) ------
+
+RECORDS_T0 = 1_800_000_000.0
+"""2027-01-15T08:00:00Z: the time of ``rec(0)``; ``rec(i)`` is ``i`` seconds later."""
+PG_HOW = (
+    "set VERIFIER_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test, a PostgreSQL"
+    " database on 127.0.0.1 where that user may create schemas (.ci/run sets it)"
+)
+
+
+class RecordKit:
+    """The record tests' helpers (the ``kit`` fixture): records made from a number, their
+    request ids, every record of a store, and ``verifier`` run as a command."""
+
+    T0 = RECORDS_T0
+
+    @staticmethod
+    def rec(i: int = 0, **changes: object) -> Record:
+        """A passed native verification at ``T0 + i``, request id ``req-i``; ``changes``
+        replace fields."""
+        fields: dict[str, object] = {
+            "ts": RECORDS_T0 + i,
+            "request_id": f"req-{i}",
+            "endpoint": "native",
+            "orig": "12155551000",
+            "dest": "12155552000",
+            "origid": f"origid-{i}",
+            "attest": "A",
+            "verstat": "TN-Validation-Passed",
+            "reason": None,
+            "sip_code": None,
+            "spc": ("1234",),
+            "x5u": "https://cr.example.com/sp.pem",
+            "fingerprint": "AB:CD",
+            "action": "accept",
+            "label": None,
+        }
+        fields.update(changes)
+        return Record(**fields)  # type: ignore[arg-type]
+
+    @staticmethod
+    def ids(records: Sequence[Record]) -> list[str]:
+        return [r.request_id for r in records]
+
+    @staticmethod
+    def every(store: RecordStore) -> list[Record]:
+        """Every record of ``store``, newest first."""
+        return [r for chunk in store.iter_query(RecordQuery()) for r in chunk]
+
+    @classmethod
+    def fill_mixed(cls, store: RecordStore) -> None:
+        """Five records (``req-0`` to ``req-4``) over two callers (111, 222), two callees
+        (900, 901), origid ``x`` twice and SPCs AAAA and BBBB (one record has both, one
+        none)."""
+        store.insert_many(
+            [
+                cls.rec(0, orig="111", dest="900", spc=("AAAA",), origid="x"),
+                cls.rec(1, orig="111", dest="901", spc=("BBBB",)),
+                cls.rec(2, orig="222", dest="900", spc=("AAAA", "BBBB")),
+                cls.rec(3, orig="222", dest="901", spc=()),
+                cls.rec(4, orig="111", dest="900", spc=("BBBB",), origid="x"),
+            ]
+        )
+
+    @staticmethod
+    def run(argv: Sequence[str]) -> int:
+        """The exit code of ``verifier argv``."""
+        from verifier.cli import main
+
+        with pytest.raises(SystemExit) as info:
+            main(list(argv))
+        code = info.value.code
+        assert isinstance(code, int)
+        return code
+
+
+@pytest.fixture(scope="session")
+def kit() -> type[RecordKit]:
+    return RecordKit
+
+
+@pytest.fixture(params=["sqlite", "child", "postgres"])
+def record_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStore]:
+    """A new, empty store of each backend, for the store contract: SQLite written from the
+    writer's thread, SQLite written by a child process (``records.writer_process``), and
+    PostgreSQL in a schema of its own (skipped without VERIFIER_TEST_DATABASE_URL)."""
+    made: RecordStore
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("database_url")
+        made = PostgresRecordStore.open(url, schema=request.getfixturevalue("schema"))
+    elif request.param == "child":
+        made = ChildWriterStore.open_for_child(tmp_path / "data")
+    else:
+        made = SqliteRecordStore.open(tmp_path / "data")
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def lite(tmp_path: Path) -> Iterator[SqliteRecordStore]:
+    """A new SQLite store written from this process (for what only SQLite does)."""
+    store = SqliteRecordStore.open(tmp_path / "data")
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """VERIFIER_TEST_DATABASE_URL, a PostgreSQL server on this machine that answers; the
+    test is skipped otherwise."""
+    url = os.environ.get("VERIFIER_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip(f"PostgreSQL tests: {PG_HOW}")
+    host = urlsplit(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip(f"PostgreSQL tests only talk to 127.0.0.1, not {host}: {PG_HOW}")
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        why = " ".join(str(exc).split())
+        pytest.skip(f"PostgreSQL on {host}:{urlsplit(url).port} does not answer ({why}): {PG_HOW}")
+    return url
+
+
+@pytest.fixture
+def new_schema(database_url: str) -> Iterator[Callable[[], str]]:
+    """Makes empty schemas (``verifier_test_<uuid>``); drops them all after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"verifier_test_{uuid.uuid4().hex}"
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        made.append(name)
+        return name
+
+    yield make
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name in made:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def schema(new_schema: Callable[[], str]) -> str:
+    """An empty schema of its own for the test."""
+    return new_schema()
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` with ``schema`` as its search path (for ``--database-url``)."""
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def schema_url(database_url: str, schema: str) -> str:
+    """The test database's URL, its search path the test's own schema."""
+    return with_search_path(database_url, schema)
+
+
+# -- certificate cache lifetimes (test_fetch, test_crl) ----------------------------------------
+
+
+class FakeClock(Protocol):
+    def __call__(self) -> float: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+
+FreshUntil = Callable[[CertificateFetcher, FakeClock, str, float], Awaitable[None]]
+
+
+async def _fresh_until(fetcher: CertificateFetcher, clock: FakeClock, x5u: str, end: float) -> None:
+    """Assert that ``fetcher`` answers ``x5u`` from its memory (a hit) until ``end`` on its
+    clock, and not after it; ``x5u`` was just fetched. Moves ``clock`` past ``end``."""
+    hits = fetcher.stats()["hits"]
+    clock.advance(end - clock() - 0.001)
+    await fetcher.get(x5u, now=time.time())
+    assert hits + 1 == fetcher.stats()["hits"], "not fresh just before its end"
+    clock.advance(0.002)
+    await fetcher.get(x5u, now=time.time())  # stale (refreshed) or a miss
+    assert hits + 1 == fetcher.stats()["hits"], "still fresh after its end"
+
+
+@pytest.fixture(scope="session")
+def fresh_until() -> FreshUntil:
+    """``await fresh_until(fetcher, clock, x5u, end)``: the cached ``x5u`` is fresh until
+    ``end`` exactly (within a millisecond) on the fetcher's fake clock."""
+    return _fresh_until

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -25,6 +25,9 @@ from verifier.core.verify import CallInfo, verify
 from verifier.net.fetch import CertificateFetcher, FetchSettings
 from verifier.testing import TestPKI, pem
 from verifier.testing.repository import Repository
+
+if TYPE_CHECKING:
+    from conftest import FreshUntil
 
 SLOW = 0.3  # the total timeout in tests that wait for one
 
@@ -85,6 +88,8 @@ async def make_fetcher(
         kw.setdefault("ca_file", ca_file)
         kw.setdefault("timeout", 2.0)
         extra: dict[str, Any] = {"resolver": resolver} if resolver is not None else {}
+        if "on_load" in kw:
+            extra["on_load"] = kw.pop("on_load")
         fetcher = CertificateFetcher(
             kw.pop("trust", trust), FetchSettings(**kw), session=session, clock=clock, **extra
         )
@@ -523,6 +528,16 @@ async def test_breaker_ignores_4xx(repo: Repository, make_fetcher: MakeFetcher) 
 # -- lifetimes and stale-while-revalidate ------------------------------------------------------
 
 
+async def loaded(loads: list[str], count: int) -> None:
+    """Wait until the fetcher's ``on_load`` has been told of ``count`` loads (a background
+    refresh ends after the call that started it)."""
+    for _ in range(2000):
+        if len(loads) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(loads)} loads, not {count}")
+
+
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
@@ -538,42 +553,43 @@ async def test_lifetime_clamped(
     repo: Repository,
     make_fetcher: MakeFetcher,
     clock: Clock,
+    fresh_until: FreshUntil,
     headers: dict[str, str],
     expected: float,
 ) -> None:
     url = repo.put("/sp.pem", pki.signer.chain_pem(), headers=headers)
     fetcher = await make_fetcher()
     await fetcher.get(url, now=time.time())
-    entry = fetcher.peek(url)
-    assert entry is not None
-    assert expected == pytest.approx(entry.fresh_until - clock())
+    await fresh_until(fetcher, clock, url, clock() + expected)
 
 
 async def test_lifetime_never_past_not_after(
-    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock, fresh_until: FreshUntil
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     short = pki.ca.issue_leaf(not_after=now + dt.timedelta(seconds=900))
     url = repo.put("/short.pem", short.chain_pem(), headers={"Cache-Control": "max-age=7200"})
     fetcher = await make_fetcher(stale_grace=3600)
     await fetcher.get(url, now=time.time())
-    entry = fetcher.peek(url)
-    assert entry is not None
-    not_after = short.cert.not_valid_after_utc.timestamp()
-    assert (not_after, not_after) == (entry.fresh_until, entry.stale_until)
+    await fresh_until(fetcher, clock, url, short.cert.not_valid_after_utc.timestamp())
+    # and no stale serving past notAfter, grace or not: fetched again
+    assert (0, 2) == (fetcher.stats()["stale_served"], repo.counts["/short.pem"])
 
 
 async def test_stale_while_revalidate(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
 ) -> None:
     url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
-    fetcher = await make_fetcher(min_ttl=60, stale_grace=600, failure_ttl=30)
+    loads: list[str] = []
+    fetcher = await make_fetcher(
+        min_ttl=60, stale_grace=600, failure_ttl=30, on_load=lambda o, _: loads.append(o)
+    )
     first = await fetcher.get(url, now=time.time())
     clock.advance(61)
     # past its lifetime: served at once, one refresh in the background
     stale = await asyncio.gather(*(fetcher.get(url, now=time.time()) for _ in range(20)))
     assert all(c is first for c in stale)
-    await fetcher.wait_idle()
+    await loaded(loads, 2)
     assert 2 == repo.counts["/sp.pem"]
     assert (20, 1) == (fetcher.stats()["stale_served"], fetcher.stats()["refreshes"])
     refreshed = await fetcher.get(url, now=time.time())
@@ -584,14 +600,18 @@ async def test_grace_keeps_calls_verifying_while_the_repository_is_down(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
 ) -> None:
     url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
-    fetcher = await make_fetcher(min_ttl=60, stale_grace=600, failure_ttl=30)
+    loads: list[str] = []
+    fetcher = await make_fetcher(
+        min_ttl=60, stale_grace=600, failure_ttl=30, on_load=lambda o, _: loads.append(o)
+    )
     first = await fetcher.get(url, now=time.time())
     repo.put("/sp.pem", b"down", status=503)
     for _ in range(10):  # 61 .. 331 s: stale, refreshes fail, calls still verify
         clock.advance(30)
         assert first is await fetcher.get(url, now=time.time())
-        await fetcher.wait_idle()
+        await loaded(loads, 1 + fetcher.stats()["refreshes"])
     assert 10 == fetcher.stats()["refreshes"] + 1  # not before 61 s, then one per 30 s
+    assert ["ok"] + ["x5u_fetch_failed"] * 9 == loads
     clock.advance(400)  # grace over
     with pytest.raises(errors.X5uFetchFailed, match="503"):
         await fetcher.get(url, now=time.time())
@@ -601,12 +621,13 @@ async def test_refresh_finding_a_bad_chain_ends_stale_serving(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
 ) -> None:
     url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
-    fetcher = await make_fetcher(min_ttl=60, stale_grace=600)
+    loads: list[str] = []
+    fetcher = await make_fetcher(min_ttl=60, stale_grace=600, on_load=lambda o, _: loads.append(o))
     await fetcher.get(url, now=time.time())
     repo.put("/sp.pem", pki.untrusted_root().issue_leaf().chain_pem())
     clock.advance(61)
     await fetcher.get(url, now=time.time())  # stale, starts the refresh
-    await fetcher.wait_idle()
+    await loaded(loads, 2)
     with pytest.raises(errors.CertificateNotTrusted):
         await fetcher.get(url, now=time.time())
 

@@ -273,7 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_records(args: argparse.Namespace) -> int:
     """Query the traceback records in a data directory or a PostgreSQL database (read-only)."""
     from .core.tn import canonical_tn
-    from .records.sqlite import RecordQuery, RecordStore, SqliteRecordStore, csv_header, to_csv_rows
+    from .records import RecordQuery, RecordStore, SqliteRecordStore, csv_header, to_csv_rows
 
     def when(option: str, text: str | None) -> float | None:
         if text is None:

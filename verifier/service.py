@@ -34,7 +34,7 @@ from .logs import VerificationLog, json_string
 from .metrics import Metrics
 from .net.rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
 from .net.redis_tier import RedisReplayCache
-from .records.sqlite import Record, RecordWriter
+from .records import Record, RecordWriter
 from .settings import Settings
 
 __all__ = ["Outcome", "Service", "VerifyRequest"]

@@ -30,7 +30,7 @@ from .core.verify import VerifyOptions
 from .net.fetch import FetchSettings
 from .net.rcd import RcdSettings
 from .net.redis_tier import RedisSettings
-from .records.sqlite import RecordSettings
+from .records import RecordSettings
 
 __all__ = [
     "ApiSettings",

@@ -36,7 +36,7 @@ from ..metrics import Metrics
 from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
-from ..records.sqlite import RecordWriter, open_store
+from ..records import RecordWriter, open_store
 from ..service import Service
 from ..settings import Settings
 from . import atis, native, ops

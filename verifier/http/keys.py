@@ -18,7 +18,7 @@ from ..core.verify import CredentialSource
 from ..metrics import Metrics
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
-from ..records.sqlite import RecordStore, RecordWriter
+from ..records import RecordStore, RecordWriter
 from ..service import Service
 from ..settings import Settings
 from .answers import AtisAnswers

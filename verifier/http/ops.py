@@ -14,7 +14,7 @@ from aiohttp import web
 from .. import __version__
 from ..core.tn import tn_from_uri
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..records.sqlite import RecordQuery, RecordStore, csv_header, to_csv_rows
+from ..records import RecordQuery, RecordStore, csv_header, to_csv_rows
 from .errors import JSON, ApiError, invalid, json_response
 from .inputs import authorize
 from .keys import FLEET, METRICS, RECORDS, SERVICE, SETTINGS

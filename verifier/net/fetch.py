@@ -557,17 +557,6 @@ class CertificateFetcher(SessionUser):
         )
         return answer.body
 
-    # -- introspection ---------------------------------------------------------------------
-
-    def peek(self, x5u: str) -> CacheEntry | None:
-        """The memory tier's entry for ``x5u`` (no side effects), for tests and debugging."""
-        return self._memory.get(x5u)
-
-    async def wait_idle(self) -> None:
-        """Wait until no load or background refresh is running (tests, graceful shutdown)."""
-        while self._inflight:
-            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
-
     # -- metrics ---------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:

@@ -1,13 +1,9 @@
 """SQLite record writes in a child process of their own (``records.writer_process``).
 
-Writing records from a thread of the service's process costs the event loop more than the
-writes themselves: the writer thread takes the GIL to build and bind its rows, and again
-after every SQLite call that released it, and each time the loop waits (py-spy: 88 us of
-wall time a record for 14 us of CPU). Measured over HTTP on a 2 vCPU EPYC, in paired runs:
-the batch endpoint gave 12,490-13,058 verifications/s with the writes in a child process
-(the same SQLite file, WAL, synchronous FULL) against 11,116-11,405 from a thread; the
-ATIS endpoint about 4% more. This is what a database server does for PostgreSQL: the
-storing happens in another process.
+Records are written by a child process so that the writes do not compete with the event
+loop for the GIL: from a thread of the service's process, each SQLite call gives the GIL
+up and must take it back from the busy loop. This is what a database server does for
+PostgreSQL: the storing happens in another process.
 
 :class:`ChildWriterStore` is a :class:`~verifier.records.sqlite.SqliteRecordStore` whose
 ``insert_many`` and ``prune`` are done by ``python -m verifier.records.child DB``, started on
@@ -49,7 +45,8 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any
 
-from .sqlite import Record, SqliteRecordStore
+from .model import Record
+from .sqlite import SqliteRecordStore
 
 __all__ = ["PART", "ChildWriterStore"]
 

@@ -1,6 +1,6 @@
 """Traceback records in PostgreSQL: the :class:`~verifier.records.RecordStore` of a fleet.
 
-Same contract as :class:`~verifier.records.SqliteRecordStore` (records.py explains it): newest
+Same contract as :class:`~verifier.records.SqliteRecordStore` (:mod:`.model` explains it): newest
 first by ``(ts, id)``, the same opaque cursor, half-open windows ``since <= ts < until``,
 numbers compared exactly as stored, the same stats shape, CSV through the shared helpers.
 Several service instances write to one database; ``verifier records --database-url`` reads it.
@@ -11,35 +11,11 @@ second event loop in that thread; psycopg's ``cursor.copy()`` gives COPY for bul
 (binary, typed rows); it ships type hints; and it is libpq, the reference client (URLs,
 ``~/.pgpass``, ``PG*`` variables and TLS options behave as in psql).
 
-Schema, versioned: ``verifier_schema_migrations (version, applied_at)`` and the ordered
-:data:`MIGRATIONS`, applied at :meth:`PostgresRecordStore.open` in one transaction that holds
-an advisory lock, so instances that start together apply each step once.
-
-Tables, partitioned by range on ``ts`` into UTC days (``records_p20270115``,
-``record_spc_p20270115``):
-
-- ``ts`` is ``double precision`` epoch seconds, as in :class:`~verifier.records.sqlite.Record` and
-  in the cursor: a page boundary compares the stored value with the cursor's double
-  exactly. ``timestamptz`` keeps microseconds, so a round trip could move a record across
-  a cursor or a window bound and break "no gaps, no duplicates".
-- ``id`` comes from the sequence ``records_id_seq``: unique across instances, no
-  coordination. A batch takes its ids in one ``nextval`` round trip, then COPYs the rows
-  and their SPC rows with those ids, in one transaction.
-- SPCs: the ``record_spc (spc, ts, record_id)`` side table as in SQLite, partitioned the
-  same way, rather than a ``text[]`` column with a GIN index: a GIN index answers "which
-  rows contain X" but not in ``(ts, id)`` order, so a page by SPC would sort every match;
-  the side table's primary key is that order (one index range), and the top-SPC statistics
-  group it directly. ``records.spc`` (``text[]``) keeps the record's list as given.
-- Partitions are created on demand before a batch that needs them (its days and the next
-  one, so the day rollover finds its partition ready), idempotently (``CREATE TABLE IF NOT
-  EXISTS ... PARTITION OF``) under the same advisory lock, in their own short transaction:
-  creating a partition locks the parent table, which the COPY transaction should not hold.
-  A store remembers the partitions it has seen; when an insert fails (another instance
-  pruned a partition meanwhile), it forgets them and the writer's retry recreates them.
+Schema and partitions: :mod:`.pgschema`.
 
 Texts: PostgreSQL's ``text`` cannot hold NUL, and an origid is any JSON string its signer
 chose, so NULs (and lone UTF-16 surrogates, which no UTF-8 text holds) are stored as U+FFFD
-(:meth:`~verifier.records.sqlite.Record.storable`). Otherwise one such record would fail its
+(:meth:`~verifier.records.model.Record.storable`). Otherwise one such record would fail its
 batch on every retry and hold back every record behind it.
 
 Retention: :meth:`PostgresRecordStore.prune` drops whole days older than ``before`` and
@@ -52,8 +28,8 @@ Connections: one write connection per store (autocommit off, a lock around it); 
 call whose connection broke (the database went away) closes it, and the next call opens a
 new one, so the writer's retry after an outage succeeds. Reads open a short-lived
 connection each, as the SQLite store does: reads are rare (API queries, exports, the CLI),
-a loopback connection costs a few milliseconds, and a pool (psycopg_pool) would be one more
-dependency and threads to manage for no figure that needs it. Unless the URL says
+so a pool (psycopg_pool) would be one more dependency and threads to manage for no
+measured need. Unless the URL says
 otherwise, connections time out after 5 s (``connect_timeout``) and use TCP keepalives, so
 a vanished server fails a call instead of hanging the writer's thread.
 
@@ -69,75 +45,43 @@ server meets the primary key (``ts, id``), fails and is retried again, and then 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import math
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .sqlite import (
-    _FIELDS,
+from .model import (
+    FIELDS,
     TOP_SPC,
     Record,
     RecordQuery,
     RecordRefused,
-    _check_window,
+    check_window,
     iter_chunks,
     query_page,
+)
+from .pgschema import (
+    DAY,
+    MIGRATIONS,
+    check_version,
+    create_partitions,
+    day_of,
+    lock_ddl,
+    migrate,
+    partition_day,
+    partition_names,
+    schema_version,
 )
 
 __all__ = ["MIGRATIONS", "PostgresRecordStore"]
 
-MIGRATIONS: tuple[LiteralString, ...] = (
-    """
-    CREATE SEQUENCE records_id_seq AS bigint;
-    CREATE TABLE records (
-        id          bigint NOT NULL DEFAULT nextval('records_id_seq'),
-        ts          double precision NOT NULL,
-        request_id  text NOT NULL,
-        endpoint    text NOT NULL,
-        orig        text,
-        dest        text,
-        origid      text,
-        attest      text,
-        verstat     text NOT NULL,
-        reason      text,
-        sip_code    integer,
-        spc         text[] NOT NULL,
-        x5u         text,
-        fingerprint text,
-        action      text,
-        label       text,
-        PRIMARY KEY (ts, id)
-    ) PARTITION BY RANGE (ts);
-    ALTER SEQUENCE records_id_seq OWNED BY records.id;
-    CREATE INDEX records_origid ON records (origid, ts, id);
-    CREATE INDEX records_orig ON records (orig, ts, id);
-    CREATE INDEX records_dest ON records (dest, ts, id);
-    CREATE TABLE record_spc (
-        spc         text NOT NULL,
-        ts          double precision NOT NULL,
-        record_id   bigint NOT NULL,
-        PRIMARY KEY (spc, ts, record_id)
-    ) PARTITION BY RANGE (ts);
-    CREATE INDEX record_spc_ts ON record_spc (ts);
-    """,
-)
-"""Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``; append only."""
-
-_DAY = 86400
-_LOCK_CLASS = 0x76657269  # "veri": pg_advisory_xact_lock(class, hashtext(current_schema()))
 _LOCK_TIMEOUT = "5s"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_PARTITION = re.compile(r"records_p(\d{8})")
-_FIRST_DAY = dt.date(1, 1, 2)  # datetime arithmetic stays in range around a day
-_LAST_DAY = dt.date(9999, 12, 30)
-_EPOCH = dt.date(1970, 1, 1)
 _CONNECT_DEFAULTS = {
     "application_name": "verifier-records",
     "connect_timeout": "5",
@@ -146,9 +90,9 @@ _CONNECT_DEFAULTS = {
     "keepalives_interval": "10",
     "keepalives_count": "3",
 }
-_COLUMNS = sql.SQL(", ").join(sql.Identifier("r", name) for name in _FIELDS)
+_COLUMNS = sql.SQL(", ").join(sql.Identifier("r", name) for name in FIELDS)
 _COPY_RECORDS = sql.SQL("COPY records (id, {}) FROM STDIN (FORMAT BINARY)").format(
-    sql.SQL(", ").join(sql.Identifier(name) for name in _FIELDS)
+    sql.SQL(", ").join(sql.Identifier(name) for name in FIELDS)
 )
 _RECORD_TYPES = [
     "int8",  # id
@@ -168,39 +112,6 @@ _RECORD_TYPES = [
     "text",  # action
     "text",  # label
 ]
-
-
-def _day(ts: float) -> int:
-    """The UTC day number (days since 1970-01-01) of ``ts``.
-
-    Raises:
-        RecordRefused: ``ts`` is not finite or outside the years 1 to 9999.
-    """
-    if not math.isfinite(ts):
-        raise RecordRefused(f"record ts {ts!r} is not finite")
-    day = math.floor(ts / _DAY)
-    if not (_FIRST_DAY - _EPOCH).days <= day <= (_LAST_DAY - _EPOCH).days:
-        raise RecordRefused(f"record ts {ts!r} is outside the years 1 to 9999")
-    return day
-
-
-def _partition_names(day: int) -> tuple[str, str]:
-    """The names of the ``records`` and ``record_spc`` partitions of ``day``."""
-    date = _EPOCH + dt.timedelta(days=day)
-    stamp = f"{date.year:04d}{date.month:02d}{date.day:02d}"
-    return f"records_p{stamp}", f"record_spc_p{stamp}"
-
-
-def _partition_day(name: str) -> int | None:
-    match = _PARTITION.fullmatch(name)
-    if match is None:
-        return None
-    stamp = match[1]
-    try:
-        when = dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:]))
-    except ValueError:
-        return None
-    return (when - _EPOCH).days
 
 
 def _redacted(conninfo: str) -> str:
@@ -266,7 +177,7 @@ def _select(
 
 def _row(row: Sequence[Any]) -> Record:
     """A Record from ``SELECT r.id, <columns>``."""
-    values = dict(zip(_FIELDS, row[1:], strict=True))
+    values = dict(zip(FIELDS, row[1:], strict=True))
     values["spc"] = tuple(values["spc"])
     return Record(**values)
 
@@ -323,13 +234,13 @@ class PostgresRecordStore:
                 missing = f"schema {schema!r}" if schema else "no schema of the search_path"
                 raise ValueError(f"{_redacted(store.conninfo)}: {missing} does not exist")
             if not create:
-                version = _version(conn)
+                version = schema_version(conn)
                 if version is None:
                     raise ValueError(
                         f"{_redacted(store.conninfo)}: no record schema"
                         " (the service creates it when it starts with this database)"
                     )
-                _check_version(version)
+                check_version(version)
                 store._migrated = True
                 return store
         with store._lock:
@@ -367,7 +278,7 @@ class PostgresRecordStore:
             conn = self._connect(autocommit=False)
             try:
                 if not self._migrated:
-                    _migrate(conn)
+                    migrate(conn)
                     self._migrated = True
             except BaseException:
                 conn.close()
@@ -415,7 +326,7 @@ class PostgresRecordStore:
         """
         if not records:
             return
-        days = {_day(r.ts) for r in records}
+        days = {day_of(r.ts) for r in records}
         days.add(max(days) + 1)
         with self._lock:
             unsure, self._unsure = self._unsure, None
@@ -441,7 +352,7 @@ class PostgresRecordStore:
         with self._writing() as conn:
             missing = days - self._partitions
             if missing:
-                _create_partitions(conn, missing)
+                create_partitions(conn, missing)
                 self._partitions |= missing
             with conn.transaction(), conn.cursor() as cur:
                 if retry:
@@ -493,17 +404,17 @@ class PostgresRecordStore:
                 conn.execute(
                     sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(_LOCK_TIMEOUT))
                 )
-                _lock_ddl(conn)
+                lock_ddl(conn)
                 children = conn.execute(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
                     " WHERE i.inhparent = 'records'::regclass"
                 ).fetchall()
                 dropped: set[int] = set()
                 for (name,) in children:
-                    day = _partition_day(name)
-                    if day is None or (day + 1) * _DAY > before:
+                    day = partition_day(name)
+                    if day is None or (day + 1) * DAY > before:
                         continue
-                    records_part, spc_part = _partition_names(day)
+                    records_part, spc_part = partition_names(day)
                     row = conn.execute(
                         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(records_part))
                     ).fetchone()
@@ -566,7 +477,7 @@ class PostgresRecordStore:
             ValueError: a bound is not finite, or since > until; the database cannot be
                 reached (also psycopg.Error).
         """
-        _check_window(since, until)
+        check_window(since, until)
         where: list[sql.Composable] = []
         args: list[float] = []
         if since is not None:
@@ -615,65 +526,3 @@ class PostgresRecordStore:
             "by_reason": by_reason,
             "top_spc": [{"spc": spc, "count": count} for spc, count in top],
         }
-
-
-# -- schema ------------------------------------------------------------------------------------
-
-
-def _lock_ddl(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-    """Serialise migrations and partition DDL between instances (until the transaction
-    ends); one lock per schema."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_LOCK_CLASS,))
-
-
-def _version(conn: psycopg.Connection[tuple[Any, ...]]) -> int | None:
-    """The schema version, None when there is no migrations table."""
-    row = conn.execute("SELECT to_regclass('verifier_schema_migrations') IS NOT NULL").fetchone()
-    if row is None or not row[0]:
-        return None
-    row = conn.execute(
-        "SELECT coalesce(max(version), 0) FROM verifier_schema_migrations"
-    ).fetchone()
-    return 0 if row is None else int(row[0])
-
-
-def _check_version(version: int) -> None:
-    if version > len(MIGRATIONS):
-        raise ValueError(
-            f"record schema version {version} is newer than this verifier's {len(MIGRATIONS)}"
-        )
-
-
-def _migrate(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
-    """Apply the pending :data:`MIGRATIONS` in one transaction, under the DDL lock.
-
-    Raises:
-        ValueError: the schema is newer than this verifier's.
-        psycopg.Error: a step failed (none is applied).
-    """
-    with conn.transaction():
-        _lock_ddl(conn)
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS verifier_schema_migrations ("
-            " version integer PRIMARY KEY,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        version = _version(conn) or 0
-        _check_version(version)
-        for target in range(version + 1, len(MIGRATIONS) + 1):
-            conn.execute(MIGRATIONS[target - 1])
-            conn.execute("INSERT INTO verifier_schema_migrations (version) VALUES (%s)", (target,))
-
-
-def _create_partitions(conn: psycopg.Connection[tuple[Any, ...]], days: Iterable[int]) -> None:
-    """The day partitions of both tables, in one transaction under the DDL lock."""
-    with conn.transaction():
-        _lock_ddl(conn)
-        for day in sorted(days):
-            bounds = (sql.Literal(day * _DAY), sql.Literal((day + 1) * _DAY))
-            for parent, name in zip(("records", "record_spc"), _partition_names(day), strict=True):
-                conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
-                    ).format(sql.Identifier(name), sql.Identifier(parent), *bounds)
-                )
