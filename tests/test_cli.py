@@ -463,3 +463,21 @@ def test_config_reference_update_rewrites_the_block(
     assert "no '<!-- BEGIN" in capsys.readouterr().err
     assert 2 == run(["config", "reference", "--update", str(tmp_path / "missing.md")])
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_serve_refuses_an_unknown_variable_before_starting(
+    files: Files, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VERIFIER_X5U_ALLOW_PRIVATE_X5U", "1")
+    assert 2 == run(["serve", "--trust-anchor", files.root, "--port", "0"])
+    message = "VERIFIER_X5U_ALLOW_PRIVATE_X5U moved to VERIFIER_HTTP_CLIENT_ALLOW_PRIVATE"
+    assert f"verifier: error: {message}\n" == capsys.readouterr().err
+
+
+def test_serve_fetch_flags_are_http_client_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the flags' keys are accepted: the first error is the missing trust anchor, after them
+    argv = ["serve", "--x5u-ca-file", "ca.pem", "--allow-private-x5u"]
+    assert 2 == run([*argv, "--trust-anchor", str(tmp_path / "none.pem")])
+    assert f"{tmp_path / 'none.pem'}: no such file or directory" in capsys.readouterr().err

@@ -313,12 +313,14 @@ def test_settings_are_frozen() -> None:
 
 def test_unknown_key(tmp_path: Path) -> None:
     path = _toml(tmp_path, "prot = 8080\n")
-    assert f"{path}: prot: unknown setting" == _error(path)
+    assert f"{path}: prot: unknown setting (did you mean port?)" == _error(path)
+    path = _toml(tmp_path, "listen = '::'\n")
+    assert f"{path}: listen: unknown setting" == _error(path)
 
 
 def test_unknown_table_key(tmp_path: Path) -> None:
-    path = _toml(tmp_path, "[x5u]\ntimout = 2\n")
-    assert f"{path}: [x5u] timout: unknown setting" == _error(path)
+    path = _toml(tmp_path, "[x5u]\nmax_bdy = 2\n")
+    assert f"{path}: [x5u] max_bdy: unknown setting (did you mean max_body?)" == _error(path)
 
 
 def test_unknown_table_is_an_unknown_key(tmp_path: Path) -> None:
@@ -332,9 +334,10 @@ def test_table_that_is_not_a_table(tmp_path: Path) -> None:
 
 
 def test_unknown_override() -> None:
-    assert "--x5u.nope: unknown setting" == _error(overrides={"x5u.nope": 1})
-    assert "--nope.port: unknown setting" == _error(overrides={"nope.port": 1})
-    assert "--x5u: unknown setting" == _error(overrides={"x5u": {}})
+    assert "option x5u.nope: unknown setting" == _error(overrides={"x5u.nope": 1})
+    assert "option nope.port: unknown setting" == _error(overrides={"nope.port": 1})
+    assert "option x5u: unknown setting" == _error(overrides={"x5u": {}})
+    assert "option tuning: unknown setting" == _error(overrides={"tuning": {}})
 
 
 @pytest.mark.parametrize(
@@ -546,9 +549,27 @@ def test_every_moved_key_names_its_new_place_everywhere(
 
 
 def test_an_unknown_environment_variable_is_refused() -> None:
-    assert "VERIFIER_PROT: unknown setting" == _error(env={"VERIFIER_PROT": "8080"})
-    assert "VERIFIER_X5U_TIMOUT: unknown setting" == _error(env={"VERIFIER_X5U_TIMOUT": "1"})
+    assert "VERIFIER_LISTEN: unknown setting" == _error(env={"VERIFIER_LISTEN": "::"})
+    assert "VERIFIER_POLICY: unknown setting (did you mean VERIFIER_POLICY_FILE?)" == _error(
+        env={"VERIFIER_POLICY": "p.toml"}
+    )
     assert "VERIFIER_: unknown setting" == _error(env={"VERIFIER_": ""})
+    assert "VERIFIER_PROT: unknown setting (did you mean VERIFIER_PORT?)" == _error(
+        env={"VERIFIER_PROT": "8080"}
+    )
+    assert (
+        "VERIFIER_HTTP_CLIENT_TIMOUT: unknown setting (did you mean VERIFIER_HTTP_CLIENT_TIMEOUT?)"
+        == _error(env={"VERIFIER_HTTP_CLIENT_TIMOUT": "1"})
+    )
+
+
+def test_a_misspelt_key_gets_the_known_one_it_is_closest_to(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "[tuning]\nkey_table = 0\n")
+    assert f"{path}: [tuning] key_table: unknown setting (did you mean key_tables?)" == _error(path)
+    message = _error(overrides={"http_client.timout": 1})
+    assert (
+        "option http_client.timout: unknown setting (did you mean http_client.timeout?)" == message
+    )
 
 
 def test_only_verifier_variables_are_read_and_the_test_suites_are_left_alone() -> None:

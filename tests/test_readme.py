@@ -30,8 +30,8 @@ def test_reference_lists_every_key_with_environment_variable_default_and_doc() -
     assert "| `writer_batch_size` | `VERIFIER_TUNING_WRITER_BATCH_SIZE` | `2000` | " in block
     assert "| `ca_file` | `VERIFIER_HTTP_CLIENT_CA_FILE` | (unset) | " in block
     assert '| `user_agent` | `VERIFIER_HTTP_CLIENT_USER_AGENT` | `"verifier/<version>"` | ' in block
-    assert "**[tuning]** (performance knobs)" in block
-    assert "Leave them alone unless you have measured" in block
+    assert "**[tuning]**\n\nPerformance knobs. Leave them alone unless you have measured" in block
+    assert "**[http_client]**\n\nThe rules every outgoing fetch follows" in block
 
 
 def test_reference_holds_no_measured_figures() -> None:

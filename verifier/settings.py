@@ -20,12 +20,13 @@ one that moved names its new place (``[x5u] timeout moved to [http_client] timeo
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -212,7 +213,8 @@ class TuningKeys:
     on your own load (``benchmarks/`` has the tools, ``benchmarks/RESULTS.md`` the figures)."""
 
     batch_threads: int
-    """Threads that check a large batch's signatures while it is alone in flight; 1: none."""
+    """Threads that check a large batch's signatures while it is alone in flight; 1: none but
+    the event loop."""
     batch_signatures: bool
     """Check together the ES256 signatures that reach that step in one event-loop turn."""
     key_tables: int
@@ -293,7 +295,11 @@ class Key:
 
     @property
     def env(self) -> str:
-        return "VERIFIER_" + (f"{self.table}_" if self.table else "").upper() + self.name.upper()
+        return _env_name(self.table, self.name)
+
+
+def _env_name(table: str, name: str) -> str:
+    return "VERIFIER_" + (f"{table}_" if table else "").upper() + name.upper()
 
 
 def _default(cls: type[Any], name: str) -> Any:
@@ -415,23 +421,20 @@ def _build(
         raise ConfigError(f"{source}: {text}") from None
 
 
-def _refuse(keys: list[Key], table: str, name: str, style: str, path: object = None) -> ConfigError:
-    """The error for a key that is not in the layout: where it moved to, or unknown."""
-    moved = {t: k for k in keys if k.table in ("http_client", "tuning") for t in k.targets}
-    new = moved.get((table, name))
-    if style == "file":
-        old = f"[{table}] {name}" if table else name
-        if new is not None:
-            return ConfigError(f"{path}: {old} moved to {new.label}")
-        return ConfigError(f"{path}: {old}: unknown setting")
-    if style == "env":
-        if new is not None:
-            return ConfigError(f"{path} moved to {new.env}")
-        return ConfigError(f"{path}: unknown setting")
-    old = f"{table}.{name}" if table else name
-    if new is not None:
-        return ConfigError(f"option {old} moved to {new.dotted}")
-    return ConfigError(f"--{old}: unknown setting")
+def _moved(keys: list[Key]) -> dict[tuple[str, str], Key]:
+    """(table, key) of the old layout -> the key that took its place."""
+    return {t: k for k in keys if k.table in ("http_client", "tuning") for t in k.targets}
+
+
+def _refused(old: str, new: str | None, name: str = "", known: Iterable[str] = ()) -> ConfigError:
+    """``old`` moved to ``new``, or is unknown: then the ``known`` name closest to ``name``."""
+    if new:
+        return ConfigError(f"{old} moved to {new}")
+    prefix = "VERIFIER_" if name.startswith("VERIFIER_") else ""  # alike in every name
+    bare = [k.removeprefix(prefix) for k in known]
+    close = difflib.get_close_matches(name.removeprefix(prefix), bare, n=1, cutoff=0.7)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return ConfigError(f"{old}: unknown setting{hint}")
 
 
 def _read_toml(path: str | Path) -> dict[str, Any]:
@@ -443,20 +446,6 @@ def _read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
-def _env_names(keys: list[Key]) -> dict[str, tuple[str, str]]:
-    """Every environment variable of a key that is not (or no longer) in the layout: the
-    (table, name) it once had, so that its error can say where it moved."""
-    out: dict[str, tuple[str, str]] = {}
-    for k in keys:
-        if k.table in ("http_client", "tuning"):
-            for part, name in k.targets:
-                out["VERIFIER_" + (f"{part}_" if part else "").upper() + name.upper()] = (
-                    part,
-                    name,
-                )
-    return out
 
 
 def load_settings(
@@ -476,6 +465,7 @@ def load_settings(
     """
     keys = _keys()
     by_place = {(k.table, k.name): k for k in keys}
+    moved = _moved(keys)
     chosen: dict[str, tuple[Key, Any, str]] = {}  # dotted -> (key, value, where); last wins
     if path is not None:
         for name, value in _read_toml(path).items():
@@ -488,25 +478,30 @@ def load_settings(
             for table, sub, sub_value in items:
                 key = by_place.get((table, sub))
                 if key is None:
-                    raise _refuse(keys, table, sub, "file", path)
+                    new = moved.get((table, sub))
+                    old = f"[{table}] {sub}" if table else sub
+                    known = (k.name for k in keys if k.table == table)
+                    raise _refused(f"{path}: {old}", new.label if new else None, sub, known)
                 where = f"{path}: {key.label}"
                 chosen[key.dotted] = (key, _coerce(sub_value, key.hint, where), where)
     environ = env if env is not None else {}
     by_env = {k.env: k for k in keys}
-    old_env = _env_names(keys)
+    moved_env = {_env_name(*place): k for place, k in moved.items()}
     for var in sorted(environ):
         if not var.startswith("VERIFIER_") or var.startswith(_TEST_PREFIX):
             continue
         key = by_env.get(var)
         if key is None:
-            table, name = old_env.get(var, ("", var))
-            raise _refuse(keys, table, name, "env", var)
+            new = moved_env.get(var)
+            raise _refused(var, new.env if new else None, var, by_env)
         chosen[key.dotted] = (key, _coerce(environ[var], key.hint, var), var)
     for dotted, value in (overrides or {}).items():
         table, _, name = dotted.rpartition(".")
         key = by_place.get((table, name))
         if key is None:
-            raise _refuse(keys, table, name, "option")
+            new = moved.get((table, name))
+            known = (k.dotted for k in keys)
+            raise _refused(f"option {dotted}", new.dotted if new else None, dotted, known)
         where = f"option {dotted}"
         chosen[key.dotted] = (key, _coerce(value, key.hint, where), where)
     layers: dict[str, dict[str, Any]] = {"": {}, **{p: {} for p in _PARTS}}

@@ -56,12 +56,10 @@ def _markdown(text: str) -> str:
 _CAPTIONS = {
     "verification": "PASSporT checks",
     "api": "the HTTP API",
-    "http_client": "every outgoing fetch",
     "x5u": "certificate retrieval",
     "rcd": "Rich Call Data content",
     "records": "traceback records",
     "redis": "shared tier for many instances",
-    "tuning": "performance knobs",
 }
 
 
@@ -70,7 +68,12 @@ def reference() -> str:
     notes = {"http_client": HttpClientKeys.__doc__, "tuning": TuningKeys.__doc__}
     lines = [README_BEGIN, f"<!-- edit the docs in the code, then run: {REGENERATE} -->"]
     for table, group in itertools.groupby(describe(), key=lambda k: k.table):
-        lines += ["", f"**[{table}]** ({_CAPTIONS[table]})" if table else "**top level**"]
+        if not table:
+            lines += ["", "**top level**"]
+        elif table in _CAPTIONS:
+            lines += ["", f"**[{table}]** ({_CAPTIONS[table]})"]
+        else:
+            lines += ["", f"**[{table}]**"]
         if table in notes:  # the class docstring, less its "``[table]``: " opening
             note = " ".join((notes[table] or "").split()).split(": ", 1)[1]
             lines += ["", _markdown(note[0].upper() + note[1:])]
