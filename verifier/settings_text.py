@@ -123,7 +123,8 @@ def _mask_url(url: str) -> str:
 
 def effective_toml(settings: Settings) -> str:
     """Every key's value in ``settings`` as a TOML document in the file's layout, secrets
-    (tokens, passwords in the Redis and database URLs) masked; unset keys are comments."""
+    (tokens, passwords in the Redis and database URLs) masked; unset keys are comments, and a
+    value that is not the default says the default."""
     out = ["# verifier: effective configuration (defaults < file < VERIFIER_* < options)"]
     for table, group in itertools.groupby(describe(), key=lambda k: k.table):
         if table:
@@ -134,9 +135,13 @@ def effective_toml(settings: Settings) -> str:
             if value is None:
                 out.append(f"# {k.name}: unset")
                 continue
+            line = f"{k.name} = {{}}"
+            if value != k.default:
+                default = "unset" if k.default is None else _toml_value(k.default)
+                line += f"  # default: {default}"
             if (k.table, k.name) in _SECRETS:
                 value = "***"
             elif (k.table, k.name) in _URL_SECRETS:
                 value = _mask_url(value)
-            out.append(f"{k.name} = {_toml_value(value)}")
+            out.append(line.format(_toml_value(value)))
     return "\n".join(out) + "\n"
