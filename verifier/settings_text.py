@@ -26,9 +26,9 @@ README_END = "<!-- END configuration reference -->"
 REGENERATE = "python -m verifier config reference --update README.md"
 """The command that rewrites README.md's block."""
 
+# The keys whose value, or the password in their URL, ``config check`` masks.
 _SECRETS = {("api", "admin_token"), ("api", "verify_token")}
 _URL_SECRETS = {("redis", "url"), ("records", "database_url")}
-"""Keys whose value (or the password in their URL) ``config check`` masks."""
 
 
 def _toml_value(value: Any) -> str:
@@ -79,10 +79,10 @@ def reference() -> str:
             lines += ["", _markdown(note[0].upper() + note[1:])]
         lines += ["", "| key | environment | default | meaning |", "|---|---|---|---|"]
         for k in group:
-            if k.default is None:
-                default = "(unset)"
-            else:  # the version changes with each release, the default's shape does not
-                default = f"`{_toml_value(k.default).replace(__version__, '<version>')}`"
+            value = k.default
+            if isinstance(value, str):  # the version changes with each release, not the rule
+                value = value.replace(f"verifier/{__version__}", "verifier/<version>")
+            default = "(unset)" if value is None else f"`{_toml_value(value)}`"
             row = f"| `{k.name}` | `{k.env}` | {_markdown(default)} | {_markdown(k.doc)} |"
             lines.append(row)
     return "\n".join([*lines, "", README_END])
