@@ -157,10 +157,11 @@ async def soak(seconds: float, report: float) -> dict[str, Any]:
             port = _free_port()
             (work / "v.toml").write_text(
                 f"port = {port}\ntrust_anchors = ['{work / 'root.pem'}']\n"
-                f"[x5u]\nca_file = '{work / 'ca.pem'}'\nprivate_allow = ['127.0.0.1']\n"
-                f"ports = [443, {repo.port}]\ncrl_check = false\ncache_size = {CACHE_SIZE}\n"
-                f"[records]\ndata_dir = '{work / 'data'}'\nqueue_size = {QUEUE_SIZE}\n"
+                f"[http_client]\nca_file = '{work / 'ca.pem'}'\nprivate_allow = ['127.0.0.1']\n"
+                f"ports = [443, {repo.port}]\n[x5u]\ncrl_check = false\ncache_size = {CACHE_SIZE}\n"
+                f"[records]\ndata_dir = '{work / 'data'}'\n"
                 f"[verification]\nreplay_cache_size = 20000\n"
+                f"[tuning]\nwriter_queue_size = {QUEUE_SIZE}\n"
             )
             server = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -1,4 +1,4 @@
-"""verifier.cli: ``verifier verify | sign | pki init | demo`` through main(argv)."""
+"""verifier.cli: ``verifier verify | sign | pki init | demo | config`` through main(argv)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 import json
 import socket
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,3 +348,138 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# -- config check / reference --------------------------------------------------------------------
+
+
+def test_config_check_prints_the_effective_configuration_with_secrets_masked(
+    files: Files,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "v.toml"
+    config.write_text(
+        f"trust_anchors = ['{files.root}']\n"
+        "[http_client]\ntimeout = 1.5\n[tuning]\nkey_tables = 8\n"
+    )
+    monkeypatch.setenv("VERIFIER_API_ADMIN_TOKEN", "admin-token-0123456789")
+    monkeypatch.setenv("VERIFIER_REDIS_URL", "redis://:r3dis-pass@127.0.0.1:6379/0")
+    monkeypatch.setenv("VERIFIER_RECORDS_DATABASE_URL", "postgresql://v:pg-pass@127.0.0.1/r")
+    assert 0 == run(["config", "check", "--config", str(config)])
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert "timeout = 1.5  # default: 2.0" == lines[lines.index("[http_client]") + 3]
+    shown = tomllib.loads(out)
+    assert 8 == shown["tuning"]["key_tables"]
+    assert "***" == shown["api"]["admin_token"]
+    assert "redis://:***@127.0.0.1:6379/0" == shown["redis"]["url"]
+    assert "postgresql://v:***@127.0.0.1/r" == shown["records"]["database_url"]
+    for secret in ("admin-token", "r3dis-pass", "pg-pass"):
+        assert secret not in out + err
+    assert "" == err
+
+
+def test_config_check_without_a_file_reads_the_environment(
+    files: Files, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VERIFIER_TRUST_ANCHORS", files.root)
+    monkeypatch.setenv("VERIFIER_HTTP_CLIENT_ALLOW_PRIVATE", "yes")
+    assert 0 == run(["config", "check"])
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert True is shown["http_client"]["allow_private"]
+    assert [files.root] == shown["trust_anchors"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("[x5u]\ntimeout = 3\n", {}, "[x5u] timeout moved to [http_client] timeout"),
+        (
+            "[records]\nqueue_size = 5\n",
+            {},
+            "[records] queue_size moved to [tuning] writer_queue_size",
+        ),
+        ("", {"VERIFIER_X5U_CA_FILE": "/ca.pem"}, "VERIFIER_X5U_CA_FILE moved to"),
+        ("", {"VERIFIER_PROT": "80"}, "VERIFIER_PROT: unknown setting"),
+        ("[tuning]\nbatch_threads = 0\n", {}, "[tuning] batch_threads: batch_threads must be"),
+        ("policy_file = 'missing-policy.toml'\n", {}, "missing-policy.toml: cannot read"),
+        ("trust_anchors = ['missing.pem']\n", {}, "missing.pem: no such file or directory"),
+        ("[api]\nadmin_token = 'short'\n", {}, "admin_token must be at least 16"),
+    ],
+)
+def test_config_check_refuses_a_bad_configuration_with_status_2(
+    files: Files,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    toml: str,
+    env: dict[str, str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "v.toml"
+    anchors = "" if "trust_anchors" in toml else f"trust_anchors = ['{files.root}']\n"
+    config.write_text(anchors + toml)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert 2 == run(["config", "check", "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert "" == out
+    assert err.startswith("verifier: error: ")
+    assert message in err
+    assert "Traceback" not in err
+    assert "short" not in err  # a refused secret is not echoed
+
+
+def test_config_check_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert 2 == run(["config", "check", "--config", str(tmp_path / "none.toml")])
+    assert "none.toml: cannot read (No such file or directory)" in capsys.readouterr().err
+
+
+def test_config_reference_prints_the_readme_block(capsys: pytest.CaptureFixture[str]) -> None:
+    from verifier.settings_text import README_BEGIN, README_END
+
+    assert 0 == run(["config", "reference"])
+    out = capsys.readouterr().out
+    assert out.startswith(README_BEGIN)
+    assert out.rstrip().endswith(README_END)
+    assert "| `timeout` | `VERIFIER_HTTP_CLIENT_TIMEOUT` | `2.0` |" in out
+
+
+def test_config_reference_update_rewrites_the_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from verifier.settings_text import README_BEGIN, README_END, reference
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nold\n{README_END}\n\n## next\n")
+    assert 0 == run(["config", "reference", "--update", str(readme)])
+    assert f"# x\n\n{reference()}\n\n## next\n" == readme.read_text()
+    assert "rewritten" in capsys.readouterr().out
+    assert 0 == run(["config", "reference", "--update", str(readme)])
+    assert "up to date" in capsys.readouterr().out
+    (tmp_path / "plain.md").write_text("# no markers\n")
+    assert 2 == run(["config", "reference", "--update", str(tmp_path / "plain.md")])
+    assert "no '<!-- BEGIN" in capsys.readouterr().err
+    assert 2 == run(["config", "reference", "--update", str(tmp_path / "missing.md")])
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_serve_refuses_an_unknown_variable_before_starting(
+    files: Files, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VERIFIER_X5U_ALLOW_PRIVATE_X5U", "1")
+    assert 2 == run(["serve", "--trust-anchor", files.root, "--port", "0"])
+    message = "VERIFIER_X5U_ALLOW_PRIVATE_X5U moved to VERIFIER_HTTP_CLIENT_ALLOW_PRIVATE"
+    assert f"verifier: error: {message}\n" == capsys.readouterr().err
+
+
+def test_serve_fetch_flags_are_http_client_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the flags' keys are accepted: the first error is the missing trust anchor, after them
+    argv = ["serve", "--x5u-ca-file", "ca.pem", "--allow-private-x5u"]
+    assert 2 == run([*argv, "--trust-anchor", str(tmp_path / "none.pem")])
+    assert f"{tmp_path / 'none.pem'}: no such file or directory" in capsys.readouterr().err

@@ -7,8 +7,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import json
 import os
 import re
+import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,14 @@ from verifier.records import RecordSettings
 from verifier.settings import (
     ApiSettings,
     ConfigError,
+    HttpClientKeys,
     Settings,
+    TuningKeys,
     VerificationSettings,
     describe,
     load_settings,
 )
+from verifier.settings_text import effective_toml
 
 FULL_TOML = """
 host = "192.0.2.10"
@@ -43,19 +49,46 @@ nanp_national_match = false
 max_identity_headers = 8
 require_policy_oid = true
 
-[x5u]
+[http_client]
 ports = [443, 8443]
 connect_timeout = 0.5
 timeout = 1.5
-max_body = 16384
 ca_file = "/etc/ssl/bundle.pem"
+allow_private = true
+private_allow = ["10.0.0.0/8", ".internal.example"]
+breaker_threshold = 3
+breaker_cooldown = 10
+user_agent = "sti-vs/1"
+
+[x5u]
+max_body = 16384
 min_ttl = 60
 max_ttl = 7200
-allow_private_x5u = true
-private_allow = ["10.0.0.0/8", ".internal.example"]
 host_deny = ["bad.example"]
 crl_mode = "closed"
 crl_files = ["/etc/verifier/ca.crl"]
+
+[rcd]
+max_jcl_bytes = 4096
+cache_ttl = 600
+
+[records]
+enabled = false
+retention_days = 30
+
+[redis]
+key_prefix = "sti:"
+
+[tuning]
+batch_threads = 1
+batch_signatures = false
+key_tables = 0
+event_loop = "asyncio"
+writer_process = false
+writer_nice = 0
+writer_batch_size = 500
+writer_flush_interval = 0.5
+writer_queue_size = 100
 
 [api]
 reason_key_case = "camel"
@@ -123,6 +156,7 @@ def test_toml_file_sets_every_table(tmp_path: Path) -> None:
                 nanp_national_match=False,
                 max_identity_headers=8,
                 require_policy_oid=True,
+                key_tables=0,
             ),
             x5u=FetchSettings(
                 ports=frozenset({443, 8443}),
@@ -134,10 +168,39 @@ def test_toml_file_sets_every_table(tmp_path: Path) -> None:
                 max_ttl=7200.0,
                 allow_private_x5u=True,
                 private_allow=("10.0.0.0/8", ".internal.example"),
+                breaker_threshold=3,
+                breaker_cooldown=10.0,
+                user_agent="sti-vs/1",
                 host_deny=("bad.example",),
                 crl_mode="closed",
                 crl_files=("/etc/verifier/ca.crl",),
             ),
+            rcd=RcdSettings(
+                ports=frozenset({443, 8443}),
+                connect_timeout=0.5,
+                timeout=1.5,
+                ca_file="/etc/ssl/bundle.pem",
+                allow_private=True,
+                private_allow=("10.0.0.0/8", ".internal.example"),
+                breaker_threshold=3,
+                breaker_cooldown=10.0,
+                user_agent="sti-vs/1",
+                max_jcl_bytes=4096,
+                cache_ttl=600.0,
+            ),
+            records=RecordSettings(
+                enabled=False,
+                retention_days=30.0,
+                writer_process=False,
+                writer_nice=0,
+                batch_size=500,
+                flush_interval=0.5,
+                queue_size=100,
+            ),
+            redis=RedisSettings(key_prefix="sti:"),
+            batch_threads=1,
+            batch_signatures=False,
+            event_loop="asyncio",
             api=ApiSettings(
                 reason_key_case="camel",
                 include_attest=False,
@@ -163,26 +226,29 @@ def test_environment_overrides() -> None:
     settings = load_settings(
         env={
             "VERIFIER_PORT": "9090",
-            "VERIFIER_X5U_ALLOW_PRIVATE_X5U": "true",
-            "VERIFIER_X5U_PORTS": "443, 8443",
+            "VERIFIER_HTTP_CLIENT_ALLOW_PRIVATE": "true",
+            "VERIFIER_HTTP_CLIENT_PORTS": "443, 8443",
             "VERIFIER_API_REASON_KEY_CASE": "camel",
             "VERIFIER_TRUST_ANCHORS": "/a.pem,/b",
             "VERIFIER_VERIFICATION_MAX_IAT_AGE": "30.5",
             "VERIFIER_VERIFICATION_NANP_NATIONAL_MATCH": "off",
-            "VERIFIER_X5U_CA_FILE": "",
+            "VERIFIER_HTTP_CLIENT_CA_FILE": "",
             "VERIFIER_API_BATCH_MAX": "5",
+            "VERIFIER_TUNING_KEY_TABLES": "0",
+            "VERIFIER_TUNING_WRITER_BATCH_SIZE": "100",
             "UNRELATED": "ignored",
-            "VERIFIER_NO_SUCH_SETTING": "ignored too",
+            "VERIFIER_TEST_DATABASE_URL": "the test suite's, not read",
         }
     )
     assert 9090 == settings.port
-    assert True is settings.x5u.allow_private_x5u
-    assert frozenset({443, 8443}) == settings.x5u.ports
+    assert (True, True) == (settings.x5u.allow_private_x5u, settings.rcd.allow_private)
+    assert (frozenset({443, 8443}),) * 2 == (settings.x5u.ports, settings.rcd.ports)
+    assert (0, 100) == (settings.verification.key_tables, settings.records.batch_size)
     assert "camel" == settings.api.reason_key_case
     assert ("/a.pem", "/b") == settings.trust_anchors
     assert 30.5 == settings.verification.max_iat_age
     assert False is settings.verification.nanp_national_match
-    assert None is settings.x5u.ca_file
+    assert (None, None) == (settings.x5u.ca_file, settings.rcd.ca_file)
     assert 5 == settings.api.batch_max
 
 
@@ -191,7 +257,7 @@ def test_environment_overrides() -> None:
     [("1", True), ("yes", True), ("ON", True), ("True", True), ("0", False), ("no", False)],
 )
 def test_environment_booleans(value: str, expected: bool) -> None:
-    env = {"VERIFIER_X5U_ALLOW_PRIVATE_X5U": value}
+    env = {"VERIFIER_HTTP_CLIENT_ALLOW_PRIVATE": value}
     assert expected is load_settings(env=env).x5u.allow_private_x5u
 
 
@@ -207,15 +273,18 @@ def test_overrides_use_dotted_keys() -> None:
     settings = load_settings(
         overrides={
             "port": 7000,
-            "x5u.allow_private_x5u": True,
-            "x5u.ports": [8443],
+            "http_client.allow_private": True,
+            "http_client.ports": [8443],
+            "x5u.crl_check": False,
             "api.reason_key_case": "camel",
             "verification.max_date_skew": 120,
+            "tuning.batch_threads": 1,
         }
     )
     assert 7000 == settings.port
-    assert True is settings.x5u.allow_private_x5u
-    assert frozenset({8443}) == settings.x5u.ports
+    assert (True, True) == (settings.x5u.allow_private_x5u, settings.rcd.allow_private)
+    assert (frozenset({8443}),) * 2 == (settings.x5u.ports, settings.rcd.ports)
+    assert (False, 1) == (settings.x5u.crl_check, settings.batch_threads)
     assert "camel" == settings.api.reason_key_case
     assert 120.0 == settings.verification.max_date_skew
 
@@ -245,12 +314,14 @@ def test_settings_are_frozen() -> None:
 
 def test_unknown_key(tmp_path: Path) -> None:
     path = _toml(tmp_path, "prot = 8080\n")
-    assert f"{path}: prot: unknown setting" == _error(path)
+    assert f"{path}: prot: unknown setting (did you mean port?)" == _error(path)
+    path = _toml(tmp_path, "listen = '::'\n")
+    assert f"{path}: listen: unknown setting" == _error(path)
 
 
 def test_unknown_table_key(tmp_path: Path) -> None:
-    path = _toml(tmp_path, "[x5u]\ntimout = 2\n")
-    assert f"{path}: [x5u] timout: unknown setting" == _error(path)
+    path = _toml(tmp_path, "[x5u]\nmax_bdy = 2\n")
+    assert f"{path}: [x5u] max_bdy: unknown setting (did you mean max_body?)" == _error(path)
 
 
 def test_unknown_table_is_an_unknown_key(tmp_path: Path) -> None:
@@ -264,9 +335,10 @@ def test_table_that_is_not_a_table(tmp_path: Path) -> None:
 
 
 def test_unknown_override() -> None:
-    assert "--x5u.nope: unknown setting" == _error(overrides={"x5u.nope": 1})
-    assert "--nope.port: unknown setting" == _error(overrides={"nope.port": 1})
-    assert "--x5u: unknown setting" == _error(overrides={"x5u": {}})
+    assert "option x5u.nope: unknown setting" == _error(overrides={"x5u.nope": 1})
+    assert "option nope.port: unknown setting" == _error(overrides={"nope.port": 1})
+    assert "option x5u: unknown setting" == _error(overrides={"x5u": {}})
+    assert "option tuning: unknown setting" == _error(overrides={"tuning": {}})
 
 
 @pytest.mark.parametrize(
@@ -279,11 +351,16 @@ def test_unknown_override() -> None:
         ('trust_anchors = "certs"', "trust_anchors: expected a list, got 'certs'"),
         ("shutdown_timeout = false", "shutdown_timeout: expected a number, got False"),
         (
-            '[x5u]\nallow_private_x5u = "yes"',
-            "[x5u] allow_private_x5u: expected true or false, got 'yes'",
+            '[http_client]\nallow_private = "yes"',
+            "[http_client] allow_private: expected true or false, got 'yes'",
         ),
-        ('[x5u]\nports = [443, "8443"]', "[x5u] ports: expected an integer, got '8443'"),
-        ("[x5u]\nca_file = 5", "[x5u] ca_file: expected a string, got 5"),
+        (
+            '[http_client]\nports = [443, "8443"]',
+            "[http_client] ports: expected an integer, got '8443'",
+        ),
+        ("[http_client]\nca_file = 5", "[http_client] ca_file: expected a string, got 5"),
+        ("[x5u]\ncrl_check = 1", "[x5u] crl_check: expected true or false, got 1"),
+        ("[tuning]\nkey_tables = 'all'", "[tuning] key_tables: expected an integer, got 'all'"),
         (
             "[verification]\nmax_iat_age = '60'",
             "[verification] max_iat_age: expected a number, got '60'",
@@ -301,14 +378,21 @@ def test_wrong_type_in_file(tmp_path: Path, toml: str, message: str) -> None:
         ({"VERIFIER_PORT": "http"}, "VERIFIER_PORT: expected an integer, got 'http'"),
         ({"VERIFIER_PORT": ""}, "VERIFIER_PORT: expected an integer, got ''"),
         (
-            {"VERIFIER_X5U_ALLOW_PRIVATE_X5U": "maybe"},
-            "VERIFIER_X5U_ALLOW_PRIVATE_X5U: expected true or false, got 'maybe'",
+            {"VERIFIER_HTTP_CLIENT_ALLOW_PRIVATE": "maybe"},
+            "VERIFIER_HTTP_CLIENT_ALLOW_PRIVATE: expected true or false, got 'maybe'",
         ),
         (
-            {"VERIFIER_X5U_PORTS": "443,https"},
-            "VERIFIER_X5U_PORTS: expected an integer, got 'https'",
+            {"VERIFIER_HTTP_CLIENT_PORTS": "443,https"},
+            "VERIFIER_HTTP_CLIENT_PORTS: expected an integer, got 'https'",
         ),
-        ({"VERIFIER_X5U_TIMEOUT": "2s"}, "VERIFIER_X5U_TIMEOUT: expected a number, got '2s'"),
+        (
+            {"VERIFIER_HTTP_CLIENT_TIMEOUT": "2s"},
+            "VERIFIER_HTTP_CLIENT_TIMEOUT: expected a number, got '2s'",
+        ),
+        (
+            {"VERIFIER_TUNING_EVENT_LOOP": "trio"},
+            "VERIFIER_TUNING_EVENT_LOOP: 'trio' is not one of 'auto', 'asyncio', 'uvloop'",
+        ),
     ],
 )
 def test_wrong_type_in_environment(env: dict[str, str], message: str) -> None:
@@ -335,18 +419,35 @@ def test_bad_literal(tmp_path: Path) -> None:
         ("port = -1", "port: port must be 0-65535"),
         ("workers = 0", "workers: workers must be at least 1"),
         ('log_level = "LOUD"', "log_level: log_level must be DEBUG, INFO, WARNING or ERROR"),
-        ("[x5u]\ntimeout = 0", "[x5u] timeout: timeout must be > 0"),
-        ("[x5u]\nports = []", "[x5u] ports: ports must be a non-empty set of TCP ports"),
-        ("[x5u]\nports = [70000]", "[x5u] ports: ports must be a non-empty set of TCP ports"),
+        ("[http_client]\ntimeout = 0", "[http_client] timeout: timeout must be > 0"),
+        (
+            "[http_client]\nports = []",
+            "[http_client] ports: ports must be a non-empty set of TCP ports",
+        ),
+        (
+            "[http_client]\nports = [70000]",
+            "[http_client] ports: ports must be a non-empty set of TCP ports",
+        ),
+        (
+            "[http_client]\nprivate_allow = ['10.0.0.300/8']",
+            "[http_client] private_allow: allow entry '10.0.0.300/8' is not a valid address"
+            " or CIDR",
+        ),
         ("[x5u]\nmin_ttl = 90000", "[x5u] min_ttl: min_ttl must not exceed max_ttl"),
         ("[verification]\nmax_iat_age = 0", "[verification] max_iat_age: max_iat_age must be > 0"),
         (
             "[verification]\nmax_identity_headers = 0",
             "[verification] max_identity_headers: max_identity_headers must be >= 1",
         ),
+        ("[tuning]\nkey_tables = -1", "[tuning] key_tables: key_tables must be >= 0"),
+        ("[tuning]\nbatch_threads = 0", "[tuning] batch_threads: batch_threads must be at least 1"),
         (
-            "[verification]\nkey_tables = -1",
-            "[verification] key_tables: key_tables must be >= 0",
+            "[tuning]\nwriter_batch_size = 0",
+            "[tuning] writer_batch_size: writer_batch_size must be >= 1",
+        ),
+        (
+            "[tuning]\nwriter_queue_size = 0",
+            "[tuning] writer_queue_size: writer_queue_size must be >= 1",
         ),
         ("[api]\nbody_limit = 0", "[api] body_limit: body_limit must be >= 1"),
         ("[api]\nbatch_max = -5", "[api] batch_max: batch_max must be >= 1"),
@@ -358,7 +459,7 @@ def test_out_of_range_in_file(tmp_path: Path, toml: str, message: str) -> None:
 
 
 def test_out_of_range_names_the_layer_that_set_it(tmp_path: Path) -> None:
-    path = _toml(tmp_path, "host = '0.0.0.0'\n[x5u]\ntimeout = 3\n")
+    path = _toml(tmp_path, "host = '0.0.0.0'\n[http_client]\ntimeout = 3\n")
     assert "VERIFIER_PORT: port must be 0-65535" == _error(path, env={"VERIFIER_PORT": "70000"})
     assert "VERIFIER_WORKERS: workers must be at least 1" == _error(env={"VERIFIER_WORKERS": "0"})
     assert "option port: port must be 0-65535" == _error(path, overrides={"port": 70000})
@@ -385,6 +486,167 @@ def test_not_utf8_toml(tmp_path: Path) -> None:
     assert f"{path}: not UTF-8 (byte 11)" == _error(path)
 
 
+# -- moved and unknown keys ----------------------------------------------------------------------
+
+# Every key of the old layout that has a new place: (old table, old key, new table, new key).
+MOVED = [
+    *(
+        (table, old, "http_client", new)
+        for table, names in (
+            ("x5u", ("ports", "connect_timeout", "timeout", "ca_file", "allow_private_x5u")),
+            ("rcd", ("ports", "connect_timeout", "timeout", "ca_file", "allow_private")),
+        )
+        for old, new in zip(names, (*names[:4], "allow_private"), strict=True)
+    ),
+    *(
+        (table, name, "http_client", name)
+        for table in ("x5u", "rcd")
+        for name in ("private_allow", "breaker_threshold", "breaker_cooldown", "user_agent")
+    ),
+    ("", "batch_threads", "tuning", "batch_threads"),
+    ("", "batch_signatures", "tuning", "batch_signatures"),
+    ("", "event_loop", "tuning", "event_loop"),
+    ("verification", "key_tables", "tuning", "key_tables"),
+    ("records", "writer_process", "tuning", "writer_process"),
+    ("records", "writer_nice", "tuning", "writer_nice"),
+    ("records", "batch_size", "tuning", "writer_batch_size"),
+    ("records", "flush_interval", "tuning", "writer_flush_interval"),
+    ("records", "queue_size", "tuning", "writer_queue_size"),
+]
+
+
+def test_the_moved_keys_are_the_shared_ones_twice_and_the_tuning_ones() -> None:
+    assert 2 * len(HttpClientKeys.__annotations__) + len(TuningKeys.__annotations__) == len(MOVED)
+
+
+def _label(table: str, key: str) -> str:
+    return f"[{table}] {key}" if table else key
+
+
+def _env(table: str, key: str) -> str:
+    return f"VERIFIER_{table}_{key}".upper() if table else f"VERIFIER_{key}".upper()
+
+
+def test_a_moved_key_in_the_file_names_its_new_place(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "[x5u]\ntimeout = 3\n")
+    assert f"{path}: [x5u] timeout moved to [http_client] timeout" == _error(path)
+    path = _toml(tmp_path, "[records]\nbatch_size = 50\n")
+    assert f"{path}: [records] batch_size moved to [tuning] writer_batch_size" == _error(path)
+    path = _toml(tmp_path, "batch_threads = 4\n")
+    assert f"{path}: batch_threads moved to [tuning] batch_threads" == _error(path)
+
+
+@pytest.mark.parametrize(("table", "old", "new_table", "new"), MOVED)
+def test_every_moved_key_names_its_new_place_everywhere(
+    tmp_path: Path, table: str, old: str, new_table: str, new: str
+) -> None:
+    text = f"[{table}]\n{old} = 1\n" if table else f"{old} = 1\n"
+    path = _toml(tmp_path, text)
+    assert f"{path}: {_label(table, old)} moved to {_label(new_table, new)}" == _error(path)
+    env = {_env(table, old): "1"}
+    assert f"{_env(table, old)} moved to {_env(new_table, new)}" == _error(env=env)
+    dotted = f"{table}.{old}" if table else old
+    assert f"option {dotted} moved to {new_table}.{new}" == _error(overrides={dotted: 1})
+
+
+def test_an_unknown_environment_variable_is_refused() -> None:
+    assert "VERIFIER_LISTEN: unknown setting" == _error(env={"VERIFIER_LISTEN": "::"})
+    assert "VERIFIER_POLICY: unknown setting (did you mean VERIFIER_POLICY_FILE?)" == _error(
+        env={"VERIFIER_POLICY": "p.toml"}
+    )
+    assert "VERIFIER_: unknown setting" == _error(env={"VERIFIER_": ""})
+    assert "VERIFIER_PROT: unknown setting (did you mean VERIFIER_PORT?)" == _error(
+        env={"VERIFIER_PROT": "8080"}
+    )
+    assert (
+        "VERIFIER_HTTP_CLIENT_TIMOUT: unknown setting (did you mean VERIFIER_HTTP_CLIENT_TIMEOUT?)"
+        == _error(env={"VERIFIER_HTTP_CLIENT_TIMOUT": "1"})
+    )
+
+
+def test_a_misspelt_key_gets_the_known_one_it_is_closest_to(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "[tuning]\nkey_table = 0\n")
+    assert f"{path}: [tuning] key_table: unknown setting (did you mean key_tables?)" == _error(path)
+    message = _error(overrides={"http_client.timout": 1})
+    assert (
+        "option http_client.timout: unknown setting (did you mean http_client.timeout?)" == message
+    )
+
+
+def test_only_verifier_variables_are_read_and_the_test_suites_are_left_alone() -> None:
+    env = {
+        "PORT": "1",
+        "verifier_port": "2",
+        "VERIFIER_TEST_REDIS_URL": "redis://127.0.0.1:6379/15",
+        "VERIFIER_TEST_ANYTHING": "x",
+    }
+    assert Settings() == load_settings(env=env)
+
+
+# -- the layout covers the dataclasses ---------------------------------------------------------
+
+
+PARTS: dict[str, type[Any]] = {
+    "verification": VerificationSettings,
+    "api": ApiSettings,
+    "x5u": FetchSettings,
+    "rcd": RcdSettings,
+    "records": RecordSettings,
+    "redis": RedisSettings,
+}
+
+
+def test_every_field_of_the_settings_is_set_by_exactly_one_key() -> None:
+    fields = [("", f.name) for f in dataclasses.fields(Settings) if f.name not in PARTS]
+    fields += [(part, f.name) for part, cls in PARTS.items() for f in dataclasses.fields(cls)]
+    targets = [t for key in describe() for t in key.targets]
+    assert sorted(fields) == sorted(targets)
+
+
+def test_a_key_has_the_type_and_default_of_every_field_it_sets() -> None:
+    for key in describe():
+        for part, name in key.targets:
+            cls = PARTS[part] if part else Settings
+            assert typing.get_type_hints(cls)[name] == key.hint, key.label
+            assert getattr(cls(), name) == key.default, key.label
+
+
+def test_shared_and_tuning_keys_reach_every_place_they_act() -> None:
+    settings = load_settings(
+        overrides={
+            "http_client.connect_timeout": 0.3,
+            "http_client.breaker_cooldown": 1.0,
+            "http_client.private_allow": ["127.0.0.1"],
+            "http_client.user_agent": "x/1",
+            "tuning.event_loop": "asyncio",
+            "tuning.writer_nice": 5,
+            "tuning.writer_flush_interval": 0.05,
+        }
+    )
+    for fetch in (settings.x5u, settings.rcd):
+        assert (0.3, 1.0, ("127.0.0.1",), "x/1") == (
+            fetch.connect_timeout,
+            fetch.breaker_cooldown,
+            fetch.private_allow,
+            fetch.user_agent,
+        )
+    assert ("asyncio", 5, 0.05) == (
+        settings.event_loop,
+        settings.records.writer_nice,
+        settings.records.flush_interval,
+    )
+
+
+def test_environment_variables_are_unique_and_follow_the_rule() -> None:
+    keys = describe()
+    assert len(keys) == len({k.env for k in keys})
+    assert "VERIFIER_HTTP_CLIENT_TIMEOUT" in {k.env for k in keys}
+    assert "VERIFIER_TUNING_KEY_TABLES" in {k.env for k in keys}
+    assert not [k.env for k in keys if k.env.startswith("VERIFIER_TEST_")]
+    for k in keys:
+        assert _env(k.table, k.name) == k.env
+
+
 # -- describe ------------------------------------------------------------------------------------
 
 
@@ -399,34 +661,89 @@ def _documented_fields(cls: type[Any]) -> set[str]:
     return found
 
 
-def test_describe_lists_every_setting_with_its_doc() -> None:
+def test_describe_lists_every_key_in_reference_order_with_its_doc() -> None:
     rows = describe()
-    tables: dict[str, type[Any]] = {
-        "": Settings,
-        "verification": VerificationSettings,
-        "x5u": FetchSettings,
-        "api": ApiSettings,
-        "records": RecordSettings,
-        "rcd": RcdSettings,
-        "redis": RedisSettings,
-    }
-    expected_keys = [
-        (table, f.name)
-        for table, cls in tables.items()
-        for f in dataclasses.fields(cls)
-        if f.name not in tables
+    tables = ["", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "tuning"]
+    assert tables == list(dict.fromkeys(k.table for k in rows))
+    assert [n for n in HttpClientKeys.__annotations__] == [
+        k.name for k in rows if k.table == "http_client"
     ]
-    assert expected_keys == [(table, key) for table, key, _, _ in rows]
-    documented = {
-        (table, name) for table, cls in tables.items() for name in _documented_fields(cls)
-    }
-    assert documented == {(table, key) for table, key, _, doc in rows if doc}
-    assert 25 <= len(documented)
-    by_key = {(table, key): (default, doc) for table, key, default, doc in rows}
-    assert 8080 == by_key[("", "port")][0]
-    assert ("certs",) == by_key[("", "trust_anchors")][0]
-    assert "lower" == by_key[("api", "reason_key_case")][0]
-    default, doc = by_key[("x5u", "timeout")]
-    assert 2.0 == default
-    assert doc.startswith("Total time for one x5u fetch")
-    assert "\n" not in doc and "  " not in doc
+    assert [n for n in TuningKeys.__annotations__] == [k.name for k in rows if k.table == "tuning"]
+    for k in rows:
+        cls = {"http_client": HttpClientKeys, "tuning": TuningKeys}.get(k.table) or (
+            PARTS[k.table] if k.table else Settings
+        )
+        assert k.name in _documented_fields(cls), k.label
+        assert k.doc and "\n" not in k.doc and "  " not in k.doc, k.label
+    by_key = {(k.table, k.name): k for k in rows}
+    assert 8080 == by_key[("", "port")].default
+    assert ("certs",) == by_key[("", "trust_anchors")].default
+    assert "lower" == by_key[("api", "reason_key_case")].default
+    timeout = by_key[("http_client", "timeout")]
+    assert (2.0, "VERIFIER_HTTP_CLIENT_TIMEOUT") == (timeout.default, timeout.env)
+    assert timeout.doc.startswith("Total time for one fetch")
+    assert (("records", "batch_size"),) == by_key[("tuning", "writer_batch_size")].targets
+    assert "[x5u] max_body" == by_key[("x5u", "max_body")].label
+
+
+# -- the effective configuration (`verifier config check`) ----------------------------------------
+
+
+def test_effective_configuration_reads_back_as_the_same_settings(tmp_path: Path) -> None:
+    settings = load_settings(
+        _toml(tmp_path, FULL_TOML),
+        env={"VERIFIER_POLICY_FILE": "/etc/verifier/policy.toml", "VERIFIER_HOST": 'a"b\\c\x7f'},
+    )
+    text = effective_toml(settings)
+    assert settings == load_settings(_toml(tmp_path, text, "effective.toml"))
+    lines = text.splitlines()
+    assert 'policy_file = "/etc/verifier/policy.toml"  # default: unset' in lines
+    assert "[tuning]\nbatch_threads = 1  # default: 2\n" in text
+    assert "# verify_token: unset" in lines
+
+
+def test_effective_configuration_of_the_defaults() -> None:
+    lines = effective_toml(Settings()).splitlines()
+    assert "port = 8080" in lines
+    assert "ports = [443, 8443]" == lines[lines.index("[http_client]") + 1]
+    assert "# policy_file: unset" in lines
+    assert "# url: unset" in lines
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@10.0.0.5:6379/0", "redis://:***@10.0.0.5:6379/0"),
+        ("redis://cache:s3cret@redis.internal/2", "redis://cache:***@redis.internal/2"),
+        (
+            "rediss://redis.internal:6380/0?password=s3cret",
+            "rediss://redis.internal:6380/0?password=***",
+        ),
+        ("unix:///run/redis.sock?db=1&password=s3cret", "unix:///run/redis.sock?db=1&password=***"),
+        ("redis://redis.internal:6379/0", "redis://redis.internal:6379/0"),
+        ("redis://[::1:6379/0", "***"),  # not a URL the parser splits: all of it hidden
+    ],
+)
+def test_effective_configuration_masks_the_redis_password(url: str, shown: str) -> None:
+    text = effective_toml(load_settings(overrides={"redis.url": url}))
+    assert f"url = {json.dumps(shown)}  # default: unset" in text.splitlines()
+    assert shown == tomllib.loads(text)["redis"]["url"]
+    assert "s3cret" not in text
+
+
+def test_effective_configuration_masks_tokens_and_the_database_password() -> None:
+    settings = load_settings(
+        env={
+            "VERIFIER_API_ADMIN_TOKEN": "admin-token-0123456789",
+            "VERIFIER_API_VERIFY_TOKEN": "verify-token-0123456789",
+            "VERIFIER_RECORDS_DATABASE_URL": "postgresql://verifier:pa55word@db:5432/records",
+        }
+    )
+    text = effective_toml(settings)
+    shown = tomllib.loads(text)
+    assert ("***", "***") == (shown["api"]["admin_token"], shown["api"]["verify_token"])
+    assert "postgresql://verifier:***@db:5432/records" == shown["records"]["database_url"]
+    for secret in ("admin-token", "verify-token", "pa55word"):
+        assert secret not in text
+    plain = effective_toml(load_settings(overrides={"records.database_url": "postgres://db/r"}))
+    assert "postgres://db/r" == tomllib.loads(plain)["records"]["database_url"]

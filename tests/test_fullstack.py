@@ -43,10 +43,7 @@ async def stack(aiohttp_client: AiohttpClient, tmp_path: Path) -> AsyncIterator[
             pki,
             tmp_path,
             {
-                "x5u.ports": ports,
-                "rcd.ca_file": str(tmp_path / "ca.pem"),
-                "rcd.private_allow": ["127.0.0.1"],
-                "rcd.ports": ports,
+                "http_client.ports": ports,
                 "records.enabled": False,
             },
         )

@@ -170,7 +170,7 @@ async def test_the_service_stays_healthy_after_hostile_repositories(
     aiohttp_client: AiohttpClient, repo: Repository, pki: TestPKI, tmp_path: Path, now: int
 ) -> None:
     settings = repo.service_settings(
-        pki, tmp_path, {"x5u.timeout": BOUND, "records.enabled": False}
+        pki, tmp_path, {"http_client.timeout": BOUND, "records.enabled": False}
     )
     client = await aiohttp_client(create_app(settings))
     signer = pki.signer

@@ -99,7 +99,7 @@ def start(aiohttp_client: AiohttpClient, repo: Repository, pki: TestPKI, tmp_pat
                 "redis.url": redis,
                 "redis.key_prefix": prefix,
                 "records.database_url": database,
-                "records.flush_interval": 0.01,
+                "tuning.writer_flush_interval": 0.01,
                 "api.admin_token": TOKEN,
                 "api.log_verifications": False,
             },

@@ -102,12 +102,12 @@ def test_refuses_to_start_without_trust_anchors(tmp_path: Path) -> None:
 
 
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "v.toml").write_text("[x5u]\ntimeout = 'soon'\n")
+    (tmp_path / "v.toml").write_text("[http_client]\ntimeout = 'soon'\n")
     proc = start("serve", "--config", str(tmp_path / "v.toml"))
     _out, err = proc.communicate(timeout=20)
     code = proc.returncode
     assert 2 == code
-    assert "[x5u] timeout: expected a number" in err
+    assert "[http_client] timeout: expected a number" in err
 
 
 async def test_graceful_shutdown_finishes_requests_in_flight(
@@ -122,8 +122,8 @@ async def test_graceful_shutdown_finishes_requests_in_flight(
         port = free_port()
         (tmp_path / "v.toml").write_text(
             f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\n"
-            f"[x5u]\nca_file = '{tmp_path / 'ca.pem'}'\nprivate_allow = ['127.0.0.1']\n"
-            f"ports = [443, {repo.port}]\ncrl_check = false\n"
+            f"[http_client]\nca_file = '{tmp_path / 'ca.pem'}'\nprivate_allow = ['127.0.0.1']\n"
+            f"ports = [443, {repo.port}]\n[x5u]\ncrl_check = false\n"
             f"[records]\ndata_dir = '{tmp_path / 'data'}'\n"
         )
         proc = start("serve", "--config", str(tmp_path / "v.toml"))
@@ -348,7 +348,7 @@ async def test_sigterm_under_load_loses_no_accepted_record(
     (tmp_path / "v.toml").write_text(
         f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\nlog_level = 'WARNING'\n"
         f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\n"
-        f"[records]\ndata_dir = '{tmp_path / 'data'}'\nbatch_size = 50\n"
+        f"[records]\ndata_dir = '{tmp_path / 'data'}'\n[tuning]\nwriter_batch_size = 50\n"
     )
     proc = start("serve", "--config", str(tmp_path / "v.toml"))
     procs.append(proc)

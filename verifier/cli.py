@@ -1,4 +1,4 @@
-"""Command line: ``verifier verify | sign | pki init | demo``.
+"""Command line: ``verifier verify | sign | pki init | demo | serve | records | config``.
 
 Exit status: 0 passed (or the command succeeded), 1 verification not passed, 2 usage error.
 """
@@ -238,9 +238,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.trust_anchor:
         overrides["trust_anchors"] = args.trust_anchor
     if args.x5u_ca_file:
-        overrides["x5u.ca_file"] = args.x5u_ca_file
+        overrides["http_client.ca_file"] = args.x5u_ca_file
     if args.allow_private_x5u:
-        overrides["x5u.allow_private_x5u"] = True
+        overrides["http_client.allow_private"] = True
     for flag, key in (
         ("redis_url", "redis.url"),
         ("database_url", "records.database_url"),
@@ -267,6 +267,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not keepalive > 0:
         raise UsageError("--keepalive-timeout must be a positive number of seconds")
     run(settings, reuse_port=args.worker, keepalive_timeout=keepalive)
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Load the configuration as ``serve`` would (file, environment), trust anchors and
+    policy included, and print it in the file's layout with secrets masked."""
+    from .core.policy import Policy
+    from .settings import ConfigError, load_settings
+    from .settings_text import effective_toml
+
+    try:
+        settings = load_settings(args.config, env=os.environ)
+        anchors = load_certificates(settings.trust_anchors)
+        if settings.policy_file is not None:
+            Policy.load(settings.policy_file)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+    if not anchors:
+        raise UsageError("no trust anchors: give trust_anchors PEM files or directories")
+    sys.stdout.write(effective_toml(settings))
+    return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    """Print the Markdown reference of every key, or rewrite it in FILE between its markers."""
+    from .settings import ConfigError
+    from .settings_text import reference, update_reference
+
+    if args.update is None:
+        print(reference())
+        return 0
+    path = Path(args.update)
+    try:
+        text = path.read_text(encoding="utf-8")
+        updated = update_reference(text)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, ConfigError) as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    if updated == text:
+        print(f"{path}: the configuration reference is up to date")
+    else:
+        path.write_text(updated, encoding="utf-8")
+        print(f"{path}: the configuration reference was rewritten")
     return 0
 
 
@@ -488,6 +534,21 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--stats", action="store_true", help="counts for the time window (JSON)")
     out.add_argument("--json", action="store_true", help="the page as JSON")
     r.set_defaults(func=cmd_records)
+
+    c = sub.add_parser("config", help="check the configuration or print its reference")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    cc = csub.add_parser(
+        "check",
+        help="validate the configuration as `serve` reads it (file and VERIFIER_* variables)"
+        " and print the effective values, secrets masked; exit 2 if it is invalid",
+    )
+    cc.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    cc.set_defaults(func=cmd_config_check)
+    cr = csub.add_parser("reference", help="the Markdown table of every key (README.md)")
+    cr.add_argument(
+        "--update", metavar="FILE", help="rewrite the block between FILE's reference markers"
+    )
+    cr.set_defaults(func=cmd_config_reference)
     return parser
 
 

@@ -1,26 +1,32 @@
-"""Service configuration: one TOML file, ``VERIFIER_*`` environment overrides, CLI flags.
+"""Service configuration: one TOML file, ``VERIFIER_*`` environment variables, CLI flags.
 
-Precedence, lowest first: the defaults below, the TOML file, the environment, the command
-line. Everything is validated when loaded; a bad value stops the start with a message that
-names where it came from (``config.toml: [x5u] timeout``, ``VERIFIER_X5U_TIMEOUT``).
+Precedence, lowest first: the defaults, the TOML file, the environment, the command line.
+Everything is validated when loaded; a bad value stops the start with a message that names
+where it came from (``config.toml: [http_client] timeout``, ``VERIFIER_HTTP_CLIENT_TIMEOUT``).
 Nothing is read at import time.
 
-TOML layout: top-level keys are :class:`Settings` fields; the tables ``[verification]``,
-``[x5u]`` and ``[api]`` hold :class:`VerificationSettings`, :class:`FetchSettings`
-and :class:`ApiSettings`. The environment variable of a key is ``VERIFIER_`` + the table name
-(if any) + the key, upper-cased: ``VERIFIER_PORT``, ``VERIFIER_X5U_ALLOW_PRIVATE_X5U``.
-Lists in the environment are comma-separated.
+The file's layout (:func:`describe` lists every key) is what a person writes; the loader
+resolves it into :class:`Settings`, the dataclasses the service is built from.
+``[http_client]`` (:class:`HttpClientKeys`) holds the rules every outgoing fetch shares and
+goes into both ``Settings.x5u`` and ``Settings.rcd``; ``[tuning]`` (:class:`TuningKeys`)
+holds the performance knobs and goes to where each acts. A key's environment variable is
+``VERIFIER_`` + its table (if any) + the key, upper-cased: ``VERIFIER_PORT``,
+``VERIFIER_HTTP_CLIENT_TIMEOUT``, ``VERIFIER_TUNING_KEY_TABLES``; lists there are
+comma-separated. An unknown key or ``VERIFIER_*`` variable stops the start like a bad value;
+one that moved names its new place (``[x5u] timeout moved to [http_client] timeout``).
+``VERIFIER_TEST_*`` variables belong to the test suite and are not read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,8 +41,12 @@ from .records import RecordSettings
 __all__ = [
     "ApiSettings",
     "ConfigError",
+    "HttpClientKeys",
+    "Key",
     "Settings",
+    "TuningKeys",
     "VerificationSettings",
+    "describe",
     "load_settings",
 ]
 
@@ -64,8 +74,7 @@ class VerificationSettings:
     replay_cache_size: int = 100_000
     """Most PASSporT signatures remembered for replay detection (each for the iat window)."""
     key_tables: int = 64
-    """Signing keys in heavy use that get a precomputed table (about 150 KiB each): their
-    ES256 checks cost about 0.45x a plain check. 0: none."""
+    """Set by ``[tuning] key_tables``."""
 
     def __post_init__(self) -> None:
         for name in ("max_iat_age", "max_date_skew"):
@@ -144,15 +153,11 @@ class Settings:
     policy_file: str | None = None
     """TOML policy: labels, provider block and allow lists, rules (none: the defaults)."""
     batch_threads: int = 2
-    """Threads that check a large batch's signatures (``/v1/verify/batch``) while no other
-    request is in flight (beside other requests the event loop checks them: it is faster
-    then) and some key has no table yet (a table's checks keep the GIL: threads would only
-    add hand-overs); 1: always on the event loop. More than the host's cores gains nothing."""
+    """Set by ``[tuning] batch_threads``."""
     batch_signatures: bool = True
-    """Check the ES256 signatures of all requests that reach that step in one event-loop
-    turn together (faster under load: OpenSSL stays hot in the CPU caches)."""
+    """Set by ``[tuning] batch_signatures``."""
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
-    """``auto`` uses uvloop when it is installed (it is a dependency on Linux)."""
+    """Set by ``[tuning] event_loop``."""
     verification: VerificationSettings = field(default_factory=VerificationSettings)
     x5u: FetchSettings = field(default_factory=FetchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -175,14 +180,169 @@ class Settings:
         return self.verification.options(self.x5u)
 
 
-_TABLES: dict[str, type[Any]] = {
+class HttpClientKeys:
+    """``[http_client]``: the rules every outgoing fetch follows, for x5u certificates and
+    RCD content (jcl, icn) alike. Size caps and cache lifetimes differ by use: they stay in
+    ``[x5u]`` and ``[rcd]``."""
+
+    ports: frozenset[int]
+    """Ports allowed in x5u, jcl and icn URLs (ATIS-1000074: 443; AT&T's repository uses 8443)."""
+    connect_timeout: float
+    """Time to open the TCP connection to one address of a host."""
+    timeout: float
+    """Total time for one fetch: DNS, connect, TLS, headers and body."""
+    ca_file: str | None
+    """CA bundle for TLS to certificate repositories and content hosts; unset: the system's."""
+    allow_private: bool
+    """Allow loopback, private, link-local... addresses (tests, demos, private networks)."""
+    private_allow: tuple[str, ...]
+    """Hosts (exact or ``.suffix``) and CIDRs allowed to be special-purpose addresses."""
+    breaker_threshold: int
+    """Consecutive failures of a host (network, timeout, 5xx) that open its circuit."""
+    breaker_cooldown: float
+    """How long an open circuit fails fast before one trial request is let through."""
+    user_agent: str
+    """User-Agent sent to certificate repositories, CRL servers and content hosts."""
+
+
+class TuningKeys:
+    """``[tuning]``: performance knobs. Leave them alone unless you have measured a change
+    on your own load (``benchmarks/`` has the tools, ``benchmarks/RESULTS.md`` the figures)."""
+
+    batch_threads: int
+    """Threads that check a large batch's signatures while it is alone in flight; 1: none but
+    the event loop."""
+    batch_signatures: bool
+    """Check together the ES256 signatures that reach that step in one event-loop turn."""
+    key_tables: int
+    """Signing keys in heavy use given a precomputed table for faster ES256 checks; 0: none."""
+    event_loop: Literal["auto", "asyncio", "uvloop"]
+    """``auto``: uvloop when it is installed (a dependency on Linux), else asyncio."""
+    writer_process: bool
+    """SQLite: records are written by a child process, not a thread of the service."""
+    writer_nice: int
+    """The record writer process's niceness above the service's (0-19); 0: the same."""
+    writer_batch_size: int
+    """Most records written in one transaction."""
+    writer_flush_interval: float
+    """How long the record writer waits for a batch to fill before writing what it has."""
+    writer_queue_size: int
+    """Records accepted but not yet written, at most (then ``[records] overflow`` applies)."""
+
+
+_PARTS: dict[str, type[Any]] = {
     "verification": VerificationSettings,
-    "x5u": FetchSettings,
     "api": ApiSettings,
-    "records": RecordSettings,
+    "x5u": FetchSettings,
     "rcd": RcdSettings,
+    "records": RecordSettings,
     "redis": RedisSettings,
 }
+"""The fields of :class:`Settings` that hold a dataclass, and their classes."""
+
+_SHARED: dict[str, tuple[str, str]] = {
+    name: ("allow_private_x5u" if name == "allow_private" else name, name)
+    for name in HttpClientKeys.__annotations__
+}
+"""``[http_client]`` key -> its field in FetchSettings (x5u) and in RcdSettings."""
+
+_TUNING: dict[str, tuple[str, str]] = {
+    "batch_threads": ("", "batch_threads"),
+    "batch_signatures": ("", "batch_signatures"),
+    "key_tables": ("verification", "key_tables"),
+    "event_loop": ("", "event_loop"),
+    "writer_process": ("records", "writer_process"),
+    "writer_nice": ("records", "writer_nice"),
+    "writer_batch_size": ("records", "batch_size"),
+    "writer_flush_interval": ("records", "flush_interval"),
+    "writer_queue_size": ("records", "queue_size"),
+}
+"""``[tuning]`` key -> (part of Settings, "" for Settings itself; field)."""
+
+_TABLES = ("", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "tuning")
+"""The file's tables in reference order; "" is the top level."""
+
+_TEST_PREFIX = "VERIFIER_TEST_"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Key:
+    """One key of the configuration file; :func:`describe` returns them all.
+
+    ``targets`` are the fields its value goes to: (part of :class:`Settings`, "" for
+    Settings itself; field name).
+    """
+
+    table: str
+    name: str
+    hint: Any
+    default: Any
+    targets: tuple[tuple[str, str], ...]
+    doc: str = ""
+
+    @property
+    def label(self) -> str:
+        """As written in messages: ``port``, ``[x5u] max_body``."""
+        return f"[{self.table}] {self.name}" if self.table else self.name
+
+    @property
+    def dotted(self) -> str:
+        """As given in ``overrides``: ``port``, ``x5u.max_body``."""
+        return f"{self.table}.{self.name}" if self.table else self.name
+
+    @property
+    def env(self) -> str:
+        return _env_name(self.table, self.name)
+
+
+def _env_name(table: str, name: str) -> str:
+    return "VERIFIER_" + (f"{table}_" if table else "").upper() + name.upper()
+
+
+def _default(cls: type[Any], name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    raise KeyError(name)  # pragma: no cover - the tables above name real fields
+
+
+def _keys(*, docs: bool = False) -> list[Key]:
+    """Every key of the file, in reference order, with its type, default and targets."""
+    moved = {t for pair in _SHARED.values() for t in zip(("x5u", "rcd"), pair, strict=True)}
+    moved |= set(_TUNING.values())
+    out: list[Key] = []
+    for table in _TABLES:
+        targets: dict[str, tuple[tuple[str, str], ...]]
+        if table == "http_client":
+            cls: type[Any] = HttpClientKeys
+            targets = {n: (("x5u", x), ("rcd", r)) for n, (x, r) in _SHARED.items()}
+        elif table == "tuning":
+            cls = TuningKeys
+            targets = {n: (t,) for n, t in _TUNING.items()}
+        else:
+            cls = _PARTS[table] if table else Settings
+            names = [f.name for f in dataclasses.fields(cls) if f.name not in _PARTS]
+            targets = {n: ((table, n),) for n in names if (table, n) not in moved}
+        hints = typing.get_type_hints(cls)
+        text = _attribute_docs(cls) if docs else {}
+        for name, where in targets.items():
+            part, field_name = where[0]
+            owner = _PARTS[part] if part else Settings
+            default = _default(owner, field_name)
+            out.append(
+                Key(
+                    table=table,
+                    name=name,
+                    hint=hints[name],
+                    default=default,
+                    targets=where,
+                    doc=text.get(name, ""),
+                )
+            )
+    return out
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -240,18 +400,49 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported setting type {hint!r}")  # pragma: no cover
 
 
-def _fields(cls: type[Any]) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in _TABLES}
-
-
-def _build(cls: type[Any], values: dict[str, Any], where: str, sources: dict[str, str]) -> Any:
-    """``cls(**values)``; a range error names where the setting it mentions was set."""
+def _build(
+    cls: type[Any], values: dict[str, Any], where: str, sources: dict[str, tuple[str, str]]
+) -> Any:
+    """``cls(**values)``; a range error names the key that set the field it mentions."""
     try:
         return cls(**values)
     except ValueError as exc:
-        named = [src for name, src in sources.items() if re.search(rf"\b{name}\b", str(exc))]
-        raise ConfigError(f"{named[0] if named else where}: {exc}") from None
+        text = str(exc)
+        named = [(f, s) for f, s in sources.items() if re.search(rf"\b{f}\b", text)]
+        if not named and len(sources) == 1:  # the one value set is the cause
+            named = list(sources.items())
+        if not named:
+            raise ConfigError(f"{where}: {text}") from None
+        field_name, (source, key_name) = named[0]
+        text = re.sub(rf"\b{field_name}\b", key_name, text)
+        raise ConfigError(f"{source}: {text}") from None
+
+
+def _moved(keys: list[Key]) -> dict[tuple[str, str], Key]:
+    """(table, key) of the old layout -> the key that took its place."""
+    return {t: k for k in keys if k.table in ("http_client", "tuning") for t in k.targets}
+
+
+def _refused(old: str, new: str | None, name: str = "", known: Iterable[str] = ()) -> ConfigError:
+    """``old`` moved to ``new``, or is unknown: then the ``known`` name closest to ``name``."""
+    if new:
+        return ConfigError(f"{old} moved to {new}")
+    prefix = "VERIFIER_" if name.startswith("VERIFIER_") else ""  # alike in every name
+    bare = [k.removeprefix(prefix) for k in known]
+    close = difflib.get_close_matches(name.removeprefix(prefix), bare, n=1, cutoff=0.7)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return ConfigError(f"{old}: unknown setting{hint}")
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
 def load_settings(
@@ -262,80 +453,73 @@ def load_settings(
 ) -> Settings:
     """Settings from defaults, the TOML file at ``path``, ``env`` and ``overrides``.
 
-    ``overrides`` uses dotted keys for tables (``{"x5u.allow_private_x5u": True}``).
+    ``overrides`` names keys as the file does, dotted for tables
+    (``{"http_client.allow_private": True}``).
 
     Raises:
-        ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
+        ConfigError: unreadable file, unknown or moved key or ``VERIFIER_*`` variable, wrong
+            type or out-of-range value.
     """
-    layers: dict[str, dict[str, Any]] = {"": {}, **{t: {} for t in _TABLES}}
-    sources: dict[str, dict[str, str]] = {name: {} for name in layers}  # key -> where it was set
+    keys = _keys()
+    by_place = {(k.table, k.name): k for k in keys}
+    moved = _moved(keys)
+    chosen: dict[str, tuple[Key, Any, str]] = {}  # dotted -> (key, value, where); last wins
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        top = _fields(Settings)
-        for key, value in data.items():
-            if key in _TABLES:
+        for name, value in _read_toml(path).items():
+            if name in _TABLES and name:
                 if not isinstance(value, dict):
-                    raise ConfigError(f"{path}: [{key}] must be a table")
-                table = _fields(_TABLES[key])
-                for sub, sub_value in value.items():
-                    if sub not in table:
-                        raise ConfigError(f"{path}: [{key}] {sub}: unknown setting")
-                    where = sources[key][sub] = f"{path}: [{key}] {sub}"
-                    layers[key][sub] = _coerce(sub_value, table[sub], where)
-            elif key in top:
-                where = sources[""][key] = f"{path}: {key}"
-                layers[""][key] = _coerce(value, top[key], where)
+                    raise ConfigError(f"{path}: [{name}] must be a table")
+                items = [(name, sub, sub_value) for sub, sub_value in value.items()]
             else:
-                raise ConfigError(f"{path}: {key}: unknown setting")
+                items = [("", name, value)]
+            for table, sub, sub_value in items:
+                key = by_place.get((table, sub))
+                if key is None:
+                    new = moved.get((table, sub))
+                    old = f"[{table}] {sub}" if table else sub
+                    known = (k.name for k in keys if k.table == table)
+                    raise _refused(f"{path}: {old}", new.label if new else None, sub, known)
+                where = f"{path}: {key.label}"
+                chosen[key.dotted] = (key, _coerce(sub_value, key.hint, where), where)
     environ = env if env is not None else {}
-    for table_name, cls in (("", Settings), *_TABLES.items()):
-        prefix = "VERIFIER_" + (table_name.upper() + "_" if table_name else "")
-        for name, hint in _fields(cls).items():
-            var = prefix + name.upper()
-            if var in environ:
-                sources[table_name][name] = var
-                layers[table_name][name] = _coerce(environ[var], hint, var)
+    by_env = {k.env: k for k in keys}
+    moved_env = {_env_name(*place): k for place, k in moved.items()}
+    for var in sorted(environ):
+        if not var.startswith("VERIFIER_") or var.startswith(_TEST_PREFIX):
+            continue
+        key = by_env.get(var)
+        if key is None:
+            new = moved_env.get(var)
+            raise _refused(var, new.env if new else None, var, by_env)
+        chosen[key.dotted] = (key, _coerce(environ[var], key.hint, var), var)
     for dotted, value in (overrides or {}).items():
-        table_name, _, name = dotted.rpartition(".")
-        cls = _TABLES.get(table_name, Settings) if table_name else Settings
-        hints = _fields(cls)
-        if name not in hints or (table_name and table_name not in _TABLES):
-            raise ConfigError(f"--{dotted}: unknown setting")
-        where = sources[table_name][name] = f"option {dotted}"
-        layers[table_name][name] = _coerce(value, hints[name], where)
-    tables = {
-        name: _build(
-            cls,
-            layers[name],
-            f"[{name}]" if path is None else f"{path}: [{name}]",
-            sources[name],
-        )
-        for name, cls in _TABLES.items()
+        table, _, name = dotted.rpartition(".")
+        key = by_place.get((table, name))
+        if key is None:
+            new = moved.get((table, name))
+            known = (k.dotted for k in keys)
+            raise _refused(f"option {dotted}", new.dotted if new else None, dotted, known)
+        where = f"option {dotted}"
+        chosen[key.dotted] = (key, _coerce(value, key.hint, where), where)
+    layers: dict[str, dict[str, Any]] = {"": {}, **{p: {} for p in _PARTS}}
+    sources: dict[str, dict[str, tuple[str, str]]] = {p: {} for p in layers}
+    for key, value, where in chosen.values():
+        for part, field_name in key.targets:
+            layers[part][field_name] = value
+            sources[part][field_name] = (where, key.name)
+    parts = {
+        name: _build(cls, layers[name], f"{path}: [{name}]" if path else f"[{name}]", sources[name])
+        for name, cls in _PARTS.items()
     }
     settings: Settings = _build(
-        Settings, {**layers[""], **tables}, str(path) if path else "settings", sources[""]
+        Settings, {**layers[""], **parts}, str(path) if path else "settings", sources[""]
     )
     return settings
 
 
-def describe() -> list[tuple[str, str, Any, str]]:
-    """(table, key, default, doc) of every setting, for the README and ``verifier config``."""
-    out: list[tuple[str, str, Any, str]] = []
-    for table_name, cls in (("", Settings), *_TABLES.items()):
-        docs = _attribute_docs(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in _TABLES:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else None
-            out.append((table_name, f.name, default, docs.get(f.name, "")))
-    return out
+def describe() -> list[Key]:
+    """Every key of the configuration file, in reference order, with its one-line doc."""
+    return _keys(docs=True)
 
 
 def _attribute_docs(cls: type[Any]) -> dict[str, str]:

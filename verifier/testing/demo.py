@@ -107,9 +107,9 @@ async def _serve(directory: Path, host: str, port: int) -> None:
                 "host": host,
                 "port": port,
                 "trust_anchors": [str(directory / "root.pem")],
-                "x5u.ca_file": str(directory / "tls" / "ca.pem"),
-                "x5u.private_allow": ["127.0.0.1"],
-                "x5u.ports": [443, 8443, repo.port],
+                "http_client.ca_file": str(directory / "tls" / "ca.pem"),
+                "http_client.private_allow": ["127.0.0.1"],
+                "http_client.ports": [443, 8443, repo.port],
             }
         )
         load_certificates(settings.trust_anchors)

@@ -94,9 +94,9 @@ class Repository:
         return load_settings(
             overrides={
                 "trust_anchors": [str(directory / "root.pem")],
-                "x5u.ca_file": str(directory / "ca.pem"),
-                "x5u.private_allow": ["127.0.0.1"],
-                "x5u.ports": [self.port],
+                "http_client.ca_file": str(directory / "ca.pem"),
+                "http_client.private_allow": ["127.0.0.1"],
+                "http_client.ports": [self.port],
                 "x5u.crl_check": False,
                 **(overrides or {}),
             }
