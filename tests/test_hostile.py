@@ -471,9 +471,11 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeo
     pki: TestPKI, now: int
 ) -> None:
     trust = TrustStore([pki.root.cert])
-    settings = Settings(host="127.0.0.1", records=RecordSettings(enabled=False))
+    settings = Settings(
+        host="127.0.0.1", keepalive_timeout=0.2, records=RecordSettings(enabled=False)
+    )
     app = create_app(settings, trust=trust, credentials=ChainSource(trust, [pki.signer]))
-    runner, site = await start_site(app, settings, port=0, keepalive_timeout=0.2)
+    runner, site = await start_site(app, settings, port=0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -251,7 +251,7 @@ def test_serve_refuses_a_keepalive_timeout_that_is_no_duration(tmp_path: Path) -
     proc = start("serve", "--trust-anchor", str(tmp_path / "root.pem"), "--keepalive-timeout", "0")
     _out, err = proc.communicate(timeout=20)
     assert 2 == proc.returncode
-    assert "--keepalive-timeout must be a positive number of seconds" in err
+    assert "keepalive_timeout must be a positive number of seconds" in err
 
 
 async def test_workers_share_one_port_and_sum_their_metrics(

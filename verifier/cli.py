@@ -248,6 +248,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ):
         if getattr(args, flag):
             overrides[key] = getattr(args, flag)
+    if args.keepalive_timeout is not None:
+        overrides["keepalive_timeout"] = args.keepalive_timeout
     try:
         settings = load_settings(args.config, env=os.environ, overrides=overrides)
         anchors = load_certificates(settings.trust_anchors)
@@ -261,12 +263,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         argv = [a for a in (args.argv or []) if a != "--worker"]
         return supervise(argv, settings.workers, settings.shutdown_timeout)
-    from .http.app import KEEPALIVE_TIMEOUT, run
+    from .http.app import run
 
-    keepalive = KEEPALIVE_TIMEOUT if args.keepalive_timeout is None else args.keepalive_timeout
-    if not keepalive > 0:
-        raise UsageError("--keepalive-timeout must be a positive number of seconds")
-    run(settings, reuse_port=args.worker, keepalive_timeout=keepalive)
+    run(settings, reuse_port=args.worker)
     return 0
 
 
@@ -509,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keepalive-timeout",
         type=float,
         metavar="S",
-        help="seconds an idle keep-alive connection stays open (default 75)",
+        help="seconds an idle keep-alive connection stays open (keepalive_timeout)",
     )
     sv.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sv.set_defaults(func=cmd_serve)

@@ -150,6 +150,8 @@ class Settings:
     """DEBUG, INFO (one line per verification), WARNING or ERROR; JSON lines on stderr."""
     shutdown_timeout: float = 10.0
     """Seconds given to in-flight requests on SIGTERM/SIGINT."""
+    keepalive_timeout: float = 75.0
+    """Seconds an idle keep-alive connection stays open (aiohttp's own default is an hour)."""
     policy_file: str | None = None
     """TOML policy: labels, provider block and allow lists, rules (none: the defaults)."""
     batch_threads: int = 2
@@ -170,6 +172,8 @@ class Settings:
             raise ValueError("port must be 0-65535")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if not self.keepalive_timeout > 0:
+            raise ValueError("keepalive_timeout must be a positive number of seconds")
         if self.batch_threads < 1:
             raise ValueError("batch_threads must be at least 1")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

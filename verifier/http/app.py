@@ -58,11 +58,10 @@ from .keys import (
     Records,
 )
 
-__all__ = ["KEEPALIVE_TIMEOUT", "SERVICE", "ApiError", "create_app", "run", "start_site"]
+__all__ = ["SERVICE", "ApiError", "create_app", "run", "start_site"]
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_TIMEOUT = 75.0
 """Seconds an idle keep-alive connection stays open (aiohttp's own default is an hour)."""
 
 
@@ -229,7 +228,6 @@ async def start_site(
     settings: Settings,
     *,
     port: int | None = None,
-    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
 ) -> tuple[web.AppRunner, web.TCPSite]:
     """Start ``app`` and listen on ``settings.host`` and ``port`` (default
     ``settings.port``; 0 picks a free one), as :func:`run` does, without its signals.
@@ -241,7 +239,7 @@ async def start_site(
         app,
         access_log=None,
         shutdown_timeout=settings.shutdown_timeout,
-        keepalive_timeout=keepalive_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port if port is None else port)
@@ -257,7 +255,6 @@ def run(
     settings: Settings,
     *,
     reuse_port: bool = False,
-    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
 ) -> None:
     """Serve until SIGTERM/SIGINT (:func:`aiohttp.web.run_app`); SIGHUP reloads the trust
     anchors and the policy. ``reuse_port``: one of ``--workers`` processes on one port.
@@ -285,7 +282,7 @@ def run(
         port=settings.port,
         reuse_port=reuse_port or None,
         shutdown_timeout=settings.shutdown_timeout,
-        keepalive_timeout=keepalive_timeout,
+        keepalive_timeout=settings.keepalive_timeout,
         access_log=None,
         handle_signals=True,
         print=None,
