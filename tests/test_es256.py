@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from verifier.accel import es256
 from verifier.core import errors
 from verifier.core.certs import TrustStore
+from verifier.core.es256 import plain_check
 from verifier.core.passport import verify_es256
 from verifier.core.verify import CallInfo, Verification, verify_many
 from verifier.metrics import Metrics
@@ -58,7 +59,7 @@ def point(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def plain(key: ec.EllipticCurvePrivateKey, message: bytes, signature: bytes) -> bool:
-    return es256._plain_check(key.public_key(), message, signature)
+    return plain_check(key.public_key(), message, signature)
 
 
 def wait_for_tables(count: int, timeout: float = 10.0) -> None:
@@ -271,7 +272,8 @@ def test_metrics_count_the_tables() -> None:
 def test_the_pipeline_uses_the_credentials_table() -> None:
     pki = TestPKI.create()
     now = time.time()
-    credential = TrustStore([pki.root.cert]).validate(list(pki.signer.chain), now)
+    trust = TrustStore([pki.root.cert], key_factory=es256.ES256Key)
+    credential = trust.validate(list(pki.signer.chain), now)
 
     def verify(value: str) -> bool:
         verification = Verification(value, now=now)
@@ -354,7 +356,7 @@ def test_inversion_without_gmp_gives_the_same_verdicts(monkeypatch: pytest.Monke
 async def test_batch_threads_only_for_keys_without_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
     pki = TestPKI.create()
     now = time.time()
-    trust = TrustStore([pki.root.cert])
+    trust = TrustStore([pki.root.cert], key_factory=es256.ES256Key)
     source = ChainSource(trust, [pki.signer])
     call = CallInfo(from_="12155551212", to="12155551213")
     threaded: list[int] = []
@@ -368,7 +370,9 @@ async def test_batch_threads_only_for_keys_without_a_table(monkeypatch: pytest.M
 
     async def batch() -> list[str]:
         requests = [(pki.signer.identity(iat=int(now)), call) for _ in range(40)]
-        results = await verify_many(requests, now=now, credentials=source, threads=2)
+        results = await verify_many(
+            requests, now=now, credentials=source, threads=2, batch_check=es256.check_many
+        )
         return [r.verstat for r in results]
 
     es256.configure(max_tables=0)

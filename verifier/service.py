@@ -154,7 +154,7 @@ class Service:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.trust = trust
+        self.trust = trust.with_key_factory(es256.ES256Key)  # the accelerator, handed in
         self.credentials = credentials
         self.clock = clock
         self.metrics = metrics or Metrics.create()
@@ -221,6 +221,7 @@ class Service:
             trust = TrustStore.from_paths(
                 self.settings.trust_anchors,
                 require_policy_oid=self.settings.verification.require_policy_oid,
+                key_factory=es256.ES256Key,
             )
         except ValueError as exc:
             log.error("reload_failed", extra={"part": "trust_anchors", "error": str(exc)})
@@ -354,6 +355,7 @@ class Service:
             options=self.options,
             cache=self.cache,
             threads=lambda: self.settings.batch_threads if self.in_flight <= 1 else 1,
+            batch_check=es256.check_many,
         )
         for i, result in zip(todo, verified, strict=True):
             await self._judged(result)

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..accel.es256 import ES256Key
 from . import errors
+from .es256 import ES256Key, PlainKey
 from .tn import CANONICAL_TN, canonical_tn
 
 __all__ = [
@@ -465,12 +465,12 @@ def check_freshness(iat: int, now: float, *, max_age: float, max_future_skew: fl
 def verify_es256(
     key: ES256Key | ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes
 ) -> None:
-    """Verify a raw 64-byte R||S ES256 signature (an :class:`ES256Key` keeps the key's
-    table when it is in heavy use: see :mod:`verifier.accel.es256`).
+    """Verify a raw 64-byte R||S ES256 signature with a key's check (a bare public key
+    gets the plain one).
 
     Raises:
         InvalidSignature: 438 / TN-Validation-Failed.
     """
-    checker = key if isinstance(key, ES256Key) else ES256Key(key)
+    checker = PlainKey(key) if isinstance(key, ec.EllipticCurvePublicKey) else key
     if not checker.check(signing_input, signature):
         raise errors.InvalidSignature("ES256 signature does not verify")

@@ -36,10 +36,10 @@ from typing import Any, Literal, Protocol
 
 from cryptography import x509
 
-from ..accel.es256 import ES256Key, check_many
 from . import errors
 from .certs import CertificateInfo, Credential, TrustStore, credential_from_public_key
 from .errors import TN_VALIDATION_PASSED, VerificationError
+from .es256 import BatchCheck, ES256Key, check_each
 from .identity import parse_params, split_identity_values, split_value
 from .passport import (
     DivClaims,
@@ -827,8 +827,9 @@ async def verify(
 ) -> Result:
     """The online pipeline: steps 1-9, then each pending header's credential, then 11-12.
 
-    ``signatures`` (optional) runs step 12 elsewhere, e.g. on a helper thread
-    (:class:`verifier.accel.batcher.SignaturePool`); by default it runs inline.
+    ``signatures`` (optional) runs step 12 elsewhere, e.g. batched with other requests'
+    (the service hands in :meth:`verifier.accel.batcher.SignatureBatcher.check`); by
+    default it runs inline.
     """
     verification = Verification(values, now=now, call=call, options=options, cache=cache)
     for entry in verification.pending():
@@ -853,11 +854,14 @@ async def verify_many(
     options: VerifyOptions | None = None,
     cache: DecodeCache | None = None,
     threads: int | Callable[[], int] = 1,
+    batch_check: BatchCheck = check_each,
 ) -> list[Result]:
     """Many verifications at once (the batch API): steps 1-9 for all of them, one credential
     lookup per distinct x5u (concurrently), then steps 11-12.
 
-    With ``threads`` > 1, enough work and some key without a table (:mod:`verifier.accel.es256`),
+    The signatures of a share are checked together by ``batch_check`` (the service hands
+    in :func:`verifier.accel.es256.check_many`: hot keys share a scalar inversion).
+    With ``threads`` > 1, enough work and some key without a table (``has_table()``),
     the signature checks run on that many threads, each on its own share: cryptography
     releases the GIL while it checks a signature and the event loop only awaits them, so
     the checks use more cores. A key's table checks keep the GIL: they stay on the loop.
@@ -878,8 +882,7 @@ async def verify_many(
     found = dict(zip(wanted, await asyncio.gather(*map(lookup, wanted)), strict=True))
 
     def settle(share: Sequence[Verification]) -> None:
-        # The signatures are checked together (hot keys share a scalar inversion), then
-        # each entry is settled with its verdict.
+        # The signatures are checked together, then each entry is settled with its verdict.
         checks: list[tuple[Verification, _Entry, Credential]] = []
         for verification in share:
             for entry in verification.pending():
@@ -888,13 +891,13 @@ async def verify_many(
                     verification.fail(entry, credential)
                 else:
                     checks.append((verification, entry, credential))
-        verdicts = check_many(
+        verdicts = batch_check(
             [(c.es256, entry.signing_input, entry.signature) for _, entry, c in checks]
         )
         for (verification, entry, credential), ok in zip(checks, verdicts, strict=True):
             verification.settle(entry, credential, signature_ok=ok)
 
-    # A key's table checks keep the GIL (verifier.accel.es256): threads pay only for plain checks.
+    # A key's table checks keep the GIL: threads pay only for plain checks.
     plain = any(isinstance(c, Credential) and not c.es256.has_table() for c in found.values())
     if callable(threads):
         threads = threads()
