@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .errors import VerifierError
 from .identity import split_header_values
-from .verify import Reason, Result
+from .result import Reason, Result
 
 __all__ = ["MAX_SIP_HEADERS", "SipError", "SipRequest", "parse_invite", "reason_header"]
 
