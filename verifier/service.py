@@ -21,7 +21,7 @@ from .core.certs import TrustStore
 from .core.errors import NoIdentity, RequestDateStale, VerificationError
 from .core.policy import Disposition, Policy, PolicyError
 from .core.replay import ReplayCache
-from .core.sip import reason_header
+from .core.sip import header_reasons, reason_header
 from .core.tn import tn_from_uri
 from .core.verify import (
     CallInfo,
@@ -478,11 +478,7 @@ class Service:
         body["sip"] = {
             "verstat": result.verstat,
             "reason": reason_header(result),
-            "reasons": [
-                f'STIR;cause={h.reason.sip_code};text="{h.reason.text}";ppi="{h.ppi}"'
-                for h in result.identities
-                if h.status == "failed" and h.reason is not None and h.ppi
-            ],
+            "reasons": header_reasons(result),
         }
         return body
 

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from .errors import TN_VALIDATION_FAILED, TN_VALIDATION_PASSED, VerifierError
 from .result import Result
+from .sip import reason_value
 from .tn import CallInfo, same_tn, tn_from_uri
 
 __all__ = [
@@ -212,7 +213,7 @@ class Policy:
         for entry in self.blocks:
             if entry.active(now) and _signer_match(entry.key, entry.value, facts):
                 code = self.block_response
-                reference = _safe_text(entry.reference or f"{entry.key} {entry.value} blocked")
+                reference = entry.reference or f"{entry.key} {entry.value} blocked"
                 return Disposition(
                     action="block",
                     label="blocked",
@@ -220,7 +221,7 @@ class Policy:
                     response={
                         "code": code,
                         "text": BLOCK_RESPONSES[code],
-                        "reason": f'SIP;cause={code};text="{reference}"',
+                        "reason": reason_value("SIP", code, reference),
                     },
                 )
         calling = call.calling_tn if call is not None else None
@@ -307,12 +308,6 @@ def _signer_match(key: str, value: str, facts: Mapping[str, tuple[str, ...]]) ->
     if key == "x5u_host" and value.startswith("."):
         return any(h.endswith(value) or h == value[1:] for h in have)
     return value in have
-
-
-def _safe_text(text: str) -> str:
-    """A value safe inside a quoted SIP header parameter: printable ASCII, no quotes."""
-    cleaned = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F and ch not in '"\\')
-    return cleaned[:100]
 
 
 # -- parsing -----------------------------------------------------------------------------------

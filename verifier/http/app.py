@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import gc
 import hmac
 import json
 import logging
-import math
 import os
 import random
 import signal
@@ -36,6 +34,7 @@ from .. import __version__
 from ..core.certs import TrustStore
 from ..core.errors import VerifierError
 from ..core.sip import SipError, parse_invite
+from ..core.times import parse_time
 from ..core.tn import tn_from_uri
 from ..core.verify import CallInfo, CredentialSource
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -331,11 +330,9 @@ def _native_call(data: Any, where: str = "") -> VerifyRequest:
         if type(date) is int and abs(date) <= _MAX_EPOCH:
             when = float(date)
         elif isinstance(date, str):
-            from email.utils import parsedate_to_datetime
-
             try:
-                when = parsedate_to_datetime(date).timestamp()
-            except (TypeError, ValueError, IndexError):
+                when = parse_time(date)
+            except ValueError:
                 raise invalid(f"{where}date", "must be epoch seconds or an RFC 1123 date") from None
         else:
             raise invalid(f"{where}date", "must be epoch seconds or an RFC 1123 date")
@@ -493,18 +490,9 @@ def _query_time(request: web.Request, name: str) -> float | None:
     if text is None or text == "":
         return None
     try:
-        value = float(text)
-    except ValueError:
-        try:
-            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise invalid(name, "must be epoch seconds or an RFC 3339 date-time") from None
-        if when.tzinfo is None:
-            raise invalid(name, "an RFC 3339 date-time needs a UTC offset or Z") from None
-        return when.timestamp()
-    if not math.isfinite(value):
-        raise invalid(name, "must be epoch seconds or an RFC 3339 date-time")
-    return value
+        return parse_time(text)
+    except ValueError as exc:
+        raise invalid(name, f"must be epoch seconds or an RFC 3339 date-time: {exc}") from None
 
 
 def _record_store(request: web.Request) -> RecordStore:
