@@ -281,12 +281,15 @@ def _atis_call(data: Any) -> VerifyRequest:
     if not isinstance(request, dict):
         raise invalid("verificationRequest", "must be an object")
     orig = _tn_field(request, "from")
-    if not isinstance(orig, str) or tn_from_uri(orig) is None:
+    if not isinstance(orig, str):
         raise invalid("from.tn", "must be a telephone number")
     dest = _tn_field(request, "to")
     if not isinstance(dest, list) or not dest or not all(isinstance(t, str) for t in dest):
         raise invalid("to.tn", "must be a non-empty array of telephone numbers")
-    if any(tn_from_uri(t) is None for t in dest):
+    call = CallInfo(from_=orig, to=tuple(dest))  # each number normalised once, here
+    if call.calling_tn is None:
+        raise invalid("from.tn", "must be a telephone number")
+    if len(call.called) != len(dest) or any(p.tn is None for p in call.called):
         raise invalid("to.tn", "must be a non-empty array of telephone numbers")
     if "time" not in request:
         raise missing("time")
@@ -296,9 +299,7 @@ def _atis_call(data: Any) -> VerifyRequest:
     identity = request.get("identity")
     if identity is not None and not _identity_ok(identity):
         raise invalid("identity", "must be a string or an array of strings")
-    return VerifyRequest(
-        identity=identity, call=CallInfo(from_=orig, to=tuple(dest)), date=float(when)
-    )
+    return VerifyRequest(identity=identity, call=call, date=float(when))
 
 
 def _identity_ok(value: Any) -> bool:
