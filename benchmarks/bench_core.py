@@ -128,7 +128,7 @@ def div_hop_cost(seconds: float, count: int = 1000) -> tuple[float, float]:
     pki = TestPKI.create()
     forwarder = pki.ca.issue_leaf("5678", x5u="https://cr.forwarder.example/sp.pem")
     now = time.time()
-    trust = TrustStore([pki.root.cert])
+    trust = TrustStore([pki.root.cert], key_factory=es256.ES256Key)  # as the service has it
     credentials = {
         pki.signer.x5u: trust.validate(list(pki.signer.chain), now),
         forwarder.x5u: trust.validate(list(forwarder.chain), now),
