@@ -7,7 +7,15 @@ import pytest
 
 from verifier.core import errors
 from verifier.core.passport import ShakenClaims
-from verifier.core.tn import CallInfo, Party, canonical_tn, match_numbers, same_tn, tn_from_uri
+from verifier.core.tn import (
+    CallInfo,
+    Party,
+    canonical_tn,
+    is_canonical,
+    match_numbers,
+    same_tn,
+    tn_from_uri,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,9 +43,10 @@ def test_canonical_tn(value: str, expected: str | None) -> None:
     assert expected == canonical_tn(value)
 
 
-def test_a_canonical_tn_is_its_own_canonical_form() -> None:
-    assert "12155551212" == canonical_tn("12155551212")
-    assert "12155551212" == canonical_tn(canonical_tn("+1 215 555 1212") or "")
+def test_is_canonical() -> None:
+    assert is_canonical("12155551212")
+    assert not is_canonical("+12155551212")
+    assert not is_canonical("")
 
 
 @pytest.mark.parametrize(

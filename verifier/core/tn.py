@@ -24,6 +24,7 @@ __all__ = [
     "Party",
     "canonical_tn",
     "dest_matches",
+    "is_canonical",
     "match_numbers",
     "same_tn",
     "tn_from_uri",
@@ -33,6 +34,10 @@ _MAX_DIGITS = 15
 CANONICAL_TN = re.compile(rf"[0-9*#]{{1,{_MAX_DIGITS}}}")
 _DROPPED = str.maketrans("", "", "-.() ")
 _NAME_ADDR = re.compile(r'^\s*(?:"(?:[^"\\]|\\.)*"|[^<"]*)?\s*<([^>]*)>')
+
+
+def is_canonical(value: str) -> bool:
+    return CANONICAL_TN.fullmatch(value) is not None
 
 
 def canonical_tn(value: str) -> str | None:
