@@ -4,11 +4,12 @@ pyca/cryptography's verdict on the same inputs."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -20,11 +21,16 @@ from hypothesis import strategies as st
 
 from verifier.accel import es256
 from verifier.core import errors
-from verifier.core.certs import TrustStore
+from verifier.core.certs import TrustStore, credential_from_public_key
+from verifier.core.es256 import ES256Key, PlainKey, check_each, plain_check
 from verifier.core.passport import verify_es256
 from verifier.core.verify import CallInfo, Verification, verify_many
+from verifier.http.app import create_app
+from verifier.http.keys import TRUST
 from verifier.metrics import Metrics
-from verifier.testing import ChainSource, TestPKI
+from verifier.records import RecordSettings
+from verifier.settings import Settings
+from verifier.testing import ChainSource, Signer, TestPKI
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ES256 = ec.ECDSA(hashes.SHA256())
@@ -58,7 +64,7 @@ def point(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def plain(key: ec.EllipticCurvePrivateKey, message: bytes, signature: bytes) -> bool:
-    return es256._plain_check(key.public_key(), message, signature)
+    return plain_check(key.public_key(), message, signature)
 
 
 def wait_for_tables(count: int, timeout: float = 10.0) -> None:
@@ -271,7 +277,8 @@ def test_metrics_count_the_tables() -> None:
 def test_the_pipeline_uses_the_credentials_table() -> None:
     pki = TestPKI.create()
     now = time.time()
-    credential = TrustStore([pki.root.cert]).validate(list(pki.signer.chain), now)
+    trust = TrustStore([pki.root.cert], key_factory=es256.ES256Key)
+    credential = trust.validate(list(pki.signer.chain), now)
 
     def verify(value: str) -> bool:
         verification = Verification(value, now=now)
@@ -354,7 +361,7 @@ def test_inversion_without_gmp_gives_the_same_verdicts(monkeypatch: pytest.Monke
 async def test_batch_threads_only_for_keys_without_a_table(monkeypatch: pytest.MonkeyPatch) -> None:
     pki = TestPKI.create()
     now = time.time()
-    trust = TrustStore([pki.root.cert])
+    trust = TrustStore([pki.root.cert], key_factory=es256.ES256Key)
     source = ChainSource(trust, [pki.signer])
     call = CallInfo(from_="12155551212", to="12155551213")
     threaded: list[int] = []
@@ -368,7 +375,9 @@ async def test_batch_threads_only_for_keys_without_a_table(monkeypatch: pytest.M
 
     async def batch() -> list[str]:
         requests = [(pki.signer.identity(iat=int(now)), call) for _ in range(40)]
-        results = await verify_many(requests, now=now, credentials=source, threads=2)
+        results = await verify_many(
+            requests, now=now, credentials=source, threads=2, batch_check=es256.check_many
+        )
         return [r.verstat for r in results]
 
     es256.configure(max_tables=0)
@@ -395,3 +404,70 @@ def test_keys_turning_hot_together_are_built_one_at_a_time() -> None:
     wait_for_tables(6)
     assert [c.has_table() for c in checkers] == [True] * 6
     assert not es256._tables.building
+
+
+# -- the core's protocol, and the hand-off -----------------------------------------------------
+
+
+def test_the_core_checks_with_the_plain_key_unless_handed_another() -> None:
+    pki = TestPKI.create()
+    now = time.time()
+    plain = TrustStore([pki.root.cert]).validate(list(pki.signer.chain), now)
+    assert isinstance(plain.es256, PlainKey)
+    assert not plain.es256.has_table()
+    signature = sign(pki.signer.key, b"a.b")
+    assert (True, False) == (
+        plain.es256.check(b"a.b", signature),
+        plain.es256.check(b"a.c", signature),
+    )
+    accelerated = TrustStore([pki.root.cert]).with_key_factory(es256.ES256Key)
+    credential = accelerated.validate(list(pki.signer.chain), now)
+    assert isinstance(credential.es256, es256.ES256Key)
+    # A credential copied with a change (the CRL check adds a warning) keeps its check.
+    warned = dataclasses.replace(credential, warnings=("crl: failed open",))
+    assert credential.es256 is warned.es256
+    bare = credential_from_public_key(KEY.public_key(), key_factory=es256.ES256Key)
+    assert isinstance(bare.es256, es256.ES256Key)
+    assert isinstance(credential_from_public_key(KEY.public_key()).es256, PlainKey)
+
+
+def test_check_many_takes_other_keys_through_their_own_check() -> None:
+    hot = make_hot(KEY)
+    wait_for_tables(1)
+    plain = PlainKey(OTHER.public_key())
+    jobs: list[tuple[ES256Key, bytes, bytes]] = [
+        (hot, b"m1", sign(KEY, b"m1")),
+        (plain, b"m2", sign(OTHER, b"m2")),
+        (plain, b"m3", sign(KEY, b"m3")),
+        (hot, b"m4", sign(OTHER, b"m4")),
+    ]
+    assert [True, True, False, False] == es256.check_many(jobs)
+    assert [True, True, False, False] == check_each(jobs)
+
+
+async def test_verify_many_checks_the_signatures_with_the_batch_check_handed_in() -> None:
+    pki = TestPKI.create()
+    now = time.time()
+    source = ChainSource(TrustStore([pki.root.cert]), [pki.signer])
+    requests = [(pki.signer.identity(iat=int(now)), None) for _ in range(3)]
+    batches: list[int] = []
+
+    def counted(jobs: Sequence[tuple[ES256Key, bytes, bytes]]) -> list[bool]:
+        batches.append(len(jobs))
+        return check_each(jobs)
+
+    def refuses(jobs: Sequence[tuple[ES256Key, bytes, bytes]]) -> list[bool]:
+        return [False] * len(jobs)
+
+    passed = await verify_many(requests, now=now, credentials=source, batch_check=counted)
+    assert [True] * 3 == [r.passed for r in passed]
+    assert [3] == batches
+    refused = await verify_many(requests, now=now, credentials=source, batch_check=refuses)
+    assert ["invalid_signature"] * 3 == [r.reason.slug if r.reason else None for r in refused]
+
+
+def test_the_app_hands_the_key_tables_to_the_core(trust: TrustStore, signer: Signer) -> None:
+    app = create_app(Settings(records=RecordSettings(enabled=False)), trust=trust)
+    credential = app[TRUST].validate(list(signer.chain), time.time())
+    assert isinstance(credential.es256, es256.ES256Key)
+    assert isinstance(trust.validate(list(signer.chain), time.time()).es256, PlainKey)

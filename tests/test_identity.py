@@ -1,4 +1,5 @@
-"""verifier.core.identity: Identity header values (RFC 8224 section 4) -> IdentityHeader."""
+"""verifier.core.identity: Identity header values (RFC 8224 section 4): the PASSporT and
+its parameters, as the pipeline reads them (step 2)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 from verifier.core import errors
 from verifier.core.identity import (
     MAX_IDENTITY_LENGTH,
-    IdentityHeader,
-    parse_identity,
+    parse_params,
     split_identity_values,
+    split_value,
 )
 from verifier.testing import Signer
 
@@ -17,38 +18,35 @@ TOKEN = "eyJhIjoxfQ.eyJiIjoyfQ.c2ln"
 INFO = "<https://cert.example.net/sp.pem>"
 
 
+def parse(value: str) -> tuple[str, dict[str, str]]:
+    """``(PASSporT, parameters)`` of one Identity header value, as the pipeline gets them."""
+    token, suffix = split_value(value)
+    return token, parse_params(suffix)
+
+
 def test_parse_full_header(signer: Signer) -> None:
     value = signer.identity()
-    ident = parse_identity(value)
-    assert value == ident.raw
-    assert value.split(";")[0] == ident.token
-    assert f"<{signer.x5u}>" == ident.info
-    assert "ES256" == ident.alg
-    assert "shaken" == ident.ppt
-    assert ident.token.rpartition(".")[2] == ident.signature_segment
+    token, params = parse(value)
+    assert value.split(";")[0] == token
+    assert {"info": f"<{signer.x5u}>", "alg": "ES256", "ppt": "shaken"} == params
 
 
 def test_parse_minimal() -> None:
-    ident = parse_identity(f"{TOKEN};info={INFO}")
-    assert TOKEN == ident.token
-    assert {"info": INFO} == dict(ident.params)
-    assert ident.alg is None
-    assert ident.ppt is None
-    assert "c2ln" == ident.signature_segment
+    assert (TOKEN, {"info": INFO}) == parse(f"{TOKEN};info={INFO}")
 
 
 def test_no_parameters_at_all() -> None:
-    assert {} == dict(parse_identity(TOKEN).params)
+    assert (TOKEN, {}) == parse(TOKEN)
+    assert (TOKEN, "") == split_value(f"  {TOKEN}  ")
 
 
 @pytest.mark.parametrize("ppt", ['"shaken"', "shaken"])
 def test_ppt_quoted_or_not(ppt: str) -> None:
-    assert "shaken" == parse_identity(f"{TOKEN};info={INFO};ppt={ppt}").ppt
+    assert "shaken" == parse(f"{TOKEN};info={INFO};ppt={ppt}")[1]["ppt"]
 
 
 def test_quoted_value_escapes() -> None:
-    ident = parse_identity(f'{TOKEN};info={INFO};x="a\\"b;c,d"')
-    assert 'a"b;c,d' == ident.params["x"]
+    assert 'a"b;c,d' == parse(f'{TOKEN};info={INFO};x="a\\"b;c,d"')[1]["x"]
 
 
 @pytest.mark.parametrize(
@@ -60,23 +58,17 @@ def test_quoted_value_escapes() -> None:
     ],
 )
 def test_whitespace_around_separators(value: str) -> None:
-    ident = parse_identity(value)
-    assert TOKEN == ident.token
-    assert {"info": INFO, "alg": "ES256", "ppt": "shaken"} == dict(ident.params)
+    assert (TOKEN, {"info": INFO, "alg": "ES256", "ppt": "shaken"}) == parse(value)
 
 
 def test_parameter_names_are_case_insensitive() -> None:
-    ident = parse_identity(f"{TOKEN};INFO={INFO};Alg=ES256;PPT=shaken")
-    assert INFO == ident.info
-    assert "ES256" == ident.alg
-    assert "shaken" == ident.ppt
+    _, params = parse(f"{TOKEN};INFO={INFO};Alg=ES256;PPT=shaken")
+    assert {"info": INFO, "alg": "ES256", "ppt": "shaken"} == params
 
 
 def test_unknown_parameters_are_kept() -> None:
-    ident = parse_identity(f"{TOKEN};info={INFO};ppt=shaken;x-carrier=abc;flag")
-    assert "abc" == ident.params["x-carrier"]
-    assert "" == ident.params["flag"]
-    assert "shaken" == ident.ppt
+    _, params = parse(f"{TOKEN};info={INFO};ppt=shaken;x-carrier=abc;flag")
+    assert {"info": INFO, "ppt": "shaken", "x-carrier": "abc", "flag": ""} == params
 
 
 @pytest.mark.parametrize(
@@ -89,7 +81,7 @@ def test_unknown_parameters_are_kept() -> None:
 )
 def test_duplicate_parameters_refused(value: str) -> None:
     with pytest.raises(errors.MalformedIdentity, match="twice"):
-        parse_identity(value)
+        parse(value)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +100,7 @@ def test_duplicate_parameters_refused(value: str) -> None:
 )
 def test_malformed_parameters(value: str) -> None:
     with pytest.raises(errors.MalformedIdentity) as info:
-        parse_identity(value)
+        parse(value)
     assert errors.MalformedIdentity is type(info.value)
 
 
@@ -128,31 +120,25 @@ def test_malformed_parameters(value: str) -> None:
 )
 def test_malformed_token(value: str) -> None:
     with pytest.raises(errors.MalformedIdentity):
-        parse_identity(value)
+        parse(value)
 
 
 def test_compact_form() -> None:
     with pytest.raises(errors.CompactForm):
-        parse_identity(f"..c2ln;info={INFO}")
+        parse(f"..c2ln;info={INFO}")
     assert issubclass(errors.CompactForm, errors.InvalidIdentityHeader)
 
 
 def test_oversize_refused() -> None:
     value = TOKEN + ";x=" + "a" * MAX_IDENTITY_LENGTH
     with pytest.raises(errors.MalformedIdentity, match="characters"):
-        parse_identity(value)
-    parse_identity(value[:MAX_IDENTITY_LENGTH])
+        parse(value)
+    parse(value[:MAX_IDENTITY_LENGTH])
 
 
 def test_not_a_string() -> None:
     with pytest.raises(errors.MalformedIdentity):
-        parse_identity(b"a.b.c")  # type: ignore[arg-type]
-
-
-def test_identity_header_is_frozen() -> None:
-    ident = IdentityHeader(raw=TOKEN, token=TOKEN, params={})
-    with pytest.raises(AttributeError):
-        ident.token = "x"  # type: ignore[misc]
+        parse(b"a.b.c")  # type: ignore[arg-type]
 
 
 # -- several values ----------------------------------------------------------------------------

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from verifier.core import errors
+from verifier.core.identity import split_value
 from verifier.core.passport import (
     ShakenClaims,
     b64url_decode,
@@ -20,8 +21,9 @@ from verifier.core.passport import (
     check_ppt,
     check_shaken_claims,
     check_x5u,
-    decode_jws,
+    decode_header,
     decode_payload,
+    decode_signature,
     ppt_of,
     verify_es256,
 )
@@ -32,6 +34,20 @@ RawJws = Callable[[bytes, bytes], str]
 
 HEADER = {"alg": "ES256", "ppt": "shaken", "typ": "passport", "x5u": "https://a.example/sp.pem"}
 ORIGID = "123e4567-e89b-12d3-a456-426655440000"
+
+
+class Decoded(NamedTuple):
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def decode(token: str) -> Decoded:
+    """A PASSporT's three parts decoded as the pipeline decodes them (step 3)."""
+    h64, p64, s64 = token.split(".")
+    header, payload = decode_header(h64), decode_payload(p64)
+    return Decoded(header, payload, f"{h64}.{p64}".encode(), decode_signature(s64))
 
 
 def _payload(**changes: Any) -> dict[str, Any]:
@@ -85,9 +101,9 @@ def test_b64url_decode_refuses(segment: str) -> None:
 # -- JWS ---------------------------------------------------------------------------------------
 
 
-def test_decode_jws(signer: Signer) -> None:
+def test_decode(signer: Signer) -> None:
     token = signer.passport(iat=1700000000, origid=ORIGID)
-    jws = decode_jws(token)
+    jws = decode(token)
     assert HEADER | {"x5u": signer.x5u} == jws.header
     assert 1700000000 == jws.payload["iat"]
     assert token.rpartition(".")[0].encode() == jws.signing_input
@@ -99,14 +115,14 @@ def test_der_signature_refused(signer: Signer) -> None:
     h, p, _ = token.split(".")
     der = signer.key.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256()))
     with pytest.raises(errors.InvalidEncoding, match="DER"):
-        decode_jws(f"{h}.{p}.{b64url(der)}")
+        decode(f"{h}.{p}.{b64url(der)}")
 
 
 @pytest.mark.parametrize("size", [0, 32, 63, 65, 96])
 def test_signature_of_wrong_length_refused(signer: Signer, size: int) -> None:
     h, p, _ = signer.passport().split(".")
     with pytest.raises(errors.InvalidEncoding):
-        decode_jws(f"{h}.{p}.{b64url(bytes(size))}")
+        decode(f"{h}.{p}.{b64url(bytes(size))}")
 
 
 @pytest.mark.parametrize("part", [0, 1, 2])
@@ -116,14 +132,14 @@ def test_padded_segment_refused(raw_jws: RawJws, part: int) -> None:
     assert all(len(p) % 4 for p in parts)
     parts[part] += "=" * (-len(parts[part]) % 4)
     with pytest.raises(errors.InvalidEncoding):
-        decode_jws(".".join(parts))
+        decode(".".join(parts))
 
 
 def test_standard_base64_refused() -> None:
     # Vector 020: all segments in standard base64 with padding.
     header = base64.b64encode(json.dumps(HEADER).encode() + b"\xfb").decode()
     with pytest.raises(errors.InvalidEncoding):
-        decode_jws(f"{header}.{b64url(b'{}')}.{b64url(bytes(64))}")
+        decode(f"{header}.{b64url(b'{}')}.{b64url(bytes(64))}")
 
 
 @pytest.mark.parametrize(
@@ -136,14 +152,14 @@ def test_standard_base64_refused() -> None:
 )
 def test_duplicate_json_keys_refused(raw_jws: RawJws, header: bytes, payload: bytes) -> None:
     with pytest.raises(errors.DuplicateJsonKey) as info:
-        decode_jws(raw_jws(header, payload))
+        decode(raw_jws(header, payload))
     assert isinstance(info.value, errors.MalformedPassport)
 
 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
 def test_nan_and_infinity_refused(raw_jws: RawJws, constant: bytes) -> None:
     with pytest.raises(errors.MalformedPassport, match="not JSON"):
-        decode_jws(raw_jws(json.dumps(HEADER).encode(), b'{"iat":' + constant + b"}"))
+        decode(raw_jws(json.dumps(HEADER).encode(), b'{"iat":' + constant + b"}"))
 
 
 @pytest.mark.parametrize(
@@ -164,37 +180,37 @@ def test_nan_and_infinity_refused(raw_jws: RawJws, constant: bytes) -> None:
 )
 def test_payload_not_a_json_object(raw_jws: RawJws, payload: bytes) -> None:
     with pytest.raises(errors.MalformedPassport) as info:
-        decode_jws(raw_jws(json.dumps(HEADER).encode(), payload))
+        decode(raw_jws(json.dumps(HEADER).encode(), payload))
     assert errors.MalformedPassport is type(info.value)
 
 
 def test_header_not_a_json_object(raw_jws: RawJws) -> None:
     # Vector 015: unquoted values.
     with pytest.raises(errors.MalformedPassport, match="header"):
-        decode_jws(raw_jws(b'{"alg":ES256,"ppt":shaken}', b"{}"))
+        decode(raw_jws(b'{"alg":ES256,"ppt":shaken}', b"{}"))
 
 
 def test_deeply_nested_json_refused(raw_jws: RawJws) -> None:
     payload = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(errors.MalformedPassport):
-        decode_jws(raw_jws(json.dumps(HEADER).encode(), payload))
+        decode(raw_jws(json.dumps(HEADER).encode(), payload))
 
 
 def test_huge_integer_refused(raw_jws: RawJws) -> None:
     payload = b'{"iat":' + b"9" * 5000 + b"}"
     with pytest.raises(errors.MalformedPassport):
-        decode_jws(raw_jws(json.dumps(HEADER).encode(), payload))
+        decode(raw_jws(json.dumps(HEADER).encode(), payload))
 
 
 @pytest.mark.parametrize("token", ["a.b", "a.b.c.d", "abc", ""])
 def test_wrong_number_of_parts(token: str) -> None:
     with pytest.raises(errors.MalformedIdentity):
-        decode_jws(token)
+        split_value(token)  # step 2, before any part is decoded
 
 
 def test_compact_form() -> None:
     with pytest.raises(errors.CompactForm):
-        decode_jws(".." + b64url(bytes(64)))
+        split_value(".." + b64url(bytes(64)))
 
 
 # -- header ------------------------------------------------------------------------------------
@@ -450,12 +466,12 @@ def test_zero_future_skew() -> None:
 
 
 def test_verify_es256(signer: Signer) -> None:
-    jws = decode_jws(signer.passport())
+    jws = decode(signer.passport())
     verify_es256(signer.key.public_key(), jws.signing_input, jws.signature)
 
 
 def test_verify_es256_tampered(signer: Signer) -> None:
-    jws = decode_jws(signer.passport())
+    jws = decode(signer.passport())
     with pytest.raises(errors.InvalidSignature):
         verify_es256(signer.key.public_key(), jws.signing_input + b"x", jws.signature)
     flipped = bytes([jws.signature[0] ^ 1]) + jws.signature[1:]
@@ -470,7 +486,7 @@ def test_verify_es256_degenerate_signatures(signer: Signer, signature: bytes) ->
 
 
 def test_verify_es256_other_key(signer: Signer) -> None:
-    jws = decode_jws(signer.passport())
+    jws = decode(signer.passport())
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
     with pytest.raises(errors.InvalidSignature):
         verify_es256(other, jws.signing_input, jws.signature)

@@ -186,6 +186,22 @@ def test_allow_by_calling_number(signer: Signer, trust: TrustStore, now: int) ->
     assert "label" == policy.decide(stale, None, now=now).action
 
 
+def test_allow_by_calling_number_honours_nanp_national_match(
+    signer: Signer, trust: TrustStore, now: int
+) -> None:
+    stale = verify_offline(
+        signer.identity(iat=now - 600), now=now, chain=list(signer.chain), trust=trust
+    )
+    policy = Policy.from_text("[[allow]]\ntn = '+1 215 555 1212'\n")
+    national, full = CallInfo(pai="tel:2155551212"), CallInfo(pai="tel:+12155551212")
+
+    def action(call: CallInfo, nanp: bool) -> str:
+        return policy.decide(stale, call, now=now, nanp_national_match=nanp).action
+
+    assert ("allow", "label") == (action(national, True), action(national, False))
+    assert ("allow", "allow") == (action(full, True), action(full, False))
+
+
 def test_rules_first_match_wins(signer: Signer, trust: TrustStore, now: int) -> None:
     policy = Policy.from_text(
         """

@@ -8,7 +8,15 @@ import pytest
 
 from verifier.core import errors
 from verifier.core.errors import NO_TN_VALIDATION, TN_VALIDATION_FAILED, TN_VALIDATION_PASSED
-from verifier.core.sip import MAX_SIP_HEADERS, SipError, SipRequest, parse_invite, reason_header
+from verifier.core.sip import (
+    MAX_SIP_HEADERS,
+    SipError,
+    SipRequest,
+    header_reasons,
+    parse_invite,
+    reason_header,
+    reason_value,
+)
 from verifier.core.verify import HeaderResult, Reason, Result
 
 ID1 = 'aaa.bbb.sig1;info=<https://cert.example.org/sp.pem>;alg=ES256;ppt="shaken"'
@@ -250,6 +258,10 @@ def test_ppi_names_the_failing_header_among_several() -> None:
         ],
     )
     assert 'STIR;cause=436;text="Bad Identity Info";ppi="sig2"' == reason_header(result)
+    assert [
+        'STIR;cause=436;text="Bad Identity Info";ppi="sig2"',
+        'STIR;cause=436;text="Bad Identity Info";ppi="sig3"',
+    ] == header_reasons(result)
 
 
 def test_no_ppi_when_the_failure_is_not_one_header() -> None:
@@ -264,3 +276,10 @@ def test_no_ppi_when_the_failure_is_not_one_header() -> None:
         ],
     )
     assert 'STIR;cause=438;text="Invalid Identity Header"' == reason_header(result)
+
+
+def test_reason_value_keeps_caller_text_from_breaking_out_of_the_header() -> None:
+    assert 'SIP;cause=608;text="court order 12"' == reason_value("SIP", 608, "court order 12")
+    assert 'SIP;cause=603;text="a;b=c, d"' == reason_value("SIP", 603, 'a";b=\\c,\r\n d\u00e9')
+    assert 100 == len(reason_value("SIP", 603, "x" * 500).split('"')[1])
+    assert 'STIR;cause=437;text="t";ppi="abc"' == reason_value("STIR", 437, "t", ppi="abc")

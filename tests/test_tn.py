@@ -1,10 +1,21 @@
-"""verifier.core.tn: canonical telephone numbers, and TNs taken out of SIP/tel URIs."""
+"""verifier.core.tn: canonical telephone numbers, TNs taken out of SIP/tel URIs, the call's
+parties, and matching numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from verifier.core.tn import canonical_tn, is_canonical, tn_from_uri
+from verifier.core import errors
+from verifier.core.passport import ShakenClaims
+from verifier.core.tn import (
+    CallInfo,
+    Party,
+    canonical_tn,
+    is_canonical,
+    match_numbers,
+    same_tn,
+    tn_from_uri,
+)
 
 
 @pytest.mark.parametrize(
@@ -71,3 +82,62 @@ def test_is_canonical() -> None:
 )
 def test_tn_from_uri(value: str, expected: str | None) -> None:
     assert expected == tn_from_uri(value)
+
+
+@pytest.mark.parametrize(
+    ("given", "claimed", "nanp", "expected"),
+    [
+        ("12155551212", "12155551212", False, True),
+        ("2155551212", "12155551212", True, True),
+        ("12155551212", "2155551212", True, True),
+        ("2155551212", "12155551212", False, False),
+        ("12155551212", "2155551212", False, False),
+        ("2155551212", "22155551212", True, False),  # only a leading 1 is national
+        ("155551212", "1155551212", True, False),  # 9 digits: not a NANP number
+        ("12155551212", "12155551213", True, False),
+    ],
+)
+def test_same_tn(given: str, claimed: str, nanp: bool, expected: bool) -> None:
+    assert expected == same_tn(given, claimed, nanp)
+
+
+def test_call_info_takes_each_partys_tn_once() -> None:
+    call = CallInfo(
+        from_="sip:alice@example.com",
+        pai="<tel:+1-215-555-1212>",
+        to=("+1 215 555 1213", "sip:bob@example.com"),
+        ruri="sip:+12155551214@example.com;user=phone",
+    )
+    assert (
+        Party("pai", "<tel:+1-215-555-1212>", "12155551212"),
+        Party("from", "sip:alice@example.com", None),
+    ) == call.calling
+    assert (
+        Party("to", "+1 215 555 1213", "12155551213"),
+        Party("to", "sip:bob@example.com", None),
+        Party("ruri", "sip:+12155551214@example.com;user=phone", "12155551214"),
+    ) == call.called
+    assert ("12155551212", "12155551213") == (call.calling_tn, call.called_tn)
+    assert ("12155551212", None, "2155551213", None) == (
+        CallInfo(from_="12155551212").calling_tn,
+        CallInfo(from_="12155551212").called_tn,
+        CallInfo(to="sip:x@y", ruri="2155551213").called_tn,
+        CallInfo(from_="", pai="sip:anonymous@anonymous.invalid").calling_tn,
+    )
+    assert CallInfo(from_="1", to="2") == CallInfo(from_="1", to="2")
+
+
+def _claims(orig: str, *dest: str, uris: tuple[str, ...] = ()) -> ShakenClaims:
+    return ShakenClaims("A", orig, tuple(dest), uris, 0, "origid", ())
+
+
+def test_match_numbers_names_the_matching_parties() -> None:
+    claims = _claims("12155551212", "12155551213", uris=("sip:bob@example.com",))
+    call = CallInfo(from_="2155551212", to=("sip:Bob@Example.com;x=1",), ruri="12155551213")
+    assert {"orig": "from", "dest": "to"} == match_numbers(claims, call.calling, call.called, True)
+    assert {"orig": None, "dest": None} == match_numbers(claims, (), (), True)
+    with pytest.raises(errors.OrigMismatch, match="from '2155551212'"):
+        match_numbers(claims, call.calling, call.called, False)
+    with pytest.raises(errors.DestMismatch, match="to '12155551299' nor ruri 'sip:x@y'"):
+        other = CallInfo(to="12155551299", ruri="sip:x@y")
+        match_numbers(claims, (), other.called, True)

@@ -80,13 +80,10 @@ def _record(
     """The traceback record: the numbers the switch gave (canonical), else the claims'."""
     call = item.call
     claims = result.claims or {}
-    orig = _tn(call.pai) or _tn(call.from_)
+    orig = call.calling_tn
     if orig is None and isinstance(claims.get("orig"), dict):
         orig = _tn(claims["orig"].get("tn"))
-    to = call.to
-    if to is not None and not isinstance(to, str):
-        to = to[0] if to else None
-    dest = _tn(to) or _tn(call.ruri)
+    dest = call.called_tn
     if dest is None and isinstance(claims.get("dest"), dict):
         tns = claims["dest"].get("tn")
         dest = _tn(tns[0]) if isinstance(tns, list) and tns else None
@@ -197,6 +194,7 @@ class Service:
             trust = TrustStore.from_paths(
                 self.settings.trust_anchors,
                 require_policy_oid=self.settings.verification.require_policy_oid,
+                key_factory=self.trust.key_factory,
             )
         except ValueError as exc:
             log.error("reload_failed", extra={"part": "trust_anchors", "error": str(exc)})
@@ -290,7 +288,9 @@ class Service:
     def _done(
         self, endpoint: str, request_id: str, item: VerifyRequest, result: Result, now: float
     ) -> Outcome:
-        disposition = self.policy.decide(result, item.call, now=now)
+        disposition = self.policy.decide(
+            result, item.call, now=now, nanp_national_match=self.options.nanp_national_match
+        )
         self.metrics.observe(endpoint, result, disposition.action, disposition.label)
         record = _record(now, endpoint, request_id, item, result, disposition)
         if self._log_verifications:
@@ -323,6 +323,7 @@ class Service:
             options=self.options,
             cache=self.cache,
             threads=lambda: self.settings.batch_threads if self.in_flight <= 1 else 1,
+            batch_check=es256.check_many,
         )
         for i, result in zip(todo, verified, strict=True):
             await self._judged(result)

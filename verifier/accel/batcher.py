@@ -4,23 +4,22 @@ Under load, many requests reach step 12 in one turn of the event loop. Instead o
 checking its signature in the middle of its own request handling, they queue the check
 and one callback verifies the whole queue in a tight loop (:func:`verifier.accel.es256.check_many`):
 OpenSSL's code and the keys' tables stay hot in the CPU caches between signatures, and hot
-keys' checks share one scalar inversion. Measured with key tables: 7,000 requests/s in
-bench_http.py's ATIS run against 5,100-5,400 with each request checking its own.
+keys' checks share one scalar inversion (benchmarks/RESULTS.md has the figures).
 
-A helper *thread* does not pay here: pyca/cryptography releases the GIL during the
-check, but the thread must take the GIL back after each one, and a busy event loop
-gives it up only every switch interval (measured: a verify thread beside a busy loop
-manages ~200-5,500 checks/s depending on ``sys.setswitchinterval``). Use
-``verifier serve --workers N`` to use more cores.
+No helper thread: pyca/cryptography releases the GIL during a check, but the thread must
+take the GIL back after each one, and a busy event loop gives it up only every switch
+interval. Use ``verifier serve --workers N`` to use more cores.
 
-One :class:`SignatureBatcher` per application.
+One :class:`SignatureBatcher` per application; its :meth:`~SignatureBatcher.check` is the
+core's ``signatures`` hook (:func:`verifier.core.verify.verify`).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from .es256 import ES256Key, check_many
+from ..core.es256 import ES256Key
+from .es256 import check_many
 
 __all__ = ["SignatureBatcher"]
 

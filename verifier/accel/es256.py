@@ -5,10 +5,14 @@ keeps a precomputed table of multiples of the base point G, so ``u1·G`` is chea
 computes ``u2·Q`` from scratch for every signature: most of a check's cost. A verifier sees
 the same few signing keys over and over (one certificate signs all of a carrier's calls),
 so for a key in heavy use this module builds the same kind of table for Q, once, and a
-check becomes two fixed-base multiplications. With GMP's modular inverse (gmpy2) a check
-costs about 28 us where a plain one costs 66 us; checks made together share one inversion
-(``check_many``), and ``x(X)`` is compared in Jacobian coordinates (``X == r·Z²``), so no
-field inversion is needed (``benchmarks/bench_core.py`` prints the pipeline both ways).
+check becomes two fixed-base multiplications. The scalar inversion is GMP's (gmpy2) where
+available; checks made together share one inversion (``check_many``), and ``x(X)`` is
+compared in Jacobian coordinates (``X == r·Z²``), so no field inversion is needed.
+``benchmarks/bench_core.py`` prints the pipeline both ways; RESULTS.md has the figures.
+
+This module implements the core's ES256 protocol (:mod:`verifier.core.es256`): the service
+hands :class:`ES256Key` to the trust store as its key factory and :func:`check_many` to
+the batch pipeline; the core never imports this module.
 
 How: a copy of OpenSSL's P-256 group whose generator is Q, for which
 ``EC_GROUP_precompute_mult`` builds the table (OpenSSL's own nistz256 code, the code that
@@ -25,11 +29,11 @@ before it is used (else tables are turned off for the process, with an error log
 
 Everything else goes through pyca/cryptography's ordinary check: a key not yet hot
 (:data:`HOT_AFTER` verified checks), a table still being built (one at a time, on a
-builder thread: about 20 ms of CPU each, with the GIL released), no usable libcrypto
-(:func:`unavailable` says why), or tables turned off (``configure(max_tables=0)``).
-Tables are bounded: at most ``max_tables`` (about 150 KiB each), the least recently used
-dropped first. A table is freed only when nothing refers to it any more, so a check
-running on another thread is never left with freed memory.
+builder thread, with the GIL released), no usable libcrypto (:func:`unavailable` says
+why), or tables turned off (``configure(max_tables=0)``). Tables are bounded: at most
+``max_tables``, the least recently used dropped first. A table is freed only when nothing
+refers to it any more, so a check running on another thread is never left with freed
+memory.
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ from collections.abc import Sequence
 from ctypes import c_char_p, c_int, c_size_t, c_void_p
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from ..core import es256 as protocol
+from ..core.es256 import plain_check as _plain_check
 
 __all__ = ["HOT_AFTER", "ES256Key", "check_many", "configure", "tables_in_use", "unavailable"]
 
@@ -60,7 +65,6 @@ HOT_AFTER = 32
 _N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 order
 _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF  # P-256 field prime
 _NID_P256 = 415  # NID_X9_62_prime256v1
-_ES256 = ec.ECDSA(hashes.SHA256())
 _sha256 = hashlib.sha256
 
 try:
@@ -70,17 +74,6 @@ try:
     _GMP_N = mpz(_N)
 except ImportError:  # pragma: no cover - a platform without gmpy2 wheels
     _gmp_invert = None
-
-
-def _plain_check(key: ec.EllipticCurvePublicKey, data: bytes, signature: bytes) -> bool:
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
-    try:
-        key.verify(der, data, _ES256)
-    except InvalidSignature:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------ libcrypto
@@ -248,8 +241,8 @@ def _scratch() -> _Scratch:
 
 
 def _inverse(v: int, k: _Scratch) -> int:
-    """``v⁻¹ mod n`` (v in [1, n-1]): GMP's, else OpenSSL's BN_mod_inverse (about 10x the
-    time: it is the largest part of a single check after the two multiplications)."""
+    """``v⁻¹ mod n`` (v in [1, n-1]): GMP's, else OpenSSL's BN_mod_inverse (much slower: it
+    is the largest part of a single check after the two multiplications)."""
     if _gmp_invert is not None:
         return int(_gmp_invert(v, _GMP_N))
     lib = k.lib
@@ -429,7 +422,8 @@ def _disable(why: str) -> None:
 
 
 class ES256Key:
-    """One public key's ES256 check: ``key.check(signing_input, signature)`` -> bool.
+    """One public key's ES256 check: ``key.check(signing_input, signature)`` -> bool; the
+    core's :class:`~verifier.core.es256.ES256Key` with a table once the key is hot.
 
     ``signature`` is the raw 64-byte R||S of RFC 7518 §3.4. Thread-safe.
     """
@@ -486,14 +480,17 @@ class ES256Key:
         _tables.build_later(self._point, data, signature)
 
 
-def check_many(jobs: Sequence[tuple[ES256Key, bytes, bytes]]) -> list[bool]:
-    """Each ``(key, signing_input, signature)``'s verdict, as :meth:`ES256Key.check`
-    gives it; the checks with a table share one scalar inversion (27 us a check against 29
-    one by one with GMP's inverse; against 46 with OpenSSL's)."""
+def check_many(jobs: Sequence[tuple[protocol.ES256Key, bytes, bytes]]) -> list[bool]:
+    """Each ``(key, signing_input, signature)``'s verdict, as its ``check`` gives it (the
+    core's :data:`~verifier.core.es256.BatchCheck`); the checks with a table share one
+    scalar inversion. A key that is not this module's is checked by its own ``check``."""
     verdicts = [False] * len(jobs)
     tabled: list[tuple[_Table, bytes, bytes]] = []
     where: list[int] = []
     for i, (key, data, signature) in enumerate(jobs):
+        if not isinstance(key, ES256Key):
+            verdicts[i] = key.check(data, signature)
+            continue
         table = key._table()
         if table is None:
             verdicts[i] = key._plain(data, signature)
@@ -508,5 +505,6 @@ def check_many(jobs: Sequence[tuple[ES256Key, bytes, bytes]]) -> list[bool]:
             _disable(f"a table check failed: {exc}")
             for i in where:
                 key, data, signature = jobs[i]
-                verdicts[i] = _plain_check(key.public_key, data, signature)
+                if isinstance(key, ES256Key):
+                    verdicts[i] = _plain_check(key.public_key, data, signature)
     return verdicts

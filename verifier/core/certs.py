@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification as xv
 
-from ..accel.es256 import ES256Key
 from . import errors
+from .es256 import ES256Key, KeyFactory, PlainKey
 
 __all__ = [
     "SHAKEN_POLICY_OID",
@@ -121,11 +121,14 @@ class Credential:
     not_after: float = float("inf")
     certificates: tuple[x509.Certificate, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    checker: ES256Key | None = field(default=None, repr=False, compare=False)
+    """The key's ES256 check as made by the trust store's key factory; None: the plain one."""
     es256: ES256Key = field(init=False, repr=False, compare=False)
-    """The key's ES256 check (with its table once the key is in heavy use)."""
+    """The ES256 check step 12 calls."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "es256", ES256Key(self.public_key))
+        checker = self.checker if self.checker is not None else PlainKey(self.public_key)
+        object.__setattr__(self, "es256", checker)
 
     def check_time(self, at: float) -> None:
         """Raises CertificateExpired / CertificateNotYetValid when ``at`` is outside the chain."""
@@ -336,13 +339,25 @@ class TrustStore:
     """Trust anchors (STI-PA approved roots and CAs) and the SHAKEN chain policy.
 
     Build one with :meth:`from_paths` or the constructor; it is immutable, so a reload
-    builds a new one and swaps it in.
+    builds a new one and swaps it in. ``key_factory`` makes each Credential's ES256 check
+    (default: the plain one; the service hands in its accelerator).
     """
 
-    __slots__ = ("_anchors", "_ca_policy", "_ee_policy", "_store", "require_policy_oid")
+    __slots__ = (
+        "_anchors",
+        "_ca_policy",
+        "_ee_policy",
+        "_store",
+        "key_factory",
+        "require_policy_oid",
+    )
 
     def __init__(
-        self, anchors: Sequence[x509.Certificate], *, require_policy_oid: bool = False
+        self,
+        anchors: Sequence[x509.Certificate],
+        *,
+        require_policy_oid: bool = False,
+        key_factory: KeyFactory = PlainKey,
     ) -> None:
         if not anchors:
             raise ValueError("a trust store needs at least one trust anchor")
@@ -350,12 +365,25 @@ class TrustStore:
         self._store = xv.Store(list(self._anchors))
         self._ca_policy, self._ee_policy = _extension_policies()
         self.require_policy_oid = require_policy_oid
+        self.key_factory = key_factory
 
     @classmethod
     def from_paths(
-        cls, paths: Iterable[str | Path], *, require_policy_oid: bool = False
+        cls,
+        paths: Iterable[str | Path],
+        *,
+        require_policy_oid: bool = False,
+        key_factory: KeyFactory = PlainKey,
     ) -> TrustStore:
-        return cls(load_certificates(paths), require_policy_oid=require_policy_oid)
+        return cls(
+            load_certificates(paths), require_policy_oid=require_policy_oid, key_factory=key_factory
+        )
+
+    def with_key_factory(self, key_factory: KeyFactory) -> TrustStore:
+        """The same anchors and policy, its Credentials' ES256 checks made by ``key_factory``."""
+        return TrustStore(
+            self._anchors, require_policy_oid=self.require_policy_oid, key_factory=key_factory
+        )
 
     @property
     def anchors(self) -> tuple[x509.Certificate, ...]:
@@ -434,6 +462,7 @@ class TrustStore:
             not_before=max(c.not_valid_before_utc.timestamp() for c in path),
             not_after=min(c.not_valid_after_utc.timestamp() for c in path),
             certificates=tuple(path),
+            checker=self.key_factory(key),
         )
 
     @staticmethod
@@ -469,7 +498,7 @@ def _crl_urls(chain: Sequence[x509.Certificate]) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def credential_from_public_key(key: Any) -> Credential:
+def credential_from_public_key(key: Any, *, key_factory: KeyFactory = PlainKey) -> Credential:
     """A Credential for a bare public key supplied out of band: no certificate checks.
 
     Raises:
@@ -480,6 +509,7 @@ def credential_from_public_key(key: Any) -> Credential:
     return Credential(
         public_key=key,
         certificate=None,
+        checker=key_factory(key),
         warnings=(
             "verified with a bare public key supplied out of band: no certificate, trust "
             "chain or TNAuthList was checked",

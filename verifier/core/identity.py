@@ -1,4 +1,4 @@
-"""SIP Identity header values (RFC 8224 section 4) -> IdentityHeader. Pure.
+"""SIP Identity header values (RFC 8224 section 4) -> the PASSporT and its parameters. Pure.
 
 Grammar (RFC 8224 section 4.1)::
 
@@ -17,15 +17,12 @@ at its place in the order of checks. Parameter names are case-insensitive; value
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from collections.abc import Iterable
 
 from .errors import CompactForm, MalformedIdentity
 
 __all__ = [
     "MAX_IDENTITY_LENGTH",
-    "IdentityHeader",
-    "parse_identity",
     "parse_params",
     "split_header_values",
     "split_identity_values",
@@ -41,32 +38,6 @@ _PARAM = re.compile(
     r"""(?:\s*=\s*(<[^<>]*>|"(?:[^"\\\r\n]|\\.)*"|[^\s;,"<>=]+))?"""  # value
     r"""\s*"""
 )
-
-
-class IdentityHeader(NamedTuple):
-    """One parsed Identity header value. You get one from :func:`parse_identity`."""
-
-    raw: str
-    token: str
-    params: Mapping[str, str]
-
-    @property
-    def info(self) -> str | None:
-        """The raw ``info`` parameter value, angle brackets included; None when absent."""
-        return self.params.get("info")
-
-    @property
-    def alg(self) -> str | None:
-        return self.params.get("alg")
-
-    @property
-    def ppt(self) -> str | None:
-        return self.params.get("ppt")
-
-    @property
-    def signature_segment(self) -> str:
-        """The third JWS segment: what RFC 9410 ``ppi`` carries to name this header."""
-        return self.token.rpartition(".")[2]
 
 
 def split_header_values(line: str) -> list[str]:
@@ -162,18 +133,6 @@ def _diagnose_token(token: str) -> None:
         "Identity header value: the PASSporT holds characters outside base64 and '.',"
         " or is not followed by ';' and parameters"
     )
-
-
-def parse_identity(value: str) -> IdentityHeader:
-    """Parse one Identity header value.
-
-    Raises:
-        CompactForm: the PASSporT is in compact form (``..signature``); SHAKEN requires
-            the full form.
-        MalformedIdentity: anything else that does not follow the grammar.
-    """
-    token, suffix = split_value(value)
-    return IdentityHeader(raw=value, token=token, params=parse_params(suffix))
 
 
 def parse_params(suffix: str) -> dict[str, str]:

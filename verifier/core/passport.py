@@ -15,13 +15,12 @@ from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..accel.es256 import ES256Key
 from . import errors
+from .es256 import ES256Key, PlainKey
 from .tn import CANONICAL_TN, canonical_tn
 
 __all__ = [
     "ATTESTATIONS",
-    "DecodedJws",
     "DivClaims",
     "RcdPassportClaims",
     "ShakenClaims",
@@ -34,7 +33,6 @@ __all__ = [
     "check_shaken_claims",
     "check_x5u",
     "decode_header",
-    "decode_jws",
     "decode_payload",
     "decode_signature",
     "ppt_of",
@@ -49,15 +47,6 @@ _B64_VALUES = {
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"]+")
 _CANONICAL_TN = CANONICAL_TN.fullmatch
-
-
-class DecodedJws(NamedTuple):
-    """A PASSporT split and decoded, nothing judged yet. You get one from :func:`decode_jws`."""
-
-    header: dict[str, Any]
-    payload: dict[str, Any]
-    signing_input: bytes
-    signature: bytes
 
 
 class ShakenClaims(NamedTuple):
@@ -217,28 +206,6 @@ def decode_signature(s64: str) -> bytes:
             " (RFC 7518 section 3.4), not DER"
         )
     return signature
-
-
-def decode_jws(token: str) -> DecodedJws:
-    """Split a full-form JWS and decode its three parts.
-
-    Raises:
-        CompactForm, MalformedIdentity: wrong number of parts, compact form.
-        InvalidEncoding: a part is not strict base64url; the signature is not 64 bytes.
-        MalformedPassport, DuplicateJsonKey: header or payload is not a JSON object.
-    """
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise errors.MalformedIdentity(f"PASSporT must have 3 parts, found {len(parts)}")
-    h64, p64, s64 = parts
-    if not h64 and not p64:
-        raise errors.CompactForm("PASSporT is in compact form; SHAKEN requires the full form")
-    return DecodedJws(
-        header=decode_header(h64),
-        payload=decode_payload(p64),
-        signing_input=f"{h64}.{p64}".encode("ascii"),
-        signature=decode_signature(s64),
-    )
 
 
 def ppt_of(header: dict[str, Any]) -> str | None:
@@ -465,12 +432,12 @@ def check_freshness(iat: int, now: float, *, max_age: float, max_future_skew: fl
 def verify_es256(
     key: ES256Key | ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes
 ) -> None:
-    """Verify a raw 64-byte R||S ES256 signature (an :class:`ES256Key` keeps the key's
-    table when it is in heavy use: see :mod:`verifier.accel.es256`).
+    """Verify a raw 64-byte R||S ES256 signature with a key's check (a bare public key
+    gets the plain one).
 
     Raises:
         InvalidSignature: 438 / TN-Validation-Failed.
     """
-    checker = key if isinstance(key, ES256Key) else ES256Key(key)
+    checker = PlainKey(key) if isinstance(key, ec.EllipticCurvePublicKey) else key
     if not checker.check(signing_input, signature):
         raise errors.InvalidSignature("ES256 signature does not verify")

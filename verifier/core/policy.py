@@ -40,8 +40,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .errors import TN_VALIDATION_FAILED, TN_VALIDATION_PASSED, VerifierError
-from .tn import tn_from_uri
-from .verify import CallInfo, Result
+from .result import Result
+from .sip import reason_value
+from .tn import CallInfo, same_tn, tn_from_uri
 
 __all__ = [
     "BLOCK_RESPONSES",
@@ -197,13 +198,22 @@ class Policy:
             raise PolicyError(f"{source}: not valid TOML: {exc}") from None
         return _Parser(text, source).parse(data)
 
-    def decide(self, result: Result, call: CallInfo | None = None, *, now: float) -> Disposition:
-        """The disposition of one verification at ``now`` (epoch seconds)."""
+    def decide(
+        self,
+        result: Result,
+        call: CallInfo | None = None,
+        *,
+        now: float,
+        nanp_national_match: bool = True,
+    ) -> Disposition:
+        """The disposition of one verification at ``now`` (epoch seconds). An allow-list
+        ``tn`` is compared with the calling number as step 9 compares it
+        (``nanp_national_match``: the verification option of that name)."""
         facts = _facts(result) if self.blocks or self.allows or self.rules else {}
         for entry in self.blocks:
             if entry.active(now) and _signer_match(entry.key, entry.value, facts):
                 code = self.block_response
-                reference = _safe_text(entry.reference or f"{entry.key} {entry.value} blocked")
+                reference = entry.reference or f"{entry.key} {entry.value} blocked"
                 return Disposition(
                     action="block",
                     label="blocked",
@@ -211,16 +221,18 @@ class Policy:
                     response={
                         "code": code,
                         "text": BLOCK_RESPONSES[code],
-                        "reason": f'SIP;cause={code};text="{reference}"',
+                        "reason": reason_value("SIP", code, reference),
                     },
                 )
-        calling = _calling_tn(call)
+        calling = call.calling_tn if call is not None else None
         for entry in self.allows:
             if not entry.active(now):
                 continue
-            if (entry.key == "tn" and calling is not None and _same_tn(entry.value, calling)) or (
-                entry.key != "tn" and _signer_match(entry.key, entry.value, facts)
-            ):
+            if (
+                entry.key == "tn"
+                and calling is not None
+                and same_tn(calling, entry.value, nanp_national_match)
+            ) or (entry.key != "tn" and _signer_match(entry.key, entry.value, facts)):
                 return Disposition(
                     action="allow",
                     label=entry.label or "verified",
@@ -296,29 +308,6 @@ def _signer_match(key: str, value: str, facts: Mapping[str, tuple[str, ...]]) ->
     if key == "x5u_host" and value.startswith("."):
         return any(h.endswith(value) or h == value[1:] for h in have)
     return value in have
-
-
-def _calling_tn(call: CallInfo | None) -> str | None:
-    if call is None:
-        return None
-    for value in (call.pai, call.from_):
-        if value:
-            tn = tn_from_uri(value)
-            if tn is not None:
-                return tn
-    return None
-
-
-def _same_tn(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    return (len(a) == 10 and b == "1" + a) or (len(b) == 10 and a == "1" + b)
-
-
-def _safe_text(text: str) -> str:
-    """A value safe inside a quoted SIP header parameter: printable ASCII, no quotes."""
-    cleaned = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F and ch not in '"\\')
-    return cleaned[:100]
 
 
 # -- parsing -----------------------------------------------------------------------------------

@@ -1,21 +1,30 @@
 """SIP artefacts: the headers a verifier needs from an INVITE, and what it hands back. Pure.
 
 :func:`parse_invite` takes a raw SIP request (or just its header lines) and returns the
-Identity values, From, P-Asserted-Identity, To, Request-URI and Date. :func:`reason_header`
-builds the RFC 9410 ``Reason: STIR`` value for a failed verification.
+Identity values, From, P-Asserted-Identity, To, Request-URI and Date. :func:`reason_value`
+builds every ``Reason`` header value the package sends: :func:`reason_header` the RFC 9410
+``Reason: STIR`` one of a failed verification, the policy's block response its ``SIP`` one.
 """
 
 from __future__ import annotations
 
-import email.utils
 import re
 from dataclasses import dataclass, field
 
 from .errors import VerifierError
 from .identity import split_header_values
-from .verify import Reason, Result
+from .result import Result
+from .times import parse_time
 
-__all__ = ["MAX_SIP_HEADERS", "SipError", "SipRequest", "parse_invite", "reason_header"]
+__all__ = [
+    "MAX_SIP_HEADERS",
+    "SipError",
+    "SipRequest",
+    "header_reasons",
+    "parse_invite",
+    "reason_header",
+    "reason_value",
+]
 
 MAX_SIP_HEADERS = 512
 _COMPACT = {"f": "from", "t": "to", "i": "call-id", "y": "identity"}
@@ -48,8 +57,8 @@ class SipRequest:
         if self.date is None:
             return None
         try:
-            return email.utils.parsedate_to_datetime(self.date).timestamp()
-        except (TypeError, ValueError, IndexError):
+            return parse_time(self.date)
+        except ValueError:
             raise SipError(f"Date {self.date!r} is not an RFC 1123 date") from None
 
     def calling_pai(self) -> str | None:
@@ -125,17 +134,32 @@ def reason_header(result: Result) -> str | None:
     """RFC 9410 ``Reason`` header value for a failed verification, None when it passed.
 
     With several Identity headers, ``ppi`` names the failing one by its signature.
-    The values come from our own reason table and base64url signatures, so nothing a
-    caller sent can inject into the header.
     """
-    if result.reason is None:
+    reason = result.reason
+    if reason is None:
         return None
-    value = _reason_value(result.reason)
     failing = [h for h in result.identities if h.status == "failed" and h.ppi]
-    if len(result.identities) > 1 and failing:
-        value += f';ppi="{failing[0].ppi}"'
-    return value
+    ppi = failing[0].ppi if len(result.identities) > 1 and failing else None
+    return reason_value("STIR", reason.sip_code, reason.text, ppi=ppi)
 
 
-def _reason_value(reason: Reason) -> str:
-    return f'STIR;cause={reason.sip_code};text="{reason.text}"'
+def header_reasons(result: Result) -> list[str]:
+    """One RFC 9410 ``Reason`` value per failed Identity header, each with its ``ppi``."""
+    return [
+        reason_value("STIR", h.reason.sip_code, h.reason.text, ppi=h.ppi)
+        for h in result.identities
+        if h.status == "failed" and h.reason is not None and h.ppi
+    ]
+
+
+def reason_value(protocol: str, cause: int, text: str, *, ppi: str | None = None) -> str:
+    """The one ``Reason`` header value builder (RFC 3326, RFC 9410):
+    ``STIR;cause=438;text="Invalid Identity Header"[;ppi="..."]``.
+
+    ``text`` is cut to printable ASCII without quotes or backslashes (100 characters at
+    most), so nothing a caller sent can inject into the header; ``ppi`` is a base64url
+    signature from a header that decoded.
+    """
+    cleaned = "".join(ch for ch in text if 0x20 <= ord(ch) < 0x7F and ch not in '"\\')[:100]
+    value = f'{protocol};cause={cause};text="{cleaned}"'
+    return value if ppi is None else f'{value};ppi="{ppi}"'

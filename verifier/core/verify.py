@@ -10,7 +10,7 @@ Order of checks (cheap first; the first failure is the verdict)::
     6  info = <absoluteURI>, x5u present and = info      436
     7  claims: attest, orig, dest, iat, origid           438
     8  iat freshness                                     403
-    9  orig / dest against the call's numbers            438
+    9  orig / dest against the call's numbers            438  (tn.py; div chain: div.py)
     10 x5u URL rules, fetch                              436
     11 certificate chain, validity, TNAuthList SPC       437
     12 ES256 signature                                   438  (TN-Validation-Failed)
@@ -24,26 +24,26 @@ verified from the network still fails with its 436/437.
 :class:`Verification` runs steps 1-9 for every Identity header when it is built; the caller
 obtains a :class:`~verifier.core.certs.Credential` for each pending SHAKEN header's x5u (from a
 cache, a fetch, or a file) and hands it to :meth:`Verification.settle`, which runs the rest.
-:func:`verify_offline` does all of it with a supplied certificate or key.
+:func:`verify_offline` does all of it with a supplied certificate or key. Step 12 is the
+credential's ES256 check (:mod:`verifier.core.es256`; the service may hand in a faster one).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from cryptography import x509
 
-from ..accel.es256 import ES256Key, check_many
 from . import errors
-from .certs import CertificateInfo, Credential, TrustStore, credential_from_public_key
+from .certs import Credential, TrustStore, credential_from_public_key
+from .div import DiversionCheck
 from .errors import TN_VALIDATION_PASSED, VerificationError
+from .es256 import BatchCheck, ES256Key, check_each
 from .identity import parse_params, split_identity_values, split_value
 from .passport import (
-    DivClaims,
-    RcdPassportClaims,
     ShakenClaims,
     check_algorithm,
     check_div_claims,
@@ -58,7 +58,8 @@ from .passport import (
     ppt_of,
     verify_es256,
 )
-from .tn import tn_from_uri
+from .result import SHAKEN, Claims, Entry, HeaderResult, Reason, Result, failed
+from .tn import CallInfo, match_numbers
 from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
 
 __all__ = [
@@ -75,7 +76,6 @@ __all__ = [
     "verify_offline",
 ]
 
-SHAKEN = "shaken"
 DIV = "div"
 RCD = "rcd"
 KINDS = frozenset({SHAKEN, DIV, RCD})
@@ -104,113 +104,8 @@ class VerifyOptions:
             raise ValueError("max_div_hops must be at least 1")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CallInfo:
-    """What the switch says about the call: calling (From, PAI) and called (To, R-URI) parties.
-
-    Each is a bare TN or a SIP/tel URI (name-addr allowed). None means "not given": that
-    side is then not compared.
-    """
-
-    from_: str | None = None
-    pai: str | None = None
-    to: str | tuple[str, ...] | None = None
-    """One value, or several (ATIS ``to.tn`` is an array): any of them may match."""
-    ruri: str | None = None
-
-
 _NO_CALL = CallInfo()
 _DEFAULT_OPTIONS = VerifyOptions()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reason:
-    sip_code: int
-    text: str
-    slug: str
-    detail: str
-
-    @classmethod
-    def of(cls, exc: VerificationError) -> Reason:
-        return cls(sip_code=exc.sip_code, text=exc.text, slug=exc.slug, detail=exc.detail)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "sip_code": self.sip_code,
-            "text": self.text,
-            "slug": self.slug,
-            "detail": self.detail,
-        }
-
-
-Status = Literal["passed", "failed", "not_verified", "pending"]
-
-
-@dataclass(slots=True, kw_only=True)
-class HeaderResult:
-    """One Identity header's outcome."""
-
-    index: int
-    ppt: str | None
-    status: Status
-    reason: Reason | None = None
-    x5u: str | None = None
-    ppi: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "ppt": self.ppt,
-            "status": self.status,
-            "reason": self.reason.to_dict() if self.reason else None,
-            "x5u": self.x5u,
-            "ppi": self.ppi,
-        }
-
-
-@dataclass(slots=True, kw_only=True)
-class Result:
-    """The verdict: plain data, ``to_dict()`` is JSON-serialisable."""
-
-    verstat: str
-    attest: str | None = None
-    reason: Reason | None = None
-    claims: dict[str, Any] | None = None
-    certificate: CertificateInfo | None = None
-    x5u: str | None = None
-    origid: str | None = None
-    matched: dict[str, str | None] = field(default_factory=dict)
-    identities: list[HeaderResult] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    diversion: dict[str, Any] | None = None
-    """With div PASSporTs (RFC 8946): the chain's verstat, each hop, and what broke."""
-    rcd: dict[str, Any] | None = None
-    """Rich Call Data (RFC 9795) outcome, filled by the service (it may fetch content)."""
-    rcd_sources: list[dict[str, Any]] = field(default_factory=list)
-    """Verified payloads carrying ``rcd`` claims (the SHAKEN one, rcd PASSporTs)."""
-    replayed: bool = False
-    """This PASSporT was seen before within its freshness window (set by the service)."""
-
-    @property
-    def passed(self) -> bool:
-        return self.verstat == TN_VALIDATION_PASSED
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "verstat": self.verstat,
-            "attest": self.attest,
-            "reason": self.reason.to_dict() if self.reason else None,
-            "claims": self.claims,
-            "certificate": self.certificate.to_dict() if self.certificate else None,
-            "x5u": self.x5u,
-            "origid": self.origid,
-            "matched": dict(self.matched),
-            "identities": [h.to_dict() for h in self.identities],
-            "warnings": list(self.warnings),
-            "diversion": self.diversion,
-            "rcd": self.rcd,
-            "replayed": self.replayed,
-        }
 
 
 class DecodeCache:
@@ -250,36 +145,6 @@ class _Context:
         self.x5u: str | None = None
 
 
-_Claims = ShakenClaims | DivClaims | RcdPassportClaims
-
-
-class _Entry:
-    __slots__ = (
-        "claims",
-        "credential",
-        "deferred",
-        "error",
-        "kind",
-        "matched",
-        "payload",
-        "result",
-        "signature",
-        "signing_input",
-    )
-
-    def __init__(self, result: HeaderResult) -> None:
-        self.result = result
-        self.kind: str | None = SHAKEN
-        self.deferred: errors.DestMismatch | None = None
-        self.claims: _Claims | None = None
-        self.payload: dict[str, Any] | None = None
-        self.signing_input = b""
-        self.signature = b""
-        self.error: VerificationError | None = None
-        self.credential: Credential | None = None
-        self.matched: dict[str, str | None] = {}
-
-
 class Verification:
     """One verification of a request's Identity headers, advanced step by step.
 
@@ -306,7 +171,7 @@ class Verification:
         # Cached contexts were judged with no signature check between steps 4 and 5, and
         # for Identity headers (a bare PASSporT skips the info check of step 6).
         self._cache = cache if signature_key is None and not bare else None
-        self._entries: list[_Entry] = []
+        self._entries: list[Entry] = []
         self._top_error: VerificationError | None = None
         try:
             raw = self._split(values)
@@ -334,9 +199,9 @@ class Verification:
             )
         return raw
 
-    def _check(self, index: int, value: str, bare: bool) -> _Entry:
+    def _check(self, index: int, value: str, bare: bool) -> Entry:
         result = HeaderResult(index=index, ppt=None, status="pending")
-        entry = _Entry(result)
+        entry = Entry(result)
         try:
             token, suffix = split_value(value)  # step 2
             if bare and suffix:
@@ -372,7 +237,7 @@ class Verification:
                 if cache is not None:
                     cache.store(key, ctx)
             result.x5u = ctx.x5u
-            claims: _Claims  # step 7
+            claims: Claims  # step 7
             if kind == SHAKEN:
                 claims = check_shaken_claims(payload)
             elif kind == DIV:
@@ -386,22 +251,23 @@ class Verification:
                 max_age=self.options.max_iat_age,
                 max_future_skew=self.options.max_future_skew,
             )
-            if kind != DIV:  # step 9; a div hop is matched by the chain (result())
+            if kind != DIV:  # step 9 (tn.py); a div hop is matched by the chain (div.py)
+                call, nanp = self.call, self.options.nanp_national_match
                 try:
-                    entry.matched = _match_numbers(claims, self.call, self.options)
+                    entry.matched = match_numbers(claims, call.calling, call.called, nanp)
                 except errors.DestMismatch as exc:
                     if kind != SHAKEN or not self._diverted:
                         raise
                     # The call was diverted: the chain of div PASSporTs may lead from this
                     # dest to the called number; result() decides.
                     entry.deferred = exc
-                    entry.matched = _match_numbers(claims, _calling_only(self.call), self.options)
+                    entry.matched = match_numbers(claims, call.calling, (), nanp)
         except VerificationError as exc:
-            self._fail(entry, exc)
+            entry.fail(exc)
         return entry
 
     @staticmethod
-    def _not_verified(entry: _Entry) -> _Entry:
+    def _not_verified(entry: Entry) -> Entry:
         entry.kind = None
         entry.result.status = "not_verified"
         entry.result.reason = Reason(
@@ -414,18 +280,18 @@ class Verification:
 
     # -- steps 10-12 -----------------------------------------------------------------------
 
-    def pending(self) -> list[_Entry]:
+    def pending(self) -> list[Entry]:
         """The SHAKEN headers that passed steps 1-9 and wait for a credential."""
         return [e for e in self._entries if e.result.status == "pending"]
 
     @staticmethod
-    def x5u_of(entry: _Entry) -> str:
+    def x5u_of(entry: Entry) -> str:
         if entry.result.x5u is None:
             raise RuntimeError("entry is not pending")
         return entry.result.x5u
 
     def settle(
-        self, entry: _Entry, credential: Credential, *, signature_ok: bool | None = None
+        self, entry: Entry, credential: Credential, *, signature_ok: bool | None = None
     ) -> None:
         """Steps 11 (validity at ``now``) and 12 (signature) with a validated credential.
 
@@ -439,20 +305,15 @@ class Verification:
             if signature_ok is None and self._signature_key is None:  # else done at step 4
                 verify_es256(credential.es256, entry.signing_input, entry.signature)
         except VerificationError as exc:
-            self._fail(entry, exc)
+            entry.fail(exc)
             return
         entry.credential = credential
         entry.result.status = "passed"
 
-    def fail(self, entry: _Entry, exc: VerificationError) -> None:
-        """Record that no credential could be had for ``entry`` (436/437)."""
-        self._fail(entry, exc)
-
     @staticmethod
-    def _fail(entry: _Entry, exc: VerificationError) -> None:
-        entry.error = exc
-        entry.result.status = "failed"
-        entry.result.reason = Reason.of(exc)
+    def fail(entry: Entry, exc: VerificationError) -> None:
+        """Record that no credential could be had for ``entry`` (436/437)."""
+        entry.fail(exc)
 
     # -- the verdict -----------------------------------------------------------------------
 
@@ -460,8 +321,8 @@ class Verification:
         entries = self._entries
         identities = [e.result for e in entries]
         if self._top_error is not None:
-            return _failed(self._top_error, identities)
-        chosen: _Entry | None
+            return failed(self._top_error, identities)
+        chosen: Entry | None
         if len(entries) == 1 and entries[0].kind == SHAKEN:  # nearly every call: no choice
             only = entries[0]
             if only.result.status == "pending":
@@ -473,15 +334,20 @@ class Verification:
                 raise RuntimeError("Verification.result() called with headers still pending")
             shaken = [e for e in entries if e.kind == SHAKEN]
             divs = [e for e in entries if e.kind == DIV]
+            check = DiversionCheck(
+                self.call.called,
+                nanp=self.options.nanp_national_match,
+                max_hops=self.options.max_div_hops,
+            )
             for e in shaken:
                 if e.deferred is not None:
-                    self._resolve_deferred(e, divs)
+                    check.resolve_deferred(e, divs)
             chosen = next((e for e in shaken if e.result.status == "passed"), None)
             chosen = chosen or (shaken[0] if shaken else None)
-            diversion = self._diversion(chosen, divs) if divs else None
+            diversion = check.chain(chosen, divs) if divs else None
         if chosen is None:
             ppts = ", ".join(repr(e.result.ppt) for e in self._entries)
-            result = _failed(
+            result = failed(
                 errors.NoShakenPassport(
                     f"no SHAKEN PASSporT among the Identity headers (ppt {ppts})"
                 ),
@@ -515,124 +381,7 @@ class Verification:
             rcd_sources=self._rcd_sources(chosen),
         )
 
-    # -- div (RFC 8946) ----------------------------------------------------------------------
-
-    def _resolve_deferred(self, entry: _Entry, divs: list[_Entry]) -> None:
-        """A SHAKEN dest that did not match the call stands if the diversion chain leads
-        from it to the called number."""
-        deferred, entry.deferred = entry.deferred, None
-        if deferred is None or entry.result.status != "passed":
-            return
-        chain = self._diversion(entry, divs)
-        if chain["verstat"] == TN_VALIDATION_PASSED:
-            entry.matched["dest"] = "diversion"
-            return
-        why = chain["reason"]["detail"] if chain["reason"] else "no div PASSporT links to it"
-        self._fail(entry, errors.DestMismatch(f"{deferred.detail}; diversion: {why}"))
-        entry.credential = None
-
-    def _diversion(self, anchor: _Entry | None, divs: list[_Entry]) -> dict[str, Any]:
-        chain: list[_Entry] = []
-        problem: VerificationError | None = None
-        anchor_claims = anchor.claims if anchor is not None else None
-        broken = next((d for d in divs if not isinstance(d.claims, DivClaims)), None)
-        if not isinstance(anchor_claims, ShakenClaims):
-            problem = errors.DiversionUnanchored(
-                "div PASSporTs without a SHAKEN PASSporT to link them to"
-            )
-        elif broken is not None and broken.error is not None:
-            problem = broken.error
-        else:
-            problem = self._link(anchor_claims, divs, chain)
-        hop_failure = problem is not None and any(problem is d.error for d in divs)
-        if problem is None:
-            problem = next((d.error for d in chain if d.error is not None), None)
-            hop_failure = problem is not None
-        if problem is None:
-            problem = self._reaches_the_call(chain)
-        if problem is None:
-            verstat = TN_VALIDATION_PASSED
-        elif hop_failure:
-            verstat = problem.verstat
-        else:
-            verstat = errors.NO_TN_VALIDATION
-        hops = [_hop(d, linked=True) for d in chain]
-        hops.extend(_hop(d, linked=False) for d in divs if d not in chain)
-        return {
-            "verstat": verstat,
-            "hops": hops,
-            "reason": Reason.of(problem).to_dict() if problem is not None else None,
-        }
-
-    def _link(
-        self, anchor: ShakenClaims, divs: list[_Entry], chain: list[_Entry]
-    ) -> VerificationError | None:
-        """Order ``divs`` from the SHAKEN dest onwards into ``chain``; the first problem."""
-        nanp = self.options.nanp_national_match
-        targets: tuple[str, ...] = anchor.dest_tns
-        seen = list(targets)
-        remaining = [d for d in divs if isinstance(d.claims, DivClaims)]
-        while remaining:
-            step = [
-                d
-                for d in remaining
-                if isinstance(d.claims, DivClaims)
-                and any(_same_tn(d.claims.div_tn, t, nanp) for t in targets)
-            ]
-            if not step:
-                break
-            if len(step) > 1:
-                which = ", ".join(str(d.result.index) for d in step)
-                return errors.DiversionBroken(
-                    f"headers {which} all divert the call from {', '.join(targets)}"
-                )
-            hop = step[0]
-            remaining.remove(hop)
-            chain.append(hop)
-            if len(chain) > self.options.max_div_hops:
-                return errors.DiversionTooLong(f"more than {self.options.max_div_hops} diversions")
-            claims = hop.claims
-            if not isinstance(claims, DivClaims):  # pragma: no cover - filtered above
-                break
-            if any(_same_tn(t, s, nanp) for t in claims.dest_tns for s in seen):
-                return errors.DiversionLoop(
-                    f"header {hop.result.index} diverts back to {', '.join(claims.dest_tns)}"
-                )
-            seen.extend(claims.dest_tns)
-            targets = claims.dest_tns
-        if remaining:
-            hop = remaining[0]
-            div_tn = hop.claims.div_tn if isinstance(hop.claims, DivClaims) else "?"
-            return errors.DiversionBroken(
-                f"header {hop.result.index} diverts from {div_tn}, which is neither the SHAKEN"
-                " dest nor the dest of another div PASSporT"
-            )
-        for hop in chain:
-            claims = hop.claims
-            if isinstance(claims, DivClaims) and not _same_tn(claims.orig_tn, anchor.orig_tn, nanp):
-                return errors.DiversionBroken(
-                    f"header {hop.result.index} has orig {claims.orig_tn}, the SHAKEN"
-                    f" PASSporT {anchor.orig_tn}"
-                )
-        return None
-
-    def _reaches_the_call(self, chain: list[_Entry]) -> VerificationError | None:
-        """The last hop's dest must be the called number (To or Request-URI), if given."""
-        last = chain[-1].claims if chain else None
-        called = [*_as_tuple(self.call.to), *((self.call.ruri,) if self.call.ruri else ())]
-        nanp = self.options.nanp_national_match
-        if (
-            isinstance(last, DivClaims)
-            and called
-            and not any(_dest_matches(value, last, nanp) for value in called)
-        ):
-            return errors.DiversionBroken(
-                f"the last diversion goes to {', '.join(last.dest_tns)}, not to the"
-                f" called number {', '.join(called)}"
-            )
-        return None
-
-    def _rcd_sources(self, chosen: _Entry) -> list[dict[str, Any]]:
+    def _rcd_sources(self, chosen: Entry) -> list[dict[str, Any]]:
         sources: list[dict[str, Any]] = []
         for e in self._entries:
             carries = e.kind == RCD or (e is chosen and e.payload and "rcd" in e.payload)
@@ -648,98 +397,6 @@ class Verification:
                 }
             )
         return sources
-
-
-def _hop(entry: _Entry, *, linked: bool) -> dict[str, Any]:
-    claims = entry.claims if isinstance(entry.claims, DivClaims) else None
-    return {
-        "index": entry.result.index,
-        "div": claims.div_tn if claims else None,
-        "dest": list(claims.dest_tns) if claims else None,
-        "linked": linked,
-        "status": entry.result.status,
-        "reason": entry.result.reason.to_dict() if entry.result.reason else None,
-    }
-
-
-def _as_tuple(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, str) else value
-
-
-def _calling_only(call: CallInfo) -> CallInfo:
-    return CallInfo(from_=call.from_, pai=call.pai)
-
-
-def _failed(exc: VerificationError, identities: list[HeaderResult]) -> Result:
-    return Result(verstat=exc.verstat, reason=Reason.of(exc), identities=identities)
-
-
-# -- TN match (step 9) -------------------------------------------------------------------------
-
-
-def _same_tn(given: str, claimed: str, nanp: bool) -> bool:
-    if given == claimed:
-        return True
-    if nanp:
-        if len(given) == 10 and claimed == "1" + given:
-            return True
-        if len(claimed) == 10 and given == "1" + claimed:
-            return True
-    return False
-
-
-def _uri_key(value: str) -> str:
-    text = value.strip()
-    if "<" in text and ">" in text:
-        text = text[text.index("<") + 1 : text.index(">")]
-    return text.split(";", 1)[0].lower()
-
-
-def _match_numbers(
-    claims: _Claims, call: CallInfo, options: VerifyOptions
-) -> dict[str, str | None]:
-    nanp = options.nanp_national_match
-    orig: str | None = None
-    if call.pai or call.from_:
-        for name, value in (("pai", call.pai), ("from", call.from_)):
-            if value:
-                tn = tn_from_uri(value)
-                if tn is not None and _same_tn(tn, claims.orig_tn, nanp):
-                    orig = name
-                    break
-        else:
-            given = " nor ".join(
-                f"{n} {v!r}" for n, v in (("pai", call.pai), ("from", call.from_)) if v
-            )
-            raise errors.OrigMismatch(f"orig.tn {claims.orig_tn!r} does not match {given}")
-    dest: str | None = None
-    if call.to or call.ruri:
-        to = (call.to,) if type(call.to) is str else (call.to or ())
-        called = [*(("to", v) for v in to), ("ruri", call.ruri)]
-        for name, value in called:
-            if value and _dest_matches(value, claims, nanp):
-                dest = name
-                break
-        else:
-            given = " nor ".join(f"{n} {v!r}" for n, v in called if v)
-            targets = list(claims.dest_tns) + list(claims.dest_uris)
-            raise errors.DestMismatch(f"dest {targets!r} does not match {given}")
-    return {"orig": orig, "dest": dest}
-
-
-def _dest_matches(value: str, claims: _Claims, nanp: bool) -> bool:
-    tn = tn_from_uri(value)
-    if tn is not None:
-        if tn in claims.dest_tns or any(_same_tn(tn, t, nanp) for t in claims.dest_tns):
-            return True
-        if any(t is not None and _same_tn(tn, t, nanp) for t in map(tn_from_uri, claims.dest_uris)):
-            return True
-    if claims.dest_uris:
-        key = _uri_key(value)
-        return any(_uri_key(u) == key for u in claims.dest_uris)
-    return False
 
 
 # -- offline (forensic) verification -----------------------------------------------------------
@@ -827,8 +484,9 @@ async def verify(
 ) -> Result:
     """The online pipeline: steps 1-9, then each pending header's credential, then 11-12.
 
-    ``signatures`` (optional) runs step 12 elsewhere, e.g. on a helper thread
-    (:class:`verifier.accel.batcher.SignaturePool`); by default it runs inline.
+    ``signatures`` (optional) runs step 12 elsewhere, e.g. batched with other requests'
+    (the service hands in :meth:`verifier.accel.batcher.SignatureBatcher.check`); by
+    default it runs inline.
     """
     verification = Verification(values, now=now, call=call, options=options, cache=cache)
     for entry in verification.pending():
@@ -853,11 +511,14 @@ async def verify_many(
     options: VerifyOptions | None = None,
     cache: DecodeCache | None = None,
     threads: int | Callable[[], int] = 1,
+    batch_check: BatchCheck = check_each,
 ) -> list[Result]:
     """Many verifications at once (the batch API): steps 1-9 for all of them, one credential
     lookup per distinct x5u (concurrently), then steps 11-12.
 
-    With ``threads`` > 1, enough work and some key without a table (:mod:`verifier.accel.es256`),
+    The signatures of a share are checked together by ``batch_check`` (the service hands
+    in :func:`verifier.accel.es256.check_many`: hot keys share a scalar inversion).
+    With ``threads`` > 1, enough work and some key without a table (``has_table()``),
     the signature checks run on that many threads, each on its own share: cryptography
     releases the GIL while it checks a signature and the event loop only awaits them, so
     the checks use more cores. A key's table checks keep the GIL: they stay on the loop.
@@ -878,9 +539,8 @@ async def verify_many(
     found = dict(zip(wanted, await asyncio.gather(*map(lookup, wanted)), strict=True))
 
     def settle(share: Sequence[Verification]) -> None:
-        # The signatures are checked together (hot keys share a scalar inversion), then
-        # each entry is settled with its verdict.
-        checks: list[tuple[Verification, _Entry, Credential]] = []
+        # The signatures are checked together, then each entry is settled with its verdict.
+        checks: list[tuple[Verification, Entry, Credential]] = []
         for verification in share:
             for entry in verification.pending():
                 credential = found[Verification.x5u_of(entry)]
@@ -888,13 +548,13 @@ async def verify_many(
                     verification.fail(entry, credential)
                 else:
                     checks.append((verification, entry, credential))
-        verdicts = check_many(
+        verdicts = batch_check(
             [(c.es256, entry.signing_input, entry.signature) for _, entry, c in checks]
         )
         for (verification, entry, credential), ok in zip(checks, verdicts, strict=True):
             verification.settle(entry, credential, signature_ok=ok)
 
-    # A key's table checks keep the GIL (verifier.accel.es256): threads pay only for plain checks.
+    # A key's table checks keep the GIL: threads pay only for plain checks.
     plain = any(isinstance(c, Credential) and not c.es256.has_table() for c in found.values())
     if callable(threads):
         threads = threads()

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ..core.sip import reason_header
+from ..core.sip import header_reasons, reason_header
 from ..core.verify import Result
 from ..service import Outcome
 from ..settings import ApiSettings
@@ -75,10 +75,6 @@ def native_body(outcome: Outcome, request_id: str) -> dict[str, Any]:
     body["sip"] = {
         "verstat": result.verstat,
         "reason": reason_header(result),
-        "reasons": [
-            f'STIR;cause={h.reason.sip_code};text="{h.reason.text}";ppi="{h.ppi}"'
-            for h in result.identities
-            if h.status == "failed" and h.reason is not None and h.ppi
-        ],
+        "reasons": header_reasons(result),
     }
     return body

@@ -90,7 +90,7 @@ def create_app(
         middlewares=[error_middleware], client_max_size=settings.api.batch_body_limit
     )
     app[SETTINGS] = settings
-    app[TRUST] = trust
+    app[TRUST] = trust.with_key_factory(es256.ES256Key)  # the ES256 accelerator, handed in
     app[POLICY] = Policy.load(settings.policy_file) if settings.policy_file else Policy.default()
     app[METRICS] = Metrics.create()
     app[CLOCK] = clock

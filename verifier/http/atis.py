@@ -7,7 +7,6 @@ from typing import Any
 
 from aiohttp import web
 
-from ..core.tn import tn_from_uri
 from ..core.verify import CallInfo
 from ..service import VerifyRequest
 from .errors import JSON, invalid, missing
@@ -58,12 +57,15 @@ def atis_call(data: Any) -> VerifyRequest:
     if not isinstance(request, dict):
         raise invalid("verificationRequest", "must be an object")
     orig = _tn_field(request, "from")
-    if not isinstance(orig, str) or tn_from_uri(orig) is None:
+    if not isinstance(orig, str):
         raise invalid("from.tn", "must be a telephone number")
     dest = _tn_field(request, "to")
     if not isinstance(dest, list) or not dest or not all(isinstance(t, str) for t in dest):
         raise invalid("to.tn", "must be a non-empty array of telephone numbers")
-    if any(tn_from_uri(t) is None for t in dest):
+    call = CallInfo(from_=orig, to=tuple(dest))  # each number normalised once, here
+    if call.calling_tn is None:
+        raise invalid("from.tn", "must be a telephone number")
+    if len(call.called) != len(dest) or any(p.tn is None for p in call.called):
         raise invalid("to.tn", "must be a non-empty array of telephone numbers")
     if "time" not in request:
         raise missing("time")
@@ -73,6 +75,4 @@ def atis_call(data: Any) -> VerifyRequest:
     identity = request.get("identity")
     if identity is not None and not identity_ok(identity):
         raise invalid("identity", "must be a string or an array of strings")
-    return VerifyRequest(
-        identity=identity, call=CallInfo(from_=orig, to=tuple(dest)), date=float(when)
-    )
+    return VerifyRequest(identity=identity, call=call, date=float(when))

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import time
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from aiohttp import web
 
 from ..core.sip import SipError, parse_invite
+from ..core.times import parse_time
 from ..core.verify import CallInfo
 from ..service import Service, VerifyRequest
 from .answers import native_body
@@ -50,8 +50,8 @@ def native_call(data: Any, where: str = "") -> VerifyRequest:
             when = float(date)
         elif isinstance(date, str):
             try:
-                when = parsedate_to_datetime(date).timestamp()
-            except (TypeError, ValueError, IndexError):
+                when = parse_time(date)
+            except ValueError:
                 raise invalid(f"{where}date", "must be epoch seconds or an RFC 1123 date") from None
         else:
             raise invalid(f"{where}date", "must be epoch seconds or an RFC 1123 date")

@@ -4,14 +4,13 @@ records and their statistics, and the admin reload."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
+from ..core.times import parse_time
 from ..core.tn import tn_from_uri
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..records import RecordQuery, RecordStore, csv_header, to_csv_rows
@@ -76,18 +75,9 @@ def _query_time(request: web.Request, name: str) -> float | None:
     if text is None or text == "":
         return None
     try:
-        value = float(text)
-    except ValueError:
-        try:
-            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise invalid(name, "must be epoch seconds or an RFC 3339 date-time") from None
-        if when.tzinfo is None:
-            raise invalid(name, "an RFC 3339 date-time needs a UTC offset or Z") from None
-        return when.timestamp()
-    if not math.isfinite(value):
-        raise invalid(name, "must be epoch seconds or an RFC 3339 date-time")
-    return value
+        return parse_time(text)
+    except ValueError as exc:
+        raise invalid(name, f"must be epoch seconds or an RFC 3339 date-time: {exc}") from None
 
 
 def _record_store(request: web.Request) -> RecordStore:

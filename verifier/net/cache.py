@@ -18,7 +18,6 @@ result and never lets it pass the chain's earliest notAfter or a CRL's nextUpdat
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ from typing import Protocol
 from cachetools import LRUCache
 
 from ..core.certs import Credential
+from ..core.times import parse_time
 
 __all__ = [
     "CacheEntry",
@@ -59,8 +59,8 @@ def _seconds(text: str) -> float | None:
 
 def _http_date(text: str) -> float | None:
     try:
-        return email.utils.parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
+        return parse_time(text)
+    except ValueError:
         return None
 
 
