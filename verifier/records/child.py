@@ -6,7 +6,7 @@ up and must take it back from the busy loop. This is what a database server does
 PostgreSQL: the storing happens in another process.
 
 :class:`ChildWriterStore` is a :class:`~verifier.records.sqlite.SqliteRecordStore` whose
-``insert_many`` and ``prune`` are done by ``python -m verifier.records.child DB``, started on
+``insert_many`` and ``prune`` are done by ``python -m verifier.records DB``, started on
 the first write, fed records through its stdin (length-prefixed pickles, a batch in parts
 of :data:`PART` records, so that no single pickling holds the GIL long) and answering on
 its stdout. Reads (queries, stats, exports) open their own connections in the service's
@@ -139,7 +139,7 @@ class ChildWriterStore(SqliteRecordStore):
 
     def _start(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(  # noqa: S603 - this interpreter, our module, our path
-            [sys.executable, "-m", "verifier.records.child", str(self.path), str(self._nice)],
+            [sys.executable, "-m", "verifier.records", str(self.path), str(self._nice)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -233,9 +233,6 @@ def main() -> None:
     sys.stdout = sys.stderr  # nothing but answers on the channel
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if len(sys.argv) > 2 and int(sys.argv[2]):
-        os.nice(int(sys.argv[2]))  # answering calls goes first (records.writer_nice)
+        os.nice(int(sys.argv[2]))  # answering calls goes first ([tuning] writer_nice)
     _serve(Path(sys.argv[1]), inp, out)
 
-
-if __name__ == "__main__":
-    main()
