@@ -123,9 +123,9 @@ class _RedisDeadline:
     burst of cold x5u validating their chains, say) and Redis's answer may be waiting in
     the socket or in the queue of ready callbacks: the deadline then moves on by another
     ``timeout`` (at most :data:`_LATE_EXTENSIONS` times). A Redis that is slow while the
-    process is idle meets the deadline on time and fails the operation. Measured: 200
-    concurrent cold loads kept the loop busy past the 150 ms timeout, and Redis's answers
-    all came "too late".
+    process is idle meets the deadline on time and fails the operation. Without this, a
+    burst of concurrent cold loads made every Redis answer "too late" (benchmarks/RESULTS.md,
+    Shared Redis tier).
     """
 
     __slots__ = ("_bound", "_cpu", "_due", "_handle", "_left", "_loop", "_start", "_timeout")

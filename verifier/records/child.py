@@ -235,4 +235,3 @@ def main() -> None:
     if len(sys.argv) > 2 and int(sys.argv[2]):
         os.nice(int(sys.argv[2]))  # answering calls goes first ([tuning] writer_nice)
     _serve(Path(sys.argv[1]), inp, out)
-
