@@ -64,7 +64,8 @@ def mixed(store: RecordStore, kit: Kit) -> RecordStore:
 
 def test_the_record_modules_import_one_way() -> None:
     """factory -> child -> sqlite -> model, factory -> postgres -> pgschema -> model,
-    writer -> model, __main__ (the child's entry point) -> child: no module imports one above it, so there is no cycle."""
+    writer -> model, __main__ (the child's entry point) -> child: no module imports one
+    above it, so there is no cycle."""
     package = Path(records.__file__).parent
     imports = {
         path.stem: {

@@ -29,8 +29,9 @@ call whose connection broke (the database went away) closes it, and the next cal
 new one, so the writer's retry after an outage succeeds. Reads open a short-lived
 connection each, as the SQLite store does: reads are rare (API queries, exports, the CLI),
 so a pool (psycopg_pool) would be one more dependency and threads to manage for no
-measured need. Unless the URL says otherwise, connections time out after 5 s (``connect_timeout``) and use TCP keepalives, so
-a vanished server fails a call instead of hanging the writer's thread.
+measured need. Unless the URL says otherwise, connections time out after 5 s
+(``connect_timeout``) and use TCP keepalives, so a vanished server fails a call instead of
+hanging the writer's thread.
 
 Delivery is exactly once. A batch is one transaction, so it is written whole or not at all;
 but when the connection breaks after the server committed it and before the acknowledgement
