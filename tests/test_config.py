@@ -595,6 +595,12 @@ def test_every_field_of_the_settings_is_set_by_exactly_one_key() -> None:
     assert sorted(fields) == sorted(targets)
 
 
+def test_the_shared_fetch_rules_are_declared_once() -> None:
+    shared = {f.name for f in dataclasses.fields(HttpClientSettings)}
+    for cls in (FetchSettings, RcdSettings):
+        assert set() == shared & {f.name for f in dataclasses.fields(cls)}, cls.__name__
+
+
 def test_a_key_has_the_type_and_default_of_every_field_it_sets() -> None:
     for key in describe():
         for part, name in key.targets:
