@@ -25,7 +25,7 @@ hash slot per x5u) and ``replay:<sha256 of signature>``. Every key expires.
 Use it as::
 
     async with RedisLink(RedisSettings(url="redis://127.0.0.1:6379/0")) as link:
-        fetcher = CertificateFetcher(trust, settings, client=client, shared=RedisTier(link))
+        fetcher = CertificateFetcher(trust, settings, shared=RedisTier(link))
         replays = RedisReplayCache(link, max_size=100_000, window=120.0)
 """
 
