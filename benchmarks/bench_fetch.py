@@ -26,7 +26,8 @@ from typing import Any
 from verifier.core.certs import Credential, TrustStore, load_chain
 from verifier.core.errors import TN_VALIDATION_PASSED
 from verifier.core.verify import CallInfo, CredentialSource, verify
-from verifier.net.fetch import CertificateFetcher, FetchSettings
+from verifier.net.fetch import CertificateFetcher
+from verifier.net.transport import HttpClientSettings
 from verifier.testing import Signer, TestPKI
 from verifier.testing.repository import Repository
 
@@ -73,12 +74,12 @@ async def run(n: int, calls: int) -> dict[str, Any]:
         body = signer.chain_pem()
         repo.put("/sp.pem", body)
         with tempfile.TemporaryDirectory() as tmp:
-            settings = FetchSettings(
+            client = HttpClientSettings(
                 ports=frozenset({repo.port}),
-                allow_private_x5u=True,
+                allow_private=True,
                 ca_file=_write(Path(tmp, "repo-ca.pem"), repo.ca_pem),
             )
-            async with CertificateFetcher(trust, settings) as fetcher:
+            async with CertificateFetcher(trust, client=client) as fetcher:
                 now = time.time()
                 burst = _values(signer, n, now)
                 started = time.perf_counter()

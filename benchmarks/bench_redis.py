@@ -31,8 +31,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from verifier.core.certs import TrustStore
-from verifier.net.fetch import CertificateFetcher, FetchSettings
+from verifier.net.fetch import CertificateFetcher
 from verifier.net.redis_tier import RedisLink, RedisSettings, RedisTier
+from verifier.net.transport import HttpClientSettings
 from verifier.testing import TestPKI
 from verifier.testing.repository import Repository
 
@@ -72,15 +73,15 @@ async def run(redis_url: str, calls: int, rounds: int, x5us: int) -> dict[str, A
         urls = [repo.put(f"/sp{i}.pem", body) for i in range(x5us)]
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                settings = FetchSettings(
+                http_client = HttpClientSettings(
                     ports=frozenset({repo.port}),
-                    allow_private_x5u=True,
+                    allow_private=True,
                     ca_file=_write(Path(tmp, "repo-ca.pem"), repo.ca_pem),
                 )
                 async with (
-                    CertificateFetcher(trust, settings) as plain,
-                    CertificateFetcher(trust, settings, shared=RedisTier(link)) as tiered,
-                    CertificateFetcher(trust, settings, shared=RedisTier(link)) as cold,
+                    CertificateFetcher(trust, client=http_client) as plain,
+                    CertificateFetcher(trust, client=http_client, shared=RedisTier(link)) as tiered,
+                    CertificateFetcher(trust, client=http_client, shared=RedisTier(link)) as cold,
                 ):
                     await plain.get(x5u, now=time.time())
                     await tiered.get(x5u, now=time.time())

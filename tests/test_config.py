@@ -20,11 +20,11 @@ import pytest
 from verifier.net.fetch import FetchSettings
 from verifier.net.rcd import RcdSettings
 from verifier.net.redis_tier import RedisSettings
+from verifier.net.transport import HttpClientSettings
 from verifier.records import RecordSettings
 from verifier.settings import (
     ApiSettings,
     ConfigError,
-    HttpClientKeys,
     Settings,
     TuningKeys,
     VerificationSettings,
@@ -130,7 +130,7 @@ def test_defaults() -> None:
         settings.workers,
         settings.trust_anchors,
     )
-    assert frozenset({443}) <= settings.x5u.ports
+    assert frozenset({443}) <= settings.http_client.ports
     assert ("lower", 64 * 1024, 1000) == (
         settings.api.reason_key_case,
         settings.api.body_limit,
@@ -158,24 +158,7 @@ def test_toml_file_sets_every_table(tmp_path: Path) -> None:
                 require_policy_oid=True,
                 key_tables=0,
             ),
-            x5u=FetchSettings(
-                ports=frozenset({443, 8443}),
-                connect_timeout=0.5,
-                timeout=1.5,
-                max_body=16384,
-                ca_file="/etc/ssl/bundle.pem",
-                min_ttl=60.0,
-                max_ttl=7200.0,
-                allow_private_x5u=True,
-                private_allow=("10.0.0.0/8", ".internal.example"),
-                breaker_threshold=3,
-                breaker_cooldown=10.0,
-                user_agent="sti-vs/1",
-                host_deny=("bad.example",),
-                crl_mode="closed",
-                crl_files=("/etc/verifier/ca.crl",),
-            ),
-            rcd=RcdSettings(
+            http_client=HttpClientSettings(
                 ports=frozenset({443, 8443}),
                 connect_timeout=0.5,
                 timeout=1.5,
@@ -185,9 +168,16 @@ def test_toml_file_sets_every_table(tmp_path: Path) -> None:
                 breaker_threshold=3,
                 breaker_cooldown=10.0,
                 user_agent="sti-vs/1",
-                max_jcl_bytes=4096,
-                cache_ttl=600.0,
             ),
+            x5u=FetchSettings(
+                max_body=16384,
+                min_ttl=60.0,
+                max_ttl=7200.0,
+                host_deny=("bad.example",),
+                crl_mode="closed",
+                crl_files=("/etc/verifier/ca.crl",),
+            ),
+            rcd=RcdSettings(max_jcl_bytes=4096, cache_ttl=600.0),
             records=RecordSettings(
                 enabled=False,
                 retention_days=30.0,
@@ -241,14 +231,14 @@ def test_environment_overrides() -> None:
         }
     )
     assert 9090 == settings.port
-    assert (True, True) == (settings.x5u.allow_private_x5u, settings.rcd.allow_private)
-    assert (frozenset({443, 8443}),) * 2 == (settings.x5u.ports, settings.rcd.ports)
+    assert True is settings.http_client.allow_private
+    assert frozenset({443, 8443}) == settings.http_client.ports
     assert (0, 100) == (settings.verification.key_tables, settings.records.batch_size)
     assert "camel" == settings.api.reason_key_case
     assert ("/a.pem", "/b") == settings.trust_anchors
     assert 30.5 == settings.verification.max_iat_age
     assert False is settings.verification.nanp_national_match
-    assert (None, None) == (settings.x5u.ca_file, settings.rcd.ca_file)
+    assert None is settings.http_client.ca_file
     assert 5 == settings.api.batch_max
 
 
@@ -258,7 +248,7 @@ def test_environment_overrides() -> None:
 )
 def test_environment_booleans(value: str, expected: bool) -> None:
     env = {"VERIFIER_HTTP_CLIENT_ALLOW_PRIVATE": value}
-    assert expected is load_settings(env=env).x5u.allow_private_x5u
+    assert expected is load_settings(env=env).http_client.allow_private
 
 
 def test_the_process_environment_is_read_only_when_passed(
@@ -282,8 +272,8 @@ def test_overrides_use_dotted_keys() -> None:
         }
     )
     assert 7000 == settings.port
-    assert (True, True) == (settings.x5u.allow_private_x5u, settings.rcd.allow_private)
-    assert (frozenset({8443}),) * 2 == (settings.x5u.ports, settings.rcd.ports)
+    assert True is settings.http_client.allow_private
+    assert frozenset({8443}) == settings.http_client.ports
     assert (False, 1) == (settings.x5u.crl_check, settings.batch_threads)
     assert "camel" == settings.api.reason_key_case
     assert 120.0 == settings.verification.max_date_skew
@@ -516,7 +506,8 @@ MOVED = [
 
 
 def test_the_moved_keys_are_the_shared_ones_twice_and_the_tuning_ones() -> None:
-    assert 2 * len(HttpClientKeys.__annotations__) + len(TuningKeys.__annotations__) == len(MOVED)
+    shared = dataclasses.fields(HttpClientSettings)
+    assert 2 * len(shared) + len(TuningKeys.__annotations__) == len(MOVED)
 
 
 def _label(table: str, key: str) -> str:
@@ -589,6 +580,7 @@ def test_only_verifier_variables_are_read_and_the_test_suites_are_left_alone() -
 PARTS: dict[str, type[Any]] = {
     "verification": VerificationSettings,
     "api": ApiSettings,
+    "http_client": HttpClientSettings,
     "x5u": FetchSettings,
     "rcd": RcdSettings,
     "records": RecordSettings,
@@ -601,6 +593,12 @@ def test_every_field_of_the_settings_is_set_by_exactly_one_key() -> None:
     fields += [(part, f.name) for part, cls in PARTS.items() for f in dataclasses.fields(cls)]
     targets = [t for key in describe() for t in key.targets]
     assert sorted(fields) == sorted(targets)
+
+
+def test_the_shared_fetch_rules_are_declared_once() -> None:
+    shared = {f.name for f in dataclasses.fields(HttpClientSettings)}
+    for cls in (FetchSettings, RcdSettings):
+        assert set() == shared & {f.name for f in dataclasses.fields(cls)}, cls.__name__
 
 
 def test_a_key_has_the_type_and_default_of_every_field_it_sets() -> None:
@@ -623,13 +621,12 @@ def test_shared_and_tuning_keys_reach_every_place_they_act() -> None:
             "tuning.writer_flush_interval": 0.05,
         }
     )
-    for fetch in (settings.x5u, settings.rcd):
-        assert (0.3, 1.0, ("127.0.0.1",), "x/1") == (
-            fetch.connect_timeout,
-            fetch.breaker_cooldown,
-            fetch.private_allow,
-            fetch.user_agent,
-        )
+    assert (0.3, 1.0, ("127.0.0.1",), "x/1") == (
+        settings.http_client.connect_timeout,
+        settings.http_client.breaker_cooldown,
+        settings.http_client.private_allow,
+        settings.http_client.user_agent,
+    )
     assert ("asyncio", 5, 0.05) == (
         settings.event_loop,
         settings.records.writer_nice,
@@ -665,14 +662,12 @@ def test_describe_lists_every_key_in_reference_order_with_its_doc() -> None:
     rows = describe()
     tables = ["", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "tuning"]
     assert tables == list(dict.fromkeys(k.table for k in rows))
-    assert [n for n in HttpClientKeys.__annotations__] == [
+    assert [f.name for f in dataclasses.fields(HttpClientSettings)] == [
         k.name for k in rows if k.table == "http_client"
     ]
     assert [n for n in TuningKeys.__annotations__] == [k.name for k in rows if k.table == "tuning"]
     for k in rows:
-        cls = {"http_client": HttpClientKeys, "tuning": TuningKeys}.get(k.table) or (
-            PARTS[k.table] if k.table else Settings
-        )
+        cls = TuningKeys if k.table == "tuning" else PARTS[k.table] if k.table else Settings
         assert k.name in _documented_fields(cls), k.label
         assert k.doc and "\n" not in k.doc and "  " not in k.doc, k.label
     by_key = {(k.table, k.name): k for k in rows}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,6 +18,7 @@ from verifier.core import errors
 from verifier.core.certs import Credential, TrustStore
 from verifier.net.crl import CrlChecker, crl_urls, load_crl
 from verifier.net.fetch import CertificateFetcher, FetchSettings
+from verifier.net.transport import HttpClientSettings
 from verifier.testing import TestPKI
 from verifier.testing.pki import make_crl
 from verifier.testing.repository import Repository
@@ -194,13 +195,8 @@ def test_crl_urls_keep_http_only(pki: TestPKI) -> None:
 # -- through the fetcher, CRLs over plain HTTP -------------------------------------------------
 
 
-def _settings(repo: Repository, ca_file: str, **kw: Any) -> FetchSettings:
-    return FetchSettings(
-        ports=frozenset({repo.port}),
-        allow_private_x5u=True,
-        ca_file=ca_file,
-        **kw,
-    )
+def _client(repo: Repository, ca_file: str) -> HttpClientSettings:
+    return HttpClientSettings(ports=frozenset({repo.port}), allow_private=True, ca_file=ca_file)
 
 
 async def test_revoked_chain_fetched_over_the_network(
@@ -214,7 +210,8 @@ async def test_revoked_chain_fetched_over_the_network(
     )
     good_url = repo.put("/good.pem", good.chain_pem())
     bad_url = repo.put("/bad.pem", bad.chain_pem())
-    async with CertificateFetcher(trust, _settings(repo, ca_file), clock=clock) as fetcher:
+    client = _client(repo, ca_file)
+    async with CertificateFetcher(trust, client=client, clock=clock) as fetcher:
         assert (await fetcher.get(good_url, now=time.time())).warnings == ()
         with pytest.raises(errors.CertificateRevoked):
             await fetcher.get(bad_url, now=time.time())
@@ -234,8 +231,9 @@ async def test_crl_server_down_in_both_modes(
 ) -> None:
     signer = pki.ca.issue_leaf(crl_url=repo.http_url("/missing.crl"))
     url = repo.put("/sp.pem", signer.chain_pem())
-    settings = _settings(repo, ca_file, crl_mode=mode, failure_ttl=30)
-    async with CertificateFetcher(trust, settings, clock=clock) as fetcher:
+    settings = FetchSettings(crl_mode="open" if mode == "open" else "closed", failure_ttl=30)
+    client = _client(repo, ca_file)
+    async with CertificateFetcher(trust, settings, client=client, clock=clock) as fetcher:
         if mode == "closed":
             with pytest.raises(errors.CrlUnavailable, match="HTTP 404"):
                 await fetcher.get(url, now=time.time())
@@ -258,6 +256,7 @@ async def test_entry_lifetime_bounded_by_next_update(
     repo.put("/ca.crl", make_crl(pki.ca, [], next_update=soon))
     signer = pki.ca.issue_leaf(crl_url=repo.http_url("/ca.crl"))
     url = repo.put("/sp.pem", signer.chain_pem(), headers={"Cache-Control": "max-age=7200"})
-    async with CertificateFetcher(trust, _settings(repo, ca_file), clock=clock) as fetcher:
+    client = _client(repo, ca_file)
+    async with CertificateFetcher(trust, client=client, clock=clock) as fetcher:
         await fetcher.get(url, now=time.time())
         await fresh_until(fetcher, clock, url, soon.timestamp())

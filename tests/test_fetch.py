@@ -7,6 +7,7 @@ for names of other networks. Nothing here connects anywhere but 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -23,6 +24,7 @@ from verifier.core import errors
 from verifier.core.certs import TrustStore
 from verifier.core.verify import CallInfo, verify
 from verifier.net.fetch import CertificateFetcher, FetchSettings
+from verifier.net.transport import HttpClientSettings
 from verifier.testing import TestPKI, pem
 from verifier.testing.repository import Repository
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from conftest import FreshUntil
 
 SLOW = 0.3  # the total timeout in tests that wait for one
+CLIENT_KEYS = frozenset(f.name for f in dataclasses.fields(HttpClientSettings))
 
 
 class Clock:
@@ -77,21 +80,28 @@ async def make_fetcher(
     repo: Repository, ca_file: str, trust: TrustStore, clock: Clock
 ) -> AsyncIterator[MakeFetcher]:
     """``await make_fetcher(**settings)``: a fetcher for the repository (its port allowed,
-    loopback allowed, its TLS CA trusted, the fake clock), closed after the test."""
+    loopback allowed, its TLS CA trusted, the fake clock), closed after the test. The keys
+    of HttpClientSettings go to its ``client``, the others to its FetchSettings."""
     opened: list[CertificateFetcher] = []
 
     async def make(
         *, session: aiohttp.ClientSession | None = None, resolver: Any = None, **kw: Any
     ) -> CertificateFetcher:
         kw.setdefault("ports", frozenset({repo.port}))
-        kw.setdefault("allow_private_x5u", True)
+        kw.setdefault("allow_private", True)
         kw.setdefault("ca_file", ca_file)
         kw.setdefault("timeout", 2.0)
         extra: dict[str, Any] = {"resolver": resolver} if resolver is not None else {}
         if "on_load" in kw:
             extra["on_load"] = kw.pop("on_load")
+        client = HttpClientSettings(**{k: kw.pop(k) for k in CLIENT_KEYS & kw.keys()})
         fetcher = CertificateFetcher(
-            kw.pop("trust", trust), FetchSettings(**kw), session=session, clock=clock, **extra
+            kw.pop("trust", trust),
+            FetchSettings(**kw),
+            client=client,
+            session=session,
+            clock=clock,
+            **extra,
         )
         await fetcher.__aenter__()
         opened.append(fetcher)
@@ -202,7 +212,7 @@ async def test_refused_addresses_are_never_connected(
     why: str,
 ) -> None:
     session, connector = no_network
-    fetcher = await make_fetcher(session=session, allow_private_x5u=False, ports=frozenset({443}))
+    fetcher = await make_fetcher(session=session, allow_private=False, ports=frozenset({443}))
     with pytest.raises(errors.X5uRefused, match=why) as info:
         await fetcher.get(url, now=time.time())
     assert "refused before connecting" in info.value.detail
@@ -214,7 +224,7 @@ async def test_loopback_refused_without_the_allowance(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
 ) -> None:
     url = repo.put("/sp.pem", pki.signer.chain_pem())
-    fetcher = await make_fetcher(allow_private_x5u=False)
+    fetcher = await make_fetcher(allow_private=False)
     with pytest.raises(errors.X5uRefused, match=r"127\.0\.0\.1 is loopback"):
         await fetcher.get(url, now=time.time())
     assert 0 == repo.requests
@@ -224,7 +234,7 @@ async def test_allow_list_cidr_admits_loopback(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
 ) -> None:
     url = repo.put("/sp.pem", pki.signer.chain_pem())
-    fetcher = await make_fetcher(allow_private_x5u=False, private_allow=("127.0.0.0/8",))
+    fetcher = await make_fetcher(allow_private=False, private_allow=("127.0.0.0/8",))
     assert (await fetcher.get(url, now=time.time())).certificate is not None
 
 
@@ -239,7 +249,7 @@ async def test_name_resolving_to_private_address_is_refused(
 
     session, connector = no_network
     fetcher = await make_fetcher(
-        session=session, resolver=dns, allow_private_x5u=False, ports=frozenset({443})
+        session=session, resolver=dns, allow_private=False, ports=frozenset({443})
     )
     with pytest.raises(errors.X5uRefused, match=r"certs\.example\.net resolves to 192\.0\.2\.10"):
         await fetcher.get("https://certs.example.net/sp.pem", now=time.time())
@@ -693,19 +703,20 @@ async def test_preloaded_certificates_need_no_network(
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("cls", "bad"),
     [
-        {"ports": frozenset()},
-        {"timeout": 0},
-        {"max_body": 0},
-        {"min_ttl": 10, "max_ttl": 5},
-        {"crl_mode": "maybe"},
-        {"private_allow": ("10.0.0.0/33",)},
+        (HttpClientSettings, {"ports": frozenset()}),
+        (HttpClientSettings, {"timeout": 0}),
+        (FetchSettings, {"max_body": 0}),
+        (FetchSettings, {"min_ttl": 10, "max_ttl": 5}),
+        (FetchSettings, {"crl_mode": "maybe"}),
+        (FetchSettings, {"crl_timeout": 0}),
+        (HttpClientSettings, {"private_allow": ("10.0.0.0/33",)}),
     ],
 )
-def test_settings_refuse_bad_values(bad: dict[str, Any]) -> None:
+def test_settings_refuse_bad_values(cls: type[Any], bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"must|not a valid address"):
-        FetchSettings(**bad)
+        cls(**bad)
 
 
 async def test_session_with_trust_env_refused(trust: TrustStore) -> None:
@@ -715,7 +726,7 @@ async def test_session_with_trust_env_refused(trust: TrustStore) -> None:
 
 
 async def test_get_without_a_session_is_loud(trust: TrustStore) -> None:
-    fetcher = CertificateFetcher(trust, FetchSettings(allow_private_x5u=True))
+    fetcher = CertificateFetcher(trust, client=HttpClientSettings(allow_private=True))
     with pytest.raises(RuntimeError, match="async with"):
         await fetcher.get("https://127.0.0.1/sp.pem", now=time.time())
     await fetcher.close()

@@ -12,6 +12,8 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from verifier.http.app import create_app
+from verifier.http.keys import CREDENTIALS, RCD_FETCHER, SETTINGS
+from verifier.net.fetch import CertificateFetcher
 from verifier.net.rcd import digest_of
 from verifier.testing import Signer, TestPKI, identity_header
 from verifier.testing.repository import Repository
@@ -119,3 +121,14 @@ async def test_forwarded_call_fetches_each_hops_certificate(stack: Stack, now: i
     assert "diversion" == body["matched"]["dest"]
     assert "TN-Validation-Passed" == body["diversion"]["verstat"]
     assert (1, 1) == (stack.repo.counts["/sp.pem"], stack.repo.counts["/fw.pem"])
+
+
+async def test_both_fetchers_are_handed_the_one_http_client_settings(stack: Stack) -> None:
+    app = stack.client.app
+    shared = app[SETTINGS].http_client
+    credentials, rcd_fetcher = app[CREDENTIALS], app[RCD_FETCHER]
+    assert isinstance(credentials, CertificateFetcher)
+    assert rcd_fetcher is not None
+    assert frozenset({443, stack.repo.port}) == shared.ports
+    assert credentials.client is shared
+    assert rcd_fetcher.client is shared

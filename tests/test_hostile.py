@@ -23,6 +23,7 @@ from verifier.core.certs import Credential, TrustStore
 from verifier.core.verify import CallInfo, CredentialSource, verify
 from verifier.http.app import SERVICE, create_app, start_site
 from verifier.net.fetch import CertificateFetcher, FetchSettings
+from verifier.net.transport import HttpClientSettings
 from verifier.records import RecordSettings
 from verifier.settings import Settings, load_settings
 from verifier.testing import ChainSource, TestPKI, pem
@@ -41,15 +42,15 @@ async def fetcher(
     repo: Repository, pki: TestPKI, tmp_path: Path
 ) -> AsyncIterator[CertificateFetcher]:
     (tmp_path / "ca.pem").write_bytes(repo.ca_pem)
-    settings = FetchSettings(
+    client = HttpClientSettings(
         ports=frozenset({repo.port}),
-        allow_private_x5u=True,
+        allow_private=True,
         ca_file=str(tmp_path / "ca.pem"),
         timeout=BOUND,
         connect_timeout=BOUND / 2,
-        crl_check=False,
     )
-    async with CertificateFetcher(TrustStore([pki.root.cert]), settings) as f:
+    settings = FetchSettings(crl_check=False)
+    async with CertificateFetcher(TrustStore([pki.root.cert]), settings, client=client) as f:
         yield f
 
 
@@ -99,7 +100,7 @@ async def test_a_chain_of_fifty_certificates(
     url = repo.put("/deep.pem", body)
     # a roomier body cap than the default 32 KiB, which would refuse the body first
     big = dataclasses.replace(fetcher.settings, max_body=1024 * 1024)
-    async with CertificateFetcher(fetcher.trust, big) as roomy:
+    async with CertificateFetcher(fetcher.trust, big, client=fetcher.client) as roomy:
         exc, took = await timed(roomy, url)
     assert isinstance(exc, errors.X5uFetchFailed)
     assert "at most 8" in exc.detail
@@ -126,8 +127,8 @@ async def test_a_tls_handshake_that_stalls(fetcher: CertificateFetcher) -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        settings = dataclasses.replace(fetcher.settings, ports=frozenset({port}))
-        async with CertificateFetcher(fetcher.trust, settings) as stalled:
+        client = dataclasses.replace(fetcher.client, ports=frozenset({port}))
+        async with CertificateFetcher(fetcher.trust, fetcher.settings, client=client) as stalled:
             exc, took = await timed(stalled, f"https://127.0.0.1:{port}/sp.pem")
         assert isinstance(exc, errors.X5uFetchFailed)
         assert took < BOUND + 0.5

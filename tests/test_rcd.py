@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import sys
@@ -33,6 +34,7 @@ from verifier.net.rcd import (
     parse_rcd,
     verify_rcd,
 )
+from verifier.net.transport import HttpClientSettings
 from verifier.testing import TestPKI
 from verifier.testing.repository import Repository
 
@@ -403,19 +405,22 @@ def pki() -> TestPKI:
 
 
 MakeFetcher = Callable[..., Awaitable[RcdContentFetcher]]
+CLIENT_KEYS = frozenset(f.name for f in dataclasses.fields(HttpClientSettings))
 
 
 @pytest.fixture
 async def make_fetcher(repo: Repository, ca_file: str) -> AsyncIterator[MakeFetcher]:
     """``await make_fetcher(**settings)``: a fetcher allowed to reach the repository
-    (127.0.0.0/8 and its port allowed, its TLS CA trusted), closed after the test."""
+    (127.0.0.0/8 and its port allowed, its TLS CA trusted), closed after the test. The keys
+    of HttpClientSettings go to its ``client``, the others to its RcdSettings."""
     opened: list[RcdContentFetcher] = []
 
     async def make(**kw: Any) -> RcdContentFetcher:
         kw.setdefault("ports", frozenset({repo.port}))
         kw.setdefault("private_allow", ("127.0.0.0/8",))
         kw.setdefault("ca_file", ca_file)
-        fetcher = RcdContentFetcher(RcdSettings(**kw))
+        client = HttpClientSettings(**{k: kw.pop(k) for k in CLIENT_KEYS & kw.keys()})
+        fetcher = RcdContentFetcher(RcdSettings(**kw), client=client)
         await fetcher.__aenter__()
         opened.append(fetcher)
         return fetcher
@@ -644,31 +649,44 @@ async def test_failure_remembered(repo: Repository, make_fetcher: MakeFetcher) -
 
 
 async def test_own_session_closed_and_fetch_after_close(repo: Repository, ca_file: str) -> None:
-    settings = RcdSettings(ports=frozenset({repo.port}), allow_private=True, ca_file=ca_file)
+    client = HttpClientSettings(ports=frozenset({repo.port}), allow_private=True, ca_file=ca_file)
     icn = repo.put("/logo.png", LOGO)
-    async with RcdContentFetcher(settings) as fetcher:
+    async with RcdContentFetcher(client=client) as fetcher:
         assert LOGO == await fetcher.fetch(icn, "icn")
     with pytest.raises(RuntimeError, match="closed"):
         await fetcher.fetch(repo.url("/other.png"), "icn")
 
 
 @pytest.mark.parametrize(
-    ("kw", "message"),
+    ("cls", "kw", "message"),
     [
-        ({"ports": frozenset()}, "ports must be a non-empty set of TCP ports"),
-        ({"timeout": 0}, "timeout must be > 0"),
-        ({"max_icn_bytes": 0}, "max_icn_bytes must be >= 1"),
-        ({"failure_ttl": -1}, "failure_ttl must be >= 0"),
-        ({"cache_bytes": 1000}, "cache_bytes must hold at least one jcl and one icn body"),
+        (HttpClientSettings, {"ports": frozenset()}, "ports must be a non-empty set of TCP ports"),
         (
+            HttpClientSettings,
+            {"ports": frozenset({0})},
+            "ports must be a non-empty set of TCP ports",
+        ),
+        (HttpClientSettings, {"timeout": 0}, "timeout must be > 0"),
+        (HttpClientSettings, {"connect_timeout": -1}, "connect_timeout must be > 0"),
+        (HttpClientSettings, {"breaker_threshold": 0}, "breaker_threshold must be >= 1"),
+        (HttpClientSettings, {"breaker_cooldown": -1}, "breaker_cooldown must be >= 0"),
+        (RcdSettings, {"max_icn_bytes": 0}, "max_icn_bytes must be >= 1"),
+        (RcdSettings, {"failure_ttl": -1}, "failure_ttl must be >= 0"),
+        (
+            RcdSettings,
+            {"cache_bytes": 1000},
+            "cache_bytes must hold at least one jcl and one icn body",
+        ),
+        (
+            HttpClientSettings,
             {"private_allow": ("10.0.0.0/33",)},
             "allow entry '10.0.0.0/33' is not a valid address or CIDR",
         ),
     ],
 )
-def test_settings_validated(kw: dict[str, Any], message: str) -> None:
+def test_settings_validated(cls: type[Any], kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as info:
-        RcdSettings(**kw)
+        cls(**kw)
     assert message == str(info.value)
 
 

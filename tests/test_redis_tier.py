@@ -29,6 +29,7 @@ from verifier.core.certs import TrustStore
 from verifier.net.cache import StoredChain
 from verifier.net.fetch import CertificateFetcher, FetchSettings, SharedFailure
 from verifier.net.redis_tier import RedisLink, RedisReplayCache, RedisSettings, RedisTier
+from verifier.net.transport import HttpClientSettings
 from verifier.testing import TestPKI
 from verifier.testing.faults import TcpProxy
 from verifier.testing.repository import Repository
@@ -79,13 +80,16 @@ class Fleet:
         return link
 
     async def fetcher(self, link: RedisLink | None, **kw: Any) -> CertificateFetcher:
-        """An instance: its own memory tier, the shared tier on ``link`` (None: none)."""
-        kw.setdefault("ports", frozenset({self.repo.port}))
-        kw.setdefault("allow_private_x5u", True)
-        kw.setdefault("ca_file", self.ca_file)
-        kw.setdefault("timeout", 2.0)
+        """An instance: its own memory tier, the shared tier on ``link`` (None: none);
+        ``kw`` are FetchSettings, and ``timeout`` its HttpClientSettings' timeout."""
+        client = HttpClientSettings(
+            ports=frozenset({self.repo.port}),
+            allow_private=True,
+            ca_file=self.ca_file,
+            timeout=kw.pop("timeout", 2.0),
+        )
         shared = RedisTier(link) if link is not None else None
-        fetcher = CertificateFetcher(self.trust, FetchSettings(**kw), shared=shared)
+        fetcher = CertificateFetcher(self.trust, FetchSettings(**kw), client=client, shared=shared)
         await fetcher.__aenter__()
         if shared is not None:
             self.tiers[id(fetcher)] = shared

@@ -27,7 +27,8 @@ from .core.errors import VerifierError
 from .core.verify import CallInfo, Result, VerifyOptions, verify, verify_offline
 from .core.x5u import DEFAULT_X5U_PORTS
 from .logs import configure_logging
-from .net.fetch import CertificateFetcher, FetchSettings
+from .net.fetch import CertificateFetcher
+from .net.transport import HttpClientSettings
 from .testing.pki import identity_header, sign_jws, write_pki
 
 __all__ = ["main"]
@@ -135,10 +136,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.bare:
             raise UsageError("--bare needs --cert or --key (a bare PASSporT has no info)")
         trust = _load_trust(args.trust_anchor, args.require_policy_oid)
-        settings = FetchSettings(
-            ports=ports, ca_file=args.x5u_ca_file, allow_private_x5u=args.allow_private_x5u
+        client = HttpClientSettings(
+            ports=ports, ca_file=args.x5u_ca_file, allow_private=args.allow_private_x5u
         )
-        result = asyncio.run(_verify_online(values, now, call, options, trust, settings))
+        result = asyncio.run(_verify_online(values, now, call, options, trust, client))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -152,10 +153,10 @@ async def _verify_online(
     call: CallInfo,
     options: VerifyOptions,
     trust: TrustStore,
-    settings: FetchSettings,
+    client: HttpClientSettings,
 ) -> Result:
     """Verify by fetching each x5u with the fetch rules (verifier.net.fetch)."""
-    async with CertificateFetcher(trust, settings) as fetcher:
+    async with CertificateFetcher(trust, client=client) as fetcher:
         return await verify(values, now=now, credentials=fetcher, call=call, options=options)
 
 

@@ -7,14 +7,15 @@ Nothing is read at import time.
 
 The file's layout (:func:`describe` lists every key) is what a person writes; the loader
 resolves it into :class:`Settings`, the dataclasses the service is built from.
-``[http_client]`` (:class:`HttpClientKeys`) holds the rules every outgoing fetch shares and
-goes into both ``Settings.x5u`` and ``Settings.rcd``; ``[tuning]`` (:class:`TuningKeys`)
-holds the performance knobs and goes to where each acts. A key's environment variable is
-``VERIFIER_`` + its table (if any) + the key, upper-cased: ``VERIFIER_PORT``,
-``VERIFIER_HTTP_CLIENT_TIMEOUT``, ``VERIFIER_TUNING_KEY_TABLES``; lists there are
-comma-separated. An unknown key or ``VERIFIER_*`` variable stops the start like a bad value;
-one that moved names its new place (``[x5u] timeout moved to [http_client] timeout``).
-``VERIFIER_TEST_*`` variables belong to the test suite and are not read.
+``[http_client]`` is ``Settings.http_client``
+(:class:`~verifier.net.transport.HttpClientSettings`), the rules every outgoing fetch
+shares; ``[tuning]`` (:class:`TuningKeys`) holds the performance knobs and goes to where
+each acts. A key's environment variable is ``VERIFIER_`` + its table (if any) + the key,
+upper-cased: ``VERIFIER_PORT``, ``VERIFIER_HTTP_CLIENT_TIMEOUT``,
+``VERIFIER_TUNING_KEY_TABLES``; lists there are comma-separated. An unknown key or
+``VERIFIER_*`` variable stops the start like a bad value; one that moved names its new
+place (``[x5u] timeout moved to [http_client] timeout``). ``VERIFIER_TEST_*`` variables
+belong to the test suite and are not read.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from .core.verify import VerifyOptions
 from .net.fetch import FetchSettings
 from .net.rcd import RcdSettings
 from .net.redis_tier import RedisSettings
+from .net.transport import HttpClientSettings
 from .records import RecordSettings
 
 __all__ = [
     "ApiSettings",
     "ConfigError",
-    "HttpClientKeys",
     "Key",
     "Settings",
     "TuningKeys",
@@ -93,12 +94,12 @@ class VerificationSettings:
         """How long a PASSporT can pass the iat checks: how long replays are remembered."""
         return self.max_iat_age + self.max_future_skew
 
-    def options(self, fetch: FetchSettings) -> VerifyOptions:
+    def options(self, http_client: HttpClientSettings) -> VerifyOptions:
         return VerifyOptions(
             max_iat_age=self.max_iat_age,
             max_future_skew=self.max_future_skew,
             nanp_national_match=self.nanp_national_match,
-            x5u_ports=fetch.ports,
+            x5u_ports=http_client.ports,
             max_identity_headers=self.max_identity_headers,
             max_div_hops=self.max_div_hops,
         )
@@ -161,6 +162,7 @@ class Settings:
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     """Set by ``[tuning] event_loop``."""
     verification: VerificationSettings = field(default_factory=VerificationSettings)
+    http_client: HttpClientSettings = field(default_factory=HttpClientSettings)
     x5u: FetchSettings = field(default_factory=FetchSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     records: RecordSettings = field(default_factory=RecordSettings)
@@ -181,32 +183,7 @@ class Settings:
 
     @property
     def options(self) -> VerifyOptions:
-        return self.verification.options(self.x5u)
-
-
-class HttpClientKeys:
-    """``[http_client]``: the rules every outgoing fetch follows, for x5u certificates and
-    RCD content (jcl, icn) alike. Size caps and cache lifetimes differ by use: they stay in
-    ``[x5u]`` and ``[rcd]``."""
-
-    ports: frozenset[int]
-    """Ports allowed in x5u, jcl and icn URLs (ATIS-1000074: 443; AT&T's repository uses 8443)."""
-    connect_timeout: float
-    """Time to open the TCP connection to one address of a host."""
-    timeout: float
-    """Total time for one fetch: DNS, connect, TLS, headers and body."""
-    ca_file: str | None
-    """CA bundle for TLS to certificate repositories and content hosts; unset: the system's."""
-    allow_private: bool
-    """Allow loopback, private, link-local... addresses (tests, demos, private networks)."""
-    private_allow: tuple[str, ...]
-    """Hosts (exact or ``.suffix``) and CIDRs allowed to be special-purpose addresses."""
-    breaker_threshold: int
-    """Consecutive failures of a host (network, timeout, 5xx) that open its circuit."""
-    breaker_cooldown: float
-    """How long an open circuit fails fast before one trial request is let through."""
-    user_agent: str
-    """User-Agent sent to certificate repositories, CRL servers and content hosts."""
+        return self.verification.options(self.http_client)
 
 
 class TuningKeys:
@@ -237,6 +214,7 @@ class TuningKeys:
 _PARTS: dict[str, type[Any]] = {
     "verification": VerificationSettings,
     "api": ApiSettings,
+    "http_client": HttpClientSettings,
     "x5u": FetchSettings,
     "rcd": RcdSettings,
     "records": RecordSettings,
@@ -244,11 +222,12 @@ _PARTS: dict[str, type[Any]] = {
 }
 """The fields of :class:`Settings` that hold a dataclass, and their classes."""
 
-_SHARED: dict[str, tuple[str, str]] = {
-    name: ("allow_private_x5u" if name == "allow_private" else name, name)
-    for name in HttpClientKeys.__annotations__
+_FORMERLY: dict[tuple[str, str], str] = {
+    (table, "allow_private_x5u" if (table, name) == ("x5u", "allow_private") else name): name
+    for table in ("x5u", "rcd")
+    for name in (f.name for f in dataclasses.fields(HttpClientSettings))
 }
-"""``[http_client]`` key -> its field in FetchSettings (x5u) and in RcdSettings."""
+"""(table, key) of the old layout, each ``[x5u]`` and ``[rcd]`` -> its ``[http_client]`` key."""
 
 _TUNING: dict[str, tuple[str, str]] = {
     "batch_threads": ("", "batch_threads"),
@@ -315,15 +294,12 @@ def _default(cls: type[Any], name: str) -> Any:
 
 def _keys(*, docs: bool = False) -> list[Key]:
     """Every key of the file, in reference order, with its type, default and targets."""
-    moved = {t for pair in _SHARED.values() for t in zip(("x5u", "rcd"), pair, strict=True)}
-    moved |= set(_TUNING.values())
+    moved = set(_TUNING.values())
     out: list[Key] = []
     for table in _TABLES:
         targets: dict[str, tuple[tuple[str, str], ...]]
-        if table == "http_client":
-            cls: type[Any] = HttpClientKeys
-            targets = {n: (("x5u", x), ("rcd", r)) for n, (x, r) in _SHARED.items()}
-        elif table == "tuning":
+        cls: type[Any]
+        if table == "tuning":
             cls = TuningKeys
             targets = {n: (t,) for n, t in _TUNING.items()}
         else:
@@ -424,7 +400,10 @@ def _build(
 
 def _moved(keys: list[Key]) -> dict[tuple[str, str], Key]:
     """(table, key) of the old layout -> the key that took its place."""
-    return {t: k for k in keys if k.table in ("http_client", "tuning") for t in k.targets}
+    moved = {t: k for k in keys if k.table == "tuning" for t in k.targets}
+    by_place = {(k.table, k.name): k for k in keys}
+    moved.update((old, by_place["http_client", new]) for old, new in _FORMERLY.items())
+    return moved
 
 
 def _refused(old: str, new: str | None, name: str = "", known: Iterable[str] = ()) -> ConfigError:

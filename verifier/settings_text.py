@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import __version__
-from .settings import ConfigError, HttpClientKeys, Settings, TuningKeys, describe
+from .net.transport import HttpClientSettings
+from .settings import ConfigError, Settings, TuningKeys, describe
 
 __all__ = [
     "README_BEGIN",
@@ -65,7 +66,7 @@ _CAPTIONS = {
 
 def reference() -> str:
     """The Markdown reference of every key: the README's block between its markers."""
-    notes = {"http_client": HttpClientKeys.__doc__, "tuning": TuningKeys.__doc__}
+    notes = {"http_client": HttpClientSettings.__doc__, "tuning": TuningKeys.__doc__}
     lines = [README_BEGIN, f"<!-- edit the docs in the code, then run: {REGENERATE} -->"]
     for table, group in itertools.groupby(describe(), key=lambda k: k.table):
         if not table:
@@ -74,8 +75,9 @@ def reference() -> str:
             lines += ["", f"**[{table}]** ({_CAPTIONS[table]})"]
         else:
             lines += ["", f"**[{table}]**"]
-        if table in notes:  # the class docstring, less its "``[table]``: " opening
-            note = " ".join((notes[table] or "").split()).split(": ", 1)[1]
+        if table in notes:  # the docstring's first paragraph, less its "``[table]``: " opening
+            paragraph = (notes[table] or "").split("\n\n", 1)[0]
+            note = " ".join(paragraph.split()).split(": ", 1)[1]
             lines += ["", _markdown(note[0].upper() + note[1:])]
         lines += ["", "| key | environment | default | meaning |", "|---|---|---|---|"]
         for k in group:

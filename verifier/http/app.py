@@ -151,6 +151,7 @@ def _credentials_ctx(
         async with CertificateFetcher(
             app[TRUST],
             settings.x5u,
+            client=settings.http_client,
             clock=app[CLOCK],
             on_load=observe,
             shared=fleet.tier if fleet is not None else None,
@@ -164,7 +165,10 @@ def _credentials_ctx(
 
 async def _rcd_ctx(app: web.Application) -> AsyncIterator[None]:
     """The fetcher of Rich Call Data content (logos, jCards) for the RCD verdicts."""
-    async with RcdContentFetcher(app[SETTINGS].rcd, clock=app[CLOCK]) as fetcher:
+    settings = app[SETTINGS]
+    async with RcdContentFetcher(
+        settings.rcd, client=settings.http_client, clock=app[CLOCK]
+    ) as fetcher:
         app[RCD_FETCHER] = fetcher
         yield
 

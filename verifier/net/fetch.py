@@ -22,9 +22,10 @@
    (:mod:`verifier.net.crl`); its lifetime comes from ``Cache-Control``/``Expires``, clamped
    to the configured bounds and never past the earliest notAfter or a CRL's nextUpdate.
 
-Use it as ``async with CertificateFetcher(trust, settings) as fetcher:`` (it opens and
-closes its own ``aiohttp.ClientSession``), or pass a ``session`` that the caller owns and
-call :meth:`CertificateFetcher.close` on teardown. No state lives at module level.
+Use it as ``async with CertificateFetcher(trust, settings, client=http_client) as fetcher:``
+(it opens and closes its own ``aiohttp.ClientSession``), or pass a ``session`` that the
+caller owns and call :meth:`CertificateFetcher.close` on teardown. No state lives at module
+level.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,11 +42,10 @@ import aiohttp
 from cachetools import LRUCache
 from yarl import URL
 
-from ..__version__ import __version__
 from ..core import errors
 from ..core.certs import Credential, TrustStore, load_chain
 from ..core.errors import VerificationError, X5uFetchFailed, X5uRefused
-from ..core.x5u import DEFAULT_X5U_PORTS, check_x5u_url
+from ..core.x5u import check_x5u_url
 from .cache import (
     CacheEntry,
     ChainStore,
@@ -58,8 +57,8 @@ from .cache import (
     lifetime_from_headers,
 )
 from .crl import CrlChecker, CrlMode, Revocation
-from .ssrf import AddressPolicy, Resolver, host_matches, system_resolver
-from .transport import Answer, PinnedGetter, SessionUser
+from .ssrf import Resolver, host_matches, system_resolver
+from .transport import Answer, HttpClientSettings, PinnedGetter, SessionUser
 
 __all__ = ["CertificateFetcher", "FetchSettings", "FetchStats", "SharedFailure", "SharedTier"]
 
@@ -71,22 +70,16 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetchSettings:
-    """Every knob of certificate retrieval, with its default. Times are seconds.
+    """The knobs of certificate retrieval that are its own, with their defaults; the rules
+    every fetch shares (ports, timeouts, TLS, addresses, breaker) are the fetcher's
+    :class:`~verifier.net.transport.HttpClientSettings`. Times are seconds.
 
     Raises (constructor):
         ValueError: a value out of range (naming the field).
     """
 
-    ports: frozenset[int] = DEFAULT_X5U_PORTS
-    """x5u ports allowed (ATIS-1000074: 443; AT&T's repository uses 8443)."""
-    connect_timeout: float = 1.0
-    """Time to open the TCP connection to one address of the repository."""
-    timeout: float = 2.0
-    """Total time for one x5u fetch: DNS, connect, TLS, headers and body."""
     max_body: int = 32 * 1024
     """Largest x5u body read, in bytes; a longer one fails (436)."""
-    ca_file: str | None = None
-    """CA bundle for TLS to the repositories; None: the system trust store."""
     default_ttl: float = 3600.0
     """Lifetime when the repository gives neither Cache-Control nor Expires."""
     min_ttl: float = 300.0
@@ -97,16 +90,8 @@ class FetchSettings:
     """How long a failure (fetch, chain, CRL) is remembered and answered from the cache."""
     stale_grace: float = 3600.0
     """How long past its lifetime an entry may be served while a refresh runs."""
-    breaker_threshold: int = 5
-    """Consecutive failures of a host (network, timeout, 5xx) that open its circuit."""
-    breaker_cooldown: float = 30.0
-    """How long an open circuit fails fast before one trial request is let through."""
     cache_size: int = 10_000
     """Most x5u entries held in memory (and failures remembered, and breakers)."""
-    allow_private_x5u: bool = False
-    """Allow loopback, private, link-local... addresses (tests, demos, private networks)."""
-    private_allow: tuple[str, ...] = ()
-    """Hosts (exact or ``.suffix``) and CIDRs allowed to be special-purpose addresses."""
     host_allow: tuple[str, ...] = ()
     """If not empty, the only x5u hosts (exact or ``.suffix``) that are fetched."""
     host_deny: tuple[str, ...] = ()
@@ -125,26 +110,20 @@ class FetchSettings:
     """Largest CRL read, in bytes."""
     crl_timeout: float = 3.0
     """Total time for one CRL fetch (http allowed, RFC 5280)."""
-    user_agent: str = f"verifier/{__version__}"
-    """User-Agent sent to repositories and CRL servers."""
 
     def __post_init__(self) -> None:
-        if not self.ports or any(not 0 < p < 65536 for p in self.ports):
-            raise ValueError("ports must be a non-empty set of TCP ports")
-        for name in ("connect_timeout", "timeout", "crl_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
-        for name in ("max_body", "crl_max_bytes", "cache_size", "breaker_threshold"):
+        if self.crl_timeout <= 0:
+            raise ValueError("crl_timeout must be > 0")
+        for name in ("max_body", "crl_max_bytes", "cache_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("default_ttl", "min_ttl", "failure_ttl", "stale_grace", "breaker_cooldown"):
+        for name in ("default_ttl", "min_ttl", "failure_ttl", "stale_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.min_ttl > self.max_ttl:
             raise ValueError("min_ttl must not exceed max_ttl")
         if self.crl_mode not in ("open", "closed"):
             raise ValueError(f"crl_mode must be 'open' or 'closed', not {self.crl_mode!r}")
-        AddressPolicy(allow_private=self.allow_private_x5u, allow=self.private_allow)
 
 
 @dataclass(slots=True)
@@ -205,16 +184,19 @@ def _fresh(exc: VerificationError) -> VerificationError:
 class CertificateFetcher(SessionUser):
     """The x5u credential source: fetch, validate, cache. See the module docstring.
 
-    ``trust`` can be swapped with :meth:`set_trust` (SIGHUP reload); ``clock`` (epoch
-    seconds) drives lifetimes, the negative cache and the breaker; ``resolver`` answers
-    DNS (tests fake other networks with it); ``stores`` are extra tiers behind memory;
-    ``on_load(outcome, seconds)`` is told how each load (fetch and validation) went:
-    ``"ok"`` or the failure's slug (the service feeds its latency histogram with it);
-    ``shared`` is the fleet's tier, consulted after the stores and before the network.
+    ``client`` holds the rules it shares with every outgoing fetch (ports, timeouts, TLS,
+    addresses, breaker); ``trust`` can be swapped with :meth:`set_trust` (SIGHUP reload);
+    ``clock`` (epoch seconds) drives lifetimes, the negative cache and the breaker;
+    ``resolver`` answers DNS (tests fake other networks with it); ``stores`` are extra tiers
+    behind memory; ``on_load(outcome, seconds)`` is told how each load (fetch and
+    validation) went: ``"ok"`` or the failure's slug (the service feeds its latency
+    histogram with it); ``shared`` is the fleet's tier, consulted after the stores and
+    before the network.
 
     Raises (constructor):
         ValueError: a session created with ``trust_env=True`` (a proxy would bypass the
             address pinning), or unreadable preload/CRL files.
+        OSError: ``client.ca_file`` cannot be read or holds no certificate.
     """
 
     def __init__(
@@ -222,6 +204,7 @@ class CertificateFetcher(SessionUser):
         trust: TrustStore,
         settings: FetchSettings | None = None,
         *,
+        client: HttpClientSettings | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
         resolver: Resolver = system_resolver,
@@ -230,6 +213,7 @@ class CertificateFetcher(SessionUser):
         shared: SharedTier | None = None,
     ) -> None:
         self.settings = settings = settings or FetchSettings()
+        self.client = client = client or HttpClientSettings()
         if session is not None and session.trust_env:
             raise ValueError("the fetcher's session must not use trust_env (proxies)")
         self._trust = trust
@@ -239,17 +223,10 @@ class CertificateFetcher(SessionUser):
         self._clock = clock
         self._on_load = on_load
         self._getter = PinnedGetter(
-            policy=AddressPolicy(
-                allow_private=settings.allow_private_x5u, allow=settings.private_allow
-            ),
+            client,
             resolver=resolver,
-            ssl_context=ssl.create_default_context(cafile=settings.ca_file),
             clock=clock,
-            connect_timeout=settings.connect_timeout,
-            threshold=settings.breaker_threshold,
-            cooldown=settings.breaker_cooldown,
-            trial_timeout=max(settings.timeout, settings.crl_timeout),
-            user_agent=settings.user_agent,
+            trial_timeout=max(client.timeout, settings.crl_timeout),
             max_hosts=settings.cache_size,
         )
         self._memory = MemoryTier(settings.cache_size)
@@ -386,7 +363,7 @@ class CertificateFetcher(SessionUser):
         return entry
 
     async def _obtain(self, x5u: str, now: float, generation: int) -> CacheEntry:
-        target = check_x5u_url(x5u, self.settings.ports)
+        target = check_x5u_url(x5u, self.client.ports)
         settings = self.settings
         if settings.host_deny and host_matches(target.host, settings.host_deny):
             raise X5uRefused(f"x5u host {target.host} is on the deny list")
@@ -415,7 +392,7 @@ class CertificateFetcher(SessionUser):
     ) -> CacheEntry:
         """The shared tier's chain (validated here) or failure; on a miss, fetch under the
         fleet's lock, or wait for its holder up to the fetch timeout, then fetch anyway."""
-        deadline = time.monotonic() + self.settings.timeout
+        deadline = time.monotonic() + self.client.timeout
         found = await shared.load(x5u)
         token: str | None = None
         while True:
@@ -522,7 +499,7 @@ class CertificateFetcher(SessionUser):
             self._session_or_fail(),
             URL(x5u, encoded=True),
             max_bytes=self.settings.max_body,
-            seconds=self.settings.timeout,
+            seconds=self.client.timeout,
             what="x5u",
             accept=_ACCEPT,
         )

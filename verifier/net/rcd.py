@@ -9,7 +9,8 @@ section 6.1 asks for). Core may import neither; neither is on the hot path (an R
 judged only when a PASSporT carries one).
 
 API: :func:`parse_rcd` (pure) -> :class:`Rcd`; :func:`check_inline` (pure);
-:class:`RcdContentFetcher` (the I/O, with its :class:`RcdSettings`); :func:`verify_rcd`
+:class:`RcdContentFetcher` (the I/O, with its :class:`RcdSettings` and the shared
+:class:`~verifier.net.transport.HttpClientSettings`); :func:`verify_rcd`
 -> :class:`RcdVerdict`; :func:`digest_of` and :func:`jcs` build ``rcdi`` values.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,7 +31,6 @@ from cachetools import TTLCache
 from jsonpointer import EndOfList, JsonPointer, JsonPointerException
 from yarl import URL
 
-from ..__version__ import __version__
 from ..core.errors import VerificationError, VerifierError
 from ..core.rcd import (
     ALGORITHMS,
@@ -52,9 +51,8 @@ from ..core.rcd import (
     signed_outcomes,
     url_problem,
 )
-from ..core.x5u import DEFAULT_X5U_PORTS
-from .ssrf import AddressPolicy, Resolver, system_resolver
-from .transport import PinnedGetter, SessionUser
+from .ssrf import Resolver, system_resolver
+from .transport import HttpClientSettings, PinnedGetter, SessionUser
 
 __all__ = [
     "ALGORITHMS",
@@ -188,24 +186,18 @@ def check_inline(rcd: Rcd) -> list[str]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RcdSettings:
-    """Every knob of fetching RCD content (jcl, icn), with its default. Times are seconds.
+    """The knobs of fetching RCD content (jcl, icn) that are its own, with their defaults; the
+    rules every fetch shares (ports, timeouts, TLS, addresses, breaker) are the fetcher's
+    :class:`~verifier.net.transport.HttpClientSettings`. Times are seconds.
 
     Raises (constructor):
         ValueError: a value out of range (naming the field).
     """
 
-    ports: frozenset[int] = DEFAULT_X5U_PORTS
-    """Ports allowed in jcl/icn URLs (as for x5u: 443 and 8443)."""
-    connect_timeout: float = 1.0
-    """Time to open the TCP connection to one address of the content host."""
-    timeout: float = 2.0
-    """Total time for one fetch: DNS, connect, TLS, headers and body."""
     max_jcl_bytes: int = 64 * 1024
     """Largest jCard document read; a longer one fails."""
     max_icn_bytes: int = 256 * 1024
     """Largest image (or other jCard reference) read; a longer one fails."""
-    ca_file: str | None = None
-    """CA bundle for TLS to the content hosts; None: the system trust store."""
     cache_ttl: float = 3600.0
     """How long fetched content is kept and reused."""
     failure_ttl: float = 30.0
@@ -214,32 +206,16 @@ class RcdSettings:
     """Most bytes of content held in the cache."""
     max_failures: int = 10_000
     """Most failures remembered (and hosts with a circuit breaker)."""
-    allow_private: bool = False
-    """Allow loopback, private, link-local... addresses (tests, demos, private networks)."""
-    private_allow: tuple[str, ...] = ()
-    """Hosts (exact or ``.suffix``) and CIDRs allowed to be special-purpose addresses."""
-    breaker_threshold: int = 5
-    """Consecutive failures of a host (network, timeout, 5xx) that open its circuit."""
-    breaker_cooldown: float = 30.0
-    """How long an open circuit fails fast before one trial request is let through."""
-    user_agent: str = f"verifier/{__version__}"
-    """User-Agent sent to content hosts."""
 
     def __post_init__(self) -> None:
-        if not self.ports or any(not 0 < p < 65536 for p in self.ports):
-            raise ValueError("ports must be a non-empty set of TCP ports")
-        for name in ("connect_timeout", "timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
-        for name in ("max_jcl_bytes", "max_icn_bytes", "max_failures", "breaker_threshold"):
+        for name in ("max_jcl_bytes", "max_icn_bytes", "max_failures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("cache_ttl", "failure_ttl", "breaker_cooldown"):
+        for name in ("cache_ttl", "failure_ttl"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.cache_bytes < max(self.max_jcl_bytes, self.max_icn_bytes):
             raise ValueError("cache_bytes must hold at least one jcl and one icn body")
-        AddressPolicy(allow_private=self.allow_private, allow=self.private_allow)
 
 
 @dataclass(slots=True)
@@ -262,41 +238,38 @@ class RcdContentFetcher(SessionUser):
     """Fetches jcl and icn content by URL under the x5u rules, with a TTL cache (content and,
     briefly, failures) and one request per URL at a time (single flight).
 
-    Use it as ``async with RcdContentFetcher(settings) as fetcher:`` (it opens and closes its
-    own ``aiohttp.ClientSession``), or pass a ``session`` that the caller owns and call
-    :meth:`close` on teardown. ``clock`` drives the cache and the breaker; ``resolver``
-    answers DNS.
+    Use it as ``async with RcdContentFetcher(settings, client=http_client) as fetcher:`` (it
+    opens and closes its own ``aiohttp.ClientSession``), or pass a ``session`` that the
+    caller owns and call :meth:`close` on teardown. ``client`` holds the rules it shares with
+    every outgoing fetch (ports, timeouts, TLS, addresses, breaker); ``clock`` drives the
+    cache and the breaker; ``resolver`` answers DNS.
 
     Raises (constructor):
         ValueError: a session created with ``trust_env=True`` (a proxy would bypass the
             address pinning).
+        OSError: ``client.ca_file`` cannot be read or holds no certificate.
     """
 
     def __init__(
         self,
         settings: RcdSettings | None = None,
         *,
+        client: HttpClientSettings | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.monotonic,
         resolver: Resolver = system_resolver,
     ) -> None:
         self.settings = settings = settings or RcdSettings()
+        self.client = client = client or HttpClientSettings()
         if session is not None and session.trust_env:
             raise ValueError("the fetcher's session must not use trust_env (proxies)")
         self._session = session
         self._own_session = session is None
         self._getter = PinnedGetter(
-            policy=AddressPolicy(
-                allow_private=settings.allow_private, allow=settings.private_allow
-            ),
+            client,
             resolver=resolver,
-            ssl_context=ssl.create_default_context(cafile=settings.ca_file),
             clock=clock,
-            connect_timeout=settings.connect_timeout,
-            threshold=settings.breaker_threshold,
-            cooldown=settings.breaker_cooldown,
-            trial_timeout=settings.timeout,
-            user_agent=settings.user_agent,
+            trial_timeout=client.timeout,
             max_hosts=settings.max_failures,
         )
         self._content: TTLCache[tuple[Kind, str], bytes] = TTLCache(
@@ -365,8 +338,8 @@ class RcdContentFetcher(SessionUser):
             target = URL(url, encoded=True)
         except ValueError as exc:
             raise RcdFetchError(f"{kind} URL is not valid: {exc}; not fetched") from None
-        if target.port not in self.settings.ports:
-            allowed = ", ".join(str(p) for p in sorted(self.settings.ports))
+        if target.port not in self.client.ports:
+            allowed = ", ".join(str(p) for p in sorted(self.client.ports))
             raise RcdFetchError(
                 f"{kind} URL port {target.port} is not allowed (allowed: {allowed}); not fetched"
             )
@@ -379,7 +352,7 @@ class RcdContentFetcher(SessionUser):
                 self._session,
                 target,
                 max_bytes=max_bytes,
-                seconds=self.settings.timeout,
+                seconds=self.client.timeout,
                 what=kind,
                 accept=_ACCEPT[kind],
             )

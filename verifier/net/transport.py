@@ -1,11 +1,14 @@
 """One safe GET: vetted addresses, pinned connection, no redirects, caps, per-host breaker.
 
-:class:`PinnedGetter` is how :mod:`verifier.net.fetch` reaches a certificate repository or a CRL
-server. For each GET it
+:class:`HttpClientSettings` holds the rules every outgoing fetch shares (``[http_client]``);
+each fetcher is handed them beside its own settings. :class:`PinnedGetter` applies them: it
+is how :mod:`verifier.net.fetch` reaches a certificate repository or a CRL server, and
+:mod:`verifier.net.rcd` a content host. For each GET it
 
-1. fails fast if the host's circuit is open (``threshold`` consecutive host failures:
+1. fails fast if the host's circuit is open (``breaker_threshold`` consecutive host failures:
    DNS, connect, TLS, timeout, 5xx; a 4xx is the host answering, so a hostile x5u naming
-   missing paths cannot shut a repository out). After ``cooldown`` one trial is let through;
+   missing paths cannot shut a repository out). After ``breaker_cooldown`` one trial is let
+   through;
 2. resolves the host itself and vets every address (:func:`verifier.net.ssrf.resolve_vetted`);
 3. connects to a vetted address literally (the URL's host replaced by the IP), with TLS
    SNI and certificate hostname verification against the original host name
@@ -30,12 +33,68 @@ import aiohttp
 from cachetools import LRUCache
 from yarl import URL
 
+from ..__version__ import __version__
 from ..core.errors import X5uFetchFailed
+from ..core.x5u import DEFAULT_X5U_PORTS
 from .ssrf import AddressPolicy, Resolver, resolve_vetted
 
-__all__ = ["Answer", "PinnedGetter", "SessionUser", "new_session"]
+__all__ = ["Answer", "HttpClientSettings", "PinnedGetter", "SessionUser", "new_session"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpClientSettings:
+    """``[http_client]``: the rules every outgoing fetch follows, for x5u certificates and
+    RCD content (jcl, icn) alike. Size caps and cache lifetimes differ by use: they stay in
+    ``[x5u]`` and ``[rcd]``.
+
+    Held as ``Settings.http_client`` and handed to
+    :class:`~verifier.net.fetch.CertificateFetcher` and
+    :class:`~verifier.net.rcd.RcdContentFetcher` beside their own settings. Times are seconds.
+
+    Raises (constructor):
+        ValueError: a value out of range (naming the field).
+    """
+
+    ports: frozenset[int] = DEFAULT_X5U_PORTS
+    """Ports allowed in x5u, jcl and icn URLs (ATIS-1000074: 443; AT&T's repository uses 8443)."""
+    connect_timeout: float = 1.0
+    """Time to open the TCP connection to one address of a host."""
+    timeout: float = 2.0
+    """Total time for one fetch: DNS, connect, TLS, headers and body."""
+    ca_file: str | None = None
+    """CA bundle for TLS to certificate repositories and content hosts; unset: the system's."""
+    allow_private: bool = False
+    """Allow loopback, private, link-local... addresses (tests, demos, private networks)."""
+    private_allow: tuple[str, ...] = ()
+    """Hosts (exact or ``.suffix``) and CIDRs allowed to be special-purpose addresses."""
+    breaker_threshold: int = 5
+    """Consecutive failures of a host (network, timeout, 5xx) that open its circuit."""
+    breaker_cooldown: float = 30.0
+    """How long an open circuit fails fast before one trial request is let through."""
+    user_agent: str = f"verifier/{__version__}"
+    """User-Agent sent to certificate repositories, CRL servers and content hosts."""
+
+    def __post_init__(self) -> None:
+        if not self.ports or any(not 0 < p < 65536 for p in self.ports):
+            raise ValueError("ports must be a non-empty set of TCP ports")
+        for name in ("connect_timeout", "timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.breaker_threshold < 1:
+            raise ValueError("breaker_threshold must be >= 1")
+        if self.breaker_cooldown < 0:
+            raise ValueError("breaker_cooldown must be >= 0")
+        self.address_policy()
+
+    def address_policy(self) -> AddressPolicy:
+        """The special-purpose addresses allowed.
+
+        Raises:
+            ValueError: a ``private_allow`` entry that is neither a host nor a CIDR.
+        """
+        return AddressPolicy(allow_private=self.allow_private, allow=self.private_allow)
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -106,32 +165,33 @@ class _Breaker:
 
 
 class PinnedGetter:
-    """GETs under the SSRF rules with a circuit breaker per host. Holds no session: the
-    caller passes its ``aiohttp.ClientSession`` to each :meth:`get`."""
+    """GETs under the SSRF rules of ``client`` with a circuit breaker per host. Holds no
+    session: the caller passes its ``aiohttp.ClientSession`` to each :meth:`get`.
+    ``trial_timeout`` is how long a half-open circuit's one trial may take (the longest
+    ``seconds`` its caller gives :meth:`get`).
+
+    Raises (constructor):
+        OSError: ``client.ca_file`` cannot be read or holds no certificate (ssl.SSLError).
+    """
 
     def __init__(
         self,
+        client: HttpClientSettings,
         *,
-        policy: AddressPolicy,
         resolver: Resolver,
-        ssl_context: ssl.SSLContext,
         clock: Callable[[], float],
-        connect_timeout: float,
-        threshold: int,
-        cooldown: float,
         trial_timeout: float,
-        user_agent: str,
         max_hosts: int = 10_000,
     ) -> None:
-        self._policy = policy
+        self._policy = client.address_policy()
         self._resolver = resolver
-        self._ssl = ssl_context
+        self._ssl = ssl.create_default_context(cafile=client.ca_file)
         self._clock = clock
-        self._client_timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
-        self._threshold = threshold
-        self._cooldown = cooldown
+        self._client_timeout = aiohttp.ClientTimeout(total=None, connect=client.connect_timeout)
+        self._threshold = client.breaker_threshold
+        self._cooldown = client.breaker_cooldown
         self._trial_timeout = trial_timeout
-        self._user_agent = user_agent
+        self._user_agent = client.user_agent
         self._breakers: LRUCache[str, _Breaker] = LRUCache(maxsize=max_hosts)
         self.breaker_opens = 0
         self.errors: Counter[str] = Counter()
