@@ -62,8 +62,6 @@ __all__ = ["SERVICE", "ApiError", "create_app", "run", "start_site"]
 
 log = logging.getLogger(__name__)
 
-"""Seconds an idle keep-alive connection stays open (aiohttp's own default is an hour)."""
-
 
 def create_app(
     settings: Settings,
