@@ -9,6 +9,7 @@ test PKI's root; the clock is fixed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,6 +273,24 @@ async def test_div_passports_without_shaken_carry_no_verstat_value(
     response = answer.body["verificationResponse"]
     assert "verstatValue" not in response
     assert [NO_VALIDATION, NO_VALIDATION] == [v for _, v in response["divResult"]]
+
+
+async def test_neustar_one_forwarding_shape(api: Api, signer: Signer, now: int) -> None:
+    """Neustar's "1 Forwarding" example: a div PASSporT in identityHeader, name-addr
+    identities at the top level, and a protectedHeaders div entry (accepted, not read)."""
+    body = {
+        "identityHeader": div(signer, now, DEST, HOP2),
+        "from": f'"Alice" <sip:+{ORIG}@example.com>',
+        "to": f'"John" <sip:+{DEST}@example.com>',
+        "dest": f'"Voice_Mail" <sip:+{HOP2}@example.com>',
+        "time": now,
+        "protectedHeaders": {"div": {"tn": DEST, "hi": None}},
+    }
+    answer = await api.post(DIV_PATH, body)
+    response = answer.body["verificationResponse"]
+    assert [("div", "pass")] == [(r["ppt"], r["status"]) for r in results(answer)]
+    assert [[DEST, NO_VALIDATION]] == response["divResult"]  # no shaken PASSporT to anchor it
+    assert "verstatValue" not in response
 
 
 # -- verification: each failure class ------------------------------------------------------------
@@ -654,3 +673,33 @@ def test_the_three_routes_are_documented() -> None:
     for path in (SHAKEN_PATH, DIV_PATH, RPH_PATH):
         op = DOC["paths"][path]["post"]
         assert {"200", "400", "405", "406", "411", "415", "500"} <= set(op["responses"])
+
+
+async def test_recorded_as_endpoint_3gpp(
+    aiohttp_client: AiohttpClient, pki: TestPKI, signer: Signer, now: int, tmp_path: Path
+) -> None:
+    token = "s3cret-admin-token-0123456789"
+    trust = TrustStore([pki.root.cert])
+    settings = Settings(
+        records=RecordSettings(data_dir=str(tmp_path / "data"), flush_interval=0.01),
+        api=ApiSettings(admin_token=token),
+    )
+    app = create_app(
+        settings, trust=trust, credentials=ChainSource(trust, [signer]), clock=lambda: float(now)
+    )
+    client = await aiohttp_client(app)
+    body = json.dumps(ms(signer.identity(iat=now), now=now)).encode()
+    sent = {"Content-Type": JSON, "X-RequestID": "ms-rec"}
+    async with client.post(SHAKEN_PATH, data=body, headers=sent) as resp:
+        assert 200 == resp.status
+    auth = {"Authorization": f"Bearer {token}"}
+    records: list[dict[str, Any]] = []
+    for _ in range(200):  # the writer thread stores it within its flush interval
+        async with client.get("/v1/records", headers=auth) as resp:
+            records = (await resp.json())["records"]
+        if records:
+            break
+        await asyncio.sleep(0.01)
+    assert [("ms-rec", "3gpp", PASSED)] == [
+        (r["request_id"], r["endpoint"], r["verstat"]) for r in records
+    ]
