@@ -5,6 +5,9 @@ preloaded (so every call is a certificate cache hit), then drives, from 32 keep-
 connections:
   1. POST /stir/v1/verification with distinct valid Identity headers;
   2. POST /v1/verify/batch with 100 distinct headers per request.
+With ``--threegpp``, only (1) and the 3GPP route (POST /3gpp/stir/v1/verification, the same
+headers in the TS 24.229 shape) run, each round on fresh services, and the ratio of the
+two rates is printed.
 It prints req/s, p50 and p99 for (1), verifications/s for (2), the openssl single-core
 verify rate measured in the same run, and the ratios. (1) is run again with records off
 (what recording costs) and with the fast lane off (aiohttp serving every request; skipped
@@ -27,7 +30,7 @@ within a time limit (the service, its children included).
 
     apt-get install wrk        # Debian package `wrk`; `taskset` is in util-linux
     .venv/bin/python benchmarks/bench_http.py [--one-core] [--rounds 5] [--seconds 4]
-        [--json] [--no-log]
+        [--json] [--no-log] [--threegpp]
 """
 
 from __future__ import annotations
@@ -278,6 +281,23 @@ def _bodies(work: Path, pki: TestPKI, per_batch: int) -> tuple[Path, Path]:
     return atis, batch
 
 
+def _threegpp_bodies(atis: Path) -> Path:
+    """The ATIS bodies' calls in the 3GPP (TS 24.229) shape: the same PASSporTs."""
+    out = atis.with_name("threegpp.txt")
+    lines = []
+    for line in atis.read_text().splitlines():
+        call = json.loads(line)["verificationRequest"]
+        ms = {
+            "identityHeader": call["identity"],
+            "from": call["from"]["tn"],
+            "to": call["to"]["tn"][0],
+            "time": call["time"],
+        }
+        lines.append(json.dumps({"verificationRequest": ms}))
+    out.write_text("\n".join(lines))
+    return out
+
+
 def _bounded(top: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -306,6 +326,9 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-log", action="store_true", help="turn off per-verification logs")
+    parser.add_argument(
+        "--threegpp", action="store_true", help="the 3GPP route beside the ATIS route, only"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
@@ -319,6 +342,7 @@ def _arguments() -> argparse.Namespace:
 
 PER_BATCH = 100
 PATH = "/stir/v1/verification"
+MS_PATH = f"{ApiSettings().threegpp_root}/verification"
 
 
 def main() -> None:
@@ -330,7 +354,9 @@ def main() -> None:
         "batch": (True, True, "/v1/verify/batch"),
         "unrecorded": (False, True, PATH),
     }
-    if _has_fast_path():
+    if args.threegpp:
+        runs = {"atis": (True, True, PATH), "threegpp": (True, True, MS_PATH)}
+    elif _has_fast_path():
         runs["plain"] = (True, False, PATH)
     best: dict[str, dict[str, float]] = {}
     openssl_runs: list[float] = []
@@ -352,7 +378,10 @@ def main() -> None:
             this_round = {"openssl": openssl_runs[-1]}
             for name, (records, fast, endpoint) in runs.items():
                 atis, batch = _bodies(work, pki, PER_BATCH)
-                bodies = batch if endpoint.endswith("batch") else atis
+                if endpoint == MS_PATH:
+                    bodies = _threegpp_bodies(atis)
+                else:
+                    bodies = batch if endpoint.endswith("batch") else atis
                 service = _Service(
                     work, records=records, log=not args.no_log, fast=fast, cpu=server_cpu
                 )
@@ -370,14 +399,59 @@ def main() -> None:
             rounds.append(this_round)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    figures = _figures(best, openssl_runs, rounds, non_2xx)
+    if args.threegpp:
+        figures = _threegpp_figures(best, openssl_runs, rounds, non_2xx)
+    else:
+        figures = _figures(best, openssl_runs, rounds, non_2xx)
     figures["mode"] = "one-core" if args.one_core else "two-core"
     if args.one_core:
         figures["server_processes"] = processes
     if args.json:
         print(json.dumps(figures))
+    elif args.threegpp:
+        _print_threegpp(figures)
     else:
         _print(figures, best, rounds, one_core=args.one_core)
+
+
+def _threegpp_figures(
+    best: dict[str, dict[str, float]],
+    openssl_runs: list[float],
+    rounds: list[dict[str, float]],
+    non_2xx: float,
+) -> dict[str, Any]:
+    """The 3GPP route beside the ATIS route: best rates, and the median of each round's
+    ratio (the two runs of a round are seconds apart)."""
+    atis, ms = best["atis"], best["threegpp"]
+    return {
+        "atis_req_per_s": round(atis["req_per_s"], 1),
+        "atis_p99_ms": round(atis["p99_ms"], 3),
+        "threegpp_req_per_s": round(ms["req_per_s"], 1),
+        "threegpp_p99_ms": round(ms["p99_ms"], 3),
+        "threegpp_to_atis": round(statistics.median(r["threegpp"] / r["atis"] for r in rounds), 3),
+        "openssl_verify_per_s": round(max(openssl_runs), 1),
+        "rounds": [{k: round(v, 1) for k, v in r.items()} for r in rounds],
+        "non_2xx": non_2xx,
+    }
+
+
+def _print_threegpp(figures: dict[str, Any]) -> None:
+    print(f"mode: {figures['mode']}")
+    for i, r in enumerate(figures["rounds"], 1):
+        print(
+            f"round {i}: openssl {r['openssl']:8.1f}  ATIS {r['atis']:7.1f}"
+            f"  3GPP {r['threegpp']:7.1f}"
+        )
+    print(
+        f"ATIS {PATH}: {figures['atis_req_per_s']:9.1f} req/s  p99 {figures['atis_p99_ms']:.2f} ms"
+    )
+    print(
+        f"3GPP {MS_PATH}: {figures['threegpp_req_per_s']:9.1f} req/s"
+        f"  p99 {figures['threegpp_p99_ms']:.2f} ms"
+    )
+    print(f"3GPP / ATIS: {figures['threegpp_to_atis']:.3f} (median of rounds; target within 10%)")
+    if figures["non_2xx"]:
+        print(f"WARNING: {figures['non_2xx']:.0f} non-2xx responses")
 
 
 def _figures(

@@ -170,7 +170,8 @@ class Service:
         )
         self._log_verifications = settings.api.log_verifications and self.vlog.enabled
         self.latency = {
-            name: self.metrics.latency.labels(name) for name in ("atis", "native", "sip", "batch")
+            name: self.metrics.latency.labels(name)
+            for name in ("atis", "3gpp", "native", "sip", "batch")
         }
         self._log_parts: dict[tuple[Any, ...], str] = {}
         self.in_flight = 0

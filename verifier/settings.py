@@ -40,6 +40,8 @@ from .net.redis_tier import RedisSettings
 from .net.transport import HttpClientSettings
 from .records import RecordSettings
 
+_ROOT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
 __all__ = [
     "ApiSettings",
     "ConfigError",
@@ -126,11 +128,19 @@ class ApiSettings:
     Give it through the environment (VERIFIER_API_ADMIN_TOKEN), not in a shared file."""
     verify_token: str | None = None
     """Bearer token for the verification endpoints too (unset: open, as switches expect)."""
+    threegpp_root: str = "/3gpp/stir/v1"
+    """Path of the 3GPP API (TS 24.229 Annex V): its verification, divVerification and
+    rphVerification resources are served under it."""
 
     def __post_init__(self) -> None:
         for name in ("body_limit", "batch_body_limit", "batch_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        root = self.threegpp_root
+        if not root.startswith("/") or root.endswith("/") or not _ROOT.fullmatch(root):
+            raise ValueError("threegpp_root must be a path like /3gpp/stir/v1 (no trailing /)")
+        if root == "/stir/v1":
+            raise ValueError("threegpp_root /stir/v1 would take the ATIS verification path")
         for name in ("admin_token", "verify_token"):
             token = getattr(self, name)
             if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):

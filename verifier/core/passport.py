@@ -21,11 +21,13 @@ from .tn import CANONICAL_TN, canonical_tn
 
 __all__ = [
     "ATTESTATIONS",
+    "CallClaims",
     "DivClaims",
     "RcdPassportClaims",
     "ShakenClaims",
     "b64url_decode",
     "check_algorithm",
+    "check_call_claims",
     "check_div_claims",
     "check_freshness",
     "check_ppt",
@@ -409,6 +411,29 @@ def check_rcd_claims(payload: dict[str, Any]) -> RcdPassportClaims:
     if not isinstance(payload.get("rcd"), dict):
         raise errors.InvalidClaims("an rcd PASSporT must carry an rcd object")
     return RcdPassportClaims(orig_tn, dest_tns, dest_uris, iat, tuple(warnings))
+
+
+class CallClaims(NamedTuple):
+    """The claims every PASSporT type carries: orig.tn, dest, iat. From
+    :func:`check_call_claims`."""
+
+    orig_tn: str
+    dest_tns: tuple[str, ...]
+    dest_uris: tuple[str, ...]
+    iat: int
+    warnings: tuple[str, ...] = ()
+
+
+def check_call_claims(payload: dict[str, Any]) -> CallClaims:
+    """orig.tn, dest and iat, as the SHAKEN checks read them (for the other ppt modules).
+
+    Raises:
+        InvalidTn, InvalidClaims: 438.
+    """
+    warnings: list[str] = []
+    orig_tn = _orig_tn(payload, warnings)
+    dest_tns, dest_uris = _dest(payload, warnings)
+    return CallClaims(orig_tn, dest_tns, dest_uris, _iat(payload), tuple(warnings))
 
 
 def check_freshness(iat: int, now: float, *, max_age: float, max_future_skew: float) -> None:

@@ -11,12 +11,13 @@ from . import errors
 from .certs import CertificateInfo, Credential
 from .errors import TN_VALIDATION_PASSED, VerificationError
 from .passport import DivClaims, RcdPassportClaims, ShakenClaims
+from .rph import RphClaims
 
 __all__ = ["SHAKEN", "Claims", "Entry", "HeaderResult", "Reason", "Result", "Status", "failed"]
 
 SHAKEN = "shaken"
 
-Claims = ShakenClaims | DivClaims | RcdPassportClaims
+Claims = ShakenClaims | DivClaims | RcdPassportClaims | RphClaims
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +55,8 @@ class HeaderResult:
     reason: Reason | None = None
     x5u: str | None = None
     ppi: str | None = None
+    payload: dict[str, Any] | None = field(default=None, repr=False)
+    """The decoded claims (whatever the status; the 3GPP API answers them on a pass)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,7 +116,7 @@ class Result:
 
 class Entry:
     """One Identity header as the pipeline advances it: its result row, its kind (``shaken``,
-    ``div``, ``rcd``; None when not verified), and what steps 3-12 found."""
+    ``div``, ``rcd``, ``rph``; None when not verified), and what steps 3-12 found."""
 
     __slots__ = (
         "claims",

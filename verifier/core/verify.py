@@ -6,9 +6,9 @@ Order of checks (cheap first; the first failure is the verdict)::
     2  Identity syntax, full form                        438
     3  JWS parts decode (strict base64url, JSON, R||S)   438
     4  alg parameter / header alg = ES256, typ passport  437
-    5  ppt = shaken (parameter and header)               438
+    5  ppt = shaken, div, rcd or rph (param and header)  438
     6  info = <absoluteURI>, x5u present and = info      436
-    7  claims: attest, orig, dest, iat, origid           438
+    7  claims: attest, orig, dest, iat, origid           438  (div, rcd, rph: their own; rph.py)
     8  iat freshness                                     403
     9  orig / dest against the call's numbers            438  (tn.py; div chain: div.py)
     10 x5u URL rules, fetch                              436
@@ -59,6 +59,7 @@ from .passport import (
     verify_es256,
 )
 from .result import SHAKEN, Claims, Entry, HeaderResult, Reason, Result, failed
+from .rph import RPH, check_rph_claims
 from .tn import CallInfo, match_numbers
 from .x5u import DEFAULT_X5U_PORTS, check_x5u_url
 
@@ -78,7 +79,7 @@ __all__ = [
 
 DIV = "div"
 RCD = "rcd"
-KINDS = frozenset({SHAKEN, DIV, RCD})
+KINDS = frozenset({SHAKEN, DIV, RCD, RPH})
 MAX_IDENTITY_HEADERS = 32
 PARALLEL_THRESHOLD = 32
 """Fewest verifications in a batch worth spreading over threads."""
@@ -225,7 +226,7 @@ class Verification:
                 if cache is not None:
                     cache.store(key, ctx)
                 return self._not_verified(entry)
-            entry.payload = payload = decode_payload(p64)  # step 3
+            entry.payload = result.payload = payload = decode_payload(p64)  # step 3
             entry.signature = decode_signature(s64)
             entry.signing_input = f"{h64}.{p64}".encode("ascii")
             if ctx.x5u is None:
@@ -242,6 +243,8 @@ class Verification:
                 claims = check_shaken_claims(payload)
             elif kind == DIV:
                 claims = check_div_claims(payload)
+            elif kind == RPH:
+                claims = check_rph_claims(payload)
             else:
                 claims = check_rcd_claims(payload)
             entry.claims = claims

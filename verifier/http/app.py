@@ -39,7 +39,7 @@ from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
 from ..records import RecordWriter, open_store
 from ..service import Service
 from ..settings import Settings
-from . import atis, native, ops
+from . import atis, native, ops, threegpp
 from .answers import AtisAnswers
 from .errors import ApiError, error_middleware
 from .keys import (
@@ -94,6 +94,7 @@ def create_app(
     app[CLOCK] = clock
     app[ATIS_ANSWERS] = AtisAnswers(settings.api)
     app.add_routes(atis.routes)
+    app.add_routes(threegpp.routes(settings.api.threegpp_root))
     app.add_routes(native.routes)
     app.add_routes(ops.routes)
     app.cleanup_ctx.append(_fleet_ctx)

@@ -1,6 +1,7 @@
-"""Refusals in the ATIS-1000082 ``requestError`` shape, and the middleware that makes every
-refusal (and every unexpected exception) one. aiohttp answers what its own HTTP parser
-refuses (a bad request line or header) itself, with a plain-text 400."""
+"""Refusals in the ATIS-1000082 ``requestError`` shape (under the 3GPP root, TS 24.229
+Annex V's ``{"error": ...}``), and the middleware that makes every refusal (and every
+unexpected exception) one. aiohttp answers what its own HTTP parser refuses (a bad request
+line or header) itself, with a plain-text 400."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from aiohttp import web
 
 from ..core.errors import VerifierError
 from .answers import dumps
-from .keys import METRICS
+from .keys import METRICS, SETTINGS
 
 __all__ = [
     "JSON",
@@ -23,6 +24,7 @@ __all__ = [
     "invalid",
     "json_response",
     "missing",
+    "ms_error_body",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,36 @@ class ApiError(VerifierError):
         }
 
 
+_MS_ERRORS = {
+    "SVC4000": "Missing request body",
+    "SVC4001": "Missing mandatory parameter",
+    "SVC4002": "Requested response body type is not supported",
+    "SVC4003": "Requested resource not found",
+    "SVC4004": "Unsupported request body type",
+    "SVC4005": "Invalid parameter value",
+    "SVC4006": "Failed to parse message body",
+    "SVC4007": "Missing mandatory Content-Length headers",
+    "POL4001": "Unauthorized",
+    "POL4003": "Forbidden",
+    "POL4050": "Method not allowed",
+    "POL5000": "Internal server error",
+}
+"""The TS 24.229 Annex V error phrase of each refusal (as Neustar's OpenAPI words them)."""
+
+
+def ms_error_body(error: ApiError) -> dict[str, Any]:
+    """A refusal in the 3GPP shape: the TS phrase in ``error``, the particulars in ``detail``."""
+    detail = error.text
+    for number, value in enumerate(error.variables, 1):
+        detail = detail.replace(f"%{number}", value)
+    phrase = (
+        "Request body too large"
+        if error.status == 413
+        else _MS_ERRORS.get(error.message_id, detail)
+    )
+    return {"error": phrase, "detail": detail}
+
+
 def missing(name: str) -> ApiError:
     return ApiError(400, "SVC4001", "Missing mandatory parameter '%1'", [name])
 
@@ -92,6 +124,9 @@ def error_response(request: web.Request, error: ApiError) -> web.Response:
     request_id = given_request_id(request.headers.get("X-RequestID"))
     headers = {"X-RequestID": request_id} if request_id is not None else {}
     headers.update(error.headers)
+    settings = request.app.get(SETTINGS)
+    if settings is not None and request.path.startswith(settings.api.threegpp_root + "/"):
+        return json_response(ms_error_body(error), status=error.status, headers=headers)
     return json_response(error.body(), status=error.status, headers=headers)
 
 
