@@ -389,6 +389,15 @@ class TrustStore:
     def anchors(self) -> tuple[x509.Certificate, ...]:
         return self._anchors
 
+    def same_trust(self, other: TrustStore) -> bool:
+        """Whether ``other`` validates exactly as this one: the same anchors (in any order),
+        chain policy and key factory. A reload that changes nothing keeps the caches."""
+        return (
+            set(self._anchors) == set(other._anchors)
+            and self.require_policy_oid == other.require_policy_oid
+            and self.key_factory == other.key_factory
+        )
+
     def validate(self, chain: Sequence[x509.Certificate], at: float) -> Credential:
         """Validate ``chain`` (leaf first) at ``at`` (epoch seconds) and return its Credential.
 
