@@ -62,6 +62,11 @@ __all__ = ["SERVICE", "ApiError", "create_app", "run", "start_site"]
 
 log = logging.getLogger(__name__)
 
+DRAIN_GRACE = 1.0
+"""Seconds ``verifier serve`` goes on answering after SIGTERM, each answer with
+``Connection: close``, before it closes the connections left idle (aiohttp closes idle
+keep-alive connections at once, and a request already sent on one would be reset)."""
+
 """Seconds an idle keep-alive connection stays open (aiohttp's own default is an hour)."""
 
 
@@ -104,6 +109,7 @@ def create_app(
     app.cleanup_ctx.append(_records_ctx)
     app.cleanup_ctx.append(_service_ctx)
     app.on_shutdown.append(_not_ready)
+    app.on_response_prepare.append(_close_when_draining)
     return app
 
 
@@ -227,6 +233,13 @@ async def _not_ready(app: web.Application) -> None:
     app[SERVICE].ready = False
 
 
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """Once shutdown has begun, each answer closes its connection (``Connection: close``)."""
+    if not request.app[SERVICE].ready:
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
 async def start_site(
     app: web.Application,
     settings: Settings,
@@ -263,6 +276,10 @@ def run(
     """Serve until SIGTERM/SIGINT (:func:`aiohttp.web.run_app`); SIGHUP reloads the trust
     anchors and the policy. ``reuse_port``: one of ``--workers`` processes on one port.
 
+    SIGTERM first drains: ``/readyz`` turns 503 and for :data:`DRAIN_GRACE` seconds calls
+    are still answered, with ``Connection: close``; then aiohttp's shutdown runs (in-flight
+    requests get ``shutdown_timeout``). SIGINT shuts down at once.
+
     Raises:
         ValueError: no trust anchor could be loaded.
     """
@@ -270,7 +287,10 @@ def run(
     app = create_app(settings)
 
     async def on_startup(app: web.Application) -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[SERVICE].reload)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, app[SERVICE].reload)
+        loop.add_signal_handler(signal.SIGINT, _exit_now)
+        loop.add_signal_handler(signal.SIGTERM, _Drain(app[SERVICE], loop))
         log.info("serving", extra=startup_summary(app))
         # Full collections over the long-lived objects (caches, the replay set, the loaded
         # code) showed as latency spikes: what exists after start-up is frozen out of them,
@@ -288,9 +308,33 @@ def run(
         shutdown_timeout=settings.shutdown_timeout,
         keepalive_timeout=settings.keepalive_timeout,
         access_log=None,
-        handle_signals=True,
+        handle_signals=False,  # on_startup sets SIGINT and SIGTERM's handlers
         print=None,
     )
+
+
+def _exit_now() -> None:
+    """What aiohttp's own signal handler does: run_app catches this and shuts down."""
+    raise web.GracefulExit
+
+
+class _Drain:
+    """SIGTERM's handler: stop being ready, answer for :data:`DRAIN_GRACE` seconds, then shut
+    down. Later SIGTERMs change nothing: with ``--workers`` under systemd each worker gets
+    one from systemd and one from its supervisor."""
+
+    def __init__(self, service: Service, loop: asyncio.AbstractEventLoop) -> None:
+        self.service = service
+        self.loop = loop
+        self.started = False
+
+    def __call__(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        self.service.ready = False
+        log.info("draining", extra={"grace": DRAIN_GRACE})
+        self.loop.call_later(DRAIN_GRACE, _exit_now)
 
 
 def startup_summary(app: web.Application) -> dict[str, object]:
