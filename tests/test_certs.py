@@ -457,3 +457,51 @@ def test_a_ca_certificate_cannot_sign_passports(pki: TestPKI, trust: TrustStore)
     )
     with pytest.raises(errors.CertificateNotTrusted, match="is a CA"):
         trust.validate([leaf, pki.ca.cert], time.time())
+
+
+# -- messages a person reads (issue 15 item 5) ---------------------------------------------------
+
+
+def test_untrusted_chain_reads_plainly_and_keeps_the_library_text(
+    pki: TestPKI, trust: TrustStore, now: int
+) -> None:
+    other = pki.untrusted_root()
+    with pytest.raises(errors.CertificateNotTrusted) as caught:
+        trust.validate(other.issue_leaf().chain, now)
+    plain, _, library = caught.value.detail.partition(" (x509: ")
+    assert (
+        "certificate chain does not lead to a trusted STI-PA root (issuer: CN=untrusted root,"
+        "O=verifier test PKI,C=US)"
+    ) == plain
+    assert "candidates exhausted" in library
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("no_key_usage", "a certificate in the chain lacks the required keyUsage extension"),
+        (
+            "reversed",
+            "certificate profile not met: the signing certificate is a CA"
+            " (basicConstraints cA is true)",
+        ),
+        (
+            "missing_intermediate",
+            "certificate chain does not lead to a trusted STI-PA root"
+            " (issuer: CN=verifier test STI-CA,O=verifier test PKI,C=US)",
+        ),
+    ],
+)
+def test_chain_errors_read_plainly(
+    pki: TestPKI, trust: TrustStore, now: int, case: str, expected: str
+) -> None:
+    chain = {
+        "no_key_usage": pki.ca.issue_leaf(key_usage=False).chain,
+        "reversed": list(reversed(pki.signer.chain)),
+        "missing_intermediate": [pki.signer.cert],
+    }[case]
+    with pytest.raises(errors.CertificateNotTrusted) as caught:
+        trust.validate(chain, now)
+    plain, _, library = caught.value.detail.partition(" (x509: ")
+    assert expected == plain
+    assert library.startswith("validation failed: ")

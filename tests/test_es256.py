@@ -185,23 +185,51 @@ def test_credentials_of_one_key_share_its_table() -> None:
     assert again.check(b"x", sign(KEY, b"x"))
 
 
-def test_tables_are_bounded_least_recently_used_first() -> None:
-    es256.configure(max_tables=2, hot_after=1)
-    keys = [ec.derive_private_key(0x5EED_0100 + i, ec.SECP256R1()) for i in range(3)]
-    checkers = [es256.ES256Key(k.public_key()) for k in keys]
-    for i in (0, 1):
-        assert checkers[i].check(b"m", sign(keys[i], b"m"))
-        wait_for_tables(i + 1)
-    assert checkers[0].check(b"n", sign(keys[0], b"n"))  # key 0 used last: key 1 goes
-    assert checkers[2].check(b"m", sign(keys[2], b"m"))
+def wait_for_builder() -> None:
     deadline = time.monotonic() + 10
-    while point(keys[2]) not in es256._tables.by_point:
+    while es256._tables.building:
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    assert list(es256._tables.by_point) == [point(keys[0]), point(keys[2])]
+
+
+def test_a_full_set_of_tables_makes_room_only_for_a_hotter_key() -> None:
+    es256.configure(max_tables=2, hot_after=4)
+    keys = [ec.derive_private_key(0x5EED_0100 + i, ec.SECP256R1()) for i in range(3)]
+    checkers = [es256.ES256Key(k.public_key()) for k in keys]
+    signed = [(b"m", sign(key, b"m")) for key in keys]
+
+    def use(i: int) -> None:
+        assert checkers[i].check(*signed[i]) is True
+
+    for _ in range(4):  # keys 0 and 1 turn hot
+        use(0)
+        use(1)
+    wait_for_tables(2)
+    for _ in range(200):  # key 1 falls idle; key 2 is used as often as key 0
+        use(0)
+        use(2)
+        wait_for_builder()
+    assert {point(keys[0]), point(keys[2])} == set(es256._tables.by_point)
     for checker, key in zip(checkers, keys, strict=True):  # all still verify
         assert checker.check(b"z", sign(key, b"z")) is True
         assert checker.check(b"z", sign(key, b"y")) is False
+
+
+def test_more_hot_keys_than_tables_do_not_take_turns() -> None:
+    """Issue 15 item 5: five keys used alike over four tables: the four built first stay."""
+    es256.configure(max_tables=4, hot_after=8)
+    keys = [ec.derive_private_key(0x5EED_0300 + i, ec.SECP256R1()) for i in range(5)]
+    checkers = [es256.ES256Key(k.public_key()) for k in keys]
+    signed = [(b"m", sign(key, b"m")) for key in keys]
+    held: set[object] = set()
+    for _ in range(300):
+        for checker, (message, signature) in zip(checkers, signed, strict=True):
+            assert checker.check(message, signature) is True
+        held.update(es256._tables.by_point.values())
+        wait_for_builder()
+    assert 4 == es256.tables_in_use()
+    assert 4 == len(held)  # no table was dropped and built again
+    assert 1 == [c.has_table() for c in checkers].count(False)
 
 
 def test_no_tables_when_turned_off() -> None:
@@ -471,3 +499,25 @@ def test_the_app_hands_the_key_tables_to_the_core(trust: TrustStore, signer: Sig
     credential = app[TRUST].validate(list(signer.chain), time.time())
     assert isinstance(credential.es256, es256.ES256Key)
     assert isinstance(trust.validate(list(signer.chain), time.time()).es256, PlainKey)
+
+
+def test_a_65_byte_signature_is_refused_on_every_path() -> None:
+    """Issue 15 item 5: s with a leading zero byte is not an ES256 signature, and checks made
+    with it neither pass nor make a key hot (whose table would then fail its proof)."""
+    try:
+        good = sign(KEY, b"m")
+        long = good[:32] + b"\x00" + good[32:]
+        checker = es256.ES256Key(KEY.public_key())
+        assert False is plain_check(KEY.public_key(), b"m", long)
+        assert False is PlainKey(KEY.public_key()).check(b"m", long)
+        for _ in range(2 * es256.HOT_AFTER):
+            assert False is checker.check(b"m", long)
+        assert [False, True] == es256.check_many([(checker, b"m", long), (checker, b"m", good)])
+        time.sleep(0.05)
+        assert (0, "") == (es256.tables_in_use(), es256.unavailable())
+        hot = make_hot(KEY)
+        wait_for_tables(1)
+        assert [False, True] == [hot.check(b"m", long), hot.check(b"m", good)]
+        assert [False, False] == [hot.check(b"m", good[:63]), hot.check(b"m", good + b"\x00")]
+    finally:
+        es256._broken = ""

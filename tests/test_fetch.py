@@ -642,16 +642,62 @@ async def test_refresh_finding_a_bad_chain_ends_stale_serving(
         await fetcher.get(url, now=time.time())
 
 
-async def test_set_trust_drops_validated_entries(
+async def test_set_trust_with_the_same_anchors_keeps_every_cached_chain(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
 ) -> None:
-    url = repo.put("/sp.pem", pki.signer.chain_pem())
+    urls = [repo.put(f"/sp{i}.pem", pki.ca.issue_leaf(f"10{i}").chain_pem()) for i in range(5)]
     fetcher = await make_fetcher()
-    await fetcher.get(url, now=time.time())
-    fetcher.set_trust(TrustStore([pki.untrusted_root().cert]))
-    with pytest.raises(errors.CertificateNotTrusted):
-        await fetcher.get(url, now=time.time())
-    assert 2 == repo.counts["/sp.pem"]
+    first = [await fetcher.get(url, now=time.time()) for url in urls]
+    fetcher.set_trust(TrustStore([pki.root.cert]))  # a reload of the unchanged root file
+    again = [await fetcher.get(url, now=time.time()) for url in urls]
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert (5, 5, 0) == (repo.requests, fetcher.stats()["hits"], fetcher.stats()["reload_kept"])
+
+
+async def test_set_trust_with_other_anchors_revalidates_without_refetching(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    other = pki.untrusted_root()
+    kept = repo.put("/kept.pem", pki.signer.chain_pem())
+    dropped = repo.put("/dropped.pem", other.issue_leaf().chain_pem())
+    fetcher = await make_fetcher(trust=TrustStore([pki.root.cert, other.cert]))
+    before = await fetcher.get(kept, now=time.time())
+    await fetcher.get(dropped, now=time.time())
+    fetcher.set_trust(TrustStore([pki.root.cert]))  # the other anchor is withdrawn
+    after = await fetcher.get(kept, now=time.time())
+    assert before.certificate == after.certificate
+    with pytest.raises(errors.CertificateNotTrusted):  # dropped, then fetched and refused
+        await fetcher.get(dropped, now=time.time())
+    assert (1, 2) == (repo.counts["/kept.pem"], repo.counts["/dropped.pem"])
+    assert (1, 1) == (fetcher.stats()["reload_kept"], fetcher.stats()["reload_drops"])
+    assert after is await fetcher.get(kept, now=time.time())  # validated once per change
+    assert 1 == fetcher.stats()["reload_kept"]
+
+
+async def test_a_reload_during_an_outage_keeps_serving_stale_chains(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+) -> None:
+    urls = [
+        repo.put(
+            f"/sp{i}.pem",
+            pki.ca.issue_leaf(f"20{i}").chain_pem(),
+            headers={"Cache-Control": "max-age=60"},
+        )
+        for i in range(3)
+    ]
+    fetcher = await make_fetcher(min_ttl=60, stale_grace=600, failure_ttl=30)
+    first = [await fetcher.get(url, now=time.time()) for url in urls]
+    for i in range(3):
+        repo.put(f"/sp{i}.pem", b"down", status=503)
+    clock.advance(120)  # stale: served while refreshes fail
+    assert first == [await fetcher.get(url, now=time.time()) for url in urls]
+    fetcher.set_trust(TrustStore([pki.root.cert]))  # unchanged anchors
+    assert first == [await fetcher.get(url, now=time.time()) for url in urls]
+    fetcher.set_trust(TrustStore([pki.root.cert, pki.untrusted_root().cert]))  # one added
+    served = [await fetcher.get(url, now=time.time()) for url in urls]
+    assert [c.certificate for c in first] == [c.certificate for c in served]
+    assert (3, 0) == (fetcher.stats()["reload_kept"], fetcher.stats()["reload_drops"])
+    assert 9 == fetcher.stats()["stale_served"]  # every call after the lifetime
 
 
 # -- stores: warm cache and preload ------------------------------------------------------------

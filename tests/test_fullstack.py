@@ -132,3 +132,44 @@ async def test_both_fetchers_are_handed_the_one_http_client_settings(stack: Stac
     assert frozenset({443, stack.repo.port}) == shared.ports
     assert credentials.client is shared
     assert rcd_fetcher.client is shared
+
+
+async def test_admin_reload_keeps_cached_chains(
+    aiohttp_client: AiohttpClient, tmp_path: Path, now: int
+) -> None:
+    """Issue 15 item 2: a reload with the unchanged root file refetches nothing, and calls go
+    on verifying from the cache while the repository is down."""
+    pki = TestPKI.create()
+    signers = [pki.ca.issue_leaf(f"77{i}") for i in range(3)]
+    token = "a-long-admin-token-for-tests"
+    async with Repository.create(pki) as repo:
+        for i, signer in enumerate(signers):
+            signer.x5u = repo.put(f"/sp{i}.pem", signer.chain_pem())
+        settings = repo.service_settings(
+            pki, tmp_path, {"records.enabled": False, "api.admin_token": token}
+        )
+        client = await aiohttp_client(create_app(settings))
+
+        async def verdicts() -> list[str]:
+            out = []
+            for signer in signers:
+                body = {"identity": signer.identity(iat=now), "from": ORIG, "to": DEST}
+                async with client.post("/v1/verify", json=body) as resp:
+                    out.append((await resp.json())["verstat"])
+            return out
+
+        async def reload() -> dict[str, Any]:
+            auth = {"Authorization": f"Bearer {token}"}
+            async with client.post("/v1/admin/reload", headers=auth) as resp:
+                answer: dict[str, Any] = await resp.json()
+                return answer
+
+        assert ["TN-Validation-Passed"] * 3 == await verdicts()
+        assert True is (await reload())["ok"]
+        assert ["TN-Validation-Passed"] * 3 == await verdicts()
+        assert 3 == repo.requests  # nothing fetched again
+        for i in range(3):
+            repo.put(f"/sp{i}.pem", b"down", status=503)
+        assert True is (await reload())["ok"]
+        assert ["TN-Validation-Passed"] * 3 == await verdicts()
+        assert 3 == repo.requests

@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,6 +103,26 @@ def test_cli_csv_has_every_match(
     assert 1501 == len(rows)
     assert ("req-1499", "req-0") == (rows[1][2], rows[-1][2])
     assert "'=cmd()" == rows[-1][CSV_COLUMNS.index("label")]
+
+
+@pytest.mark.parametrize("mode", [["--csv"], ["--limit", "1000"]])
+def test_cli_output_cut_short_by_its_reader_exits_quietly(
+    lite: SqliteRecordStore, kit: Kit, mode: list[str]
+) -> None:
+    """Issue 15 item 5: ``verifier records ... | head`` ends without a traceback."""
+    lite.insert_many([kit.rec(i) for i in range(3000)])
+    argv = ["records", "--data-dir", str(lite.path.parent), "--since", str(kit.T0), *mode]
+    with subprocess.Popen(
+        [sys.executable, "-m", "verifier", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline()  # what `head -1` reads, then it leaves
+        process.stdout.close()
+        err = process.stderr.read()
+        code = process.wait(timeout=60)
+    assert (b"", 1) == (err, code)
 
 
 @pytest.fixture

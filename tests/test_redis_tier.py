@@ -13,6 +13,7 @@ redis://127.0.0.1:6379/15). Every test uses its own key prefix and deletes its k
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import time
@@ -396,6 +397,22 @@ async def test_replay_seen_across_instances(fleet: Fleet) -> None:
     assert False is await b.seen("sig-2")
     assert False is await a.seen("sig-3")
     assert (0, 1) == (a.replays, b.replays)
+
+
+async def test_replay_of_the_twin_signature_seen_across_instances(fleet: Fleet) -> None:
+    """Issue 15 item 4: (r, s) and (r, n - s) are one signature to the fleet's replay set."""
+    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    r, s = b"\x01" * 32, n - 3
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    high, low = b64(r + s.to_bytes(32, "big")), b64(r + (3).to_bytes(32, "big"))
+    a = RedisReplayCache(fleet.link(), max_size=100, window=60)
+    b = RedisReplayCache(fleet.link(), max_size=100, window=60)
+    assert False is await a.seen(high)
+    assert True is await b.seen(low)  # b never saw it itself: Redis knew it
+    assert True is await a.seen(low)
 
 
 async def test_replay_window_expires(fleet: Fleet) -> None:

@@ -3,9 +3,17 @@ replay; the set forgets after the window, and never holds more than its bound.""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
-from verifier.core.replay import ReplayCache
+from verifier.core.replay import ReplayCache, replay_key
+
+N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 order
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class Clock:
@@ -63,3 +71,24 @@ def test_bounds_are_checked() -> None:
         ReplayCache(0, 60)
     with pytest.raises(ValueError):
         ReplayCache(1, 0)
+
+
+def test_the_twin_signature_has_the_same_key() -> None:
+    r, s = (7).to_bytes(32, "big"), N - 5
+    low, high = _b64(r + (5).to_bytes(32, "big")), _b64(r + s.to_bytes(32, "big"))
+    assert low == replay_key(low) == replay_key(high)
+    replay = ReplayCache(10, 60, clock=Clock())
+    assert [False, True, True] == [replay.seen(x) for x in (high, low, high)]
+
+
+def test_another_spelling_of_the_same_bytes_has_the_same_key() -> None:
+    raw = bytes(range(64))
+    text = _b64(raw)  # 86 characters: the last one carries 2 bits and 4 zero bits
+    bumped = text[:-1] + chr(ord(text[-1]) + 1)
+    assert raw == base64.urlsafe_b64decode(bumped + "==")
+    assert replay_key(text) == replay_key(bumped)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "not base64 !", _b64(bytes(65)), _b64(bytes(63))])
+def test_text_that_is_not_a_signature_is_its_own_key(text: str) -> None:
+    assert text == replay_key(text)

@@ -246,6 +246,64 @@ async def test_serve_logs_one_start_up_line(
     assert line["key_tables"] == "available" or line["key_tables"].startswith("unavailable: ")
 
 
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, identity: str, now: int
+) -> tuple[int, dict[str, str]]:
+    """One ATIS call on a kept-alive connection: its status and (lower-case) headers."""
+    body = json.dumps(atis_body(identity, now)).encode()
+    writer.write(
+        b"POST /stir/v1/verification HTTP/1.1\r\nHost: v\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    head = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+    pairs = (line.partition(":") for line in head[1:] if line)
+    headers = {name.lower(): value.strip() for name, _, value in pairs}
+    await reader.readexactly(int(headers["content-length"]))
+    return int(head[0].split()[1]), headers
+
+
+async def test_sigterm_answers_what_arrives_on_idle_connections_then_closes_them(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    """Issue 15 item 5: a call sent on a kept-alive connection just after SIGTERM is
+    answered, with ``Connection: close``, not reset."""
+    pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
+    (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
+    preload = write_preload(tmp_path / "preload", [pki.signer])
+    port = free_port()
+    (tmp_path / "v.toml").write_text(
+        f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\n"
+        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\n[records]\nenabled = false\n"
+    )
+    proc = start("serve", "--config", str(tmp_path / "v.toml"))
+    procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base, proc)
+    now = int(time.time())
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+    before = [await _exchange(r, w, pki.signer.identity(iat=now), now) for r, w in connections]
+    assert [(200, None)] * 4 == [(status, h.get("connection")) for status, h in before]
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # systemd's and a supervisor's: the second changes nothing
+    async with aiohttp.ClientSession() as session:  # wait for the shutdown to begin
+        for _ in range(200):
+            try:
+                async with session.get(base + "/readyz") as resp:
+                    if resp.status == 503:
+                        break
+            except aiohttp.ClientError:  # no longer listening
+                break
+            await asyncio.sleep(0.01)
+    after = [await _exchange(r, w, pki.signer.identity(iat=now), now) for r, w in connections]
+    assert [(200, "close")] * 4 == [(status, h.get("connection")) for status, h in after]
+    assert [b""] * 4 == [await asyncio.wait_for(r.read(), 10) for r, _ in connections]
+    for _, writer in connections:
+        writer.close()
+    code, _out, err = stop(proc, None)
+    assert 0 == code, err
+    assert "draining" in err
+
+
 def test_serve_refuses_a_keepalive_timeout_that_is_no_duration(tmp_path: Path) -> None:
     (tmp_path / "root.pem").write_bytes(pem(TestPKI.create().root.cert))
     proc = start("serve", "--trust-anchor", str(tmp_path / "root.pem"), "--keepalive-timeout", "0")

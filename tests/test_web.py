@@ -10,6 +10,7 @@ every other x5u with X5uFetchFailed, as fetch.py would for an unreachable URL.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import os
@@ -1288,6 +1289,34 @@ async def test_the_same_passport_twice_is_flagged_as_replayed(
     assert ["allow", "allow", "label"] == [a["disposition"]["action"] for a in answers]
     metrics = (await api.call("GET", "/metrics")).body
     assert "verifier_replays_total 1.0" in metrics.splitlines()
+
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _twin(identity: str) -> str:
+    """The same Identity header with the signature's ``s`` swapped for ``n - s``: a signature
+    that verifies as well (ECDSA is malleable), as a replayer could make it."""
+    token, _, params = identity.partition(";")
+    head, payload, signature = token.split(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    s = int.from_bytes(raw[32:], "big")
+    twin = raw[:32] + (P256_ORDER - s).to_bytes(32, "big")
+    return f"{head}.{payload}.{b64url(twin)};{params}"
+
+
+async def test_a_replay_with_the_twin_signature_is_still_a_replay(
+    api: Api, signer: Signer, now: int
+) -> None:
+    """Issue 15 item 4: the replay set is keyed on (r, min(s, n - s)), not the text."""
+    first = signer.identity(iat=now)
+    twin = _twin(first)
+    answers = [(await api.post("/v1/verify", {"identity": v})).body for v in (first, twin)]
+    assert ["TN-Validation-Passed"] * 2 == [a["verstat"] for a in answers]  # both verify
+    assert [False, True] == [a["replayed"] for a in answers]
+    other = signer.identity(iat=now)
+    answers = [(await api.post("/v1/verify", {"identity": v})).body for v in (_twin(other), other)]
+    assert [False, True] == [a["replayed"] for a in answers]
 
 
 async def test_replay_set_stays_within_its_bound(

@@ -543,6 +543,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe raises here, not at exit
+    except BrokenPipeError:
+        # The reader left (`verifier records ... | head`): quiet, as the signal module's
+        # docs advise; stdout goes to devnull so that the flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     except UsageError as exc:
         print(f"verifier: error: {exc}", file=sys.stderr)
         code = 2

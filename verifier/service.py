@@ -184,7 +184,8 @@ class Service:
         """Reload the trust anchors and the policy (SIGHUP, admin endpoint).
 
         Each is swapped in only when it loads; on error the old one stays in force and the
-        error is logged. Calls in flight finish with what they started with.
+        error is logged. Calls in flight finish with what they started with. Cached chains
+        stay: unchanged anchors change nothing, changed ones re-validate them (no refetch).
         """
         report = self.reload_report()
         return all(part["ok"] for part in report.values())

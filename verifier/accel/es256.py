@@ -31,9 +31,11 @@ Everything else goes through pyca/cryptography's ordinary check: a key not yet h
 (:data:`HOT_AFTER` verified checks), a table still being built (one at a time, on a
 builder thread, with the GIL released), no usable libcrypto (:func:`unavailable` says
 why), or tables turned off (``configure(max_tables=0)``). Tables are bounded: at most
-``max_tables``, the least recently used dropped first. A table is freed only when nothing
+``max_tables``; when they are all held, a key that turns hot gets a table only if it is
+used clearly more often than the coldest held one (which then goes), so more hot keys
+than tables do not take turns evicting each other. A table is freed only when nothing
 refers to it any more, so a check running on another thread is never left with freed
-memory.
+memory. A signature that is not 64 bytes is refused on every path.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ import hashlib
 import logging
 import queue
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from ctypes import c_char_p, c_int, c_size_t, c_void_p
 from typing import Any
@@ -61,6 +62,10 @@ log = logging.getLogger(__name__)
 
 HOT_AFTER = 32
 """Checks with a key before its table is built."""
+
+_HOTTER = 1.5
+"""How much more often than the coldest held table's key a key must be used to take its
+place (equal keys would otherwise displace each other on counting noise)."""
 
 _N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 order
 _P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF  # P-256 field prime
@@ -197,15 +202,19 @@ class _TableError(RuntimeError):
 
 
 class _Table:
-    """A P-256 group whose generator is one public key, with its precomputed table."""
+    """A P-256 group whose generator is one public key, with its precomputed table, and how
+    often it is used: ``hits`` checks since the check count ``since`` (approximate: threads
+    may lose an increment)."""
 
-    __slots__ = ("group", "lib")
+    __slots__ = ("group", "hits", "lib", "since")
 
     def __init__(self, point: bytes) -> None:
         lib = _lib
         if lib is None:
             raise _TableError(_why_not)
         self.lib = lib
+        self.hits = 0
+        self.since = 0
         self.group = lib.group_dup(_G)
         if not self.group:
             raise _TableError("EC_GROUP_dup failed")
@@ -319,54 +328,96 @@ _per_thread = threading.local()
 
 
 class _Tables:
-    """The tables, by public key (X9.62 uncompressed point), least recently used first.
+    """The tables, by public key (X9.62 uncompressed point).
 
     Shared by every :class:`ES256Key` of the same key: a credential made again (a cache
-    entry refreshed) finds its table built."""
+    entry refreshed) finds its table built. ``checks`` counts the checks made through this
+    module: the clock that use rates are measured by."""
 
     def __init__(self) -> None:
         self.max_tables = 64
         self.hot_after = HOT_AFTER
-        self.by_point: OrderedDict[bytes, _Table] = OrderedDict()
+        self.by_point: dict[bytes, _Table] = {}
         self.building: set[bytes] = set()
         self.lock = threading.Lock()
-        self.queue: queue.SimpleQueue[tuple[bytes, bytes, bytes]] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[bytes, bytes, bytes, int]] = queue.SimpleQueue()
         self.builder: threading.Thread | None = None
+        self.checks = 0
+        self.built = 0
+        """Tables admitted since the process started."""
+        self.declined = 0
+        """Keys turned hot that were refused a table: none held was colder."""
 
-    def admit(self, point: bytes, table: _Table) -> None:
+    def _rate(self, table: _Table) -> float:
+        return table.hits / (self.checks - table.since + 1)
+
+    def _coldest(self) -> tuple[bytes, _Table] | None:
+        if not self.by_point:
+            return None
+        return min(self.by_point.items(), key=lambda item: self._rate(item[1]))
+
+    def admit(self, point: bytes, table: _Table, span: int) -> None:
+        """Hold ``table``, its key used ``hot_after`` times in the last ``span`` checks."""
         with self.lock:
             self.building.discard(point)
             if self.max_tables == 0 or _broken:
                 return
+            table.hits, table.since = self.hot_after, self.checks - span
+            if len(self.by_point) >= self.max_tables:
+                coldest = self._coldest()
+                if coldest is not None and self._rate(coldest[1]) * _HOTTER >= self._rate(table):
+                    self.declined += 1  # a held key got hotter while this table was built
+                    return
             self.by_point[point] = table
-            self.by_point.move_to_end(point)
+            self.built += 1
             self._trim()
 
     def _trim(self) -> None:
         while len(self.by_point) > self.max_tables:
-            self.by_point.popitem(last=False)
+            coldest = self._coldest()
+            if coldest is None:
+                return
+            del self.by_point[coldest[0]]
 
-    def build_later(self, point: bytes, data: bytes, signature: bytes) -> None:
-        """Queue ``point``'s table for the builder thread unless it is there or on its way.
+    def _forget_slowly(self, span: int) -> None:
+        """Halve the history of tables held for more than ``4 * span`` checks, so that the
+        coldest is judged by its recent use, on the scale of the candidate's."""
+        for table in self.by_point.values():
+            held = self.checks - table.since
+            if held > 4 * span:
+                table.hits //= 2
+                table.since = self.checks - held // 2
+
+    def build_later(self, point: bytes, data: bytes, signature: bytes, span: int) -> None:
+        """Queue ``point``'s table for the builder thread unless it is there or on its way,
+        or every table is held by a key used about as often (``hot_after`` uses in ``span``
+        checks) or more.
 
         One builder, one table at a time: a burst of keys turning hot at once (a restart
         under load) takes one core for a while, not all of them."""
         with self.lock:
             if point in self.by_point or point in self.building or self.max_tables == 0:
                 return
+            if len(self.by_point) + len(self.building) >= self.max_tables:
+                self._forget_slowly(span)
+                coldest = self._coldest()
+                rate = self.hot_after / (span + 1)
+                if coldest is None or self._rate(coldest[1]) * _HOTTER >= rate:
+                    self.declined += 1
+                    return
             self.building.add(point)
             if self.builder is None or not self.builder.is_alive():
                 self.builder = threading.Thread(
                     target=self._build_queued, name="es256-tables", daemon=True
                 )
                 self.builder.start()
-        self.queue.put((point, data, signature))
+        self.queue.put((point, data, signature, span))
 
     def _build_queued(self) -> None:
         while True:
-            point, data, signature = self.queue.get()
+            point, data, signature, span = self.queue.get()
             try:
-                _build(point, data, signature)
+                _build(point, data, signature, span)
             except Exception:  # a bug must not stop the builder: that key stays plain
                 log.exception("building an ES256 table failed")
                 with self.lock:
@@ -376,7 +427,7 @@ class _Tables:
 _tables = _Tables()
 
 
-def _build(point: bytes, data: bytes, signature: bytes) -> None:
+def _build(point: bytes, data: bytes, signature: bytes, span: int = 0) -> None:
     """Build a table, prove it on a known-good and a damaged signature, admit it."""
     try:
         table = _Table(point)
@@ -390,7 +441,7 @@ def _build(point: bytes, data: bytes, signature: bytes) -> None:
         with _tables.lock:
             _tables.building.discard(point)
         return
-    _tables.admit(point, table)
+    _tables.admit(point, table, span)
 
 
 def configure(*, max_tables: int = 64, hot_after: int = HOT_AFTER) -> None:
@@ -428,11 +479,13 @@ class ES256Key:
     ``signature`` is the raw 64-byte R||S of RFC 7518 §3.4. Thread-safe.
     """
 
-    __slots__ = ("_point", "_uses", "public_key")
+    __slots__ = ("_first", "_point", "_uses", "public_key")
 
     def __init__(self, public_key: ec.EllipticCurvePublicKey) -> None:
         self.public_key = public_key
         self._uses = 0
+        self._first = 0
+        """The module's check count at the first of the uses counted."""
         # The tables' key: a credential made again (a cache entry refreshed) finds the
         # table of its key at once. None: not a P-256 key, it never gets one.
         self._point: bytes | None = None
@@ -455,29 +508,27 @@ class ES256Key:
         point = self._point
         if point is None:
             return None
-        by_point = _tables.by_point
-        table = by_point.get(point)
+        table = _tables.by_point.get(point)
         if table is not None:
-            try:  # noqa: SIM105 - contextlib.suppress costs more, on the hot path
-                by_point.move_to_end(point)
-            except KeyError:  # dropped meanwhile; this check still holds the table
-                pass
+            table.hits += 1
         return table
 
     def _plain(self, data: bytes, signature: bytes) -> bool:
         """pyca/cryptography's check, counting the key's uses until it is hot."""
         ok = _plain_check(self.public_key, data, signature)
         if ok:
+            if self._uses == 0:
+                self._first = _tables.checks
             self._uses += 1
             if self._uses >= _tables.hot_after:
                 self._uses = 0
-                self._hot(data, signature)
+                self._hot(data, signature, _tables.checks - self._first)
         return ok
 
-    def _hot(self, data: bytes, signature: bytes) -> None:
+    def _hot(self, data: bytes, signature: bytes, span: int) -> None:
         if self._point is None or _tables.max_tables == 0 or unavailable():
             return
-        _tables.build_later(self._point, data, signature)
+        _tables.build_later(self._point, data, signature, span)
 
 
 def check_many(jobs: Sequence[tuple[protocol.ES256Key, bytes, bytes]]) -> list[bool]:
@@ -487,7 +538,10 @@ def check_many(jobs: Sequence[tuple[protocol.ES256Key, bytes, bytes]]) -> list[b
     verdicts = [False] * len(jobs)
     tabled: list[tuple[_Table, bytes, bytes]] = []
     where: list[int] = []
+    _tables.checks += len(jobs)
     for i, (key, data, signature) in enumerate(jobs):
+        if len(signature) != 64:  # RFC 7518 §3.4: R||S, 32 bytes each; nothing else
+            continue
         if not isinstance(key, ES256Key):
             verdicts[i] = key.check(data, signature)
             continue

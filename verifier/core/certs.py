@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,6 +390,15 @@ class TrustStore:
     def anchors(self) -> tuple[x509.Certificate, ...]:
         return self._anchors
 
+    def same_trust(self, other: TrustStore) -> bool:
+        """Whether ``other`` validates exactly as this one: the same anchors (in any order),
+        chain policy and key factory. A reload that changes nothing keeps the caches."""
+        return (
+            set(self._anchors) == set(other._anchors)
+            and self.require_policy_oid == other.require_policy_oid
+            and self.key_factory == other.key_factory
+        )
+
     def validate(self, chain: Sequence[x509.Certificate], at: float) -> Credential:
         """Validate ``chain`` (leaf first) at ``at`` (epoch seconds) and return its Credential.
 
@@ -429,7 +439,9 @@ class TrustStore:
         try:
             verified = verifier.verify(leaf, intermediates)
         except xv.VerificationError as exc:
-            raise errors.CertificateNotTrusted(f"certificate chain not trusted: {exc}") from None
+            raise errors.CertificateNotTrusted(
+                f"{_plain_reason(str(exc), chain)} (x509: {exc})"
+            ) from None
         path = verified.chain
         tnal = self._tnauthlist(leaf)
         if not tnal.spcs:
@@ -474,6 +486,47 @@ class TrustStore:
         value = ext.value
         der = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
         return parse_tnauthlist(der)
+
+
+_EXTENSION_NAMES = {
+    "2.5.29.15": "keyUsage",
+    "2.5.29.19": "basicConstraints",
+    "2.5.29.37": "extendedKeyUsage",
+    "2.5.29.17": "subjectAltName",
+    "2.5.29.35": "authorityKeyIdentifier",
+    "2.5.29.14": "subjectKeyIdentifier",
+    "2.5.29.30": "nameConstraints",
+    "2.5.29.32": "certificatePolicies",
+    TNAUTHLIST_OID.dotted_string: "TNAuthList",
+}
+_UNTIL_CERT = r"(.+?)(?: \(encountered processing |$)"
+_EXTENSION = re.compile(r"invalid extension: ([0-9.]+): " + _UNTIL_CERT)
+_OUR_CHECK = re.compile(r"Python extension validator failed: ValueError: " + _UNTIL_CERT)
+
+
+def _plain_reason(library: str, chain: Sequence[x509.Certificate]) -> str:
+    """What a person reads for the chain verifier's error ``library`` (kept beside it in the
+    detail): its message texts are matched, since it raises one class for every failure."""
+    if "no interior errors" in library:
+        return (
+            "certificate chain does not lead to a trusted STI-PA root"
+            f" (issuer: {_name(chain[-1].issuer)})"
+        )
+    ours = _OUR_CHECK.search(library)
+    if ours is not None:
+        return f"certificate profile not met: {ours.group(1).strip()}"
+    extension = _EXTENSION.search(library)
+    if extension is not None:
+        oid, why = extension.group(1), extension.group(2).strip().rstrip(".")
+        name = _EXTENSION_NAMES.get(oid, oid)
+        if "missing required extension" in why.lower():
+            return f"a certificate in the chain lacks the required {name} extension"
+        return f"a certificate in the chain has an unacceptable {name} extension: {why}"
+    if "Forbidden" in library:
+        return "the chain uses a signature or public key algorithm that is not allowed"
+    if "max depth" in library or "maximum" in library:
+        return "the chain is too long or too tangled to validate"
+    return "certificate chain not trusted"
 
 
 def _policy_oids(cert: x509.Certificate) -> tuple[str, ...]:

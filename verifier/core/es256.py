@@ -41,7 +41,10 @@ BatchCheck = Callable[[Sequence[tuple[ES256Key, bytes, bytes]]], list[bool]]
 
 
 def plain_check(key: ec.EllipticCurvePublicKey, data: bytes, signature: bytes) -> bool:
-    """pyca/cryptography's verdict on a raw R||S ES256 ``signature`` over ``data``."""
+    """pyca/cryptography's verdict on a raw R||S ES256 ``signature`` over ``data``; anything
+    but 64 bytes is refused."""
+    if len(signature) != 64:
+        return False
     der = encode_dss_signature(
         int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
     )

@@ -1,6 +1,8 @@
 """Replay detection: a PASSporT seen again within its freshness window.
 
-Keyed by the PASSporT's signature (what RFC 9410 ``ppi`` names it by). A repeat is not
+Keyed by the PASSporT's signature (what RFC 9410 ``ppi`` names it by), made canonical by
+:func:`replay_key`: an ECDSA signature (r, s) has a twin (r, n - s) that verifies as well, so
+a replay could otherwise pass as new with its ``s`` swapped. A repeat is not
 necessarily an attack: a forked INVITE legitimately carries the same PASSporT to several
 destinations, so a replay is an input to the disposition policy (default: labelled, never
 blocked). Memory is bounded: at most ``max_size`` signatures, each kept for the freshness
@@ -13,15 +15,36 @@ issue) sits behind the same :meth:`seen`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["ReplayCache"]
+__all__ = ["ReplayCache", "replay_key"]
+
+_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 order
+
+
+def replay_key(signature: str) -> str:
+    """The replay sets' key for a base64url ES256 signature: ``r`` and the lower of ``s`` and
+    ``n - s``, base64url again (so another spelling of the same bytes is the same key too).
+    Text that is not a 64-byte signature is its own key."""
+    try:
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    except (ValueError, binascii.Error):
+        return signature
+    if len(raw) != 64:
+        return signature
+    s = int.from_bytes(raw[32:], "big")
+    if _N - s < s < _N:
+        raw = raw[:32] + (_N - s).to_bytes(32, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 class ReplayCache:
-    """``seen(signature)``: True when this signature was seen within the window.
+    """``seen(signature)``: True when this signature (by :func:`replay_key`) was seen within
+    the window.
 
     A dict of expiry times and a queue of (expiry, signature) in the order they were
     added: expired signatures leave from the queue's head, and past ``max_size`` the
@@ -42,6 +65,7 @@ class ReplayCache:
         self.replays = 0
 
     def seen(self, signature: str) -> bool:
+        signature = replay_key(signature)
         now = self._clock()
         until, order = self._until, self._order
         while order and order[0][0] <= now:

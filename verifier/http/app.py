@@ -4,8 +4,8 @@ and operations endpoints (:mod:`.ops`), served by aiohttp.
 ``create_app(settings)`` builds the application: each resource (the Redis tier, the x5u
 fetcher, the RCD content fetcher, the record store and writer) is opened and closed by its
 own ``cleanup_ctx`` step and kept under its :mod:`.keys` AppKey; the last step builds the
-:class:`~verifier.service.Service` from them. ``run(settings)`` serves it with
-:func:`aiohttp.web.run_app`; tests pass their own ``credentials`` source and ``clock``.
+:class:`~verifier.service.Service` from them. ``run(settings)`` serves it with aiohttp's
+``AppRunner``; tests pass their own ``credentials`` source and ``clock``.
 
 Answers: a verification that fails is HTTP 200 with its verdict; 4xx (in the ATIS
 ``requestError`` shape) is only for a request that cannot be understood. Nothing a caller
@@ -15,6 +15,7 @@ sends produces a 500: the last-resort middleware answers POL5000 and logs the tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import logging
@@ -62,6 +63,10 @@ __all__ = ["SERVICE", "ApiError", "create_app", "run", "start_site"]
 
 log = logging.getLogger(__name__)
 
+DRAIN_GRACE = 1.0
+"""Seconds ``verifier serve`` goes on answering its open connections after SIGTERM, each
+answer with ``Connection: close``, before it closes the ones left idle."""
+
 
 def create_app(
     settings: Settings,
@@ -103,6 +108,7 @@ def create_app(
     app.cleanup_ctx.append(_records_ctx)
     app.cleanup_ctx.append(_service_ctx)
     app.on_shutdown.append(_not_ready)
+    app.on_response_prepare.append(_close_when_draining)
     return app
 
 
@@ -226,11 +232,19 @@ async def _not_ready(app: web.Application) -> None:
     app[SERVICE].ready = False
 
 
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """Once shutdown has begun, each answer closes its connection (``Connection: close``)."""
+    if not request.app[SERVICE].ready:
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
 async def start_site(
     app: web.Application,
     settings: Settings,
     *,
     port: int | None = None,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, web.TCPSite]:
     """Start ``app`` and listen on ``settings.host`` and ``port`` (default
     ``settings.port``; 0 picks a free one), as :func:`run` does, without its signals.
@@ -245,7 +259,12 @@ async def start_site(
         keepalive_timeout=settings.keepalive_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port if port is None else port)
+    site = web.TCPSite(
+        runner,
+        settings.host,
+        settings.port if port is None else port,
+        reuse_port=reuse_port or None,
+    )
     try:
         await site.start()
     except BaseException:
@@ -259,8 +278,15 @@ def run(
     *,
     reuse_port: bool = False,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (:func:`aiohttp.web.run_app`); SIGHUP reloads the trust
-    anchors and the policy. ``reuse_port``: one of ``--workers`` processes on one port.
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the trust anchors and the policy.
+    ``reuse_port``: one of ``--workers`` processes on one port.
+
+    SIGTERM drains: ``/readyz`` turns 503 and the listening socket closes; for
+    :data:`DRAIN_GRACE` seconds the connections already open are still answered, each answer
+    with ``Connection: close``; then the runner's cleanup closes the idle ones, gives the
+    requests in flight ``shutdown_timeout`` and drains the stores. SIGINT skips the grace.
+    (:func:`aiohttp.web.run_app` closes idle keep-alive connections at once, and a request
+    already sent on one is reset: hence this loop, on aiohttp's public runner API.)
 
     Raises:
         ValueError: no trust anchor could be loaded.
@@ -279,17 +305,31 @@ def run(
         gc.set_threshold(100_000, 50, 1000)
 
     app.on_startup.append(on_startup)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port or None,
-        shutdown_timeout=settings.shutdown_timeout,
-        keepalive_timeout=settings.keepalive_timeout,
-        access_log=None,
-        handle_signals=True,
-        print=None,
-    )
+    asyncio.run(_serve(app, settings, reuse_port=reuse_port))
+
+
+async def _serve(app: web.Application, settings: Settings, *, reuse_port: bool) -> None:
+    """Listen until SIGTERM or SIGINT, drain (SIGTERM), clean up."""
+    runner, site = await start_site(app, settings, reuse_port=reuse_port)
+    loop = asyncio.get_running_loop()
+    stop, now = asyncio.Event(), asyncio.Event()
+
+    def interrupt() -> None:
+        now.set()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # again later: no effect
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        await stop.wait()
+        app[SERVICE].ready = False
+        await site.stop()
+        if not now.is_set():
+            log.info("draining", extra={"grace": DRAIN_GRACE})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(now.wait(), DRAIN_GRACE)
+    finally:
+        await runner.cleanup()
 
 
 def startup_summary(app: web.Application) -> dict[str, object]:

@@ -138,6 +138,10 @@ class FetchStats:
     fetches: int = 0
     refreshes: int = 0
     store_hits: int = 0
+    reload_kept: int = 0
+    """Cached chains validated again against changed anchors, and kept."""
+    reload_drops: int = 0
+    """Cached chains dropped because they no longer validate against changed anchors."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,12 +276,32 @@ class CertificateFetcher(SessionUser):
         return self._trust
 
     def set_trust(self, trust: TrustStore) -> None:
-        """Swap the trust anchors (SIGHUP reload). Validated entries and remembered failures
-        are dropped; loads already running finish for their callers but are not cached."""
+        """Swap the trust anchors (SIGHUP reload). The same anchors and policy change nothing.
+        Other ones: each cached chain is validated again when next asked for (no refetch) and
+        dropped only if it no longer validates; remembered failures are forgotten; loads
+        already running finish for their callers but are not cached."""
+        same = trust.same_trust(self._trust)
         self._trust = trust
+        if same:
+            return
         self._generation += 1
-        self._memory.clear()
         self._negative.clear()
+
+    def _revalidate(self, x5u: str, entry: CacheEntry, now: float) -> CacheEntry | None:
+        """``entry`` validated against the current anchors (its chain, not refetched), or None
+        (dropped) if it no longer validates. Its lifetimes and revocation state stay."""
+        old = entry.credential
+        try:
+            credential = self._trust.validate(old.certificates, now)
+        except VerificationError as exc:
+            self._memory.delete(x5u)
+            self.counters.reload_drops += 1
+            log.info("x5u_dropped_on_reload", extra={"x5u": x5u, "slug": exc.slug})
+            return None
+        self.counters.reload_kept += 1
+        entry.credential = dataclasses.replace(credential, warnings=old.warnings)
+        entry.generation = self._generation
+        return entry
 
     # -- the credential source -------------------------------------------------------------
 
@@ -292,6 +316,8 @@ class CertificateFetcher(SessionUser):
         """
         clock = self._clock()
         entry = self._memory.get(x5u)
+        if entry is not None and entry.generation != self._generation:
+            entry = self._revalidate(x5u, entry, now)
         if entry is not None:
             if clock < entry.fresh_until:
                 self.counters.hits += 1

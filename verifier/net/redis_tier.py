@@ -50,7 +50,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..core.errors import VerifierError
-from ..core.replay import ReplayCache
+from ..core.replay import ReplayCache, replay_key
 from .cache import StoredChain
 from .fetch import SharedFailure
 
@@ -492,7 +492,8 @@ class RedisTier:
 
 class RedisReplayCache:
     """Replay detection for the fleet: ``await seen(signature)`` is True when any instance
-    saw this signature within ``window`` seconds.
+    saw this signature within ``window`` seconds (keyed by
+    :func:`~verifier.core.replay.replay_key`, as the local set is).
 
     Every signature is also kept in :attr:`local` (a :class:`ReplayCache` of ``max_size``),
     which answers while Redis is away: repeats through this one instance are still caught.
@@ -521,7 +522,7 @@ class RedisReplayCache:
         return self.link.last_error
 
     async def seen(self, signature: str) -> bool:
-        key = self.link.key("replay", _digest(signature))
+        key = self.link.key("replay", _digest(replay_key(signature)))
         known_here = self.local.seen(signature)
         try:
             created = await self.link.call(
