@@ -29,7 +29,18 @@ from verifier.core.certs import (
     load_chain,
     parse_tnauthlist,
 )
-from verifier.testing import TestPKI, encode_tnauthlist, pem, write_pki
+from verifier.core.verify import verify_offline
+from verifier.testing import (
+    CA_KEY_USAGE,
+    CA_KEY_USAGE_WITHOUT_KEY_CERT_SIGN,
+    LEAF_KEY_USAGE,
+    LEAF_KEY_USAGE_WITHOUT_DIGITAL_SIGNATURE,
+    Signer,
+    TestPKI,
+    encode_tnauthlist,
+    pem,
+    write_pki,
+)
 
 STI_CA_CERTS = Path(__file__).parent / "conformance" / "sti-ca-certs"
 STI_CA_FILES = sorted(STI_CA_CERTS.glob("*.pem"))
@@ -315,6 +326,64 @@ def test_critical_tnauthlist(pki: TestPKI, trust: TrustStore, now: int) -> None:
 def test_leaf_without_key_usage(pki: TestPKI, trust: TrustStore, now: int) -> None:
     with pytest.raises(errors.CertificateNotTrusted):
         trust.validate(pki.ca.issue_leaf(key_usage=False).chain, now)
+
+
+# keyUsage (ATIS-1000080): present but lacking the one bit each certificate needs.
+
+
+def _verdict(signer: Signer, trust: TrustStore, now: int) -> tuple[str, int | None, str | None]:
+    result = verify_offline(signer.identity(iat=now), now=now, chain=signer.chain, trust=trust)
+    reason = result.reason
+    return result.verstat, reason.sip_code if reason else None, reason.slug if reason else None
+
+
+def test_leaf_key_usage_without_digital_signature(
+    pki: TestPKI, trust: TrustStore, now: int
+) -> None:
+    signer = pki.ca.issue_leaf(key_usage=LEAF_KEY_USAGE_WITHOUT_DIGITAL_SIGNATURE)
+    ku = signer.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert not ku.digital_signature
+    assert ku.content_commitment
+    with pytest.raises(errors.CertificateNotTrusted, match="digitalSignature") as info:
+        trust.validate(signer.chain, now)
+    assert 437 == info.value.sip_code
+    assert ("TN-Validation-Failed", 437, "cert_not_trusted") == _verdict(signer, trust, now)
+
+
+def test_leaf_key_usage_with_more_than_digital_signature(
+    pki: TestPKI, trust: TrustStore, now: int
+) -> None:
+    extra = x509.KeyUsage(True, True, False, False, False, False, False, False, False)
+    signer = pki.ca.issue_leaf(key_usage=extra)
+    info = trust.validate(signer.chain, now).certificate
+    assert info is not None
+    assert ("1234",) == info.spc
+    assert _sha256(signer.cert) == info.fingerprint_sha256
+    assert ("TN-Validation-Passed", None, None) == _verdict(signer, trust, now)
+
+
+def test_ca_key_usage_without_key_cert_sign(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    ca = pki.root.issue_ca("STI-CA without keyCertSign", key_usage=CA_KEY_USAGE_WITHOUT_KEY_CERT_SIGN)
+    ku = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert not ku.key_cert_sign
+    assert ku.crl_sign
+    signer = ca.issue_leaf()
+    with pytest.raises(errors.CertificateNotTrusted, match="keyCertSign") as info:
+        trust.validate(signer.chain, now)
+    assert 437 == info.value.sip_code
+    assert ("TN-Validation-Failed", 437, "cert_not_trusted") == _verdict(signer, trust, now)
+
+
+def test_default_key_usages(pki: TestPKI) -> None:
+    assert LEAF_KEY_USAGE == pki.signer.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    for cert in (pki.ca.cert, pki.root.cert):
+        assert CA_KEY_USAGE == cert.extensions.get_extension_for_class(x509.KeyUsage).value
+
+
+def test_ca_key_usage_with_key_cert_sign_passes(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    only = x509.KeyUsage(False, False, False, False, False, True, False, False, False)
+    signer = pki.root.issue_ca("STI-CA with keyCertSign only", key_usage=only).issue_leaf()
+    assert ("TN-Validation-Passed", None, None) == _verdict(signer, trust, now)
 
 
 def test_untrusted_root(pki: TestPKI, trust: TrustStore, now: int) -> None:
