@@ -363,7 +363,9 @@ def test_leaf_key_usage_with_more_than_digital_signature(
 
 
 def test_ca_key_usage_without_key_cert_sign(pki: TestPKI, trust: TrustStore, now: int) -> None:
-    ca = pki.root.issue_ca("STI-CA without keyCertSign", key_usage=CA_KEY_USAGE_WITHOUT_KEY_CERT_SIGN)
+    ca = pki.root.issue_ca(
+        "STI-CA without keyCertSign", key_usage=CA_KEY_USAGE_WITHOUT_KEY_CERT_SIGN
+    )
     ku = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert not ku.key_cert_sign
     assert ku.crl_sign

@@ -5,7 +5,9 @@ on the same Redis and key prefix. Redis outages are real: a TcpProxy (verifier.t
 between an instance and Redis is cut, or the instance talks to a server that never answers.
 
 Needs a Redis you can write to on 127.0.0.1: set VERIFIER_TEST_REDIS_URL (CI sets
-redis://127.0.0.1:6379/15). Every test uses its own key prefix and deletes its keys.
+redis://127.0.0.1:6379/15); the ``redis_url`` fixture (conftest) skips the tests when it is
+unset and fails them when that Redis does not answer. Every test uses its own key prefix
+and deletes its keys.
 """
 
 # STYLE.md: asserts read ``expected == actual``.
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,26 +35,7 @@ from verifier.testing import TestPKI
 from verifier.testing.faults import TcpProxy
 from verifier.testing.repository import Repository
 
-HOW = "set VERIFIER_TEST_REDIS_URL=redis://127.0.0.1:6379/15 (a Redis you can write to)"
 RETRY = 0.2  # retry_after in these tests: Redis is tried again this soon after an error
-
-
-@pytest.fixture
-async def redis_url() -> str:
-    """The test Redis, answering on loopback, or the test is skipped (saying how to run it)."""
-    url = os.environ.get("VERIFIER_TEST_REDIS_URL")
-    if not url:
-        pytest.skip(f"no Redis for the shared-tier tests: {HOW}")
-    if URL(url).host not in ("127.0.0.1", "localhost", "::1"):
-        pytest.skip(f"these tests only talk to 127.0.0.1, not {URL(url).host}: {HOW}")
-    client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        await client.ping()
-    except Exception as exc:  # whatever the failure, there is no usable Redis
-        pytest.skip(f"Redis at {url} does not answer ({exc}): {HOW}")
-    finally:
-        await client.aclose()
-    return url
 
 
 class Fleet:

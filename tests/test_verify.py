@@ -12,7 +12,6 @@ from cryptography import x509
 
 from verifier.core import errors
 from verifier.core.certs import Credential, TrustStore, credential_from_public_key
-from verifier.core.es256 import ES256Key, check_each
 from verifier.core.errors import (
     NO_TN_VALIDATION,
     TN_VALIDATION_FAILED,
@@ -20,6 +19,7 @@ from verifier.core.errors import (
     VerificationError,
     all_error_classes,
 )
+from verifier.core.es256 import ES256Key, check_each
 from verifier.core.passport import b64url_decode
 from verifier.core.verify import (
     CallInfo,
