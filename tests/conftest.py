@@ -4,6 +4,7 @@ for the record tests, their helpers (``kit``) and a PostgreSQL schema of their o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -18,9 +19,10 @@ import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 from psycopg import sql
 
-from verifier.core.certs import TrustStore
+from verifier.core.certs import Credential, TrustStore
 from verifier.core.verify import CallInfo, Result, VerifyOptions, verify_offline
 from verifier.net.fetch import CertificateFetcher
 from verifier.records import Record, RecordQuery, RecordStore, SqliteRecordStore
@@ -104,6 +106,31 @@ def check(signer: Signer, trust: TrustStore, now: int) -> Check:
         )
 
     return run
+
+
+Accepted = Callable[..., None]
+
+
+def _accepted(
+    credential: Credential, signer: Signer, *, spc: str = "1234", chain_length: int = 3
+) -> None:
+    """Assert that ``credential`` is ``signer``'s validated chain: the SPC, the leaf's SHA-256
+    fingerprint (hashlib over its DER), the chain's length (anchor included) and the key."""
+    info = credential.certificate
+    assert info is not None, "no certificate checked"
+    assert (spc,) == info.spc
+    assert hashlib.sha256(signer.cert.public_bytes(Encoding.DER)).hexdigest() == (
+        info.fingerprint_sha256
+    )
+    assert chain_length == len(info.chain)
+    assert signer.cert.public_key() == credential.public_key
+
+
+@pytest.fixture(scope="session")
+def accepted() -> Accepted:
+    """``accepted(credential, signer, spc="1234", chain_length=3)``: what a test that accepts
+    a certificate asserts (not just "no exception")."""
+    return _accepted
 
 
 RawJws = Callable[[bytes, bytes], str]

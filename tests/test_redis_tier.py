@@ -19,7 +19,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from redis.asyncio import Redis
@@ -34,6 +34,9 @@ from verifier.net.transport import HttpClientSettings
 from verifier.testing import TestPKI
 from verifier.testing.faults import TcpProxy
 from verifier.testing.repository import Repository
+
+if TYPE_CHECKING:  # pytest imports conftest itself
+    from conftest import Accepted
 
 RETRY = 0.2  # retry_after in these tests: Redis is tried again this soon after an error
 
@@ -126,14 +129,16 @@ async def silent_server() -> AsyncIterator[int]:
 
 
 async def test_cold_burst_across_two_instances_fetches_once(
-    pki: TestPKI, repo: Repository, fleet: Fleet
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
 ) -> None:
     url = repo.put("/sp.pem", pki.signer.chain_pem(), delay=0.05)
     a = await fleet.fetcher(fleet.link())
     b = await fleet.fetcher(fleet.link())
     now = time.time()
     got = await asyncio.gather(*((a if i % 2 else b).get(url, now=now) for i in range(200)))
-    assert 200 == len([c for c in got if c.certificate is not None])
+    assert 200 == len(got)
+    for credential in got:
+        accepted(credential, pki.signer)
     assert 1 == repo.counts["/sp.pem"]
     ta, tb = fleet.tier(a).counters, fleet.tier(b).counters
     assert 1 == ta.lock_acquired + tb.lock_acquired  # the other instance waited
@@ -143,7 +148,7 @@ async def test_cold_burst_across_two_instances_fetches_once(
 
 
 async def test_second_instance_finds_the_chain_in_redis(
-    pki: TestPKI, repo: Repository, fleet: Fleet
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
 ) -> None:
     url = repo.put("/sp2.pem", pki.signer.chain_pem())
     a = await fleet.fetcher(fleet.link())
@@ -151,14 +156,15 @@ async def test_second_instance_finds_the_chain_in_redis(
     first = await a.get(url, now=time.time())
     second = await b.get(url, now=time.time())
     assert 1 == repo.counts["/sp2.pem"]
-    assert first.certificate is not None and second.certificate is not None
-    assert first.certificate.serial == second.certificate.serial
+    accepted(first, pki.signer)
+    accepted(second, pki.signer)
+    assert first.certificate == second.certificate
     assert (1, 0) == (b.stats()["store_hits"], b.stats()["fetches"])
     assert 1 == fleet.tier(b).counters.hits
 
 
 async def test_shared_chain_is_validated_locally(
-    pki: TestPKI, repo: Repository, fleet: Fleet
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
 ) -> None:
     url = repo.put("/sp3.pem", pki.signer.chain_pem())
     a = await fleet.fetcher(fleet.link())
@@ -169,7 +175,7 @@ async def test_shared_chain_is_validated_locally(
     )
     b = await fleet.fetcher(fleet.link())
     credential = await b.get(url, now=time.time())  # refused the shared chain, fetched it
-    assert credential.certificate is not None
+    accepted(credential, pki.signer)
     assert (2, 0, 1) == (repo.counts["/sp3.pem"], b.stats()["store_hits"], b.stats()["fetches"])
     other_trust = await fleet.fetcher(fleet.link())
     other_trust.set_trust(TrustStore([pki.untrusted_root().cert]))
@@ -177,7 +183,9 @@ async def test_shared_chain_is_validated_locally(
         await other_trust.get(url, now=time.time())
 
 
-async def test_malformed_entries_are_misses(pki: TestPKI, repo: Repository, fleet: Fleet) -> None:
+async def test_malformed_entries_are_misses(
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
+) -> None:
     url = repo.put("/sp4.pem", pki.signer.chain_pem())
     link = fleet.link()
     shared = RedisTier(link)
@@ -187,7 +195,7 @@ async def test_malformed_entries_are_misses(pki: TestPKI, repo: Repository, flee
     assert None is await shared.load(url)
     assert 2 == shared.counters.malformed
     fetcher = await fleet.fetcher(link)
-    assert (await fetcher.get(url, now=time.time())).certificate is not None
+    accepted(await fetcher.get(url, now=time.time()), pki.signer)
     assert 1 == repo.counts["/sp4.pem"]
 
 
@@ -210,7 +218,9 @@ async def test_failure_is_shared_within_failure_ttl(repo: Repository, fleet: Fle
     assert 1 == fleet.tier(c).counters.failure_hits
 
 
-async def test_shared_failure_expires(repo: Repository, fleet: Fleet, pki: TestPKI) -> None:
+async def test_shared_failure_expires(
+    repo: Repository, fleet: Fleet, pki: TestPKI, accepted: Accepted
+) -> None:
     url = repo.put("/later.pem", b"", status=404)
     a = await fleet.fetcher(fleet.link(), failure_ttl=0.3)
     with pytest.raises(errors.X5uFetchFailed):
@@ -218,7 +228,7 @@ async def test_shared_failure_expires(repo: Repository, fleet: Fleet, pki: TestP
     repo.put("/later.pem", pki.signer.chain_pem())
     await asyncio.sleep(0.4)
     b = await fleet.fetcher(fleet.link(), failure_ttl=0.3)
-    assert (await b.get(url, now=time.time())).certificate is not None
+    accepted(await b.get(url, now=time.time()), pki.signer)
     assert 2 == repo.counts["/later.pem"]
 
 
@@ -240,13 +250,15 @@ async def test_trust_dependent_failures_are_not_shared(
 # -- the fetch lock ----------------------------------------------------------------------------
 
 
-async def test_dead_lock_holder_is_taken_over(pki: TestPKI, repo: Repository, fleet: Fleet) -> None:
+async def test_dead_lock_holder_is_taken_over(
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
+) -> None:
     url = repo.put("/orphan.pem", pki.signer.chain_pem())
     dead = RedisTier(fleet.link(lock_ttl=0.3))
     assert await dead.acquire(url)  # and never released: its instance died
     b = await fleet.fetcher(fleet.link())
     started = time.monotonic()
-    assert (await b.get(url, now=time.time())).certificate is not None
+    accepted(await b.get(url, now=time.time()), pki.signer)
     elapsed = time.monotonic() - started
     assert 0.25 < elapsed < 1.0, elapsed
     assert 1 == repo.counts["/orphan.pem"]
@@ -254,14 +266,14 @@ async def test_dead_lock_holder_is_taken_over(pki: TestPKI, repo: Repository, fl
 
 
 async def test_wait_is_bounded_by_the_fetch_timeout(
-    pki: TestPKI, repo: Repository, fleet: Fleet
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
 ) -> None:
     url = repo.put("/stuck.pem", pki.signer.chain_pem())
     stuck = RedisTier(fleet.link(lock_ttl=30))
     assert await stuck.acquire(url)  # a holder that hangs
     b = await fleet.fetcher(fleet.link(), timeout=0.4)
     started = time.monotonic()
-    assert (await b.get(url, now=time.time())).certificate is not None
+    accepted(await b.get(url, now=time.time()), pki.signer)
     elapsed = time.monotonic() - started
     assert 0.35 < elapsed < 1.2, elapsed
     assert (1, 1) == (repo.counts["/stuck.pem"], fleet.tier(b).counters.lock_timeouts)
@@ -284,7 +296,9 @@ async def test_release_only_frees_ones_own_lock(fleet: Fleet) -> None:
 # -- Redis away --------------------------------------------------------------------------------
 
 
-async def test_redis_cut_then_restored(pki: TestPKI, repo: Repository, fleet: Fleet) -> None:
+async def test_redis_cut_then_restored(
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
+) -> None:
     one = repo.put("/one.pem", pki.signer.chain_pem())
     two = repo.put("/two.pem", pki.signer.chain_pem())
     async with TcpProxy("127.0.0.1", fleet.redis_port) as proxy:
@@ -295,10 +309,10 @@ async def test_redis_cut_then_restored(pki: TestPKI, repo: Repository, fleet: Fl
         proxy.cut()
         b = await fleet.fetcher(fleet.link(port=proxy.port))
         started = time.monotonic()
-        assert (await b.get(one, now=time.time())).certificate is not None  # fetched directly
-        assert (await a.get(two, now=time.time())).certificate is not None
+        accepted(await b.get(one, now=time.time()), pki.signer)  # fetched directly
+        accepted(await a.get(two, now=time.time()), pki.signer)
         assert time.monotonic() - started < 2 * 0.15 + 1.0
-        assert (await a.get(one, now=time.time())).certificate is not None  # memory tier
+        accepted(await a.get(one, now=time.time()), pki.signer)  # memory tier
         assert (2, 1) == (repo.counts["/one.pem"], repo.counts["/two.pem"])
         assert not fleet.tier(a).healthy and not fleet.tier(b).healthy
         assert fleet.tier(b).last_error is not None
@@ -310,8 +324,8 @@ async def test_redis_cut_then_restored(pki: TestPKI, repo: Repository, fleet: Fl
         await a.get(three, now=time.time())  # fetched and published
         assert fleet.tier(a).healthy
         c = await fleet.fetcher(fleet.link(port=proxy.port))
-        assert (await c.get(one, now=time.time())).certificate is not None  # from Redis
-        assert (await c.get(three, now=time.time())).certificate is not None
+        accepted(await c.get(one, now=time.time()), pki.signer)  # from Redis
+        accepted(await c.get(three, now=time.time()), pki.signer)
         assert (2, 1, 2) == (
             repo.counts["/one.pem"],
             repo.counts["/three.pem"],
@@ -319,13 +333,15 @@ async def test_redis_cut_then_restored(pki: TestPKI, repo: Repository, fleet: Fl
         )
 
 
-async def test_hung_redis_costs_one_timeout(pki: TestPKI, repo: Repository, fleet: Fleet) -> None:
+async def test_hung_redis_costs_one_timeout(
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
+) -> None:
     url = repo.put("/hung.pem", pki.signer.chain_pem())
     async with silent_server() as port:
         link = fleet.link(port=port, timeout=0.1, retry_after=30)
         fetcher = await fleet.fetcher(link)
         started = time.monotonic()
-        assert (await fetcher.get(url, now=time.time())).certificate is not None
+        accepted(await fetcher.get(url, now=time.time()), pki.signer)
         assert time.monotonic() - started < 0.1 + 0.5
         assert not link.healthy
         assert link.last_error is not None and "Timeout" in link.last_error
@@ -438,11 +454,11 @@ def test_link_needs_a_url() -> None:
 
 
 async def test_shared_failure_of_another_kind_is_ignored(
-    pki: TestPKI, repo: Repository, fleet: Fleet
+    pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
 ) -> None:
     url = repo.put("/odd.pem", pki.signer.chain_pem())
     link = fleet.link()
     failure = SharedFailure(slug="cert_not_trusted", detail="x", expires_at=time.time() + 60)
     await RedisTier(link).save_failure(url, failure)
     fetcher = await fleet.fetcher(link)
-    assert (await fetcher.get(url, now=time.time())).certificate is not None
+    accepted(await fetcher.get(url, now=time.time()), pki.signer)
