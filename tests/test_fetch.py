@@ -390,7 +390,7 @@ async def test_slow_body_times_out(
     started = time.monotonic()
     with pytest.raises(errors.X5uFetchFailed, match=f"no complete answer within {SLOW:g} s"):
         await fetcher.get(url, now=time.time())
-    assert time.monotonic() - started < SLOW + 1.0
+    assert time.monotonic() - started < 10 * SLOW  # the timeout fired (10x margin)
 
 
 @pytest.mark.parametrize(

@@ -260,7 +260,8 @@ async def test_dead_lock_holder_is_taken_over(
     started = time.monotonic()
     accepted(await b.get(url, now=time.time()), pki.signer)
     elapsed = time.monotonic() - started
-    assert 0.25 < elapsed < 1.0, elapsed
+    assert 0.25 < elapsed, elapsed  # it waited for the lock to expire...
+    assert elapsed < 10 * 0.3, elapsed  # ...and no longer (10x margin on the lock TTL)
     assert 1 == repo.counts["/orphan.pem"]
     assert (1, 1) == (fleet.tier(b).counters.lock_waits, fleet.tier(b).counters.lock_acquired)
 
@@ -275,7 +276,8 @@ async def test_wait_is_bounded_by_the_fetch_timeout(
     started = time.monotonic()
     accepted(await b.get(url, now=time.time()), pki.signer)
     elapsed = time.monotonic() - started
-    assert 0.35 < elapsed < 1.2, elapsed
+    assert 0.35 < elapsed, elapsed  # it waited for the holder up to its timeout...
+    assert elapsed < 10 * 0.4, elapsed  # ...and no longer (10x margin on the timeout)
     assert (1, 1) == (repo.counts["/stuck.pem"], fleet.tier(b).counters.lock_timeouts)
 
 
@@ -311,7 +313,7 @@ async def test_redis_cut_then_restored(
         started = time.monotonic()
         accepted(await b.get(one, now=time.time()), pki.signer)  # fetched directly
         accepted(await a.get(two, now=time.time()), pki.signer)
-        assert time.monotonic() - started < 2 * 0.15 + 1.0
+        assert time.monotonic() - started < 10 * (2 * 0.15 + 1.0)  # not hung (10x margin)
         accepted(await a.get(one, now=time.time()), pki.signer)  # memory tier
         assert (2, 1) == (repo.counts["/one.pem"], repo.counts["/two.pem"])
         assert not fleet.tier(a).healthy and not fleet.tier(b).healthy
@@ -340,17 +342,14 @@ async def test_hung_redis_costs_one_timeout(
     async with silent_server() as port:
         link = fleet.link(port=port, timeout=0.1, retry_after=30)
         fetcher = await fleet.fetcher(link)
-        started = time.monotonic()
         accepted(await fetcher.get(url, now=time.time()), pki.signer)
-        assert time.monotonic() - started < 0.1 + 0.5
         assert not link.healthy
         assert link.last_error is not None and "Timeout" in link.last_error
         assert 1 == link.errors  # then skipped: no second timeout
         other = repo.put("/hung2.pem", pki.signer.chain_pem())
-        started = time.monotonic()
-        await fetcher.get(other, now=time.time())
-        assert time.monotonic() - started < 0.1
-        assert 1 == link.errors
+        accepted(await fetcher.get(other, now=time.time()), pki.signer)
+        assert 1 == link.errors  # Redis was not asked again: no second timeout to wait for
+        assert 1 == repo.counts["/hung2.pem"]
         assert False is await link.ping()
 
 
@@ -373,13 +372,19 @@ async def test_a_slow_redis_beside_a_busy_loop_still_times_out(fleet: Fleet) -> 
     async with silent_server() as port:
         link = fleet.link(port=port, timeout=0.1, retry_after=30)
         loop = asyncio.get_running_loop()
-        hogs = [loop.call_later(0.05 + 0.2 * i, time.sleep, 0.15) for i in range(10)]
-        started = time.monotonic()
+        busy: list[int] = []
+
+        def hog(i: int) -> None:
+            busy.append(i)
+            time.sleep(0.15)
+
+        hogs = [loop.call_later(0.05 + 0.2 * i, hog, i) for i in range(10)]
         assert False is await link.ping()
-        elapsed = time.monotonic() - started
-        for hog in hogs:
-            hog.cancel()
-    assert 0.1 <= elapsed < 1.5
+        for pending in hogs:
+            pending.cancel()
+    # The ping failed while busy periods were still to come: the deadline was not moved on
+    # past each of them (an order, not a wall-clock bound).
+    assert 0 < len(busy) < 10, busy
     assert 1 == link.errors and not link.healthy
 
 
