@@ -315,8 +315,8 @@ class ServiceTally:
         for item in items:
             names = getattr(item, "fixturenames", ())
             callspec = getattr(item, "callspec", None)
-            if callspec is not None and callspec.params.get("record_store") == "postgres":
-                names = [*names, "database_url"]  # got by getfixturevalue, not by name
+            if callspec is not None and "postgres" in callspec.params.values():
+                names = [*names, "database_url"]  # a backend param: got by getfixturevalue
             for fixture, service in SERVICES.items():
                 if fixture in names:
                     self.needs[item.nodeid] = service
