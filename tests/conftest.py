@@ -1,6 +1,8 @@
 """Shared fixtures: one test STI PKI per session (making keys is slow-ish), a trust store
-holding its root, a fixed ``now`` and a one-call verifier over the default signer's chain;
-for the record tests, their helpers (``kit``) and a PostgreSQL schema of their own."""
+holding its root, a fixed ``now``, a one-call verifier over the default signer's chain and
+what accepting a certificate asserts (``accepted``); for the record tests, their helpers
+(``kit``) and a PostgreSQL schema of their own; the shared services (``redis_url``,
+``database_url``: skipped when unset, failed when set and down, counted in the summary)."""
 
 from __future__ import annotations
 
