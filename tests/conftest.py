@@ -1,9 +1,12 @@
 """Shared fixtures: one test STI PKI per session (making keys is slow-ish), a trust store
-holding its root, a fixed ``now`` and a one-call verifier over the default signer's chain;
-for the record tests, their helpers (``kit``) and a PostgreSQL schema of their own."""
+holding its root, a fixed ``now``, a one-call verifier over the default signer's chain and
+what accepting a certificate asserts (``accepted``); for the record tests, their helpers
+(``kit``) and a PostgreSQL schema of their own; the shared services (``redis_url``,
+``database_url``: skipped when unset, failed when set and down, counted in the summary)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
@@ -14,12 +17,14 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 from psycopg import sql
 
-from verifier.core.certs import TrustStore
+from verifier.core.certs import Credential, TrustStore
 from verifier.core.verify import CallInfo, Result, VerifyOptions, verify_offline
 from verifier.net.fetch import CertificateFetcher
 from verifier.records import Record, RecordQuery, RecordStore, SqliteRecordStore
@@ -103,6 +108,31 @@ def check(signer: Signer, trust: TrustStore, now: int) -> Check:
         )
 
     return run
+
+
+Accepted = Callable[..., None]
+
+
+def _accepted(
+    credential: Credential, signer: Signer, *, spc: str = "1234", chain_length: int = 3
+) -> None:
+    """Assert that ``credential`` is ``signer``'s validated chain: the SPC, the leaf's SHA-256
+    fingerprint (hashlib over its DER), the chain's length (anchor included) and the key."""
+    info = credential.certificate
+    assert info is not None, "no certificate checked"
+    assert (spc,) == info.spc
+    assert hashlib.sha256(signer.cert.public_bytes(Encoding.DER)).hexdigest() == (
+        info.fingerprint_sha256
+    )
+    assert chain_length == len(info.chain)
+    assert signer.cert.public_key() == credential.public_key
+
+
+@pytest.fixture(scope="session")
+def accepted() -> Accepted:
+    """``accepted(credential, signer, spc="1234", chain_length=3)``: what a test that accepts
+    a certificate asserts (not just "no exception")."""
+    return _accepted
 
 
 RawJws = Callable[[bytes, bytes], str]
@@ -227,22 +257,91 @@ def lite(tmp_path: Path) -> Iterator[SqliteRecordStore]:
     store.close()
 
 
+# -- shared services (Redis, PostgreSQL): skipped only when their URL is unset ------------------
+
+REDIS_HOW = "set VERIFIER_TEST_REDIS_URL=redis://127.0.0.1:6379/15, a Redis you can write to"
+SERVICES = {"redis_url": "Redis", "database_url": "PostgreSQL"}
+"""The fixtures that hand out a shared service, and its name in the test summary."""
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _service_url(variable: str, name: str, how: str) -> str:
+    """``variable``'s URL: the test is skipped when it is unset, and fails (it does not skip)
+    when it is set but names another host; CI sets it, so a service down is a red run."""
+    url = os.environ.get(variable)
+    if not url:
+        pytest.skip(f"{name} tests: {how}")
+    host = urlsplit(url).hostname
+    if host not in _LOOPBACK:
+        pytest.fail(f"{variable} names {host}: these tests only talk to 127.0.0.1 ({how})")
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """VERIFIER_TEST_REDIS_URL, a Redis on this machine that answers; the test is skipped when
+    it is unset and fails when the server does not answer."""
+    url = _service_url("VERIFIER_TEST_REDIS_URL", "Redis", REDIS_HOW)
+    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"VERIFIER_TEST_REDIS_URL is set but Redis at {url} does not answer ({exc})")
+    finally:
+        client.close()
+    return url
+
+
 @pytest.fixture(scope="session")
 def database_url() -> str:
-    """VERIFIER_TEST_DATABASE_URL, a PostgreSQL server on this machine that answers; the
-    test is skipped otherwise."""
-    url = os.environ.get("VERIFIER_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip(f"PostgreSQL tests: {PG_HOW}")
-    host = urlsplit(url).hostname
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        pytest.skip(f"PostgreSQL tests only talk to 127.0.0.1, not {host}: {PG_HOW}")
+    """VERIFIER_TEST_DATABASE_URL, a PostgreSQL server on this machine that answers; the test
+    is skipped when it is unset and fails when the server does not answer."""
+    url = _service_url("VERIFIER_TEST_DATABASE_URL", "PostgreSQL", PG_HOW)
     try:
         psycopg.connect(url, connect_timeout=3).close()
     except psycopg.Error as exc:
         why = " ".join(str(exc).split())
-        pytest.skip(f"PostgreSQL on {host}:{urlsplit(url).port} does not answer ({why}): {PG_HOW}")
+        pytest.fail(f"VERIFIER_TEST_DATABASE_URL is set but PostgreSQL does not answer ({why})")
     return url
+
+
+class ServiceTally:
+    """A plugin: which tests need a shared service, and how each ended, told in the summary
+    (so that a run says how many Redis and PostgreSQL tests ran rather than skipped)."""
+
+    def __init__(self) -> None:
+        self.needs: dict[str, str] = {}  # nodeid -> service name
+        self.outcomes: dict[str, dict[str, int]] = {n: {} for n in SERVICES.values()}
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            names = getattr(item, "fixturenames", ())
+            callspec = getattr(item, "callspec", None)
+            if callspec is not None and "postgres" in callspec.params.values():
+                names = [*names, "database_url"]  # a backend param: got by getfixturevalue
+            for fixture, service in SERVICES.items():
+                if fixture in names:
+                    self.needs[item.nodeid] = service
+                    break
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # One outcome per test: its call, or its setup when that did not pass (skip or error).
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            service = self.needs.get(report.nodeid)
+            if service is not None:
+                outcome = "ran" if report.when == "call" else report.outcome
+                counts = self.outcomes[service]
+                counts[outcome] = counts.get(outcome, 0) + 1
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        for service, counts in self.outcomes.items():
+            if counts:
+                told = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+                terminalreporter.write_line(f"shared services: {service} tests: {told}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(ServiceTally(), "verifier-service-tally")
 
 
 @pytest.fixture

@@ -29,7 +29,18 @@ from verifier.core.certs import (
     load_chain,
     parse_tnauthlist,
 )
-from verifier.testing import TestPKI, encode_tnauthlist, pem, write_pki
+from verifier.core.verify import verify_offline
+from verifier.testing import (
+    CA_KEY_USAGE,
+    CA_KEY_USAGE_WITHOUT_KEY_CERT_SIGN,
+    LEAF_KEY_USAGE,
+    LEAF_KEY_USAGE_WITHOUT_DIGITAL_SIGNATURE,
+    Signer,
+    TestPKI,
+    encode_tnauthlist,
+    pem,
+    write_pki,
+)
 
 STI_CA_CERTS = Path(__file__).parent / "conformance" / "sti-ca-certs"
 STI_CA_FILES = sorted(STI_CA_CERTS.glob("*.pem"))
@@ -39,6 +50,18 @@ DAY = dt.timedelta(days=1)
 
 def _sha256(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def _accepted(
+    credential: Credential, leaf: x509.Certificate, spc: str = "1234", length: int = 3
+) -> None:
+    """What accepting a chain must report: the SPC, the leaf's fingerprint, the chain length."""
+    info = credential.certificate
+    assert info is not None
+    assert (spc,) == info.spc
+    assert _sha256(leaf) == info.fingerprint_sha256
+    assert length == len(info.chain)
+    assert leaf.public_key() == credential.public_key
 
 
 def _key_kind(cert: x509.Certificate) -> str:
@@ -251,7 +274,7 @@ def test_expired_intermediate(pki: TestPKI, trust: TrustStore, now: int) -> None
 def test_validity_is_checked_at_the_given_moment(pki: TestPKI, trust: TrustStore, now: int) -> None:
     # An expired leaf is fine when verifying a recorded call made while it was valid.
     signer = pki.ca.issue_leaf(not_before=_at(now, -0.5), not_after=_at(now, -0.25))
-    trust.validate(signer.chain, now - 86400 * 0.4)
+    _accepted(trust.validate(signer.chain, now - 86400 * 0.4), signer.cert)
     with pytest.raises(errors.CertificateExpired):
         trust.validate(signer.chain, now)
 
@@ -285,36 +308,100 @@ def test_wrong_policy_oid(pki: TestPKI, now: int) -> None:
 
 
 def test_no_policy_extension_passes_by_default(pki: TestPKI, trust: TrustStore, now: int) -> None:
-    info = trust.validate(pki.ca.issue_leaf(policy_oid=None).chain, now).certificate
-    assert info is not None
-    assert () == info.policy_oids
+    signer = pki.ca.issue_leaf(policy_oid=None)
+    credential = trust.validate(signer.chain, now)
+    _accepted(credential, signer.cert)
+    assert credential.certificate is not None
+    assert () == credential.certificate.policy_oids
 
 
 def test_rsa_2048_ca(pki: TestPKI, trust: TrustStore, now: int) -> None:
-    ca = pki.root.issue_ca("RSA STI-CA", key_type="rsa2048")
-    assert ("1234",) == trust.validate(ca.issue_leaf().chain, now).certificate.spc  # type: ignore[union-attr]
+    signer = pki.root.issue_ca("RSA STI-CA", key_type="rsa2048").issue_leaf()
+    _accepted(trust.validate(signer.chain, now), signer.cert)
 
 
 @pytest.mark.parametrize("root_key", ["p384", "p521"])
 def test_other_curve_roots(root_key: Any, now: int) -> None:
     other = TestPKI.create(root_key=root_key, spc="567J")
     credential = TrustStore([other.root.cert]).validate(other.signer.chain, now)
+    _accepted(credential, other.signer.cert, spc="567J")
     assert credential.certificate is not None
-    assert ("567J",) == credential.certificate.spc
+    assert _sha256(other.root.cert) == credential.certificate.anchor
 
 
 def test_ca_with_any_extended_key_usage(pki: TestPKI, trust: TrustStore, now: int) -> None:
-    ca = pki.root.issue_ca("EKU STI-CA", any_eku=True)
-    trust.validate(ca.issue_leaf().chain, now)
+    signer = pki.root.issue_ca("EKU STI-CA", any_eku=True).issue_leaf()
+    _accepted(trust.validate(signer.chain, now), signer.cert)
 
 
 def test_critical_tnauthlist(pki: TestPKI, trust: TrustStore, now: int) -> None:
-    trust.validate(pki.ca.issue_leaf(tnauthlist_critical=True).chain, now)
+    signer = pki.ca.issue_leaf(tnauthlist_critical=True)
+    _accepted(trust.validate(signer.chain, now), signer.cert)
 
 
 def test_leaf_without_key_usage(pki: TestPKI, trust: TrustStore, now: int) -> None:
     with pytest.raises(errors.CertificateNotTrusted):
         trust.validate(pki.ca.issue_leaf(key_usage=False).chain, now)
+
+
+# keyUsage (ATIS-1000080): present but lacking the one bit each certificate needs.
+
+
+def _verdict(signer: Signer, trust: TrustStore, now: int) -> tuple[str, int | None, str | None]:
+    result = verify_offline(signer.identity(iat=now), now=now, chain=signer.chain, trust=trust)
+    reason = result.reason
+    return result.verstat, reason.sip_code if reason else None, reason.slug if reason else None
+
+
+def test_leaf_key_usage_without_digital_signature(
+    pki: TestPKI, trust: TrustStore, now: int
+) -> None:
+    signer = pki.ca.issue_leaf(key_usage=LEAF_KEY_USAGE_WITHOUT_DIGITAL_SIGNATURE)
+    ku = signer.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert not ku.digital_signature
+    assert ku.content_commitment
+    with pytest.raises(errors.CertificateNotTrusted, match="digitalSignature") as info:
+        trust.validate(signer.chain, now)
+    assert 437 == info.value.sip_code
+    assert ("TN-Validation-Failed", 437, "cert_not_trusted") == _verdict(signer, trust, now)
+
+
+def test_leaf_key_usage_with_more_than_digital_signature(
+    pki: TestPKI, trust: TrustStore, now: int
+) -> None:
+    extra = x509.KeyUsage(True, True, False, False, False, False, False, False, False)
+    signer = pki.ca.issue_leaf(key_usage=extra)
+    info = trust.validate(signer.chain, now).certificate
+    assert info is not None
+    assert ("1234",) == info.spc
+    assert _sha256(signer.cert) == info.fingerprint_sha256
+    assert ("TN-Validation-Passed", None, None) == _verdict(signer, trust, now)
+
+
+def test_ca_key_usage_without_key_cert_sign(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    ca = pki.root.issue_ca(
+        "STI-CA without keyCertSign", key_usage=CA_KEY_USAGE_WITHOUT_KEY_CERT_SIGN
+    )
+    ku = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert not ku.key_cert_sign
+    assert ku.crl_sign
+    signer = ca.issue_leaf()
+    with pytest.raises(errors.CertificateNotTrusted, match="keyCertSign") as info:
+        trust.validate(signer.chain, now)
+    assert 437 == info.value.sip_code
+    assert ("TN-Validation-Failed", 437, "cert_not_trusted") == _verdict(signer, trust, now)
+
+
+def test_default_key_usages(pki: TestPKI) -> None:
+    assert LEAF_KEY_USAGE == pki.signer.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    for cert in (pki.ca.cert, pki.root.cert):
+        assert CA_KEY_USAGE == cert.extensions.get_extension_for_class(x509.KeyUsage).value
+
+
+def test_ca_key_usage_with_key_cert_sign_passes(pki: TestPKI, trust: TrustStore, now: int) -> None:
+    only = x509.KeyUsage(False, False, False, False, False, True, False, False, False)
+    signer = pki.root.issue_ca("STI-CA with keyCertSign only", key_usage=only).issue_leaf()
+    assert ("TN-Validation-Passed", None, None) == _verdict(signer, trust, now)
 
 
 def test_untrusted_root(pki: TestPKI, trust: TrustStore, now: int) -> None:
@@ -429,7 +516,7 @@ def test_write_pki_private_keys_are_0600(tmp_path: Path, now: int) -> None:
     trust = TrustStore.from_paths([tmp_path / "root.pem"])
     chain = load_chain((tmp_path / "sp.pem").read_bytes())
     assert pki.signer.cert == chain[0]
-    trust.validate(chain, now)
+    _accepted(trust.validate(chain, now), pki.signer.cert)
 
 
 def test_a_ca_certificate_cannot_sign_passports(pki: TestPKI, trust: TrustStore) -> None:

@@ -3,6 +3,7 @@ offline as of its iat, must reach the verdict its meta.json's ``strict_expectati
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from pathlib import Path
@@ -10,12 +11,15 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from verifier.core import errors
 from verifier.core.certs import TNAUTHLIST_OID, TrustStore, parse_tnauthlist
 from verifier.core.errors import TN_VALIDATION_PASSED
 from verifier.core.verify import CallInfo, Result, verify_offline
+from verifier.testing import b64url
 
 VECTORS = Path(__file__).parent / "conformance" / "vectors"
 VECTOR_DIRS = sorted(p for p in VECTORS.iterdir() if p.is_dir())
@@ -172,3 +176,65 @@ def test_vector_019_020_signatures_are_der_not_raw() -> None:
         result = verify_offline(identity, now=now, public_key=chain[0].public_key())
         assert result.reason is not None
         assert errors.InvalidEncoding.slug == result.reason.slug
+
+
+# 016 and 017 above stop at their (reused) signature. Here the same header and payload bytes
+# are signed by a key of our own, so that the payload defects they were published for are what
+# fails; one defect at a time, and with every defect repaired the vector passes (a control).
+SEMS_ORIG = (b'"orig":{"tn":""}', b'"orig":{"tn":"12155551212"}')
+SEMS_016_DEST = (b'"dest":"dss"', b'"dest":{"tn":["12155551213"]}')
+SEMS_016_IAT = (b'"ia":', b'"iat":')
+SEMS_017_DEST = (b'"dest":{"tn":"d"}', b'"dest":{"tn":["12155551213"]}')
+SEMS_017_ATTEST = (b'"attest":"N"', b'"attest":"C"')
+
+
+def _resigned(vector: Path, repairs: list[tuple[bytes, bytes]]) -> Result:
+    token, _, params = (vector / "identity.txt").read_text().strip().partition(";")
+    h64, p64, _signature = token.split(".")
+    payload = base64.urlsafe_b64decode(p64 + "=" * (-len(p64) % 4))
+    for old, new in repairs:
+        assert old in payload, old
+        payload = payload.replace(old, new)
+    if repairs:
+        p64 = b64url(payload)
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = key.sign(f"{h64}.{p64}".encode(), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    signed = f"{h64}.{p64}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))};{params}"
+    now = 1602055742 + 2  # both vectors' fixtures: 017's iat (016 misspells it)
+    return verify_offline(signed, now=now, public_key=key.public_key())
+
+
+@pytest.mark.parametrize(
+    ("name", "repairs", "slug", "detail"),
+    [
+        ("016-sems-payload-dest-not-object", [], "invalid_tn", "orig.tn ''"),
+        ("016-sems-payload-dest-not-object", [SEMS_ORIG], "invalid_claims", "dest is a str"),
+        ("016-sems-payload-dest-not-object", [SEMS_ORIG, SEMS_016_DEST], "invalid_claims", "iat"),
+        ("017-sems-attest-n", [], "invalid_attest", "attest is 'N'"),
+        ("017-sems-attest-n", [SEMS_ORIG], "invalid_attest", "attest is 'N'"),
+        ("017-sems-attest-n", [SEMS_ORIG, SEMS_017_DEST], "invalid_attest", "attest is 'N'"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else f"{len(v)}-repairs",
+)
+def test_vectors_016_017_payload_defects_with_a_valid_signature(
+    name: str, repairs: list[tuple[bytes, bytes]], slug: str, detail: str
+) -> None:
+    result = _resigned(VECTORS / name, repairs)
+    assert result.reason is not None
+    assert (438, slug) == (result.reason.sip_code, result.reason.slug), result.reason
+    assert detail in result.reason.detail
+    assert errors.NO_TN_VALIDATION == result.verstat
+
+
+@pytest.mark.parametrize(
+    ("name", "repairs"),
+    [
+        ("016-sems-payload-dest-not-object", [SEMS_ORIG, SEMS_016_DEST, SEMS_016_IAT]),
+        ("017-sems-attest-n", [SEMS_ORIG, SEMS_017_DEST, SEMS_017_ATTEST]),
+    ],
+    ids=["016", "017"],
+)
+def test_vectors_016_017_pass_once_repaired(name: str, repairs: list[tuple[bytes, bytes]]) -> None:
+    result = _resigned(VECTORS / name, repairs)
+    assert TN_VALIDATION_PASSED == result.verstat, result.reason

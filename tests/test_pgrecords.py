@@ -1,7 +1,8 @@
 """verifier.records.postgres: what only the PostgreSQL record store does, against a real server.
 
 Needs VERIFIER_TEST_DATABASE_URL (CI: postgresql://postgres@127.0.0.1:5432/test); without
-it, or when the server does not answer, every test here is skipped. Each test works in its
+it every test here is skipped, and when it is set and the server does not answer they fail
+(a configured service down is a red run, not a green one). Each test works in its
 own schema (``verifier_test_<uuid>``), dropped afterwards. The database outage is real: a
 :class:`verifier.testing.faults.TcpProxy` between the store and the server is cut and restored.
 

@@ -372,6 +372,47 @@ async def test_rfc_8_3_icn_data_uri_is_inline() -> None:
     assert "covered by signature" == verdict.details["/icn"]
 
 
+# Expectations not computed by the module under test: hashlib over the canonical form
+# (RFC 8785 JCS: sorted keys, no whitespace) written out by hand, base64 without padding.
+JCARD_CANONICAL = (
+    b'["vcard",[["version",{},"text","4.0"],["fn",{},"text","Q Branch"],'
+    b'["org",{},"text","MI6;Q Branch Spy Gadgets"],'
+    b'["tel",{"type":["work"]},"uri","tel:+1-202-555-1000"]]]'
+)
+
+
+def _independent_digest(data: bytes, algorithm: str = "sha256") -> str:
+    raw = hashlib.new(algorithm, data).digest()
+    return f"{algorithm}-{base64.b64encode(raw).decode().rstrip('=')}"
+
+
+def test_jcs_of_the_jcard_is_its_canonical_form() -> None:
+    assert JCARD_CANONICAL == jcs(JCARD)
+    assert b'{"a":1,"b":{"c":[true,null]}}' == jcs({"b": {"c": [True, None]}, "a": 1})
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "sha384", "sha512"])
+async def test_inline_digests_match_an_independent_computation(algorithm: str) -> None:
+    rcdi = {
+        "/jcd": _independent_digest(JCARD_CANONICAL, algorithm),
+        "/jcd/1/1/3": _independent_digest(b'"Q Branch"', algorithm),  # a JSON string, quoted
+        "/nam": _independent_digest(b'"Q"', algorithm),
+    }
+    assert rcdi["/jcd"] == digest_of(jcs(JCARD), algorithm)
+    rcd = parsed({"nam": "Q", "jcd": JCARD}, rcdi)
+    assert [] == check_inline(rcd)
+    verdict = await verify_rcd(rcd, None)
+    assert True is verdict.verified
+    assert {"/jcd": "digest ok", "/jcd/1/1/3": "digest ok", "/nam": "digest ok"} == dict(
+        verdict.details
+    )
+    # one byte of the canonical form changed: the same digest no longer matches
+    tampered = parsed(
+        {"nam": "Q", "jcd": JCARD}, {"/jcd": _independent_digest(JCARD_CANONICAL + b" ", algorithm)}
+    )
+    assert ["/jcd: digest mismatch"] == check_inline(tampered)
+
+
 async def test_digest_of_a_member_inside_jcd() -> None:
     ok = parsed({"nam": "Q", "jcd": JCARD}, {"/jcd/1/1/3": digest_of(jcs("Q Branch"))})
     bad = parsed({"nam": "Q", "jcd": JCARD}, {"/jcd/1/1/3": digest_of(b"Q Branch")})

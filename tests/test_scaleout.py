@@ -2,13 +2,13 @@
 (traceback records), with the real HTTPS certificate repository, all on 127.0.0.1.
 
 Needs VERIFIER_TEST_REDIS_URL and VERIFIER_TEST_DATABASE_URL (CI sets both); each test is
-skipped, saying how to run it, when either is missing or does not answer.
+skipped, saying how to run it, when either is unset, and fails when either does not answer
+(conftest's ``redis_url`` and ``database_url``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,55 +25,21 @@ from verifier.testing import TestPKI
 from verifier.testing.faults import TcpProxy
 from verifier.testing.repository import Repository
 
-HOW = (
-    "set VERIFIER_TEST_REDIS_URL=redis://127.0.0.1:6379/15 and"
-    " VERIFIER_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test"
-)
 TOKEN = "scale-out-admin-token-0123456789"
 ORIG, DEST = "12155551212", "12155551213"
 
 
-def _loopback(url: str, name: str) -> str:
-    if urlsplit(url).hostname not in {"127.0.0.1", "localhost", "::1"}:
-        pytest.skip(f"{name}: these tests only talk to 127.0.0.1: {HOW}")
-    return url
-
-
 @pytest.fixture
-async def redis_url() -> str:
-    url = os.environ.get("VERIFIER_TEST_REDIS_URL")
-    if not url:
-        pytest.skip(f"no Redis: {HOW}")
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(_loopback(url, "Redis"), socket_timeout=1)
-    try:
-        await client.ping()
-    except Exception as exc:
-        pytest.skip(f"Redis at {url} does not answer ({exc}): {HOW}")
-    finally:
-        await client.aclose()
-    return url
-
-
-@pytest.fixture
-def database_url() -> AsyncIterator[str] | Any:
-    url = os.environ.get("VERIFIER_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip(f"no PostgreSQL: {HOW}")
+def database_url(database_url: str) -> AsyncIterator[str] | Any:
+    """The test PostgreSQL (conftest's ``database_url``), its search path a new schema."""
     import psycopg
 
-    try:
-        with psycopg.connect(_loopback(url, "PostgreSQL"), connect_timeout=2, autocommit=True):
-            pass
-    except psycopg.Error as exc:
-        pytest.skip(f"PostgreSQL does not answer ({exc}): {HOW}")
     schema = f"verifier_test_{uuid.uuid4().hex}"
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in url else "?"
-    yield f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
-    with psycopg.connect(url, autocommit=True) as conn:
+    sep = "&" if "?" in database_url else "?"
+    yield f"{database_url}{sep}options={quote(f'-csearch_path={schema}')}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 

@@ -24,7 +24,7 @@ def test_mixed_traffic_leaves_the_service_standing() -> None:
     summary = json.loads(run.stdout)
     assert 0 == summary["server_errors"]
     assert [] == summary["unexpected"]
-    assert 500 < summary["requests"]
+    assert 50 < summary["requests"]  # traffic flowed; the rate is benchmarks/soak.py's figure
     assert 0 < summary["new_x5u"]
     statuses = {int(k) for w in summary["windows"] for k in w["statuses"]}
     assert {200, 400} == statuses  # verdicts, and the unparseable bodies' requestError

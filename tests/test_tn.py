@@ -141,3 +141,48 @@ def test_match_numbers_names_the_matching_parties() -> None:
     with pytest.raises(errors.DestMismatch, match="to '12155551299' nor ruri 'sip:x@y'"):
         other = CallInfo(to="12155551299", ruri="sip:x@y")
         match_numbers(claims, (), other.called, True)
+
+
+# National match (ATIS-1000074): only a 10-digit number and 1 + that number are one number.
+# Each given number below ends with (or is a suffix of) the claimed one, or the other way
+# round, and is not the same number: a suffix rule would match them.
+NOT_THE_SAME_NUMBER = [
+    ("442155551212", "2155551212"),  # another country code, claimed national
+    ("2155551212", "442155551212"),  # claimed with another country code
+    ("3312155551212", "12155551212"),  # another country code before a NANP number
+    ("12155551212", "3312155551212"),
+    ("912155551212", "2155551212"),  # longer: 12 digits
+    ("2155551212", "912155551212"),
+    ("155551212", "2155551212"),  # shorter: 9 digits
+    ("2155551212", "155551212"),
+    ("5551212", "12155551212"),  # a 7-digit local number
+    ("12155551212", "5551212"),
+    ("21552155551212", "2155551212"),
+]
+
+
+@pytest.mark.parametrize("nanp", [True, False], ids=["nanp", "exact"])
+@pytest.mark.parametrize(("given", "claimed"), NOT_THE_SAME_NUMBER)
+def test_other_numbers_never_match(given: str, claimed: str, nanp: bool) -> None:
+    assert not same_tn(given, claimed, nanp)
+    call = CallInfo(from_=f"tel:+{given}", to=f"sip:+{given}@example.com;user=phone")
+    with pytest.raises(errors.OrigMismatch):
+        match_numbers(_claims(claimed, "19995550000"), call.calling, (), nanp)
+    with pytest.raises(errors.DestMismatch):
+        match_numbers(_claims("19995550000", claimed), (), call.called, nanp)
+    with pytest.raises(errors.DestMismatch):  # a dest URI's number is matched the same way
+        uri = f"tel:+{claimed}"
+        match_numbers(_claims("19995550000", uris=(uri,)), (), call.called, nanp)
+
+
+@pytest.mark.parametrize(
+    ("given", "claimed"), [("2155551212", "12155551212"), ("12155551212", "2155551212")]
+)
+def test_national_match_orig_and_dest_only_with_nanp(given: str, claimed: str) -> None:
+    call = CallInfo(from_=f"tel:{given}", to=f"tel:{given}")
+    claims = _claims(claimed, claimed)
+    assert {"orig": "from", "dest": "to"} == match_numbers(claims, call.calling, call.called, True)
+    with pytest.raises(errors.OrigMismatch):
+        match_numbers(claims, call.calling, call.called, False)
+    with pytest.raises(errors.DestMismatch):
+        match_numbers(claims, (), call.called, False)

@@ -19,6 +19,7 @@ from verifier.core.errors import (
     VerificationError,
     all_error_classes,
 )
+from verifier.core.es256 import ES256Key, check_each
 from verifier.core.passport import b64url_decode
 from verifier.core.verify import (
     CallInfo,
@@ -28,10 +29,11 @@ from verifier.core.verify import (
     Verification,
     VerifyOptions,
     verify,
+    verify_many,
     verify_offline,
 )
 from verifier.core.x5u import X5uUrl, check_x5u_url
-from verifier.testing import Signer, TestPKI, b64url, identity_header
+from verifier.testing import ChainSource, Signer, TestPKI, b64url, identity_header
 
 Check = Callable[..., Result]
 RawJws = Callable[[bytes, bytes], str]
@@ -325,6 +327,21 @@ def test_nanp_match_can_be_turned_off(check: Check, signer: Signer, now: int) ->
     _fails(check(value, call=CallInfo(to="2155551213"), options=options), errors.DestMismatch)
 
 
+@pytest.mark.parametrize("nanp", [True, False])
+def test_national_claim_does_not_match_another_country(
+    check: Check, signer: Signer, now: int, nanp: bool
+) -> None:
+    # A claimed 2155551212 is not +44 2155551212, nor +1 2155551212 without the national match.
+    options = VerifyOptions(nanp_national_match=nanp)
+    value = signer.identity(iat=now, orig="2155551212", dest="2155551213")
+    for call, error in [
+        (CallInfo(from_="+442155551212"), errors.OrigMismatch),
+        (CallInfo(to="tel:+442155551213"), errors.DestMismatch),
+        (CallInfo(from_="+912155551212"), errors.OrigMismatch),
+    ]:
+        _fails(check(value, call=call, options=options), error)
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -515,6 +532,100 @@ async def test_verify_online_skips_fetch_for_early_failures(
     result = await verify(signer.identity(iat=now - 999), now=now, credentials=source)
     _fails(result, errors.IatTooOld)
     assert [] == source.calls
+
+
+# -- the service's signature path: checked later, together, then settled ----------------------
+
+BAD_AT = 5
+"""The index of the one request signed by another key, among good ones."""
+
+
+def _batch(pki: TestPKI, signer: Signer, now: int, size: int) -> list[tuple[str, CallInfo]]:
+    impostor = pki.ca.issue_leaf(x5u=signer.x5u)  # same x5u, another key
+    call = CallInfo(from_=ORIG, to=DEST)
+    return [
+        ((impostor if i == BAD_AT else signer).identity(iat=now, orig=ORIG, dest=DEST), call)
+        for i in range(size)
+    ]
+
+
+def _only_the_bad_one_failed(results: list[Result], size: int) -> None:
+    assert size == len(results)
+    verdicts = [r.verstat for r in results]
+    assert [TN_VALIDATION_FAILED if i == BAD_AT else TN_VALIDATION_PASSED for i in range(size)] == (
+        verdicts
+    )
+    bad = results[BAD_AT]
+    _fails(bad, errors.InvalidSignature)
+    assert 438 == _reason(bad).sip_code
+    assert "failed" == bad.identities[0].status
+    for result in results[:BAD_AT] + results[BAD_AT + 1 :]:
+        assert result.reason is None
+        assert result.certificate is not None
+        assert ("1234",) == result.certificate.spc
+        assert {"orig": "from", "dest": "to"} == result.matched
+
+
+@pytest.mark.parametrize(("size", "threads"), [(8, 1), (40, 2)], ids=["loop", "threads"])
+async def test_verify_many_one_bad_signature_among_good_ones(
+    pki: TestPKI, signer: Signer, trust: TrustStore, now: int, size: int, threads: int
+) -> None:
+    batches: list[int] = []
+
+    def batch_check(jobs: Any) -> list[bool]:
+        batches.append(len(jobs))
+        return check_each(jobs)
+
+    source = ChainSource(trust, [signer])
+    requests = _batch(pki, signer, now, size)
+    results = await verify_many(
+        requests, now=now, credentials=source, threads=threads, batch_check=batch_check
+    )
+    _only_the_bad_one_failed(results, size)
+    assert [signer.x5u] == source.asked  # one lookup for the shared x5u
+    assert size == sum(batches)  # every signature went through the batch check
+
+
+def test_settle_with_signature_verdicts_checked_together(
+    pki: TestPKI, signer: Signer, trust: TrustStore, now: int
+) -> None:
+    size = 8
+    verifications = [Verification(v, now=now, call=c) for v, c in _batch(pki, signer, now, size)]
+    credential = trust.validate(signer.chain, now)
+    entries = [(v, e) for v in verifications for e in v.pending()]
+    assert size == len(entries)
+    verdicts = check_each([(credential.es256, e.signing_input, e.signature) for _, e in entries])
+    assert [i != BAD_AT for i in range(size)] == verdicts
+    for (verification, entry), ok in zip(entries, verdicts, strict=True):
+        verification.settle(entry, credential, signature_ok=ok)
+    _only_the_bad_one_failed([v.result() for v in verifications], size)
+
+
+def test_settle_trusts_the_verdict_handed_in(signer: Signer, trust: TrustStore, now: int) -> None:
+    # signature_ok=False fails a good signature; True is taken as checked elsewhere.
+    credential = trust.validate(signer.chain, now)
+    verification = Verification(signer.identity(iat=now), now=now)
+    (entry,) = verification.pending()
+    verification.settle(entry, credential, signature_ok=False)
+    _fails(verification.result(), errors.InvalidSignature)
+
+
+async def test_verify_with_signatures_handed_in(
+    pki: TestPKI, signer: Signer, trust: TrustStore, now: int
+) -> None:
+    asked: list[bytes] = []
+
+    async def signatures(key: ES256Key, data: bytes, signature: bytes) -> bool:
+        asked.append(data)
+        return key.check(data, signature)
+
+    source = ChainSource(trust, [signer])
+    results = [
+        await verify(value, now=now, call=call, credentials=source, signatures=signatures)
+        for value, call in _batch(pki, signer, now, 8)
+    ]
+    _only_the_bad_one_failed(results, 8)
+    assert 8 == len(asked)
 
 
 def test_verify_offline_arguments(signer: Signer, trust: TrustStore, now: int) -> None:

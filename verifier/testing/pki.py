@@ -33,6 +33,10 @@ from ..core.certs import SHAKEN_POLICY_OID, TNAUTHLIST_OID, Credential, TrustSto
 
 __all__ = [
     "CA",
+    "CA_KEY_USAGE",
+    "CA_KEY_USAGE_WITHOUT_KEY_CERT_SIGN",
+    "LEAF_KEY_USAGE",
+    "LEAF_KEY_USAGE_WITHOUT_DIGITAL_SIGNATURE",
     "ChainSource",
     "Signer",
     "TestPKI",
@@ -48,6 +52,21 @@ __all__ = [
 KeyType = Literal["p256", "p384", "p521", "rsa2048"]
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _DAY = dt.timedelta(days=1)
+
+# keyUsage(digital_signature, content_commitment, key_encipherment, data_encipherment,
+# key_agreement, key_cert_sign, crl_sign, encipher_only, decipher_only)
+LEAF_KEY_USAGE = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+"""An SP certificate's keyUsage (ATIS-1000080): digitalSignature."""
+CA_KEY_USAGE = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+"""A CA's keyUsage: keyCertSign and cRLSign."""
+LEAF_KEY_USAGE_WITHOUT_DIGITAL_SIGNATURE = x509.KeyUsage(
+    False, True, False, False, False, False, False, False, False
+)
+"""keyUsage present but lacking digitalSignature (contentCommitment only): a bad leaf."""
+CA_KEY_USAGE_WITHOUT_KEY_CERT_SIGN = x509.KeyUsage(
+    True, False, False, False, False, False, True, False, False
+)
+"""keyUsage present but lacking keyCertSign (digitalSignature, cRLSign): a bad CA."""
 
 
 def _key(kind: KeyType) -> PrivateKey:
@@ -141,9 +160,11 @@ class CA:
         *,
         key_type: KeyType = "p256",
         any_eku: bool = False,
+        key_usage: x509.KeyUsage | None = None,
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> CA:
+        """A CA under this one; ``key_usage`` replaces its keyCertSign + cRLSign keyUsage."""
         now = dt.datetime.now(dt.UTC)
         key = _key(key_type)
         builder = (
@@ -151,10 +172,7 @@ class CA:
                 name, key.public_key(), not_before or now - _DAY, not_after or now + 3650 * _DAY
             )
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
+            .add_extension(key_usage or CA_KEY_USAGE, critical=True)
         )
         if any_eku:
             builder = builder.add_extension(
@@ -171,23 +189,25 @@ class CA:
         tnauthlist: bytes | Literal["default"] | None = "default",
         tnauthlist_critical: bool = False,
         policy_oid: x509.ObjectIdentifier | None = SHAKEN_POLICY_OID,
-        key_usage: bool = True,
+        key_usage: bool | x509.KeyUsage = True,
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
         crl_url: str | None = None,
         key_type: KeyType = "p256",
     ) -> Signer:
-        """An SP certificate (and its key, as a Signer) with a TNAuthList naming ``spc``."""
+        """An SP certificate (and its key, as a Signer) with a TNAuthList naming ``spc``.
+
+        ``key_usage``: True for digitalSignature only, False for no keyUsage extension, or
+        the extension to carry (e.g. :data:`LEAF_KEY_USAGE_WITHOUT_DIGITAL_SIGNATURE`)."""
         now = dt.datetime.now(dt.UTC)
         key = _key(key_type)
         subject = f"SHAKEN {spc}" if spc else "SHAKEN test leaf"
         builder = self._builder(
             subject, key.public_key(), not_before or now - _DAY, not_after or now + 365 * _DAY
         ).add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        if key_usage:
+        if key_usage is not False:
             builder = builder.add_extension(
-                x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-                critical=True,
+                LEAF_KEY_USAGE if key_usage is True else key_usage, critical=True
             )
         value = encode_tnauthlist([spc] if spc else []) if tnauthlist == "default" else tnauthlist
         if value is not None:
@@ -226,10 +246,7 @@ def _self_signed(name: str, key_type: KeyType) -> CA:
         .not_valid_before(now - _DAY)
         .not_valid_after(now + 7300 * _DAY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
+        .add_extension(CA_KEY_USAGE, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, _hash_for(key))
     )
