@@ -37,6 +37,7 @@ from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
 from ..records import RecordWriter, open_store
+from ..records.journal import Journal
 from ..service import Service
 from ..settings import Settings
 from . import atis, native, ops
@@ -183,7 +184,12 @@ async def _records_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     store = await asyncio.to_thread(open_store, settings)
     try:
-        writer = RecordWriter(store, settings, clock=app[CLOCK])
+        journal = None
+        if settings.journal_max_bytes:
+            journal = await asyncio.to_thread(
+                Journal.open, settings.data_dir, settings.journal_max_bytes
+            )
+        writer = RecordWriter(store, settings, clock=app[CLOCK], journal=journal)
         await writer.start()
         try:
             app[METRICS].watch_records(writer)
