@@ -98,6 +98,7 @@ class Journal:
         """Bytes of the generation file written (and fsync'd)."""
         self._unsure: list[tuple[int, int]] = []
         self._file: IO[bytes] | None = None
+        self._full = False
         self.appended = 0
         self.replayed = 0
 
@@ -148,7 +149,8 @@ class Journal:
 
     @property
     def full(self) -> bool:
-        return self.size >= self.max_bytes
+        """A record was refused for want of room, and no room was made since."""
+        return self._full
 
     def _path(self, generation: int) -> Path:
         return self.directory / f"{generation:012d}.jnl"
@@ -203,6 +205,7 @@ class Journal:
         line = _encode(record)
         with self._buf_lock:
             if self.size + len(line) > self.max_bytes:
+                self._full = True
                 return False
             self._buffer.append(line)
             self._buffered += len(line)
@@ -254,6 +257,7 @@ class Journal:
             with self._buf_lock:
                 self._writing += sum(len(line) for line in lines[:kept])
             self.appended += kept
+            self._full = self._full or kept < len(lines)
             self._sync([*lines[:kept], *newer])
             if batch and kept >= len(batch):
                 end = start + sum(len(line) for line in lines[: len(batch)])
@@ -307,6 +311,7 @@ class Journal:
                 self._generation += 1
                 self._offset = self._size = 0
                 self._unsure = []
+                self._full = False
                 self._file = self._path(self._generation).open("ab")
                 self._write_position()
                 old.unlink(missing_ok=True)
