@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from pytest_aiohttp import AiohttpClient
 
+from verifier.core.certs import TrustStore
+from verifier.http.app import create_app
 from verifier.records import Record, RecordSettings, RecordWriter, SqliteRecordStore
 from verifier.records.journal import Journal
+from verifier.settings import Settings
 
 if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
     from conftest import RecordKit
@@ -134,7 +138,8 @@ async def test_a_failing_store_never_makes_a_call_wait_and_loses_nothing(
     in the order they came."""
     store = down_store(tmp_path / "db")
     settings = RecordSettings(queue_size=100, batch_size=50, flush_interval=0.01)
-    writer = RecordWriter(store, settings, journal=Journal.open(tmp_path, 1 << 20))
+    journal = Journal.open(tmp_path, 1 << 20)
+    writer = RecordWriter(store, settings, journal=journal)
     await writer.start()
     try:
         for i in range(100):
@@ -148,7 +153,7 @@ async def test_a_failing_store_never_makes_a_call_wait_and_loses_nothing(
         await until(lambda: writer.write_errors >= 2)
         assert not writer.healthy
         assert writer.journaled > 0
-        assert writer.queue_depth <= settings.batch_size
+        assert writer.queue_depth - journal.waiting_records <= settings.batch_size  # in memory
         store.down = False
         await until(lambda: writer.written == 1100)
         assert 0 == writer.journaled
@@ -167,7 +172,7 @@ async def test_past_the_high_water_mark_records_go_to_the_journal(tmp_path: Path
     writer = RecordWriter(store, settings, journal=journal)
     for i in range(20):  # not started: nothing leaves the queue
         assert writer.offer(kit.rec(i))
-    assert (5, 15) == (writer.queue_depth, journal.appended)
+    assert (20, 15, 15) == (writer.queue_depth, journal.appended, journal.waiting_records)
     await writer.close()
     assert [f"req-{i}" for i in range(20)] == kit.ids(kit.every(store))[::-1]
     store.close()
@@ -232,3 +237,27 @@ async def test_a_batch_committed_before_a_crash_is_not_written_twice(
     assert sorted(f"req-{i}" for i in range(10)) == sorted(ids)
     assert 10 == len(ids)
     store.close()
+
+
+async def test_readyz_and_metrics_say_when_the_journal_drops(
+    tmp_path: Path, aiohttp_client: AiohttpClient, trust: TrustStore
+) -> None:
+    """A journal too small for any record: the second call's record (past the high-water
+    mark of 1, the first one still queued) is dropped, and /readyz and /metrics say so."""
+    records = RecordSettings(
+        data_dir=str(tmp_path / "data"),
+        writer_process=False,
+        journal_max_bytes=1,
+        journal_high_water=1,
+        flush_interval=5.0,
+    )
+    client = await aiohttp_client(create_app(Settings(records=records), trust=trust))
+    for _ in range(2):
+        async with client.post("/v1/verify", json={"identity": "not-a-passport"}) as resp:
+            assert 200 == resp.status
+    async with client.get("/readyz") as resp:
+        ready = (resp.status, (await resp.json())["records"])
+    async with client.get("/metrics") as resp:
+        metrics = await resp.text()
+    assert (200, "degraded: journal full, records are being dropped") == ready
+    assert "verifier_records_journal_dropped_total 1.0" in metrics.splitlines()

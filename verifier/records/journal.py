@@ -99,6 +99,8 @@ class Journal:
         self._unsure: list[tuple[int, int]] = []
         self._file: IO[bytes] | None = None
         self._full = False
+        self.waiting_records = 0
+        """Records not yet replayed (those of lines that are not records included)."""
         self.appended = 0
         self.replayed = 0
 
@@ -143,6 +145,11 @@ class Journal:
         return self._size + self._writing + self._buffered
 
     @property
+    def waiting(self) -> int:
+        """Bytes not yet replayed into the store (on disk and in the buffer)."""
+        return self.size - self._offset
+
+    @property
     def buffered(self) -> int:
         """Records appended and not yet written and fsync'd."""
         return len(self._buffer)
@@ -181,6 +188,7 @@ class Journal:
             os.truncate(path, end)
         self._size = end
         self._offset = min(self._offset, end)
+        self.waiting_records = data.count(b"\n", self._offset, end)
         if not self.empty:
             log.info(
                 "journal_found",
@@ -210,6 +218,7 @@ class Journal:
             self._buffer.append(line)
             self._buffered += len(line)
             self.appended += 1
+            self.waiting_records += 1
         return True
 
     def sync(self) -> None:
@@ -256,6 +265,7 @@ class Journal:
                 kept += 1
             with self._buf_lock:
                 self._writing += sum(len(line) for line in lines[:kept])
+                self.waiting_records += kept
             self.appended += kept
             self._full = self._full or kept < len(lines)
             self._sync([*lines[:kept], *newer])
@@ -271,7 +281,7 @@ class Journal:
         """The oldest records not yet replayed (at most ``limit``, or exactly one unsure
         range), after syncing the buffer: ``(records, end offset, unsure)``. The batch is
         marked unsure in ``position`` before it is returned. Lines that are not records
-        are skipped and logged."""
+        are skipped and logged (and no longer counted as waiting)."""
         with self._lock:
             self._sync()
             start = self._offset
@@ -292,6 +302,8 @@ class Journal:
                     try:
                         records.append(_decode(line))
                     except (ValueError, TypeError) as exc:
+                        with self._buf_lock:
+                            self.waiting_records -= 1
                         log.error("journal_bad_line", extra={"offset": end, "error": str(exc)})
             if unsure is None and records:
                 self._unsure.append((start, end))
@@ -305,6 +317,8 @@ class Journal:
             self._unsure = [r for r in self._unsure if r[0] >= end]
             self._offset = end
             self.replayed += count
+            with self._buf_lock:
+                self.waiting_records -= count
             if self.empty and self._file is not None:
                 old = self._path(self._generation)
                 self._file.close()
@@ -312,6 +326,8 @@ class Journal:
                 self._offset = self._size = 0
                 self._unsure = []
                 self._full = False
+                with self._buf_lock:
+                    self.waiting_records = len(self._buffer)
                 self._file = self._path(self._generation).open("ab")
                 self._write_position()
                 old.unlink(missing_ok=True)

@@ -93,8 +93,11 @@ class RecordWriter:
 
     @property
     def queue_depth(self) -> int:
-        """Records accepted and not yet written (the batch being written included)."""
-        return len(self._pending) + self._inflight
+        """Records accepted and not yet written (the batch being written and the records
+        in the journal included)."""
+        journal = self.journal
+        waiting = 0 if journal is None else journal.waiting_records
+        return len(self._pending) + self._inflight + waiting
 
     @property
     def journal_full(self) -> bool:
@@ -105,7 +108,7 @@ class RecordWriter:
     def journaled(self) -> int:
         """Bytes in the journal waiting for the store (0 without a journal)."""
         journal = self.journal
-        return 0 if journal is None or journal.empty else journal.size
+        return 0 if journal is None else journal.waiting
 
     @property
     def healthy(self) -> bool:
