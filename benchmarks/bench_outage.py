@@ -200,12 +200,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 out["healthy"] = {
                     "answered": len(healthy.answered),
                     "p99_ms": _p99(healthy.latencies),
+                    "max_ms": max(healthy.latencies, default=0) * 1000,
                 }
                 out["outage"] = {
                     "answered": len(away.answered),
                     "failed": away.failed,
                     "statuses": away.statuses,
                     "p99_ms": _p99(away.latencies),
+                    "max_ms": max(away.latencies, default=0) * 1000,
                 }
                 out["after_outage"] = {
                     "answered": len(answered),
