@@ -19,7 +19,7 @@ from pytest_aiohttp import AiohttpClient
 from verifier.core.certs import TrustStore
 from verifier.http.app import create_app
 from verifier.records import Record, RecordSettings, RecordWriter, SqliteRecordStore
-from verifier.records.journal import Journal
+from verifier.records.journal import Journal, open_journal
 from verifier.settings import Settings
 
 if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
@@ -155,8 +155,8 @@ async def test_a_failing_store_never_makes_a_call_wait_and_loses_nothing(
         assert writer.journaled > 0
         assert writer.queue_depth - journal.waiting_records <= settings.batch_size  # in memory
         store.down = False
-        await until(lambda: writer.written == 1100)
-        assert 0 == writer.journaled
+        await until(lambda: writer.queue_depth == 0)  # journal included
+        assert (1100, 0) == (writer.written, writer.journaled)
     finally:
         await writer.close()
     assert 0 == writer.dropped
@@ -261,3 +261,16 @@ async def test_readyz_and_metrics_say_when_the_journal_drops(
         metrics = await resp.text()
     assert (200, "degraded: journal full, records are being dropped") == ready
     assert "verifier_records_journal_dropped_total 1.0" in metrics.splitlines()
+
+
+def test_no_journal_when_turned_off_or_when_its_directory_cannot_be_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert open_journal(RecordSettings(data_dir=str(tmp_path), journal_max_bytes=0)) is None
+    (tmp_path / "file").write_text("not a directory")
+    assert open_journal(RecordSettings(data_dir=str(tmp_path / "file"))) is None
+    assert "records_journal_unavailable" in caplog.text
+    journal = open_journal(RecordSettings(data_dir=str(tmp_path / "data")))
+    assert journal is not None
+    assert (tmp_path / "data" / "journal" / "0") == journal.directory
+    journal.close()

@@ -37,7 +37,7 @@ from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
 from ..records import RecordWriter, open_store
-from ..records.journal import Journal
+from ..records.journal import open_journal
 from ..service import Service
 from ..settings import Settings
 from . import atis, native, ops
@@ -184,11 +184,7 @@ async def _records_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     store = await asyncio.to_thread(open_store, settings)
     try:
-        journal = None
-        if settings.journal_max_bytes:
-            journal = await asyncio.to_thread(
-                Journal.open, settings.data_dir, settings.journal_max_bytes
-            )
+        journal = await asyncio.to_thread(open_journal, settings)
         writer = RecordWriter(store, settings, clock=app[CLOCK], journal=journal)
         await writer.start()
         try:

@@ -18,6 +18,10 @@ Durability: appends are buffered in memory and written and fsync'd together by
 loses at most the records appended since the last sync. A line cut by the kill is dropped
 when the slot is opened again.
 
+Order: records are replayed in the order they were journaled; the queue is written before
+the journal, and a batch from the queue whose write fails is journaled with the queue behind
+it after what the journal held already.
+
 Exactly once: a batch read from the journal is marked "unsure" in ``position`` before it is
 written to the store, and the mark is removed with the position's advance once it is. A
 range still marked when it is replayed (the process died between the commit and the mark's
@@ -42,9 +46,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .model import FIELDS, Record
+from .model import FIELDS, Record, RecordSettings
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "open_journal"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,19 @@ def _decode(line: bytes) -> Record:
         raise ValueError("not a record")
     values["spc"] = tuple(values["spc"])
     return Record(**values)
+
+
+def open_journal(settings: RecordSettings) -> Journal | None:
+    """The service's journal in ``settings.data_dir``; None when ``journal_max_bytes`` is 0,
+    or when the directory cannot be written (logged as an error: the writer then works as
+    without a journal, rather than the service refusing to start). Blocking."""
+    if not settings.journal_max_bytes:
+        return None
+    try:
+        return Journal.open(settings.data_dir, settings.journal_max_bytes)
+    except OSError as exc:
+        log.error("records_journal_unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return None
 
 
 def _fsync_dir(path: Path) -> None:
