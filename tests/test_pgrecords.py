@@ -35,6 +35,7 @@ from verifier.records import (
     open_store,
 )
 from verifier.records.child import ChildWriterStore
+from verifier.records.journal import Journal
 from verifier.records.postgres import MIGRATIONS, PostgresRecordStore
 from verifier.testing.faults import TcpProxy
 
@@ -450,6 +451,43 @@ async def test_database_outage_loses_nothing_accepted(
             await writer.close()
         assert (2500, 0) == (writer.written, writer.dropped)
         assert proxy.connections >= 3  # migrations/read check, the writer, its replacement
+    got = stored(database_url, schema)
+    assert {f"r{i}" for i in range(2500)} == set(got)
+    assert 2500 == len(got)  # nothing lost, nothing twice
+
+
+async def test_database_outage_never_makes_a_record_wait_and_loses_none(
+    database_url: str, schema: str, kit: Kit, tmp_path: Path
+) -> None:
+    """With the journal (as the service runs): while PostgreSQL is away every record is
+    taken at once (``offer`` never asks for a ``submit``: nothing waits) and journaled;
+    when it is back each one lands, once, even when a replayed batch's commit
+    acknowledgement is lost on the way."""
+    async with through_proxy(database_url, schema) as (proxy, store):
+        settings = RecordSettings(batch_size=50, flush_interval=0.01, queue_size=5000)
+        journal = Journal.open(tmp_path, 1 << 20)
+        writer = RecordWriter(store, settings, journal=journal)
+        await writer.start()
+        try:
+            for i in range(500):
+                assert writer.offer(kit.rec(i, request_id=f"r{i}"))
+            await until(lambda: writer.written == 500)
+            proxy.cut()  # the database goes away mid-load
+            for i in range(500, 2500):
+                assert writer.offer(kit.rec(i, request_id=f"r{i}"))
+                if i % 100 == 0:
+                    await asyncio.sleep(0)  # the writer's turn: it meets the outage
+            await until(lambda: writer.write_errors >= 2)
+            assert not writer.healthy
+            assert writer.journaled > 0
+            in_memory = writer.queue_depth - journal.waiting_records
+            assert in_memory <= settings.batch_size  # the rest is on disk
+            proxy.lose_reply(_COMMIT_DONE)  # the first replayed batch commits unheard
+            proxy.restore()
+            await until(lambda: writer.journaled == 0 and writer.queue_depth == 0)
+        finally:
+            await writer.close()
+        assert 0 == writer.dropped
     got = stored(database_url, schema)
     assert {f"r{i}" for i in range(2500)} == set(got)
     assert 2500 == len(got)  # nothing lost, nothing twice

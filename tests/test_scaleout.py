@@ -65,6 +65,7 @@ def start(aiohttp_client: AiohttpClient, repo: Repository, pki: TestPKI, tmp_pat
                 "redis.url": redis,
                 "redis.key_prefix": prefix,
                 "records.database_url": database,
+                "records.data_dir": str(tmp_path / "data"),  # the journal's
                 "tuning.writer_flush_interval": 0.01,
                 "api.admin_token": TOKEN,
                 "api.log_verifications": False,

@@ -140,8 +140,25 @@ class _RecordsCollector(Collector):
         yield CounterMetricFamily("verifier_records_written", "records on disk", value=w.written)
         yield CounterMetricFamily(
             "verifier_records_dropped",
-            "records not kept (queue full in drop mode, wait timeout, shutdown, refused)",
+            "records not kept (journal full, queue full in drop mode, wait timeout, shutdown,"
+            " refused)",
             value=w.dropped,
+        )
+        yield CounterMetricFamily(
+            "verifier_records_journal_dropped",
+            "records dropped because the journal was full (also counted as dropped)",
+            value=w.journal_dropped,
+        )
+        journal = w.journal
+        yield CounterMetricFamily(
+            "verifier_records_journaled",
+            "records spilled to the journal (store failing or queue past its high-water mark)",
+            value=0 if journal is None else journal.appended,
+        )
+        yield GaugeMetricFamily(
+            "verifier_records_journal_bytes",
+            "bytes in the journal waiting for the record store",
+            value=w.journaled,
         )
         yield CounterMetricFamily(
             "verifier_records_rejected",

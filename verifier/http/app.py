@@ -38,6 +38,7 @@ from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
 from ..records import RecordWriter, open_store
+from ..records.journal import open_journal
 from ..service import Service
 from ..settings import Settings
 from . import atis, native, ops, threegpp
@@ -188,7 +189,8 @@ async def _records_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     store = await asyncio.to_thread(open_store, settings)
     try:
-        writer = RecordWriter(store, settings, clock=app[CLOCK])
+        journal = await asyncio.to_thread(open_journal, settings)
+        writer = RecordWriter(store, settings, clock=app[CLOCK], journal=journal)
         await writer.start()
         try:
             app[METRICS].watch_records(writer)

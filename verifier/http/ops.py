@@ -44,9 +44,12 @@ async def readyz(request: web.Request) -> web.Response:
         body["shared"] = "ok" if link.healthy else f"degraded: {link.last_error}"
     records = request.app[RECORDS]
     if records is not None:
-        # Verification goes on while the record store is in trouble; say so, stay ready.
+        # Verification goes on while the record store is in trouble (records wait in the
+        # journal); say so, stay ready.
         writer = records.writer
         body["records"] = "ok" if writer.healthy else f"degraded: {writer.last_error}"
+        if writer.journal_full:
+            body["records"] = "degraded: journal full, records are being dropped"
     return json_response(body, status=200 if service.ready else 503)
 
 

@@ -11,7 +11,7 @@ psycopg).
 
 Modules, their imports pointing one way (no cycle): ``factory`` -> ``child`` -> ``sqlite``
 -> ``model``; ``factory`` -> ``postgres`` -> ``pgschema`` -> ``model``; ``writer`` ->
-``model``. ``model`` holds what every store shares and imports none of them.
+``journal`` -> ``model``. ``model`` holds what every store shares and imports none of them.
 """
 
 from .factory import open_store

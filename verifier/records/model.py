@@ -321,7 +321,8 @@ class RecordSettings:
     queue_size: int = 10_000
     """Records accepted but not yet written, at most (then ``overflow`` applies)."""
     overflow: Literal["wait", "drop"] = "wait"
-    """When the queue is full: "wait" (back-pressure on verification) or "drop" (counted)."""
+    """Without a journal, when the queue is full: "wait" (back-pressure on verification) or
+    "drop" (counted)."""
     batch_size: int = 2000
     """Most records written in one transaction. Under load a batch is what arrived in
     ``flush_interval``: fewer, larger transactions cost the event loop less."""
@@ -338,11 +339,21 @@ class RecordSettings:
     prune_interval: float = 3600.0
     """Time between two prunings (the first runs when the writer starts)."""
     submit_timeout: float = 5.0
-    """With "wait": longest a verification waits for queue space; then the record is
-    dropped (counted), so a failing store cannot stall verification."""
+    """Without a journal, with "wait": longest a verification waits for queue space; then
+    the record is dropped (counted), so a failing store cannot stall verification."""
     close_timeout: float = 10.0
     """At shutdown, how long a failing store is retried before the records still queued
-    are given up (counted as dropped and logged)."""
+    are left in the journal for the next start (without a journal: given up, counted as
+    dropped and logged)."""
+    journal_max_bytes: int = 1 << 30
+    """Size of the journal in ``data_dir``/journal, where records wait while the store
+    fails or the queue is past ``journal_high_water``; when it is full, records are dropped
+    (counted, logged, shown by /readyz). 0: no journal (``overflow`` applies)."""
+    journal_high_water: int = 5000
+    """Records queued past which new records go to the journal (at most ``queue_size``)."""
+    journal_fsync_interval: float = 0.2
+    """Time between two fsyncs of the journal: a SIGKILL loses at most the records
+    journaled in this interval."""
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -353,10 +364,17 @@ class RecordSettings:
             raise ValueError("database_url must be a postgresql:// URL")
         if self.overflow not in ("wait", "drop"):
             raise ValueError("overflow must be 'wait' or 'drop'")
-        for name in ("queue_size", "batch_size"):
+        if self.journal_max_bytes < 0:
+            raise ValueError("journal_max_bytes must be >= 0")
+        for name in ("queue_size", "batch_size", "journal_high_water"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("retention_days", "prune_interval", "submit_timeout"):
+        for name in (
+            "retention_days",
+            "prune_interval",
+            "submit_timeout",
+            "journal_fsync_interval",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         for name in ("flush_interval", "close_timeout"):
