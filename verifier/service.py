@@ -300,7 +300,8 @@ class Service:
         return Outcome(result, disposition, record)
 
     async def _keep(self, outcome: Outcome) -> None:
-        """Hand the record to the writer (it may wait for queue space: back-pressure)."""
+        """Hand the record to the writer: it never waits with a journal (the default); without
+        one, a full queue may make it wait (``overflow = "wait"``)."""
         records = self.records
         if records is not None and not records.offer(outcome.record):
             await records.submit(outcome.record)
