@@ -39,7 +39,7 @@ from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
 from ..records import RecordWriter, open_store
 from ..service import Service
 from ..settings import Settings
-from . import atis, native, ops
+from . import atis, console, native, ops
 from .answers import AtisAnswers
 from .errors import ApiError, error_middleware
 from .keys import (
@@ -96,6 +96,7 @@ def create_app(
     app.add_routes(atis.routes)
     app.add_routes(native.routes)
     app.add_routes(ops.routes)
+    app.add_routes(console.routes)
     app.cleanup_ctx.append(_fleet_ctx)
     app.cleanup_ctx.append(_credentials_ctx(credentials))
     app.cleanup_ctx.append(_rcd_ctx)
