@@ -8,6 +8,7 @@ Only fixed texts are formatted into the SQL; every value is a parameter.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,42 +61,51 @@ def console_summary(
             " WHERE s.spc = ? AND s.ts >= ? AND s.ts < ?"
         )
         args = [spc, since, until]
-    series = run(
-        f"SELECT {bucket_of} AS b, r.verstat, r.attest, count(*) FROM {source}"  # noqa: S608
-        " GROUP BY b, r.verstat, r.attest ORDER BY b",
-        [bucket, *args],
+    # One pass over the window (each further query would read every record again); the
+    # groups are few (buckets x verstat x attestation x reason x disposition).
+    rows = run(
+        f"SELECT {bucket_of} AS b, r.verstat, r.attest, r.reason, r.sip_code, r.action,"  # noqa: S608
+        " r.label, CASE WHEN r.sip_code = ? THEN r.x5u END AS failed_x5u, count(*)"
+        f" FROM {source}"
+        " GROUP BY b, r.verstat, r.attest, r.reason, r.sip_code, r.action, r.label, failed_x5u",
+        [bucket, _X5U_FETCH_FAILED, *args],
     )
-    reasons = run(
-        f"SELECT r.reason, r.sip_code, count(*) AS n FROM {source}"  # noqa: S608
-        " AND r.reason IS NOT NULL GROUP BY r.reason, r.sip_code"
-        " ORDER BY n DESC, r.reason LIMIT ?",
-        [*args, TOP_REASONS],
-    )
-    dispositions = run(
-        f"SELECT r.action, r.label, count(*) AS n FROM {source}"  # noqa: S608
-        " GROUP BY r.action, r.label ORDER BY n DESC, r.action, r.label",
-        args,
-    )
-    x5u = run(
-        f"SELECT r.x5u, count(*) AS n FROM {source}"  # noqa: S608
-        " AND r.sip_code = ? GROUP BY r.x5u ORDER BY n DESC, r.x5u LIMIT ?",
-        [*args, _X5U_FETCH_FAILED, TOP_X5U],
-    )
+    series: Counter[tuple[int, str, str]] = Counter()
+    reasons: Counter[tuple[str, int | None]] = Counter()
+    dispositions: Counter[tuple[str | None, str | None]] = Counter()
+    x5u: Counter[str | None] = Counter()
+    for b, verstat, attest, reason, sip_code, action, label, failed_x5u, n in rows:
+        series[b, verstat, attest or "none"] += n
+        if reason is not None:
+            reasons[reason, sip_code] += n
+        dispositions[action, label] += n
+        if sip_code == _X5U_FETCH_FAILED:
+            x5u[failed_x5u] += n
     return {
         "since": since,
         "until": until,
         "bucket": bucket,
-        "total": sum(row[3] for row in series),
+        "total": sum(series.values()),
         "series": [
-            {"t": b * bucket, "verstat": verstat, "attest": attest or "none", "count": n}
-            for b, verstat, attest, n in series
+            {"t": b * bucket, "verstat": verstat, "attest": attest, "count": n}
+            for (b, verstat, attest), n in sorted(series.items())
         ],
-        "reasons": [{"reason": r, "sip_code": code, "count": n} for r, code, n in reasons],
+        "reasons": [
+            {"reason": r, "sip_code": code, "count": n}
+            for (r, code), n in _top(reasons, TOP_REASONS)
+        ],
         "dispositions": [
-            {"action": action, "label": label, "count": n} for action, label, n in dispositions
+            {"action": action, "label": label, "count": n}
+            for (action, label), n in _top(dispositions, None)
         ],
-        "x5u_failures": [{"x5u": url, "count": n} for url, n in x5u],
+        "x5u_failures": [{"x5u": url, "count": n} for url, n in _top(x5u, TOP_X5U)],
     }
+
+
+def _top(counts: Counter[Any], limit: int | None) -> list[tuple[Any, int]]:
+    """Most first, ties in the keys' order (None first); at most ``limit``."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], repr(kv[0])))
+    return ranked if limit is None else ranked[:limit]
 
 
 def providers(run: Run, since: float, until: float) -> list[dict[str, Any]]:
