@@ -266,6 +266,10 @@ async def test_console_in_chromium(console: Console, tmp_path: Path) -> None:
             await page.click("nav a[data-view=providers]")
             row = page.locator("#providers tbody tr", has_text=BLOCKED_SPC)
             await expect(row).to_contain_text(f"blocked: {REFERENCE}")
+            first = page.locator("#providers tbody tr").first
+            await expect(first).to_contain_text("1234")  # the busiest first
+            await page.click("#providers th[data-sort=calls]")  # then the quietest first
+            await expect(first).to_contain_text(BLOCKED_SPC)
             await page.screenshot(path=shots / "providers.png", full_page=True)
             await row.locator("a").click()
             await expect(page.locator("#provider-title")).to_have_text(f"Provider {BLOCKED_SPC}")

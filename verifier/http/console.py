@@ -72,7 +72,7 @@ async def asset(request: web.Request) -> web.StreamResponse:
     name = request.match_info["asset"]
     kind = _ASSETS.get(name)
     if kind is None:
-        raise web.HTTPNotFound(text="no such console asset\n", headers=_HEADERS)
+        raise web.HTTPNotFound  # answered as every unknown path is (error_middleware)
     return web.FileResponse(STATIC / name, headers={**_HEADERS, "Content-Type": kind})
 
 
