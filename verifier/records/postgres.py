@@ -55,7 +55,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from . import aggregate
+from .aggregate import Run, check_bucket, console_summary
+from .aggregate import providers as provider_rows
 from .model import (
     FIELDS,
     TOP_SPC,
@@ -537,10 +538,10 @@ class PostgresRecordStore:
             ValueError: a bad window or bucket; the database cannot be reached (also
                 psycopg.Error).
         """
-        aggregate.check_bucket(since, until, bucket)
+        check_bucket(since, until, bucket)
         with contextlib.closing(self._reader()) as conn, conn.transaction():  # one snapshot
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return aggregate.console_summary(
+            return console_summary(
                 _runner(conn), "floor(r.ts / ?)::bigint", since, until, bucket, spc
             )
 
@@ -551,10 +552,10 @@ class PostgresRecordStore:
             ValueError: a bad window; the database cannot be reached (also psycopg.Error).
         """
         with contextlib.closing(self._reader()) as conn:
-            return aggregate.providers(_runner(conn), since, until)
+            return provider_rows(_runner(conn), since, until)
 
 
-def _runner(conn: psycopg.Connection[tuple[Any, ...]]) -> aggregate.Run:
+def _runner(conn: psycopg.Connection[tuple[Any, ...]]) -> Run:
     """:mod:`.aggregate`'s SQL on ``conn``, its ``?`` parameters as psycopg's ``%s`` (fixed
     texts; passed as bytes, psycopg's type for a query built at run time)."""
 

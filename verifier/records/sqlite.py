@@ -25,7 +25,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from . import aggregate
+from .aggregate import check_bucket, console_summary
+from .aggregate import providers as provider_rows
 from .model import (
     FIELDS,
     TOP_SPC,
@@ -398,10 +399,10 @@ class SqliteRecordStore:
             ValueError: a bad window or bucket; the database cannot be read (also
                 sqlite3.Error).
         """
-        aggregate.check_bucket(since, until, bucket)
+        check_bucket(since, until, bucket)
         with contextlib.closing(self._reader()) as conn:
             conn.execute("BEGIN")  # one snapshot for every count
-            out = aggregate.console_summary(
+            out = console_summary(
                 lambda sql, args: conn.execute(sql, args).fetchall(),
                 "CAST(r.ts / ? AS INTEGER)",
                 since,
@@ -419,9 +420,7 @@ class SqliteRecordStore:
             ValueError: a bad window; the database cannot be read (also sqlite3.Error).
         """
         with contextlib.closing(self._reader()) as conn:
-            return aggregate.providers(
-                lambda sql, args: conn.execute(sql, args).fetchall(), since, until
-            )
+            return provider_rows(lambda sql, args: conn.execute(sql, args).fetchall(), since, until)
 
 
 def _connect_writer(path: Path) -> sqlite3.Connection:
