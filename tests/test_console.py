@@ -14,16 +14,20 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from verifier.http.app import create_app
+from verifier.records import RecordStore
 from verifier.settings import Settings
 from verifier.testing import TestPKI
 from verifier.testing.repository import Repository
+
+if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
+    from conftest import RecordKit
 
 TOKEN = "console-test-token-0123456789"
 ORIG, DEST = "12155551212", "12155551213"
@@ -130,6 +134,58 @@ async def _get(console: Console, path: str, token: str | None = TOKEN) -> tuple[
         if resp.content_type == "application/json":
             return resp.status, await resp.json()
         return resp.status, await resp.text()
+
+
+# -- the aggregate queries, in every store ---------------------------------------------------
+
+
+def test_store_aggregates(record_store: RecordStore, kit: type[RecordKit]) -> None:
+    t0 = kit.T0
+    failed = {"verstat": "TN-Validation-Failed", "reason": "invalid_signature", "sip_code": 438}
+    record_store.insert_many(
+        [
+            kit.rec(0, attest="A", spc=("AAAA",)),
+            kit.rec(1, attest="B", spc=("AAAA",), action="block", label="blocked"),
+            kit.rec(61, attest="C", spc=("AAAA", "BBBB"), **failed),
+            kit.rec(
+                62,
+                attest=None,
+                spc=(),
+                verstat="No-TN-Validation",
+                reason="x5u_fetch_failed",
+                sip_code=436,
+                x5u="https://gone.example/x.pem",
+            ),
+            kit.rec(120, attest="A", spc=("BBBB",)),  # outside: the window is half-open
+        ]
+    )
+    out = record_store.console(t0, t0 + 120, 60)
+    assert 4 == out["total"]
+    assert [
+        {"t": t0, "verstat": "TN-Validation-Passed", "attest": "A", "count": 1},
+        {"t": t0, "verstat": "TN-Validation-Passed", "attest": "B", "count": 1},
+        {"t": t0 + 60, "verstat": "No-TN-Validation", "attest": "none", "count": 1},
+        {"t": t0 + 60, "verstat": "TN-Validation-Failed", "attest": "C", "count": 1},
+    ] == out["series"]
+    assert [
+        {"reason": "invalid_signature", "sip_code": 438, "count": 1},
+        {"reason": "x5u_fetch_failed", "sip_code": 436, "count": 1},
+    ] == out["reasons"]
+    assert [
+        {"action": "accept", "label": None, "count": 3},
+        {"action": "block", "label": "blocked", "count": 1},
+    ] == out["dispositions"]
+    assert [{"x5u": "https://gone.example/x.pem", "count": 1}] == out["x5u_failures"]
+    assert 3 == record_store.console(t0, t0 + 120, 60, "AAAA")["total"]
+    rows = record_store.providers(t0, t0 + 120)
+    assert ["AAAA", "BBBB"] == [r["spc"] for r in rows]
+    assert {"A": 1, "B": 1, "C": 1} == rows[0]["attest"]
+    assert (3, 1, 1, t0, t0 + 61) == tuple(
+        rows[0][k] for k in ("calls", "failures", "blocked", "first_seen", "last_seen")
+    )
+    assert [] == record_store.providers(t0 + 200, t0 + 300)
+    with pytest.raises(ValueError, match="buckets"):
+        record_store.console(t0, t0 + 86400, 1)
 
 
 # -- the JSON endpoints --------------------------------------------------------------------
