@@ -233,6 +233,8 @@ async def test_providers_and_policy_name_the_blocked_spc(console: Console) -> No
         ("/v1/console/overview?window=10", 400),
         ("/v1/console/overview?window=x", 400),
         ("/v1/console/providers?since=1", 400),
+        ("/v1/console/overview?spc=%00", 400),
+        ("/v1/console/overview?spc=" + "A" * 65, 400),
         ("/v1/console/policy?window=99999999999", 400),
         ("/console/..%2Fconsole.py", 404),
         ("/console/index.html", 404),
@@ -346,6 +348,11 @@ async def test_console_in_chromium(console: Console, tmp_path: Path) -> None:
             rows = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
             assert [console.traced_origid] * 2 == [r["origid"] for r in rows]
             await page.screenshot(path=shots / "traceback.png", full_page=True)
+
+            # The token is kept for the tab: a reload asks for it no more.
+            await page.reload()
+            await expect(page.locator("#traceback-view")).to_be_visible()
+            await expect(page.locator("#login-view")).to_be_hidden()
 
             await page.click("nav a[data-view=policy]")
             entry = page.locator("#policy-entries tbody tr").first

@@ -136,6 +136,8 @@ async def overview(request: web.Request) -> web.Response:
     store = _record_store(request)
     since, until = _window(request, frozenset({"window", "spc"}))
     spc = (request.query.get("spc") or "").upper() or None
+    if spc is not None and (len(spc) > 64 or not spc.isprintable()):
+        raise invalid("spc", "must be at most 64 printable characters")
     bucket = (until - since) / _BUCKETS
     try:
         body = await asyncio.to_thread(store.console, since, until, bucket, spc)
