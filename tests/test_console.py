@@ -306,6 +306,7 @@ async def test_console_in_chromium(console: Console, tmp_path: Path) -> None:
             await page.fill("#token", "not-the-token")
             await page.click("#login button[type=submit]")
             await expect(page.locator("#login-error")).to_contain_text("token was refused")
+            await expect(page.locator("#nav")).to_be_hidden()
             await page.screenshot(path=shots / "login-refused.png")
 
             await page.fill("#token", TOKEN)

@@ -156,8 +156,10 @@ function stacked(series, field, keys, since, until, bucket) {
   };
   label(36, 12, String(max), "end");
   label(36, H, "0", "end");
-  label(40, H + 16, time(since).slice(11, 16), "start");
-  label(W, H + 16, `${time(until).slice(11, 16)} UTC`, "end");
+  const clock = (ts) => (until - since > 3600 ? time(ts).slice(5, 16).replace("T", " ")
+    : time(ts).slice(11, 16));
+  label(40, H + 16, clock(since), "start");
+  label(W, H + 16, `${clock(until)} UTC`, "end");
   const legend = el("div", { class: "legend" });
   for (const k of keys) {
     const sw = el("i", {});
