@@ -9,6 +9,15 @@ transaction per batch, day partitions). The median of the runs is reported.
     .venv/bin/python benchmarks/bench_records.py [--n 50000] [--batch 500] [--runs 3]
         [--database-url URL] [--json]
 
+With ``--queries``, instead: the console's aggregate queries (``console`` for the overview,
+``providers``) over a store of ``--query-records`` records (default 1,000,000) spread evenly
+over the last ``--span-days`` days (default 1: the densest case, every record in the day
+window), timed for the hour and the day window beside the existing ``stats`` over the same
+window (median of ``--runs``; target < 200 ms):
+
+    .venv/bin/python benchmarks/bench_records.py --queries [--query-records 1000000]
+        [--span-days 1] [--runs 5] [--database-url URL] [--json]
+
 Without ``--database-url`` or VERIFIER_TEST_DATABASE_URL the PostgreSQL part is skipped
 (said on stderr). Both stores run on this machine: the figures compare the two backends'
 write paths, not a networked database.
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -25,7 +35,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -114,6 +125,75 @@ def postgres_rate(url: str, records: list[Record], batch: int, runs: int) -> flo
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
+def spread_records(n: int, now: float, span: float) -> Iterator[list[Record]]:
+    """N records over ``span`` seconds up to ``now``, in lists of 10,000: 60 SPCs, the
+    attestation mix and a failure in ten of :func:`make_records`."""
+    template = make_records(10_000)
+    step = span / n
+    for start in range(0, n, 10_000):
+        yield [
+            dataclasses.replace(
+                template[i - start], ts=now - span + i * step, request_id=f"bench-{i}"
+            )
+            for i in range(start, min(n, start + 10_000))
+        ]
+
+
+def median_ms(call: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 1)
+
+
+def query_timings(store: RecordStore, n: int, span: float, runs: int) -> dict[str, Any]:
+    """Fill ``store`` with ``n`` records over ``span`` seconds, then time the queries."""
+    now = time.time()
+    started = time.perf_counter()
+    for chunk in spread_records(n, now, span):
+        store.insert_many(chunk)
+    out: dict[str, Any] = {"load_s": round(time.perf_counter() - started, 1)}
+    for name, window in (("hour", 3600.0), ("day", 86400.0)):
+        since, until, bucket = now - window, now + 1, window / 60
+        out[name] = {
+            "records": store.console(since, until, bucket)["total"],
+            "overview_ms": median_ms(partial(store.console, since, until, bucket), runs),
+            "overview_spc_ms": median_ms(
+                partial(store.console, since, until, bucket, "1007"), runs
+            ),
+            "providers_ms": median_ms(partial(store.providers, since, until), runs),
+            "stats_ms (baseline)": median_ms(partial(store.stats, since, until), runs),
+        }
+    return out
+
+
+def queries(args: argparse.Namespace) -> dict[str, Any]:
+    span = args.span_days * 86400
+    result: dict[str, Any] = {"records": args.query_records, "span_days": args.span_days}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteRecordStore.open(tmp)
+        try:
+            result["sqlite"] = query_timings(store, args.query_records, span, args.runs)
+        finally:
+            store.close()
+    if args.database_url:
+        name = f"verifier_bench_{uuid.uuid4().hex}"
+        with psycopg.connect(args.database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        try:
+            pg = PostgresRecordStore.open(args.database_url, schema=name)
+            try:
+                result["postgres"] = query_timings(pg, args.query_records, span, args.runs)
+            finally:
+                pg.close()
+        finally:
+            with psycopg.connect(args.database_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=50_000, help="records per run")
@@ -125,7 +205,13 @@ def main() -> None:
         help="PostgreSQL to write to (default: $VERIFIER_TEST_DATABASE_URL)",
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--queries", action="store_true", help="time the console's queries")
+    parser.add_argument("--query-records", type=int, default=1_000_000)
+    parser.add_argument("--span-days", type=float, default=1.0)
     args = parser.parse_args()
+    if args.queries:
+        print(json.dumps(queries(args), indent=None if args.json else 2))
+        return
     records = make_records(args.n)
     result: dict[str, Any] = {
         "records": args.n,

@@ -41,7 +41,7 @@ from ..records import RecordWriter, open_store
 from ..records.journal import open_journal
 from ..service import Service
 from ..settings import Settings
-from . import atis, native, ops, threegpp
+from . import atis, console, native, ops, threegpp
 from .answers import AtisAnswers
 from .errors import ApiError, error_middleware
 from .keys import (
@@ -103,6 +103,7 @@ def create_app(
     app.add_routes(threegpp.routes(settings.api.threegpp_root))
     app.add_routes(native.routes)
     app.add_routes(ops.routes)
+    app.add_routes(console.routes)
     app.cleanup_ctx.append(_fleet_ctx)
     app.cleanup_ctx.append(_credentials_ctx(credentials))
     app.cleanup_ctx.append(_rcd_ctx)

@@ -407,6 +407,16 @@ class RecordStore(Protocol):
 
     def stats(self, since: float | None, until: float | None) -> dict[str, Any]: ...
 
+    def console(
+        self, since: float, until: float, bucket: float, spc: str | None = None
+    ) -> dict[str, Any]:
+        """The console's overview of a window (:func:`.aggregate.console_summary`)."""
+        ...
+
+    def providers(self, since: float, until: float) -> list[dict[str, Any]]:
+        """One row per SPC seen in a window (:func:`verifier.records.aggregate.providers`)."""
+        ...
+
     def prune(self, before: float) -> int: ...
 
     def close(self) -> None: ...

@@ -55,6 +55,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from .aggregate import Run, check_bucket, console_summary
+from .aggregate import providers as provider_rows
 from .model import (
     FIELDS,
     TOP_SPC,
@@ -526,3 +528,38 @@ class PostgresRecordStore:
             "by_reason": by_reason,
             "top_spc": [{"spc": spc, "count": count} for spc, count in top],
         }
+
+    def console(
+        self, since: float, until: float, bucket: float, spc: str | None = None
+    ) -> dict[str, Any]:
+        """The console's overview of ``since <= ts < until`` (:func:`.aggregate.console_summary`).
+
+        Raises:
+            ValueError: a bad window or bucket; the database cannot be reached (also
+                psycopg.Error).
+        """
+        check_bucket(since, until, bucket)
+        with contextlib.closing(self._reader()) as conn, conn.transaction():  # one snapshot
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            return console_summary(
+                _runner(conn), "floor(r.ts / ?)::bigint", since, until, bucket, spc
+            )
+
+    def providers(self, since: float, until: float) -> list[dict[str, Any]]:
+        """One row per SPC seen in ``since <= ts < until`` (:func:`.aggregate.providers`).
+
+        Raises:
+            ValueError: a bad window; the database cannot be reached (also psycopg.Error).
+        """
+        with contextlib.closing(self._reader()) as conn:
+            return provider_rows(_runner(conn), since, until)
+
+
+def _runner(conn: psycopg.Connection[tuple[Any, ...]]) -> Run:
+    """:mod:`.aggregate`'s SQL on ``conn``, its ``?`` parameters as psycopg's ``%s`` (fixed
+    texts; passed as bytes, psycopg's type for a query built at run time)."""
+
+    def run(text: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return conn.execute(text.replace("?", "%s").encode(), args).fetchall()
+
+    return run

@@ -25,6 +25,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from .aggregate import check_bucket, console_summary
+from .aggregate import providers as provider_rows
 from .model import (
     FIELDS,
     TOP_SPC,
@@ -387,6 +389,38 @@ class SqliteRecordStore:
             "by_reason": by_reason,
             "top_spc": [{"spc": spc, "count": count} for spc, count in top],
         }
+
+    def console(
+        self, since: float, until: float, bucket: float, spc: str | None = None
+    ) -> dict[str, Any]:
+        """The console's overview of ``since <= ts < until`` (:func:`.aggregate.console_summary`).
+
+        Raises:
+            ValueError: a bad window or bucket; the database cannot be read (also
+                sqlite3.Error).
+        """
+        check_bucket(since, until, bucket)
+        with contextlib.closing(self._reader()) as conn:
+            conn.execute("BEGIN")  # one snapshot for every count
+            out = console_summary(
+                lambda sql, args: conn.execute(sql, args).fetchall(),
+                "CAST(r.ts / ? AS INTEGER)",
+                since,
+                until,
+                bucket,
+                spc,
+            )
+            conn.execute("COMMIT")
+        return out
+
+    def providers(self, since: float, until: float) -> list[dict[str, Any]]:
+        """One row per SPC seen in ``since <= ts < until`` (:func:`.aggregate.providers`).
+
+        Raises:
+            ValueError: a bad window; the database cannot be read (also sqlite3.Error).
+        """
+        with contextlib.closing(self._reader()) as conn:
+            return provider_rows(lambda sql, args: conn.execute(sql, args).fetchall(), since, until)
 
 
 def _connect_writer(path: Path) -> sqlite3.Connection:
