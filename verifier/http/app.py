@@ -23,6 +23,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -30,13 +31,14 @@ from aiohttp import web
 from .. import __version__
 from ..accel import es256
 from ..accel.batcher import SignatureBatcher
-from ..core.certs import TrustStore
+from ..core.certs import TrustStore, load_certificates
 from ..core.policy import Policy
 from ..core.verify import CredentialSource
 from ..metrics import Metrics
 from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
+from ..net.trustlist import TrustList
 from ..records import RecordWriter, open_store
 from ..service import Service
 from ..settings import Settings
@@ -55,6 +57,7 @@ from .keys import (
     SERVICE,
     SETTINGS,
     TRUST,
+    TRUST_LIST,
     Fleet,
     Records,
 )
@@ -84,11 +87,9 @@ def create_app(
         ValueError: no trust anchor could be loaded (the service refuses to start).
         PolicyError: the policy file cannot be loaded.
     """
+    trust_list = _trust_list(settings, clock)
     if trust is None:
-        trust = TrustStore.from_paths(
-            settings.trust_anchors,
-            require_policy_oid=settings.verification.require_policy_oid,
-        )
+        trust = _initial_trust(settings, trust_list)
     app = web.Application(
         middlewares=[error_middleware], client_max_size=settings.api.batch_body_limit
     )
@@ -97,6 +98,7 @@ def create_app(
     app[POLICY] = Policy.load(settings.policy_file) if settings.policy_file else Policy.default()
     app[METRICS] = Metrics.create()
     app[CLOCK] = clock
+    app[TRUST_LIST] = trust_list
     app[ATIS_ANSWERS] = AtisAnswers(settings.api)
     app.add_routes(atis.routes)
     app.add_routes(threegpp.routes(settings.api.threegpp_root))
@@ -107,6 +109,7 @@ def create_app(
     app.cleanup_ctx.append(_rcd_ctx)
     app.cleanup_ctx.append(_records_ctx)
     app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(_trust_list_ctx)
     app.on_shutdown.append(_not_ready)
     app.on_response_prepare.append(_close_when_draining)
     return app
@@ -205,7 +208,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     and counts still held back are written (with ``--workers``, the counts reach the
     shared files here; the worker is about to exit)."""
     settings, credentials = app[SETTINGS], app[CREDENTIALS]
-    fleet, records = app[FLEET], app[RECORDS]
+    fleet, records, trust_list = app[FLEET], app[RECORDS], app[TRUST_LIST]
     service = Service(
         settings,
         app[TRUST],
@@ -218,6 +221,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         replay=fleet.replay if fleet is not None else None,
         records=records.writer if records is not None else None,
         signatures=SignatureBatcher() if settings.batch_signatures else None,
+        list_anchors=trust_list.anchors if trust_list is not None else (),
     )
     app[SERVICE] = service
     try:
@@ -226,6 +230,53 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         service.ready = False
         service.vlog.flush()
         service.metrics.flush()
+
+
+def _trust_list(settings: Settings, clock: Callable[[], float]) -> TrustList | None:
+    """The STI-PA trust list when ``[trust] list_url`` is set, from its cache file."""
+    if settings.trust.list_url is None:
+        return None
+    trust_list = TrustList(
+        settings.trust, settings.http_client, data_dir=settings.records.data_dir, clock=clock
+    )
+    trust_list.load_cache()
+    return trust_list
+
+
+def _initial_trust(settings: Settings, trust_list: TrustList | None) -> TrustStore:
+    """The local anchors (optional with a trust list) and the cached list's.
+
+    Raises:
+        ValueError: no anchor at all, or a local anchor path that cannot be read.
+    """
+    paths = settings.trust_anchors
+    if trust_list is not None and not all(Path(p).exists() for p in paths):
+        paths = tuple(p for p in paths if Path(p).exists())
+    local = load_certificates(paths)
+    listed = trust_list.anchors if trust_list is not None else ()
+    return TrustStore(
+        [*local, *(a for a in listed if a not in set(local))],
+        require_policy_oid=settings.verification.require_policy_oid,
+    )
+
+
+async def _trust_list_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The trust list: fetched once before serving, then every ``refresh_interval``."""
+    trust_list = app[TRUST_LIST]
+    if trust_list is None:
+        yield
+        return
+    service = app[SERVICE]
+    trust_list.on_change = service.set_list_anchors
+    async with trust_list:
+        await trust_list.refresh()
+        task = asyncio.create_task(trust_list.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _not_ready(app: web.Application) -> None:

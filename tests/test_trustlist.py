@@ -1,0 +1,278 @@
+"""The STI-PA trust list (verifier.net.trustlist): formats, checks, refusals, and the whole
+service keeping its anchors current from a real HTTPS repository on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from pytest_aiohttp import AiohttpClient
+
+from verifier.http.app import create_app
+from verifier.net.trustlist import (
+    ListError,
+    TrustSettings,
+    check_entries,
+    judge,
+    parse_list,
+    read_token,
+)
+from verifier.settings import ConfigError, Settings, load_settings
+from verifier.testing import Signer, TestPKI
+from verifier.testing.pki import CA, pem, sign_jws
+from verifier.testing.repository import Repository
+
+TOKEN = "admin-token-0123456789"
+ORIG, DEST = "12155551212", "12155551213"
+
+
+def _json_list(*cas: CA) -> bytes:
+    return json.dumps({"crts": [pem(ca.cert).decode() for ca in cas]}).encode()
+
+
+# -- parsing and checking ------------------------------------------------------------------
+
+
+def test_formats_detected_by_content(pki: TestPKI) -> None:
+    a, b = pki.root.issue_ca("A"), pki.root.issue_ca("B")
+    bundle = pem(a.cert) + b"\n" + pem(b.cert)
+    array = json.dumps([pem(a.cert).decode(), pem(b.cert).decode()]).encode()
+    signer = pki.root.issue_ca("list signer")
+    assert isinstance(signer.key, ec.EllipticCurvePrivateKey)
+    jws = sign_jws(signer.key, {"alg": "ES256"}, json.loads(_json_list(a, b))).encode()
+    for body in (bundle, _json_list(a, b), array, jws):
+        certs, skipped = parse_list(body)
+        assert ([a.cert, b.cert], []) == (certs, skipped)
+    certs, _ = parse_list(jws, signer=signer.cert, require_signature=True)
+    assert [a.cert, b.cert] == certs
+
+
+def test_jws_signature_checked(pki: TestPKI) -> None:
+    a = pki.root.issue_ca("A")
+    signer, other = pki.root.issue_ca("list signer"), pki.root.issue_ca("someone else")
+    assert isinstance(other.key, ec.EllipticCurvePrivateKey)
+    assert isinstance(signer.key, ec.EllipticCurvePrivateKey)
+    forged = sign_jws(other.key, {"alg": "ES256"}, json.loads(_json_list(a))).encode()
+    with pytest.raises(ListError, match="does not verify"):
+        parse_list(forged, signer=signer.cert)
+    with pytest.raises(ListError, match="no list_signer"):
+        parse_list(forged, require_signature=True)
+    with pytest.raises(ListError, match="not signed"):
+        parse_list(_json_list(a), signer=signer.cert, require_signature=True)
+    with pytest.raises(ListError, match="not signed"):
+        parse_list(pem(a.cert), require_signature=True)
+    rs = sign_jws(signer.key, {"alg": "RS256"}, json.loads(_json_list(a))).encode()
+    with pytest.raises(ListError, match="does not match"):
+        parse_list(rs, signer=signer.cert)
+
+
+@pytest.mark.parametrize(
+    "body", [b"garbage", b"{not json", b"a.b!.c", b"a.b.c", b"eyJ9.e30.", b"42", b""]
+)
+def test_unparseable_lists_refused(body: bytes) -> None:
+    with pytest.raises(ListError):
+        parse_list(body)
+
+
+def test_bad_entries_skipped_and_reported(pki: TestPKI) -> None:
+    now = dt.datetime.now(dt.UTC)
+    good = pki.root.issue_ca("good")
+    expired = pki.root.issue_ca(
+        "expired", not_before=now - dt.timedelta(days=20), not_after=now - dt.timedelta(days=1)
+    )
+    leaf = pki.ca.issue_leaf("1234")
+    body = json.dumps(
+        {"crts": [pem(good.cert).decode(), "not a cert", pem(leaf.cert).decode(), 7]}
+        | {"more": [pem(expired.cert).decode(), pem(good.cert).decode()]}
+    ).encode()
+    certs, skipped = parse_list(body)
+    assert ["entry 1: not a certificate", "entry 3: not a certificate"] == skipped
+    kept, bad = check_entries(certs, now.timestamp())
+    assert [good.cert] == kept  # once, though listed twice
+    assert [
+        "CN=SHAKEN 1234,O=verifier test PKI,C=US: not a CA (CA:TRUE and keyCertSign required)",
+        "CN=expired,O=verifier test PKI,C=US: outside its validity",
+    ] == bad
+
+
+def test_judge_refuses_empty_lists_and_large_drops(pki: TestPKI) -> None:
+    cas = [pki.root.issue_ca(f"CA {i}").cert for i in range(4)]
+    with pytest.raises(ListError, match="no usable CA"):
+        judge([], cas, 0.5)
+    judge(cas[2:], cas, 0.5)  # half may go
+    with pytest.raises(ListError, match="drop 3 of the 4"):
+        judge(cas[3:], cas, 0.5)
+    judge(cas[3:], cas, 0.75)
+    judge(cas[3:], [], 0.0)  # nothing in force yet
+
+
+def test_token_file_must_be_private(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("s3cret-token\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(ListError, match="mode 0644"):
+        read_token(TrustSettings(list_token_file=str(path)))
+    os.chmod(path, 0o600)
+    assert "s3cret-token" == read_token(TrustSettings(list_token_file=str(path)))
+    assert "from-env" == read_token(TrustSettings(list_token="from-env"))
+
+
+def test_trust_settings(tmp_path: Path) -> None:
+    config = tmp_path / "verifier.toml"
+    config.write_text('[trust]\nlist_token = "s3cret"\n')
+    with pytest.raises(ConfigError, match="VERIFIER_TRUST_LIST_TOKEN"):
+        load_settings(config)
+    settings = load_settings(
+        env={
+            "VERIFIER_TRUST_LIST_URL": "https://list.example/crts",
+            "VERIFIER_TRUST_LIST_TOKEN": "s3cret",
+        }
+    )
+    assert "https://list.example/crts" == settings.trust.list_url
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(ConfigError, match="list_url must be an https URL"):
+        load_settings(overrides={"trust.list_url": "http://list.example/crts"})
+    assert Path("data/trust-list.pem") == settings.trust.cache_path("data")
+
+
+# -- the service keeping its trust current -------------------------------------------------
+
+
+@dataclass
+class Stack:
+    repo: Repository
+    settings: Settings
+    a: Signer
+    b: Signer
+    lab: Signer
+    client: Any
+
+
+@pytest.fixture
+async def stack(
+    aiohttp_client: AiohttpClient, pki: TestPKI, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    ca_a, ca_b = pki.root.issue_ca("STI-CA A"), pki.root.issue_ca("STI-CA B")
+    lab_ca = pki.untrusted_root()
+    async with Repository.create(pki) as repo:
+        signers = {}
+        for name, ca in (("a", ca_a), ("b", ca_b), ("lab", lab_ca)):
+            signer = ca.issue_leaf("1001", x5u=repo.url(f"/{name}.pem"))
+            repo.put(f"/{name}.pem", signer.chain_pem())
+            signers[name] = signer
+        repo.put("/list.json", _json_list(ca_a, ca_b), content_type="application/json")
+        (tmp_path / "lab.pem").write_bytes(pem(lab_ca.cert))
+        settings = repo.service_settings(
+            pki,
+            tmp_path,
+            {
+                "trust_anchors": [str(tmp_path / "lab.pem")],
+                "trust.list_url": repo.url("/list.json"),
+                "trust.list_cache": str(tmp_path / "cache" / "list.pem"),
+                "records.enabled": False,
+                "api.admin_token": TOKEN,
+            },
+        )
+        client = await aiohttp_client(create_app(settings))
+        yield Stack(repo, settings, signers["a"], signers["b"], signers["lab"], client)
+
+
+async def _verify(client: Any, signer: Signer, now: int) -> int | None:
+    body = {"identity": signer.identity(iat=now), "from": ORIG, "to": DEST}
+    async with client.post("/v1/verify", json=body) as resp:
+        assert 200 == resp.status
+        result: dict[str, Any] = await resp.json()
+    if result["verstat"] == "TN-Validation-Passed":
+        return None
+    code: int = result["reason"]["sip_code"]
+    return code
+
+
+async def _verdicts(stack: Stack, client: Any, now: int) -> list[int | None]:
+    return [await _verify(client, s, now) for s in (stack.a, stack.b, stack.lab)]
+
+
+async def _refresh(client: Any) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with client.post("/v1/admin/trust/refresh", headers=headers) as resp:
+        assert 200 == resp.status
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def test_trust_list_kept_current(
+    stack: Stack, aiohttp_client: AiohttpClient, now: int
+) -> None:
+    client = stack.client
+    assert [None, None, None] == await _verdicts(stack, client, now)
+    async with client.get("/readyz") as resp:
+        trust = (await resp.json())["trust"]
+    assert ("url", 2, 3) == (trust["source"], trust["list_anchors"], trust["anchors"])
+
+    # the STI-PA withdraws CA A: after one refresh its calls fail 437, the others pass
+    ca_b = stack.b.chain[1]
+    stack.repo.put("/list.json", pem(ca_b), content_type="application/x-pem-file")
+    report = await _refresh(client)
+    assert (True, True, 1) == (report["ok"], report["changed"], report["count"])
+    assert [437, None, None] == await _verdicts(stack, client, now)
+
+    # a garbage list and an empty one leave the anchors in force
+    for body in (b"<html>maintenance</html>", b'{"crts": []}', b"[]"):
+        stack.repo.put("/list.json", body, content_type="application/json")
+        report = await _refresh(client)
+        assert False is report["ok"]
+        assert (2, 1) == (report["trust"]["anchors"], report["trust"]["list_anchors"])
+        assert [437, None, None] == await _verdicts(stack, client, now)
+
+    # restarted while the list URL is down: the cached list is used
+    await client.close()
+    stack.repo.put("/list.json", b"", status=503)
+    restarted = await aiohttp_client(create_app(stack.settings))
+    async with restarted.get("/readyz") as resp:
+        trust = (await resp.json())["trust"]
+    assert ("cache", 1, False) == (
+        trust["source"],
+        trust["list_anchors"],
+        trust["last_refresh"]["ok"],
+    )
+    assert [437, None, None] == await _verdicts(stack, restarted, now)
+
+
+async def test_trust_refresh_needs_the_admin_token_and_a_list(
+    stack: Stack, aiohttp_client: AiohttpClient, pki: TestPKI, tmp_path: Path
+) -> None:
+    async with stack.client.post("/v1/admin/trust/refresh") as resp:
+        assert 401 == resp.status
+    plain = load_settings(
+        overrides={
+            "trust_anchors": [str(tmp_path / "lab.pem")],
+            "records.enabled": False,
+            "api.admin_token": TOKEN,
+        }
+    )
+    client = await aiohttp_client(create_app(plain))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with client.post("/v1/admin/trust/refresh", headers=headers) as resp:
+        assert 404 == resp.status
+    async with client.get("/readyz") as resp:
+        assert "trust" not in await resp.json()
+
+
+def test_no_anchor_at_all_refuses_to_start(tmp_path: Path) -> None:
+    settings = load_settings(
+        overrides={
+            "trust_anchors": [str(tmp_path / "missing")],
+            "trust.list_url": "https://127.0.0.1:1/list",
+            "trust.list_cache": str(tmp_path / "none.pem"),
+            "records.enabled": False,
+        }
+    )
+    with pytest.raises(ValueError, match="at least one trust anchor"):
+        create_app(settings)

@@ -1,0 +1,465 @@
+"""The STI-PA trust list: fetched, checked, cached and kept current.
+
+``[trust]`` (:class:`TrustSettings`) names a URL where the STI-PA publishes its approved
+STI-CA certificates. :class:`TrustList` fetches it with the same pinned, SSRF-checked client
+as x5u (:class:`~verifier.net.transport.PinnedGetter`), parses it (:func:`parse_list`: a PEM
+bundle, a JSON object or array of PEM strings, or a JWS whose payload is such a JSON, its
+signature checked against ``list_signer``), keeps the entries that are CAs within their
+validity (:func:`check_entries`) and refuses a list that is empty or would drop more than
+``max_drop_fraction`` of the anchors in force (:func:`judge`). An accepted list is handed to
+``on_change`` in one call (the service swaps its trust store in one assignment) and written
+to ``list_cache``, which the next start reads when the URL cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from yarl import URL
+
+from ..core.errors import VerifierError, X5uFetchFailed, X5uRefused
+from .ssrf import Resolver, system_resolver
+from .transport import HttpClientSettings, PinnedGetter, new_session
+
+__all__ = [
+    "ListError",
+    "TrustList",
+    "TrustSettings",
+    "check_entries",
+    "judge",
+    "parse_list",
+    "read_token",
+]
+
+log = logging.getLogger(__name__)
+
+Source = Literal["none", "url", "cache"]
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+_B64URL = re.compile(rb"[A-Za-z0-9_-]*")
+_ACCEPT = "application/pem-certificate-chain, application/json, application/jose"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustSettings:
+    """``[trust]``: where the STI-PA trust list comes from and how it is kept current.
+    Times are seconds.
+
+    Raises (constructor):
+        ValueError: a value out of range (naming the field).
+    """
+
+    list_url: str | None = None
+    """HTTPS URL of the STI-PA's list of approved STI-CA certificates (unset: local anchors
+    only). Its anchors are added to ``trust_anchors``."""
+    list_token: str | None = field(default=None, repr=False)
+    """Bearer token for the list URL: only from VERIFIER_TRUST_LIST_TOKEN, never logged."""
+    list_token_file: str | None = None
+    """File holding the bearer token (mode 0600 or stricter)."""
+    list_ca_file: str | None = None
+    """CA bundle for TLS to the list host; unset: ``[http_client] ca_file``."""
+    list_signer: str | None = None
+    """PEM certificate whose key signs the list (JWS, ES256 or RS256): its signature is
+    then checked."""
+    list_require_signature: bool = False
+    """Refuse a list that is not a JWS signed by ``list_signer``."""
+    list_cache: str | None = None
+    """File keeping the last good list; unset: ``trust-list.pem`` in ``[records] data_dir``."""
+    refresh_interval: float = 6 * 3600.0
+    """How often the list is fetched again."""
+    max_drop_fraction: float = 0.5
+    """A new list that drops more than this fraction of the list anchors in force is refused."""
+    max_bytes: int = 4 * 1024 * 1024
+    """Largest list read, in bytes."""
+    timeout: float = 10.0
+    """Total time for one list fetch."""
+    expiry_warning: float = 14 * 86400.0
+    """An anchor expiring within this time is warned about (log line and metric)."""
+
+    def __post_init__(self) -> None:
+        if self.list_url is not None:
+            url = URL(self.list_url)
+            if url.scheme != "https" or not url.host or url.user or url.password:
+                raise ValueError("list_url must be an https URL without user or password")
+        if self.list_token is not None and self.list_token_file is not None:
+            raise ValueError("list_token and list_token_file are exclusive")
+        if self.list_token is not None and (
+            not self.list_token.isprintable() or " " in self.list_token
+        ):
+            raise ValueError("list_token must be printable, without spaces")
+        for name in ("refresh_interval", "timeout", "expiry_warning"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0 <= self.max_drop_fraction <= 1:
+            raise ValueError("max_drop_fraction must be between 0 and 1")
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+
+    def cache_path(self, data_dir: str) -> Path:
+        return Path(self.list_cache) if self.list_cache else Path(data_dir) / "trust-list.pem"
+
+
+class ListError(VerifierError, ValueError):
+    """A trust list that cannot be used: unparseable, unsigned when required, badly signed,
+    empty, or dropping too many anchors. The anchors in force stay."""
+
+
+def read_token(settings: TrustSettings) -> str | None:
+    """The bearer token: ``list_token`` or the contents of ``list_token_file``.
+
+    Raises:
+        ListError: the file cannot be read or others than its owner may read it.
+    """
+    if settings.list_token_file is None:
+        return settings.list_token
+    path = Path(settings.list_token_file)
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ListError(f"{path}: mode {stat.S_IMODE(mode):04o}; the token file must be 0600")
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ListError(f"{path}: cannot read the token file ({exc})") from None
+    if not token or not token.isprintable() or " " in token:
+        raise ListError(f"{path}: the token must be one printable word")
+    return token
+
+
+# -- parsing and checking ------------------------------------------------------------------
+
+
+def _b64url(part: bytes) -> bytes:
+    if not _B64URL.fullmatch(part):
+        raise ListError("JWS part is not base64url")
+    try:
+        return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
+    except (binascii.Error, ValueError):
+        raise ListError("JWS part is not base64url") from None
+
+
+def _check_jws(signing_input: bytes, header: dict[str, Any], signature: bytes, signer: Any) -> None:
+    key = signer.public_key()
+    alg = header.get("alg")
+    try:
+        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
+            if len(signature) != 64 or key.curve.name != "secp256r1":
+                raise ListError("ES256 list signature is not 64 bytes over P-256")
+            der = encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
+            key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+        elif alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise ListError(f"list JWS alg {alg!r} does not match the list signer's key")
+    except InvalidSignature:
+        raise ListError("list signature does not verify with list_signer") from None
+
+
+def _from_json(value: Any) -> list[bytes]:
+    """The certificate strings of a JSON list: an array of strings, or an object whose
+    array members hold them (``{"crts": [...]}``)."""
+    if isinstance(value, dict):
+        arrays = [v for v in value.values() if isinstance(v, list)]
+        items = [item for array in arrays for item in array]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ListError("JSON list is neither an object nor an array")
+    out: list[bytes] = []
+    for item in items:
+        if not isinstance(item, str):
+            out.append(b"")  # reported as a bad entry
+        elif "-----BEGIN" in item:
+            out.append(item.encode())
+        else:  # base64 DER, as in x5c
+            try:
+                out.append(base64.b64decode(item, validate=True))
+            except (binascii.Error, ValueError):
+                out.append(b"")
+    return out
+
+
+def parse_list(
+    body: bytes, *, signer: x509.Certificate | None = None, require_signature: bool = False
+) -> tuple[list[x509.Certificate], list[str]]:
+    """The certificates of a trust list (format detected by content) and the entries skipped.
+
+    Raises:
+        ListError: not a PEM bundle, JSON or JWS; a JWS whose signature fails, or an
+            unsigned list when ``require_signature``.
+    """
+    text = body.strip()
+    entries: list[bytes]
+    if text.startswith(b"-----BEGIN"):
+        entries = _PEM_BLOCK.findall(text)
+    elif text[:1] in (b"{", b"["):
+        if require_signature:
+            raise ListError("the list is not signed and list_require_signature is set")
+        entries = _from_json(_json(text))
+    elif text.count(b".") == 2:
+        head, payload, sig = text.split(b".")
+        header = _json(_b64url(head))
+        if not isinstance(header, dict):
+            raise ListError("JWS header is not a JSON object")
+        if signer is not None:
+            _check_jws(head + b"." + payload, header, _b64url(sig), signer)
+        elif require_signature:
+            raise ListError("list_require_signature is set but no list_signer is configured")
+        entries = _from_json(_json(_b64url(payload)))
+    else:
+        raise ListError("the list is not a PEM bundle, JSON or a JWS")
+    if text.startswith(b"-----BEGIN") and require_signature:
+        raise ListError("the list is not signed and list_require_signature is set")
+    certs: list[x509.Certificate] = []
+    skipped: list[str] = []
+    for i, entry in enumerate(entries):
+        try:
+            if entry.startswith(b"-----BEGIN"):
+                certs.append(x509.load_pem_x509_certificate(entry))
+            else:
+                certs.append(x509.load_der_x509_certificate(entry))
+        except ValueError:
+            skipped.append(f"entry {i}: not a certificate")
+    return certs, skipped
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise ListError("the list is not valid JSON") from None
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def check_entries(
+    certs: Sequence[x509.Certificate], now: float
+) -> tuple[list[x509.Certificate], list[str]]:
+    """The certificates that may be anchors (CA:TRUE, keyCertSign, valid at ``now``; each
+    once) and why the others were skipped."""
+    when = dt.datetime.fromtimestamp(now, dt.UTC)
+    kept: dict[str, x509.Certificate] = {}
+    skipped: list[str] = []
+    for cert in certs:
+        name = cert.subject.rfc4514_string()
+        try:
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except (x509.ExtensionNotFound, ValueError):
+            skipped.append(f"{name}: no basicConstraints or keyUsage")
+            continue
+        if not bc.ca or not ku.key_cert_sign:
+            skipped.append(f"{name}: not a CA (CA:TRUE and keyCertSign required)")
+        elif not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
+            skipped.append(f"{name}: outside its validity")
+        else:
+            kept.setdefault(fingerprint(cert), cert)
+    return list(kept.values()), skipped
+
+
+def judge(
+    new: Sequence[x509.Certificate],
+    in_force: Sequence[x509.Certificate],
+    max_drop_fraction: float,
+) -> None:
+    """Refuse a list that is empty or drops more than ``max_drop_fraction`` of ``in_force``.
+
+    Raises:
+        ListError: saying which.
+    """
+    if not new:
+        raise ListError("the list holds no usable CA certificate")
+    if in_force:
+        dropped = len(set(in_force) - set(new))
+        if dropped / len(in_force) > max_drop_fraction:
+            raise ListError(
+                f"the list would drop {dropped} of the {len(in_force)} anchors in force;"
+                f" at most a fraction {max_drop_fraction:g} may go at once"
+            )
+
+
+# -- keeping it current --------------------------------------------------------------------
+
+
+class TrustList:
+    """The trust list in force, its source, and its refreshes.
+
+    ``on_change(anchors)`` is called with each newly accepted list (all its anchors at once).
+    Use ``async with`` (it opens and closes its client session); :meth:`load_cache` reads
+    the cache file (at start), :meth:`refresh` fetches now, :meth:`run` refreshes every
+    ``refresh_interval`` until cancelled.
+
+    Raises (constructor):
+        OSError: ``list_ca_file`` (or ``[http_client] ca_file``) cannot be read.
+        ValueError: ``list_signer`` is not a PEM certificate.
+    """
+
+    def __init__(
+        self,
+        settings: TrustSettings,
+        client: HttpClientSettings,
+        *,
+        data_dir: str,
+        clock: Callable[[], float],
+        on_change: Callable[[tuple[x509.Certificate, ...]], None] | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self.settings = settings
+        self.cache_path = settings.cache_path(data_dir)
+        self._clock = clock
+        self.on_change = on_change
+        pinned = replace(client, ca_file=settings.list_ca_file or client.ca_file)
+        self._getter = PinnedGetter(
+            pinned, resolver=resolver, clock=clock, trial_timeout=settings.timeout
+        )
+        self._signer = (
+            x509.load_pem_x509_certificate(Path(settings.list_signer).read_bytes())
+            if settings.list_signer
+            else None
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self.anchors: tuple[x509.Certificate, ...] = ()
+        self.source: Source = "none"
+        self.updated_at: float | None = None
+        """When the anchors in force were fetched (or the cache file written)."""
+        self.last: dict[str, Any] = {"ok": None}
+        """The last refresh: ok, when, error or count, skipped entries."""
+        self.refused = 0
+        self.failures = 0
+
+    async def __aenter__(self) -> TrustList:
+        self._session = new_session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _accept(self, anchors: list[x509.Certificate], source: Source, at: float) -> bool:
+        changed = {fingerprint(c) for c in anchors} != {fingerprint(c) for c in self.anchors}
+        self.anchors = tuple(anchors)
+        self.source = source
+        self.updated_at = at
+        if changed and self.on_change is not None:
+            self.on_change(self.anchors)
+        return changed
+
+    def load_cache(self) -> bool:
+        """Take the anchors of the cache file, if it holds a usable list."""
+        try:
+            body = self.cache_path.read_bytes()
+            certs, _ = parse_list(body)
+            anchors, _ = check_entries(certs, self._clock())
+            judge(anchors, (), 1.0)
+        except (OSError, ListError) as exc:
+            log.warning(
+                "trust_list_cache_unusable", extra={"path": str(self.cache_path), "error": str(exc)}
+            )
+            return False
+        self._accept(anchors, "cache", self.cache_path.stat().st_mtime)
+        log.info("trust_list_cached", extra={"count": len(anchors)})
+        return True
+
+    async def fetch(self) -> bytes:
+        """The list's body from ``list_url``.
+
+        Raises:
+            ListError: no URL, the token file, or the fetch failed.
+        """
+        url = self.settings.list_url
+        if url is None:
+            raise ListError("no [trust] list_url is configured")
+        session = self._session
+        if session is None:
+            raise ListError("the trust list is closed")
+        token = read_token(self.settings)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            answer = await self._getter.get(
+                session,
+                URL(url),
+                max_bytes=self.settings.max_bytes,
+                seconds=self.settings.timeout,
+                what="trust list",
+                accept=_ACCEPT,
+                headers=headers,
+            )
+        except (X5uFetchFailed, X5uRefused) as exc:
+            raise ListError(exc.detail) from None
+        return answer.body
+
+    async def refresh(self) -> dict[str, Any]:
+        """Fetch, check and (if good) swap in and cache the list; the report of how it went.
+        A refused or failed list leaves the anchors in force."""
+        now = self._clock()
+        try:
+            body = await self.fetch()
+            certs, skipped = parse_list(
+                body, signer=self._signer, require_signature=self.settings.list_require_signature
+            )
+            anchors, bad = check_entries(certs, now)
+            skipped += bad
+            judge(anchors, self.anchors, self.settings.max_drop_fraction)
+        except ListError as exc:
+            self.failures += 1
+            log.error("trust_list_refused", extra={"error": str(exc)})
+            self.last = {"ok": False, "at": now, "error": str(exc)}
+            return self.last
+        changed = self._accept(anchors, "url", now)
+        self._write_cache(anchors)
+        for why in skipped:
+            log.warning("trust_list_entry_skipped", extra={"entry": why})
+        log.info("trust_list_refreshed", extra={"count": len(anchors), "changed": changed})
+        self.last = {
+            "ok": True,
+            "at": now,
+            "count": len(anchors),
+            "changed": changed,
+            "skipped": skipped,
+        }
+        return self.last
+
+    def _write_cache(self, anchors: Sequence[x509.Certificate]) -> None:
+        """Write the accepted list as a PEM bundle, atomically (a temporary file renamed)."""
+        body = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in anchors)
+        path = self.cache_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".trust-list-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("trust_list_cache_failed", extra={"path": str(path), "error": str(exc)})
+
+    async def run(self) -> None:
+        """Refresh every ``refresh_interval`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.refresh_interval)
+            try:
+                await self.refresh()
+            except Exception:  # a bug must not end the refreshes; refresh logs list errors
+                log.exception("trust_list_refresh_crashed")
