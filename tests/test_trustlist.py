@@ -3,6 +3,7 @@ service keeping its anchors current from a real HTTPS repository on 127.0.0.1.""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from pytest_aiohttp import AiohttpClient
 
+from verifier.cli import main
 from verifier.http.app import create_app
 from verifier.net.trustlist import (
     ListError,
@@ -276,3 +278,55 @@ def test_no_anchor_at_all_refuses_to_start(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="at least one trust anchor"):
         create_app(settings)
+
+
+# -- verifier trust status | refresh -------------------------------------------------------
+
+
+async def test_trust_commands(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "verifier.toml"
+    s = stack.settings
+    config.write_text(
+        f'trust_anchors = ["{tmp_path / "lab.pem"}"]\n'
+        "[http_client]\n"
+        f'ca_file = "{s.http_client.ca_file}"\n'
+        'private_allow = ["127.0.0.1"]\n'
+        "[trust]\n"
+        f'list_url = "{s.trust.list_url}"\n'
+        f'list_cache = "{tmp_path / "standalone" / "list.pem"}"\n'
+    )
+    # standalone: into the cache file, with the report beside it
+    assert 0 == await asyncio.to_thread(_run, ["trust", "refresh", "--config", str(config)])
+    report = json.loads(capsys.readouterr().out)
+    assert (True, 2) == (report["ok"], report["count"])
+    assert 0 == await asyncio.to_thread(_run, ["trust", "status", "--config", str(config)])
+    status = json.loads(capsys.readouterr().out)
+    assert ["local"] == [a["source"] for a in status["anchors"]]
+    assert ["CN=STI-CA A,O=verifier test PKI,C=US", "CN=STI-CA B,O=verifier test PKI,C=US"] == [
+        a["subject"] for a in status["list_anchors"]
+    ]
+    assert True is status["last_refresh"]["ok"]
+    stack.repo.put("/list.json", b"garbage")
+    assert 1 == await asyncio.to_thread(_run, ["trust", "refresh", "--config", str(config)])
+    assert False is json.loads(capsys.readouterr().out)["ok"]
+    # through the running service, with its admin token
+    server = stack.client.server
+    base = f"http://{server.host}:{server.port}"
+    os.environ["VERIFIER_API_ADMIN_TOKEN"] = TOKEN
+    try:
+        argv = ["trust", "refresh", "--config", str(config), "--service", base]
+        assert 1 == await asyncio.to_thread(_run, argv)
+    finally:
+        del os.environ["VERIFIER_API_ADMIN_TOKEN"]
+    report = json.loads(capsys.readouterr().out)
+    assert (False, 3) == (report["ok"], report["trust"]["anchors"])
+
+
+def _run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    code = exit_.value.code
+    assert isinstance(code, int)
+    return code

@@ -18,7 +18,7 @@ from cryptography import x509
 
 from .accel import es256
 from .accel.batcher import SignatureBatcher
-from .core.certs import TrustStore, load_certificates
+from .core.certs import TrustStore
 from .core.errors import NoIdentity, RequestDateStale, VerificationError
 from .core.policy import Disposition, Policy, PolicyError
 from .core.replay import ReplayCache
@@ -36,6 +36,7 @@ from .logs import VerificationLog, json_string
 from .metrics import Metrics
 from .net.rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
 from .net.redis_tier import RedisReplayCache
+from .net.trustlist import local_anchors
 from .records import Record, RecordWriter
 from .settings import Settings
 
@@ -225,7 +226,8 @@ class Service:
     def reload_report(self) -> dict[str, dict[str, Any]]:
         report: dict[str, dict[str, Any]] = {}
         try:
-            local = load_certificates(self.settings.trust_anchors)
+            listed = self.settings.trust.list_url is not None
+            local = local_anchors(self.settings.trust_anchors, optional=listed)
             trust = self._store(local)
         except ValueError as exc:
             log.error("reload_failed", extra={"part": "trust_anchors", "error": str(exc)})

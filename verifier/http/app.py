@@ -23,7 +23,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -31,14 +30,14 @@ from aiohttp import web
 from .. import __version__
 from ..accel import es256
 from ..accel.batcher import SignatureBatcher
-from ..core.certs import TrustStore, load_certificates
+from ..core.certs import TrustStore
 from ..core.policy import Policy
 from ..core.verify import CredentialSource
 from ..metrics import Metrics
 from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
-from ..net.trustlist import TrustList
+from ..net.trustlist import TrustList, local_anchors
 from ..records import RecordWriter, open_store
 from ..service import Service
 from ..settings import Settings
@@ -249,10 +248,7 @@ def _initial_trust(settings: Settings, trust_list: TrustList | None) -> TrustSto
     Raises:
         ValueError: no anchor at all, or a local anchor path that cannot be read.
     """
-    paths = settings.trust_anchors
-    if trust_list is not None and not all(Path(p).exists() for p in paths):
-        paths = tuple(p for p in paths if Path(p).exists())
-    local = load_certificates(paths)
+    local = local_anchors(settings.trust_anchors, optional=trust_list is not None)
     listed = trust_list.anchors if trust_list is not None else ()
     return TrustStore(
         [*local, *(a for a in listed if a not in set(local))],

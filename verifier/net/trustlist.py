@@ -24,6 +24,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from yarl import URL
 
+from ..core.certs import load_certificates
 from ..core.errors import VerifierError, X5uFetchFailed, X5uRefused
 from .ssrf import Resolver, system_resolver
 from .transport import HttpClientSettings, PinnedGetter, new_session
@@ -46,9 +48,14 @@ __all__ = [
     "TrustList",
     "TrustSettings",
     "check_entries",
+    "describe_anchors",
+    "fingerprint",
     "judge",
+    "local_anchors",
     "parse_list",
     "read_token",
+    "refresh_cache",
+    "status_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,7 @@ log = logging.getLogger(__name__)
 Source = Literal["none", "url", "cache"]
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 _B64URL = re.compile(rb"[A-Za-z0-9_-]*")
+_PEM = serialization.Encoding.PEM
 _ACCEPT = "application/pem-certificate-chain, application/json, application/jose"
 
 
@@ -328,6 +336,7 @@ class TrustList:
     ) -> None:
         self.settings = settings
         self.cache_path = settings.cache_path(data_dir)
+        self.status_path = _status_path(self.cache_path)
         self._clock = clock
         self.on_change = on_change
         pinned = replace(client, ca_file=settings.list_ca_file or client.ca_file)
@@ -427,9 +436,10 @@ class TrustList:
             self.failures += 1
             log.error("trust_list_refused", extra={"error": str(exc)})
             self.last = {"ok": False, "at": now, "error": str(exc)}
+            self._write(self.status_path, json.dumps(self.last).encode())
             return self.last
         changed = self._accept(anchors, "url", now)
-        self._write_cache(anchors)
+        self._write(self.cache_path, b"".join(c.public_bytes(_PEM) for c in anchors))
         for why in skipped:
             log.warning("trust_list_entry_skipped", extra={"entry": why})
         log.info("trust_list_refreshed", extra={"count": len(anchors), "changed": changed})
@@ -440,12 +450,12 @@ class TrustList:
             "changed": changed,
             "skipped": skipped,
         }
+        self._write(self.status_path, json.dumps(self.last).encode())
         return self.last
 
-    def _write_cache(self, anchors: Sequence[x509.Certificate]) -> None:
-        """Write the accepted list as a PEM bundle, atomically (a temporary file renamed)."""
-        body = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in anchors)
-        path = self.cache_path
+    @staticmethod
+    def _write(path: Path, body: bytes) -> None:
+        """Write ``body`` to ``path`` atomically (a temporary file renamed)."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".trust-list-")
@@ -453,7 +463,7 @@ class TrustList:
                 fh.write(body)
             os.replace(tmp, path)
         except OSError as exc:
-            log.error("trust_list_cache_failed", extra={"path": str(path), "error": str(exc)})
+            log.error("trust_list_write_failed", extra={"path": str(path), "error": str(exc)})
 
     async def run(self) -> None:
         """Refresh every ``refresh_interval`` until cancelled."""
@@ -463,3 +473,64 @@ class TrustList:
                 await self.refresh()
             except Exception:  # a bug must not end the refreshes; refresh logs list errors
                 log.exception("trust_list_refresh_crashed")
+
+
+# -- for the command line and the application ----------------------------------------------
+
+
+def local_anchors(paths: Sequence[str], *, optional: bool) -> list[x509.Certificate]:
+    """The certificates of ``trust_anchors``; when ``optional`` (a trust list is configured)
+    paths that do not exist are passed over.
+
+    Raises:
+        ValueError: a path that cannot be read or holds no certificate.
+    """
+    if optional:
+        paths = [p for p in paths if Path(p).exists()]
+    return load_certificates(paths)
+
+
+def describe_anchors(anchors: Sequence[x509.Certificate], source: str) -> list[dict[str, str]]:
+    """One row per anchor: subject, SHA-256 fingerprint, expiry, source."""
+    return [
+        {
+            "subject": a.subject.rfc4514_string(),
+            "fingerprint": fingerprint(a),
+            "not_after": a.not_valid_after_utc.isoformat(),
+            "source": source,
+        }
+        for a in anchors
+    ]
+
+
+def _status_path(cache: Path) -> Path:
+    """Where the last refresh's report is kept, beside the cache file."""
+    return cache.with_name(cache.name + ".status.json")
+
+
+def status_of(settings: TrustSettings, data_dir: str) -> dict[str, Any]:
+    """The cached list (its anchors, age) and the last refresh's report, from the files."""
+    cache = settings.cache_path(data_dir)
+    body: dict[str, Any] = {"list_url": settings.list_url, "list_cache": str(cache)}
+    try:
+        certs, _ = parse_list(cache.read_bytes())
+        body["list_anchors"] = describe_anchors(certs, "list")
+        body["list_written"] = dt.datetime.fromtimestamp(cache.stat().st_mtime, dt.UTC).isoformat()
+    except (OSError, ListError) as exc:
+        body["list_anchors"] = []
+        body["list_error"] = str(exc)
+    try:
+        body["last_refresh"] = json.loads(_status_path(cache).read_bytes())
+    except (OSError, ValueError):
+        body["last_refresh"] = None
+    return body
+
+
+async def refresh_cache(
+    settings: TrustSettings, client: HttpClientSettings, *, data_dir: str
+) -> dict[str, Any]:
+    """Fetch the list once, standalone, into the cache file (judged against the cached one)."""
+    trust_list = TrustList(settings, client, data_dir=data_dir, clock=time.time)
+    trust_list.load_cache()
+    async with trust_list:
+        return await trust_list.refresh()
