@@ -4,6 +4,7 @@ service keeping its anchors current from a real HTTPS repository on 127.0.0.1.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -28,7 +29,7 @@ from verifier.net.trustlist import (
 )
 from verifier.settings import ConfigError, Settings, load_settings
 from verifier.testing import Signer, TestPKI
-from verifier.testing.pki import CA, pem, sign_jws
+from verifier.testing.pki import CA, make_crl, pem, sign_jws
 from verifier.testing.repository import Repository
 
 TOKEN = "admin-token-0123456789"
@@ -155,6 +156,7 @@ class Stack:
     b: Signer
     lab: Signer
     client: Any
+    cas: dict[str, CA]
 
 
 @pytest.fixture
@@ -183,7 +185,8 @@ async def stack(
             },
         )
         client = await aiohttp_client(create_app(settings))
-        yield Stack(repo, settings, signers["a"], signers["b"], signers["lab"], client)
+        cas = {"a": ca_a, "b": ca_b, "lab": lab_ca}
+        yield Stack(repo, settings, signers["a"], signers["b"], signers["lab"], client, cas)
 
 
 async def _verify(client: Any, signer: Signer, now: int) -> int | None:
@@ -262,7 +265,8 @@ async def test_trust_refresh_needs_the_admin_token_and_a_list(
     client = await aiohttp_client(create_app(plain))
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with client.post("/v1/admin/trust/refresh", headers=headers) as resp:
-        assert 404 == resp.status
+        body = await resp.json()
+    assert (False, "no [trust] list_url is configured") == (body["ok"], body["error"])
     async with client.get("/readyz") as resp:
         assert "trust" not in await resp.json()
 
@@ -278,6 +282,43 @@ def test_no_anchor_at_all_refuses_to_start(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="at least one trust anchor"):
         create_app(settings)
+
+
+async def test_sti_pa_crl_revokes_within_one_refresh(
+    stack: Stack, aiohttp_client: AiohttpClient, now: int
+) -> None:
+    ca_b = stack.cas["b"]
+    crl_url = stack.repo.http_url("/sti-pa.crl")
+    stack.repo.put("/sti-pa.crl", make_crl(ca_b), content_type="application/pkix-crl")
+    trust = dataclasses.replace(stack.settings.trust, crl_urls=(crl_url,))
+    settings = dataclasses.replace(stack.settings, trust=trust)
+    await stack.client.close()
+    client = await aiohttp_client(create_app(settings))
+    other = ca_b.issue_leaf("1002", x5u=stack.repo.url("/other.pem"))
+    stack.repo.put("/other.pem", other.chain_pem())
+    assert [None, None, None, None] == [
+        *await _verdicts(stack, client, now),
+        await _verify(client, other, now),
+    ]
+    async with client.get("/readyz") as resp:
+        assert 0 == (await resp.json())["trust"]["crls"][crl_url]["revoked"]
+
+    # the STI-PA revokes B's signer: after one refresh its calls fail 437 (from the cache too)
+    revoking = make_crl(ca_b, [stack.b.cert.serial_number])
+    stack.repo.put("/sti-pa.crl", revoking, content_type="application/pkix-crl")
+    report = await _refresh(client)
+    assert {"ok": True, "revoked": 1} == {k: report["crls"][crl_url][k] for k in ("ok", "revoked")}
+    assert [None, 437, None, None] == [
+        *await _verdicts(stack, client, now),
+        await _verify(client, other, now),
+    ]
+    # a CRL that no anchor signed, or that is not a CRL, is refused; the last good one stays
+    forged = make_crl(ca_b, [], signer=stack.cas["a"].key)
+    for body in (forged, b"garbage"):
+        stack.repo.put("/sti-pa.crl", body, content_type="application/pkix-crl")
+        report = await _refresh(client)
+        assert False is report["crls"][crl_url]["ok"]
+        assert [None, 437, None] == await _verdicts(stack, client, now)
 
 
 # -- verifier trust status | refresh -------------------------------------------------------

@@ -232,13 +232,15 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _trust_list(settings: Settings, clock: Callable[[], float]) -> TrustList | None:
-    """The STI-PA trust list when ``[trust] list_url`` is set, from its cache file."""
-    if settings.trust.list_url is None:
+    """The STI-PA trust list (from its cache file) and CRLs, when ``[trust] list_url`` or
+    ``crl_urls`` is set."""
+    if settings.trust.list_url is None and not settings.trust.crl_urls:
         return None
     trust_list = TrustList(
         settings.trust, settings.http_client, data_dir=settings.records.data_dir, clock=clock
     )
-    trust_list.load_cache()
+    if settings.trust.list_url is not None:
+        trust_list.load_cache()
     return trust_list
 
 
@@ -257,15 +259,22 @@ def _initial_trust(settings: Settings, trust_list: TrustList | None) -> TrustSto
 
 
 async def _trust_list_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The trust list: fetched once before serving, then every ``refresh_interval``."""
+    """The trust list and the STI-PA CRLs: fetched once before serving, then every
+    ``refresh_interval`` and ``crl_refresh_interval``."""
     trust_list = app[TRUST_LIST]
     if trust_list is None:
         yield
         return
-    service = app[SERVICE]
+    service, credentials = app[SERVICE], app[CREDENTIALS]
     trust_list.on_change = service.set_list_anchors
+    trust_list.anchors_in_force = lambda: service.trust.anchors
+    if isinstance(credentials, CertificateFetcher):
+        trust_list.on_crls = credentials.set_published_crls
     async with trust_list:
-        await trust_list.refresh()
+        if trust_list.settings.list_url is not None:
+            await trust_list.refresh()
+        if trust_list.settings.crl_urls:
+            await trust_list.refresh_crls()
         task = asyncio.create_task(trust_list.run())
         try:
             yield

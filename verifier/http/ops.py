@@ -78,8 +78,11 @@ async def admin_trust_refresh(request: web.Request) -> web.Response:
     authorize(request, request.app[SETTINGS].api.admin_token, required=True)
     trust_list = request.app[TRUST_LIST]
     if trust_list is None:
-        raise ApiError(404, "SVC4003", "Resource not found: %1", ["no [trust] list_url"])
-    report = await trust_list.refresh()
+        report: dict[str, Any] = {"ok": False, "error": "no [trust] list_url is configured"}
+    else:
+        report = await trust_list.refresh()
+        if trust_list.settings.crl_urls:
+            report["crls"] = await trust_list.refresh_crls()
     return json_response({**report, "trust": trust_status(request.app)})
 
 
@@ -99,6 +102,11 @@ def trust_status(app: web.Application) -> dict[str, Any]:
         body["list_anchors"] = len(trust_list.anchors)
         body["list_age"] = None if updated is None else round(app[CLOCK]() - updated, 3)
         body["last_refresh"] = trust_list.last
+        now = app[CLOCK]()
+        body["crls"] = {
+            url: {"age": round(now - at, 3), "revoked": len(crl)}
+            for url, (crl, at) in trust_list.crls.items()
+        }
     return body
 
 

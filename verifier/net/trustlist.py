@@ -40,6 +40,7 @@ from yarl import URL
 
 from ..core.certs import load_certificates
 from ..core.errors import VerifierError, X5uFetchFailed, X5uRefused
+from .crl import load_crl, signed_by_anchor
 from .ssrf import Resolver, system_resolver
 from .transport import HttpClientSettings, PinnedGetter, new_session
 
@@ -102,6 +103,11 @@ class TrustSettings:
     """Total time for one list fetch."""
     expiry_warning: float = 14 * 86400.0
     """An anchor expiring within this time is warned about (log line and metric)."""
+    crl_urls: tuple[str, ...] = ()
+    """The STI-PA's CRLs (http or https), signed by an anchor in force: checked with every
+    chain, besides each certificate's own distribution points."""
+    crl_refresh_interval: float = 3600.0
+    """How often ``crl_urls`` are fetched again."""
 
     def __post_init__(self) -> None:
         if self.list_url is not None:
@@ -114,7 +120,10 @@ class TrustSettings:
             not self.list_token.isprintable() or " " in self.list_token
         ):
             raise ValueError("list_token must be printable, without spaces")
-        for name in ("refresh_interval", "timeout", "expiry_warning"):
+        for url in map(URL, self.crl_urls):
+            if url.scheme not in ("http", "https") or not url.host:
+                raise ValueError(f"crl_urls: {url} is not an http(s) URL")
+        for name in ("refresh_interval", "timeout", "expiry_warning", "crl_refresh_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if not 0 <= self.max_drop_fraction <= 1:
@@ -355,8 +364,14 @@ class TrustList:
         """When the anchors in force were fetched (or the cache file written)."""
         self.last: dict[str, Any] = {"ok": None}
         """The last refresh: ok, when, error or count, skipped entries."""
-        self.refused = 0
         self.failures = 0
+        self.crls: dict[str, tuple[x509.CertificateRevocationList, float]] = {}
+        """The STI-PA CRLs in force, by URL, with when each was fetched."""
+        self.crl_report: dict[str, Any] = {}
+        self.crl_failures = 0
+        self.on_crls: Callable[[tuple[x509.CertificateRevocationList, ...]], None] | None = None
+        self.anchors_in_force: Callable[[], Sequence[x509.Certificate]] = lambda: self.anchors
+        """The anchors a CRL must be signed by (the service's: local and list)."""
 
     async def __aenter__(self) -> TrustList:
         self._session = new_session()
@@ -401,24 +416,51 @@ class TrustList:
         url = self.settings.list_url
         if url is None:
             raise ListError("no [trust] list_url is configured")
+        token = read_token(self.settings)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return await self._get(url, "trust list", _ACCEPT, headers)
+
+    async def _get(
+        self, url: str, what: str, accept: str, headers: dict[str, str] | None = None
+    ) -> bytes:
         session = self._session
         if session is None:
             raise ListError("the trust list is closed")
-        token = read_token(self.settings)
-        headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
             answer = await self._getter.get(
                 session,
                 URL(url),
                 max_bytes=self.settings.max_bytes,
                 seconds=self.settings.timeout,
-                what="trust list",
-                accept=_ACCEPT,
+                what=what,
+                accept=accept,
                 headers=headers,
             )
         except (X5uFetchFailed, X5uRefused) as exc:
             raise ListError(exc.detail) from None
         return answer.body
+
+    async def refresh_crls(self) -> dict[str, Any]:
+        """Fetch each of ``crl_urls``; keep each one signed by an anchor in force (the last
+        good one stays when a fetch fails) and hand them all to ``on_crls``."""
+        now = self._clock()
+        report: dict[str, Any] = {}
+        for url in self.settings.crl_urls:
+            try:
+                crl = load_crl(await self._get(url, "STI-PA CRL", "application/pkix-crl"))
+                if not signed_by_anchor(crl, self.anchors_in_force()):
+                    raise ListError("the CRL is not signed by an anchor in force")
+            except ValueError as exc:  # ListError, or not a CRL
+                self.crl_failures += 1
+                log.error("sti_pa_crl_refused", extra={"url": url, "error": str(exc)})
+                report[url] = {"ok": False, "at": now, "error": str(exc)}
+                continue
+            self.crls[url] = (crl, now)
+            report[url] = {"ok": True, "at": now, "revoked": len(crl)}
+        self.crl_report = report
+        if self.on_crls is not None:
+            self.on_crls(tuple(crl for crl, _ in self.crls.values()))
+        return report
 
     async def refresh(self) -> dict[str, Any]:
         """Fetch, check and (if good) swap in and cache the list; the report of how it went.
@@ -466,13 +508,31 @@ class TrustList:
             log.error("trust_list_write_failed", extra={"path": str(path), "error": str(exc)})
 
     async def run(self) -> None:
-        """Refresh every ``refresh_interval`` until cancelled."""
+        """Refresh the list every ``refresh_interval`` and the CRLs every
+        ``crl_refresh_interval`` until cancelled."""
+        settings = self.settings
+        every = {"list": settings.refresh_interval, "crls": settings.crl_refresh_interval}
+        if settings.list_url is None:
+            del every["list"]
+        if not settings.crl_urls:
+            del every["crls"]
+        due = dict(every)
+        if not due:
+            return
+        waited = 0.0
         while True:
-            await asyncio.sleep(self.settings.refresh_interval)
-            try:
-                await self.refresh()
-            except Exception:  # a bug must not end the refreshes; refresh logs list errors
-                log.exception("trust_list_refresh_crashed")
+            step = min(due.values()) - waited
+            await asyncio.sleep(step)
+            waited += step
+            for what in [w for w, at in due.items() if at <= waited]:
+                try:
+                    await (self.refresh() if what == "list" else self.refresh_crls())
+                except Exception:  # a bug must not end the refreshes; they log their errors
+                    log.exception("trust_refresh_crashed", extra={"part": what})
+                interval = (
+                    settings.refresh_interval if what == "list" else settings.crl_refresh_interval
+                )
+                due[what] = waited + interval
 
 
 # -- for the command line and the application ----------------------------------------------
