@@ -19,14 +19,8 @@ from pytest_aiohttp import AiohttpClient
 
 from verifier.cli import main
 from verifier.http.app import create_app
-from verifier.net.trustlist import (
-    ListError,
-    TrustSettings,
-    check_entries,
-    judge,
-    parse_list,
-    read_token,
-)
+from verifier.net.trustlist import TrustSettings, expiry_figures, read_token
+from verifier.net.trustparse import ListError, check_entries, judge, parse_list
 from verifier.settings import ConfigError, Settings, load_settings
 from verifier.testing import Signer, TestPKI
 from verifier.testing.pki import CA, make_crl, pem, sign_jws
@@ -371,3 +365,47 @@ def _run(argv: list[str]) -> int:
     code = exit_.value.code
     assert isinstance(code, int)
     return code
+
+
+# -- expiry ---------------------------------------------------------------------------------
+
+
+def test_expiry_figures(pki: TestPKI) -> None:
+    now = dt.datetime.now(dt.UTC)
+    soon = pki.root.issue_ca("soon", not_after=now + dt.timedelta(days=3)).cert
+    later = pki.root.issue_ca("later", not_after=now + dt.timedelta(days=300)).cert
+    t = now.timestamp()
+    signers = [("1001", t + 86400.0), ("1002", t + 30 * 86400.0), ("1003", t + 60 * 86400.0)]
+    figures = expiry_figures([later, soon], None, signers, now=t, warning=14 * 86400, top=2)
+    assert {"anchor": 1, "certificate": 1} == figures["expiring"]
+    assert [("1001", 86400.0), ("1002", 30 * 86400.0)] == figures["cert_expiry"]
+    assert soon.not_valid_after_utc.timestamp() - t == figures["earliest_anchor_expiry"]
+    assert ["anchor", "certificate"] == [s["kind"] for s in figures["soon"]]
+
+
+async def test_expiry_warned_and_shown_in_metrics(
+    stack: Stack,
+    aiohttp_client: AiohttpClient,
+    pki: TestPKI,
+    tmp_path: Path,
+    now: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert None is await _verify(stack.client, stack.b, now)  # a cached signer certificate
+    async with stack.client.get("/metrics") as resp:
+        text = await resp.text()
+    assert "verifier_trust_anchors 3.0" in text
+    assert 'verifier_trust_source{source="url"} 1.0' in text
+    assert 'verifier_cert_expiry_seconds{spc="1001"}' in text
+    assert 'verifier_trust_expiring{kind="anchor"} 0.0' in text
+    ending = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    (tmp_path / "soon.pem").write_bytes(pem(pki.root.issue_ca("soon", not_after=ending).cert))
+    settings = load_settings(
+        overrides={"trust_anchors": [str(tmp_path / "soon.pem")], "records.enabled": False}
+    )
+    caplog.set_level("WARNING", logger="verifier.http.app")
+    client = await aiohttp_client(create_app(settings))
+    async with client.get("/metrics") as resp:
+        assert 'verifier_trust_expiring{kind="anchor"} 1.0' in await resp.text()
+    warned = [r for r in caplog.records if r.getMessage() == "anchor_expiring"]
+    assert ["CN=soon,O=verifier test PKI,C=US"] == [r.__dict__["subject"] for r in warned]

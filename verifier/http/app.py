@@ -23,6 +23,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -37,7 +38,7 @@ from ..metrics import Metrics
 from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
-from ..net.trustlist import TrustList, local_anchors
+from ..net.trustlist import TrustList, expiry_figures, local_anchors
 from ..records import RecordWriter, open_store
 from ..service import Service
 from ..settings import Settings
@@ -64,6 +65,9 @@ from .keys import (
 __all__ = ["SERVICE", "ApiError", "create_app", "run", "start_site"]
 
 log = logging.getLogger(__name__)
+
+EXPIRY_CHECK_INTERVAL = 3600.0
+"""Seconds between the checks that log anchors and signer certificates about to expire."""
 
 DRAIN_GRACE = 1.0
 """Seconds ``verifier serve`` goes on answering its open connections after SIGTERM, each
@@ -108,7 +112,7 @@ def create_app(
     app.cleanup_ctx.append(_rcd_ctx)
     app.cleanup_ctx.append(_records_ctx)
     app.cleanup_ctx.append(_service_ctx)
-    app.cleanup_ctx.append(_trust_list_ctx)
+    app.cleanup_ctx.append(_trust_ctx)
     app.on_shutdown.append(_not_ready)
     app.on_response_prepare.append(_close_when_draining)
     return app
@@ -258,30 +262,60 @@ def _initial_trust(settings: Settings, trust_list: TrustList | None) -> TrustSto
     )
 
 
-async def _trust_list_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The trust list and the STI-PA CRLs: fetched once before serving, then every
-    ``refresh_interval`` and ``crl_refresh_interval``."""
-    trust_list = app[TRUST_LIST]
-    if trust_list is None:
-        yield
-        return
+def _trust_figures(app: web.Application) -> dict[str, Any]:
+    """The trust in force and what expires within ``[trust] expiry_warning``."""
     service, credentials = app[SERVICE], app[CREDENTIALS]
-    trust_list.on_change = service.set_list_anchors
-    trust_list.anchors_in_force = lambda: service.trust.anchors
-    if isinstance(credentials, CertificateFetcher):
-        trust_list.on_crls = credentials.set_published_crls
-    async with trust_list:
-        if trust_list.settings.list_url is not None:
-            await trust_list.refresh()
-        if trust_list.settings.crl_urls:
-            await trust_list.refresh_crls()
-        task = asyncio.create_task(trust_list.run())
-        try:
+    signers = (
+        credentials.soonest_expiring(app[SETTINGS].x5u.cache_size)
+        if isinstance(credentials, CertificateFetcher)
+        else []
+    )
+    return expiry_figures(
+        service.trust.anchors,
+        app[TRUST_LIST],
+        signers,
+        now=app[CLOCK](),
+        warning=app[SETTINGS].trust.expiry_warning,
+    )
+
+
+async def _warn_expiring(app: web.Application) -> None:
+    """A warning line for each anchor and cached signer certificate about to expire: at
+    start, then hourly."""
+    while True:
+        for item in _trust_figures(app)["soon"]:
+            when = dt.datetime.fromtimestamp(item["not_after"], dt.UTC).isoformat()
+            log.warning(f"{item['kind']}_expiring", extra={**item, "not_after": when})
+        await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+
+
+async def _trust_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Expiry watch (metrics, warnings) and, when configured, the trust list and the STI-PA
+    CRLs: fetched once before serving, then every ``refresh_interval`` and
+    ``crl_refresh_interval``."""
+    app[METRICS].watch_trust(lambda: _trust_figures(app))
+    tasks = [asyncio.create_task(_warn_expiring(app))]
+    trust_list = app[TRUST_LIST]
+    try:
+        if trust_list is None:
             yield
-        finally:
+            return
+        service, credentials = app[SERVICE], app[CREDENTIALS]
+        trust_list.on_change = service.set_list_anchors
+        trust_list.anchors_in_force = lambda: service.trust.anchors
+        if isinstance(credentials, CertificateFetcher):
+            trust_list.on_crls = credentials.set_published_crls
+        async with trust_list:
+            if trust_list.settings.list_url is not None:
+                await trust_list.refresh()
+            if trust_list.settings.crl_urls:
+                await trust_list.refresh_crls()
+            tasks.append(asyncio.create_task(trust_list.run()))
+            yield
+    finally:
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _not_ready(app: web.Application) -> None:

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -288,6 +290,16 @@ class CertificateFetcher(SessionUser):
             return
         self._generation += 1
         self._negative.clear()
+
+    def soonest_expiring(self, n: int) -> list[tuple[str, float]]:
+        """(SPC, notAfter) of the ``n`` cached signer certificates that expire first, one per
+        SPC (a chain's notAfter is its earliest certificate's)."""
+        earliest: dict[str, float] = {}
+        for entry in self._memory.entries():
+            info = entry.credential.certificate
+            spc = ",".join(info.spc) if info is not None and info.spc else "-"
+            earliest[spc] = min(earliest.get(spc, math.inf), entry.credential.not_after)
+        return heapq.nsmallest(n, earliest.items(), key=lambda item: item[1])
 
     def set_published_crls(self, crls: Sequence[x509.CertificateRevocationList]) -> None:
         """Swap the STI-PA's published CRLs (checked with every chain, whatever ``crl_check``
