@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +184,9 @@ async def stack(
         yield Stack(repo, settings, signers["a"], signers["b"], signers["lab"], client, cas)
 
 
-async def _verify(client: Any, signer: Signer, now: int) -> int | None:
-    body = {"identity": signer.identity(iat=now), "from": ORIG, "to": DEST}
+async def _verify(client: Any, signer: Signer) -> int | None:
+    """The real service's verdict (None: passed) on a call signed now (its clock is real)."""
+    body = {"identity": signer.identity(iat=int(time.time())), "from": ORIG, "to": DEST}
     async with client.post("/v1/verify", json=body) as resp:
         assert 200 == resp.status
         result: dict[str, Any] = await resp.json()
@@ -194,8 +196,8 @@ async def _verify(client: Any, signer: Signer, now: int) -> int | None:
     return code
 
 
-async def _verdicts(stack: Stack, client: Any, now: int) -> list[int | None]:
-    return [await _verify(client, s, now) for s in (stack.a, stack.b, stack.lab)]
+async def _verdicts(stack: Stack, client: Any) -> list[int | None]:
+    return [await _verify(client, s) for s in (stack.a, stack.b, stack.lab)]
 
 
 async def _refresh(client: Any) -> dict[str, Any]:
@@ -206,11 +208,9 @@ async def _refresh(client: Any) -> dict[str, Any]:
         return body
 
 
-async def test_trust_list_kept_current(
-    stack: Stack, aiohttp_client: AiohttpClient, now: int
-) -> None:
+async def test_trust_list_kept_current(stack: Stack, aiohttp_client: AiohttpClient) -> None:
     client = stack.client
-    assert [None, None, None] == await _verdicts(stack, client, now)
+    assert [None, None, None] == await _verdicts(stack, client)
     async with client.get("/readyz") as resp:
         trust = (await resp.json())["trust"]
     assert ("url", 2, 3) == (trust["source"], trust["list_anchors"], trust["anchors"])
@@ -220,7 +220,7 @@ async def test_trust_list_kept_current(
     stack.repo.put("/list.json", pem(ca_b), content_type="application/x-pem-file")
     report = await _refresh(client)
     assert (True, True, 1) == (report["ok"], report["changed"], report["count"])
-    assert [437, None, None] == await _verdicts(stack, client, now)
+    assert [437, None, None] == await _verdicts(stack, client)
 
     # a garbage list and an empty one leave the anchors in force
     for body in (b"<html>maintenance</html>", b'{"crts": []}', b"[]"):
@@ -228,7 +228,7 @@ async def test_trust_list_kept_current(
         report = await _refresh(client)
         assert False is report["ok"]
         assert (2, 1) == (report["trust"]["anchors"], report["trust"]["list_anchors"])
-        assert [437, None, None] == await _verdicts(stack, client, now)
+        assert [437, None, None] == await _verdicts(stack, client)
 
     # restarted while the list URL is down: the cached list is used
     await client.close()
@@ -241,7 +241,7 @@ async def test_trust_list_kept_current(
         trust["list_anchors"],
         trust["last_refresh"]["ok"],
     )
-    assert [437, None, None] == await _verdicts(stack, restarted, now)
+    assert [437, None, None] == await _verdicts(stack, restarted)
 
 
 async def test_trust_refresh_needs_the_admin_token_and_a_list(
@@ -279,7 +279,7 @@ def test_no_anchor_at_all_refuses_to_start(tmp_path: Path) -> None:
 
 
 async def test_sti_pa_crl_revokes_within_one_refresh(
-    stack: Stack, aiohttp_client: AiohttpClient, now: int
+    stack: Stack, aiohttp_client: AiohttpClient
 ) -> None:
     ca_b = stack.cas["b"]
     crl_url = stack.repo.http_url("/sti-pa.crl")
@@ -291,8 +291,8 @@ async def test_sti_pa_crl_revokes_within_one_refresh(
     other = ca_b.issue_leaf("1002", x5u=stack.repo.url("/other.pem"))
     stack.repo.put("/other.pem", other.chain_pem())
     assert [None, None, None, None] == [
-        *await _verdicts(stack, client, now),
-        await _verify(client, other, now),
+        *await _verdicts(stack, client),
+        await _verify(client, other),
     ]
     async with client.get("/readyz") as resp:
         assert 0 == (await resp.json())["trust"]["crls"][crl_url]["revoked"]
@@ -303,8 +303,8 @@ async def test_sti_pa_crl_revokes_within_one_refresh(
     report = await _refresh(client)
     assert {"ok": True, "revoked": 1} == {k: report["crls"][crl_url][k] for k in ("ok", "revoked")}
     assert [None, 437, None, None] == [
-        *await _verdicts(stack, client, now),
-        await _verify(client, other, now),
+        *await _verdicts(stack, client),
+        await _verify(client, other),
     ]
     # a CRL that no anchor signed, or that is not a CRL, is refused; the last good one stays
     forged = make_crl(ca_b, [], signer=stack.cas["a"].key)
@@ -312,7 +312,7 @@ async def test_sti_pa_crl_revokes_within_one_refresh(
         stack.repo.put("/sti-pa.crl", body, content_type="application/pkix-crl")
         report = await _refresh(client)
         assert False is report["crls"][crl_url]["ok"]
-        assert [None, 437, None] == await _verdicts(stack, client, now)
+        assert [None, 437, None] == await _verdicts(stack, client)
 
 
 # -- verifier trust status | refresh -------------------------------------------------------
@@ -388,10 +388,9 @@ async def test_expiry_warned_and_shown_in_metrics(
     aiohttp_client: AiohttpClient,
     pki: TestPKI,
     tmp_path: Path,
-    now: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert None is await _verify(stack.client, stack.b, now)  # a cached signer certificate
+    assert None is await _verify(stack.client, stack.b)  # a cached signer certificate
     async with stack.client.get("/metrics") as resp:
         text = await resp.text()
     assert "verifier_trust_anchors 3.0" in text

@@ -125,7 +125,7 @@ class ApiSettings:
     log_verifications: bool = True
     """One JSON log line per verification."""
     admin_token: str | None = None
-    """Bearer token for /v1/records, /v1/stats and /v1/admin/reload (unset: they answer 403).
+    """Bearer token for /v1/records, /v1/stats and /v1/admin/* (unset: they answer 403).
     Give it through the environment (VERIFIER_API_ADMIN_TOKEN), not in a shared file."""
     verify_token: str | None = None
     """Bearer token for the verification endpoints too (unset: open, as switches expect)."""

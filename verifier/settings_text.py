@@ -61,6 +61,7 @@ _CAPTIONS = {
     "rcd": "Rich Call Data content",
     "records": "traceback records",
     "redis": "shared tier for many instances",
+    "trust": "the STI-PA trust list and CRLs, kept current",
 }
 
 
