@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pytest_aiohttp import AiohttpClient
 
 from verifier.cli import main
-from verifier.http.app import create_app
+from verifier.http.app import create_app, startup_summary
 from verifier.net.trustlist import TrustSettings, expiry_figures, read_token
 from verifier.net.trustparse import ListError, check_entries, judge, parse_list
 from verifier.settings import ConfigError, Settings, load_settings
@@ -242,6 +242,9 @@ async def test_trust_list_kept_current(stack: Stack, aiohttp_client: AiohttpClie
         trust["last_refresh"]["ok"],
     )
     assert [437, None, None] == await _verdicts(stack, restarted)
+    assert restarted.app is not None
+    line = startup_summary(restarted.app)["trust_list"]
+    assert f"cache {stack.repo.url('/list.json')} (1 anchors)" == line
 
 
 async def test_trust_refresh_needs_the_admin_token_and_a_list(

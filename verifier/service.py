@@ -160,7 +160,8 @@ class Service:
         self._on_trust = on_trust
         self.list_anchors = tuple(list_anchors)
         """The anchors of the STI-PA trust list in force (``trust`` holds them too)."""
-        self.local_anchors = tuple(a for a in trust.anchors if a not in set(self.list_anchors))
+        listed = set(self.list_anchors)
+        self.local_anchors = tuple(a for a in trust.anchors if a not in listed)
         """The anchors of ``trust_anchors`` (PEM files), added to the list's."""
         self.rcd_fetcher = rcd_fetcher
         self.shared_replay = replay
@@ -212,8 +213,9 @@ class Service:
         Raises:
             ValueError: no anchor at all.
         """
+        given = set(local)
         return TrustStore(
-            [*local, *(a for a in self.list_anchors if a not in set(local))],
+            [*local, *(a for a in self.list_anchors if a not in given)],
             require_policy_oid=self.settings.verification.require_policy_oid,
             key_factory=self.trust.key_factory,
         )

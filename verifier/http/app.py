@@ -256,8 +256,9 @@ def _initial_trust(settings: Settings, trust_list: TrustList | None) -> TrustSto
     """
     local = local_anchors(settings.trust_anchors, optional=trust_list is not None)
     listed = trust_list.anchors if trust_list is not None else ()
+    given = set(local)
     return TrustStore(
-        [*local, *(a for a in listed if a not in set(local))],
+        [*local, *(a for a in listed if a not in given)],
         require_policy_oid=settings.verification.require_policy_oid,
     )
 
@@ -447,8 +448,17 @@ def startup_summary(app: web.Application) -> dict[str, object]:
         "policy": settings.policy_file or "default",
         "records": store,
         "redis": _where(settings.redis.url) if settings.redis.url is not None else "off",
+        "trust_list": _trust_list_line(app),
         "key_tables": "available" if not why_not else f"unavailable: {why_not}",
     }
+
+
+def _trust_list_line(app: web.Application) -> str:
+    """``off``, or where the list in force came from (url, cache, none) and its URL."""
+    trust_list, url = app[TRUST_LIST], app[SETTINGS].trust.list_url
+    if trust_list is None or url is None:
+        return "off"
+    return f"{trust_list.source} {_where(url)} ({len(trust_list.anchors)} anchors)"
 
 
 def _where(url: str) -> str:
