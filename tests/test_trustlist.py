@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from pytest_aiohttp import AiohttpClient
 
 from verifier.cli import main
@@ -25,6 +26,7 @@ from verifier.net.trustparse import ListError, check_entries, judge, parse_list
 from verifier.settings import ConfigError, Settings, load_settings
 from verifier.testing import Signer, TestPKI
 from verifier.testing.pki import CA, make_crl, pem, sign_jws
+from verifier.testing.pki import b64url as pki_b64url
 from verifier.testing.repository import Repository
 
 TOKEN = "admin-token-0123456789"
@@ -69,6 +71,25 @@ def test_jws_signature_checked(pki: TestPKI) -> None:
     rs = sign_jws(signer.key, {"alg": "RS256"}, json.loads(_json_list(a))).encode()
     with pytest.raises(ListError, match="does not match"):
         parse_list(rs, signer=signer.cert)
+
+
+def test_rs256_list_signature(pki: TestPKI) -> None:
+    a = pki.root.issue_ca("A")
+    signer = pki.root.issue_ca("RSA list signer", key_type="rsa2048")
+    assert isinstance(signer.key, rsa.RSAPrivateKey)
+    head = pki_b64url(b'{"alg":"RS256"}')
+    body = pki_b64url(_json_list(a))
+    signing_input = f"{head}.{body}".encode()
+    good = signer.key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    certs, _ = parse_list(
+        signing_input + b"." + pki_b64url(good).encode(),
+        signer=signer.cert,
+        require_signature=True,
+    )
+    assert [a.cert] == certs
+    bad = signing_input + b"." + pki_b64url(good[:-1] + bytes([good[-1] ^ 1])).encode()
+    with pytest.raises(ListError, match="does not verify"):
+        parse_list(bad, signer=signer.cert)
 
 
 @pytest.mark.parametrize(

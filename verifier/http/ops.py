@@ -80,7 +80,7 @@ async def admin_trust_refresh(request: web.Request) -> web.Response:
     if trust_list is None:
         report: dict[str, Any] = {"ok": False, "error": "no [trust] list_url is configured"}
     else:
-        report = await trust_list.refresh()
+        report = {**await trust_list.refresh()}
         if trust_list.settings.crl_urls:
             report["crls"] = await trust_list.refresh_crls()
     return json_response({**report, "trust": trust_status(request.app)})
