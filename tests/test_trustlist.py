@@ -21,6 +21,7 @@ from pytest_aiohttp import AiohttpClient
 
 from verifier.cli import main
 from verifier.http.app import create_app, startup_summary
+from verifier.http.keys import SERVICE
 from verifier.net.trustlist import TrustSettings, expiry_figures, read_token
 from verifier.net.trustparse import ListError, check_entries, judge, parse_list
 from verifier.settings import ConfigError, Settings, load_settings
@@ -250,6 +251,13 @@ async def test_trust_list_kept_current(stack: Stack, aiohttp_client: AiohttpClie
         assert False is report["ok"]
         assert (2, 1) == (report["trust"]["anchors"], report["trust"]["list_anchors"])
         assert [437, None, None] == await _verdicts(stack, client)
+
+    # a reload (SIGHUP) reads the local anchors again and keeps the list's
+    assert client.app is not None
+    service = client.app[SERVICE]
+    assert service.reload()
+    assert 2 == len(service.trust.anchors)
+    assert [437, None, None] == await _verdicts(stack, client)
 
     # restarted while the list URL is down: the cached list is used
     await client.close()
