@@ -21,6 +21,7 @@ from verifier.net.fetch import FetchSettings
 from verifier.net.rcd import RcdSettings
 from verifier.net.redis_tier import RedisSettings
 from verifier.net.transport import HttpClientSettings
+from verifier.net.trustlist import TrustSettings
 from verifier.records import RecordSettings
 from verifier.settings import (
     ApiSettings,
@@ -585,6 +586,7 @@ PARTS: dict[str, type[Any]] = {
     "rcd": RcdSettings,
     "records": RecordSettings,
     "redis": RedisSettings,
+    "trust": TrustSettings,
 }
 
 
@@ -660,7 +662,10 @@ def _documented_fields(cls: type[Any]) -> set[str]:
 
 def test_describe_lists_every_key_in_reference_order_with_its_doc() -> None:
     rows = describe()
-    tables = ["", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "tuning"]
+    tables = [
+        *("", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "trust"),
+        "tuning",
+    ]
     assert tables == list(dict.fromkeys(k.table for k in rows))
     assert [f.name for f in dataclasses.fields(HttpClientSettings)] == [
         k.name for k in rows if k.table == "http_client"

@@ -34,6 +34,7 @@ LAYER_OF = {
     "verifier.http": "http",
     "verifier.testing": "testing",
     "verifier.cli": "cli",
+    "verifier.trust_cli": "cli",  # verifier trust status|refresh
 }
 
 # The rules: the layers each layer may import besides its own.

@@ -242,6 +242,7 @@ async def test_serve_logs_one_start_up_line(
         "policy": "default",
         "records": f"sqlite {tmp_path / 'data'}",
         "redis": "off",
+        "trust_list": "off",
     } == {k: v for k, v in line.items() if k not in ("ts", "key_tables")}
     assert line["key_tables"] == "available" or line["key_tables"].startswith("unavailable: ")
 

@@ -1,4 +1,4 @@
-"""Command line: ``verifier verify | sign | pki init | demo | serve | records | config``.
+"""Command line: ``verifier verify | sign | pki init | demo | serve | records | config | trust``.
 
 Exit status: 0 passed (or the command succeeded), 1 verification not passed, 2 usage error.
 """
@@ -22,13 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
 from .core import times
-from .core.certs import TrustStore, load_certificates
+from .core.certs import TrustStore
 from .core.errors import VerifierError
 from .core.verify import CallInfo, Result, VerifyOptions, verify, verify_offline
 from .core.x5u import DEFAULT_X5U_PORTS
 from .logs import configure_logging
 from .net.fetch import CertificateFetcher
 from .net.transport import HttpClientSettings
+from .net.trustlist import local_anchors
 from .testing.pki import identity_header, sign_jws, write_pki
 
 __all__ = ["main"]
@@ -236,13 +237,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     if args.keepalive_timeout is not None:
         overrides["keepalive_timeout"] = args.keepalive_timeout
+    if args.trust_list_url:
+        overrides["trust.list_url"] = args.trust_list_url
     try:
         settings = load_settings(args.config, env=os.environ, overrides=overrides)
-        anchors = load_certificates(settings.trust_anchors)
+        listed = settings.trust.list_url is not None
+        anchors = local_anchors(settings.trust_anchors, optional=listed)
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    if not anchors:
-        raise UsageError("no trust anchors: give --trust-anchor PEM|DIR")
+    if not anchors and not listed:
+        raise UsageError("no trust anchors: give --trust-anchor PEM|DIR or --trust-list-url")
     configure_logging(settings.log_level)
     if settings.workers > 1 and not args.worker:
         from .workers import supervise
@@ -264,14 +268,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config, env=os.environ)
-        anchors = load_certificates(settings.trust_anchors)
+        listed = settings.trust.list_url is not None
+        anchors = local_anchors(settings.trust_anchors, optional=listed)
         if settings.policy_file is not None:
             Policy.load(settings.policy_file)
     except (ConfigError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"{exc.filename}: cannot read ({exc.strerror})") from None
-    if not anchors:
+    if not anchors and not listed:
         raise UsageError("no trust anchors: give trust_anchors PEM files or directories")
     sys.stdout.write(effective_toml(settings))
     return 0
@@ -481,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, help="worker processes on one port (SO_REUSEPORT)")
     sv.add_argument("--policy", metavar="FILE", help="disposition policy (TOML)")
     sv.add_argument(
+        "--trust-list-url", metavar="URL", help="the STI-PA trust list ([trust] list_url)"
+    )
+    sv.add_argument(
         "--redis-url",
         metavar="URL",
         help="shared certificate tier and replay set for many instances (redis://...)",
@@ -534,7 +542,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--update", metavar="FILE", help="rewrite the block between FILE's reference markers"
     )
     cr.set_defaults(func=cmd_config_reference)
+
+    t = sub.add_parser("trust", help="the trust anchors in force; refresh the STI-PA list")
+    tsub = t.add_subparsers(dest="trust_command", required=True)
+    for name, text in (
+        ("status", "print the anchors (local and cached list) as JSON"),
+        ("refresh", "fetch the STI-PA trust list now"),
+    ):
+        tp = tsub.add_parser(name, help=text)
+        tp.add_argument("--config", metavar="FILE", help="TOML configuration file")
+        tp.add_argument(
+            "--service",
+            metavar="URL",
+            help="a running service (http://127.0.0.1:8080): ask it, with the admin token"
+            " (VERIFIER_API_ADMIN_TOKEN); without: read or write the cache file",
+        )
+        tp.set_defaults(func=cmd_trust)
     return parser
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """``verifier trust status|refresh`` (:mod:`verifier.trust_cli`)."""
+    from .trust_cli import refresh, status
+
+    return status(args) if args.trust_command == "status" else refresh(args)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

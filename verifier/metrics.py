@@ -228,6 +228,61 @@ class _SharedCollector(Collector):
         )
 
 
+class _TrustCollector(Collector):
+    """The trust in force and what expires soon, read at scrape time from ``status()``: a
+    dict with ``anchors``, ``source``, ``earliest_anchor_expiry`` (seconds from now),
+    ``list_age`` and ``crl_ages`` (seconds, by URL), ``list_refusals``, ``expiring`` (by
+    kind) and ``cert_expiry`` ((SPC, seconds from now) of the soonest cached signers)."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Any]:
+        t = self._status()
+        yield GaugeMetricFamily("verifier_trust_anchors", "trust anchors in force", t["anchors"])
+        source = GaugeMetricFamily(
+            "verifier_trust_source", "where the anchors in force came from", labels=["source"]
+        )
+        source.add_metric([t["source"]], 1)
+        yield source
+        yield GaugeMetricFamily(
+            "verifier_trust_anchor_expiry_seconds",
+            "seconds until the earliest trust anchor expires",
+            t["earliest_anchor_expiry"],
+        )
+        if t.get("list_age") is not None:
+            yield GaugeMetricFamily(
+                "verifier_trust_list_age_seconds", "age of the trust list in force", t["list_age"]
+            )
+        yield CounterMetricFamily(
+            "verifier_trust_list_refusals",
+            "trust list refreshes refused or failed (the anchors in force stayed)",
+            value=t.get("list_refusals", 0),
+        )
+        crls = GaugeMetricFamily(
+            "verifier_trust_crl_age_seconds", "age of each STI-PA CRL in force", labels=["url"]
+        )
+        for url, age in t.get("crl_ages", {}).items():
+            crls.add_metric([url], age)
+        yield crls
+        expiring = GaugeMetricFamily(
+            "verifier_trust_expiring",
+            "anchors and cached signer certificates expiring within [trust] expiry_warning",
+            labels=["kind"],
+        )
+        for kind, count in t["expiring"].items():
+            expiring.add_metric([kind], count)
+        yield expiring
+        certs = GaugeMetricFamily(
+            "verifier_cert_expiry_seconds",
+            "seconds until the soonest-expiring cached signer certificates expire, by SPC",
+            labels=["spc"],
+        )
+        for spc, seconds in t["cert_expiry"]:
+            certs.add_metric([spc], seconds)
+        yield certs
+
+
 class Metrics:
     """The service's metrics. You get one per application from :func:`Metrics.create`."""
 
@@ -309,6 +364,9 @@ class Metrics:
             self.registry.unregister(self._shared)
         self._shared = _SharedCollector(tier, replay)
         self.registry.register(self._shared)
+
+    def watch_trust(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.registry.register(_TrustCollector(status))
 
     def watch_records(self, writer: Any) -> None:
         if self._records is not None:

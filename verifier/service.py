@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from cryptography import x509
 
 from .accel import es256
 from .accel.batcher import SignatureBatcher
@@ -34,6 +36,7 @@ from .logs import VerificationLog, json_string
 from .metrics import Metrics
 from .net.rcd import RcdContentFetcher, RcdError, RcdVerdict, parse_rcd, verify_rcd
 from .net.redis_tier import RedisReplayCache
+from .net.trustlist import local_anchors
 from .records import Record, RecordWriter
 from .settings import Settings
 
@@ -123,7 +126,9 @@ class VerifyRequest:
 class Service:
     """Everything a verification needs; complete when constructed.
 
-    ``credentials`` looks up x5u chains; ``on_trust`` (the fetcher's ``set_trust``) hears of
+    ``trust`` holds the local anchors and ``list_anchors``, those of the STI-PA trust list
+    (:meth:`set_list_anchors` swaps a new list in). ``credentials`` looks up x5u chains;
+    ``on_trust`` (the fetcher's ``set_trust``) hears of
     reloaded trust anchors; ``replay`` is the fleet-wide replay set (None: this process's
     own); ``records`` the record writer (None: records off); ``signatures`` the batcher
     that checks an event-loop turn's signatures together (None: one at a time).
@@ -144,6 +149,7 @@ class Service:
         records: RecordWriter | None = None,
         signatures: SignatureBatcher | None = None,
         vlog: VerificationLog | None = None,
+        list_anchors: Sequence[x509.Certificate] = (),
     ) -> None:
         self.settings = settings
         self.trust = trust
@@ -152,6 +158,11 @@ class Service:
         self.metrics = metrics
         self.clock = clock
         self._on_trust = on_trust
+        self.list_anchors = tuple(list_anchors)
+        """The anchors of the STI-PA trust list in force (``trust`` holds them too)."""
+        listed = set(self.list_anchors)
+        self.local_anchors = tuple(a for a in trust.anchors if a not in listed)
+        """The anchors of ``trust_anchors`` (PEM files), added to the list's."""
         self.rcd_fetcher = rcd_fetcher
         self.shared_replay = replay
         self.records = records
@@ -190,22 +201,43 @@ class Service:
         report = self.reload_report()
         return all(part["ok"] for part in report.values())
 
+    def set_list_anchors(self, anchors: Sequence[x509.Certificate]) -> None:
+        """Swap in a new STI-PA trust list (with the local anchors) in one assignment: a call
+        sees the old store or the new one. Cached chains are validated again (no refetch)."""
+        self.list_anchors = tuple(anchors)
+        self._swap(self._store(self.local_anchors))
+
+    def _store(self, local: Sequence[x509.Certificate]) -> TrustStore:
+        """The trust store of ``local`` and the list's anchors.
+
+        Raises:
+            ValueError: no anchor at all.
+        """
+        given = set(local)
+        return TrustStore(
+            [*local, *(a for a in self.list_anchors if a not in given)],
+            require_policy_oid=self.settings.verification.require_policy_oid,
+            key_factory=self.trust.key_factory,
+        )
+
+    def _swap(self, trust: TrustStore) -> None:
+        self.trust = trust
+        if self._on_trust is not None:
+            self._on_trust(trust)
+
     def reload_report(self) -> dict[str, dict[str, Any]]:
         report: dict[str, dict[str, Any]] = {}
         try:
-            trust = TrustStore.from_paths(
-                self.settings.trust_anchors,
-                require_policy_oid=self.settings.verification.require_policy_oid,
-                key_factory=self.trust.key_factory,
-            )
+            listed = self.settings.trust.list_url is not None
+            local = local_anchors(self.settings.trust_anchors, optional=listed)
+            trust = self._store(local)
         except ValueError as exc:
             log.error("reload_failed", extra={"part": "trust_anchors", "error": str(exc)})
             self.metrics.reloads.labels("failed").inc()
             report["trust_anchors"] = {"ok": False, "error": str(exc)}
         else:
-            self.trust = trust
-            if self._on_trust is not None:
-                self._on_trust(trust)
+            self.local_anchors = tuple(local)
+            self._swap(trust)
             self.metrics.reloads.labels("ok").inc()
             log.info("reloaded", extra={"part": "trust_anchors", "count": len(trust.anchors)})
             report["trust_anchors"] = {"ok": True, "count": len(trust.anchors)}

@@ -38,6 +38,7 @@ from .net.fetch import FetchSettings
 from .net.rcd import RcdSettings
 from .net.redis_tier import RedisSettings
 from .net.transport import HttpClientSettings
+from .net.trustlist import TrustSettings
 from .records import RecordSettings
 
 _ROOT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
@@ -124,7 +125,7 @@ class ApiSettings:
     log_verifications: bool = True
     """One JSON log line per verification."""
     admin_token: str | None = None
-    """Bearer token for /v1/records, /v1/stats and /v1/admin/reload (unset: they answer 403).
+    """Bearer token for /v1/records, /v1/stats and /v1/admin/* (unset: they answer 403).
     Give it through the environment (VERIFIER_API_ADMIN_TOKEN), not in a shared file."""
     verify_token: str | None = None
     """Bearer token for the verification endpoints too (unset: open, as switches expect)."""
@@ -178,6 +179,7 @@ class Settings:
     records: RecordSettings = field(default_factory=RecordSettings)
     rcd: RcdSettings = field(default_factory=RcdSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -229,6 +231,7 @@ _PARTS: dict[str, type[Any]] = {
     "rcd": RcdSettings,
     "records": RecordSettings,
     "redis": RedisSettings,
+    "trust": TrustSettings,
 }
 """The fields of :class:`Settings` that hold a dataclass, and their classes."""
 
@@ -252,7 +255,18 @@ _TUNING: dict[str, tuple[str, str]] = {
 }
 """``[tuning]`` key -> (part of Settings, "" for Settings itself; field)."""
 
-_TABLES = ("", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "tuning")
+_TABLES = (
+    "",
+    "verification",
+    "api",
+    "http_client",
+    "x5u",
+    "rcd",
+    "records",
+    "redis",
+    "trust",
+    "tuning",
+)
 """The file's tables in reference order; "" is the top level."""
 
 _TEST_PREFIX = "VERIFIER_TEST_"
@@ -473,6 +487,10 @@ def load_settings(
                     known = (k.name for k in keys if k.table == table)
                     raise _refused(f"{path}: {old}", new.label if new else None, sub, known)
                 where = f"{path}: {key.label}"
+                if key.dotted == "trust.list_token":  # a secret: never in a shared file
+                    raise ConfigError(
+                        f"{where}: give it as VERIFIER_TRUST_LIST_TOKEN or in list_token_file"
+                    )
                 chosen[key.dotted] = (key, _coerce(sub_value, key.hint, where), where)
     environ = env if env is not None else {}
     by_env = {k.env: k for k in keys}

@@ -28,7 +28,7 @@ REGENERATE = "python -m verifier config reference --update README.md"
 """The command that rewrites README.md's block."""
 
 # The keys whose value, or the password in their URL, ``config check`` masks.
-_SECRETS = {("api", "admin_token"), ("api", "verify_token")}
+_SECRETS = {("api", "admin_token"), ("api", "verify_token"), ("trust", "list_token")}
 _URL_SECRETS = {("redis", "url"), ("records", "database_url")}
 
 
@@ -61,6 +61,7 @@ _CAPTIONS = {
     "rcd": "Rich Call Data content",
     "records": "traceback records",
     "redis": "shared tier for many instances",
+    "trust": "the STI-PA trust list and CRLs, kept current",
 }
 
 

@@ -23,6 +23,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -37,6 +38,7 @@ from ..metrics import Metrics
 from ..net.fetch import CertificateFetcher
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
+from ..net.trustlist import TrustList, expiry_figures, local_anchors
 from ..records import RecordWriter, open_store
 from ..records.journal import open_journal
 from ..service import Service
@@ -56,6 +58,7 @@ from .keys import (
     SERVICE,
     SETTINGS,
     TRUST,
+    TRUST_LIST,
     Fleet,
     Records,
 )
@@ -63,6 +66,9 @@ from .keys import (
 __all__ = ["SERVICE", "ApiError", "create_app", "run", "start_site"]
 
 log = logging.getLogger(__name__)
+
+EXPIRY_CHECK_INTERVAL = 3600.0
+"""Seconds between the checks that log anchors and signer certificates about to expire."""
 
 DRAIN_GRACE = 1.0
 """Seconds ``verifier serve`` goes on answering its open connections after SIGTERM, each
@@ -85,11 +91,9 @@ def create_app(
         ValueError: no trust anchor could be loaded (the service refuses to start).
         PolicyError: the policy file cannot be loaded.
     """
+    trust_list = _trust_list(settings, clock)
     if trust is None:
-        trust = TrustStore.from_paths(
-            settings.trust_anchors,
-            require_policy_oid=settings.verification.require_policy_oid,
-        )
+        trust = _initial_trust(settings, trust_list)
     app = web.Application(
         middlewares=[error_middleware], client_max_size=settings.api.batch_body_limit
     )
@@ -98,6 +102,7 @@ def create_app(
     app[POLICY] = Policy.load(settings.policy_file) if settings.policy_file else Policy.default()
     app[METRICS] = Metrics.create()
     app[CLOCK] = clock
+    app[TRUST_LIST] = trust_list
     app[ATIS_ANSWERS] = AtisAnswers(settings.api)
     app.add_routes(atis.routes)
     app.add_routes(threegpp.routes(settings.api.threegpp_root))
@@ -109,6 +114,7 @@ def create_app(
     app.cleanup_ctx.append(_rcd_ctx)
     app.cleanup_ctx.append(_records_ctx)
     app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(_trust_ctx)
     app.on_shutdown.append(_not_ready)
     app.on_response_prepare.append(_close_when_draining)
     return app
@@ -208,7 +214,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     and counts still held back are written (with ``--workers``, the counts reach the
     shared files here; the worker is about to exit)."""
     settings, credentials = app[SETTINGS], app[CREDENTIALS]
-    fleet, records = app[FLEET], app[RECORDS]
+    fleet, records, trust_list = app[FLEET], app[RECORDS], app[TRUST_LIST]
     service = Service(
         settings,
         app[TRUST],
@@ -221,6 +227,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         replay=fleet.replay if fleet is not None else None,
         records=records.writer if records is not None else None,
         signatures=SignatureBatcher() if settings.batch_signatures else None,
+        list_anchors=trust_list.anchors if trust_list is not None else (),
     )
     app[SERVICE] = service
     try:
@@ -229,6 +236,90 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         service.ready = False
         service.vlog.flush()
         service.metrics.flush()
+
+
+def _trust_list(settings: Settings, clock: Callable[[], float]) -> TrustList | None:
+    """The STI-PA trust list (from its cache file) and CRLs, when ``[trust] list_url`` or
+    ``crl_urls`` is set."""
+    if settings.trust.list_url is None and not settings.trust.crl_urls:
+        return None
+    trust_list = TrustList(
+        settings.trust, settings.http_client, data_dir=settings.records.data_dir, clock=clock
+    )
+    if settings.trust.list_url is not None:
+        trust_list.load_cache()
+    return trust_list
+
+
+def _initial_trust(settings: Settings, trust_list: TrustList | None) -> TrustStore:
+    """The local anchors (optional with a trust list) and the cached list's.
+
+    Raises:
+        ValueError: no anchor at all, or a local anchor path that cannot be read.
+    """
+    local = local_anchors(settings.trust_anchors, optional=trust_list is not None)
+    listed = trust_list.anchors if trust_list is not None else ()
+    given = set(local)
+    return TrustStore(
+        [*local, *(a for a in listed if a not in given)],
+        require_policy_oid=settings.verification.require_policy_oid,
+    )
+
+
+def _trust_figures(app: web.Application) -> dict[str, Any]:
+    """The trust in force and what expires within ``[trust] expiry_warning``."""
+    service, credentials = app[SERVICE], app[CREDENTIALS]
+    signers = (
+        credentials.soonest_expiring(app[SETTINGS].x5u.cache_size)
+        if isinstance(credentials, CertificateFetcher)
+        else []
+    )
+    return expiry_figures(
+        service.trust.anchors,
+        app[TRUST_LIST],
+        signers,
+        now=app[CLOCK](),
+        warning=app[SETTINGS].trust.expiry_warning,
+    )
+
+
+async def _warn_expiring(app: web.Application) -> None:
+    """A warning line for each anchor and cached signer certificate about to expire: at
+    start, then hourly."""
+    while True:
+        for item in _trust_figures(app)["soon"]:
+            when = dt.datetime.fromtimestamp(item["not_after"], dt.UTC).isoformat()
+            log.warning(f"{item['kind']}_expiring", extra={**item, "not_after": when})
+        await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+
+
+async def _trust_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Expiry watch (metrics, warnings) and, when configured, the trust list and the STI-PA
+    CRLs: fetched once before serving, then every ``refresh_interval`` and
+    ``crl_refresh_interval``."""
+    app[METRICS].watch_trust(lambda: _trust_figures(app))
+    tasks = [asyncio.create_task(_warn_expiring(app))]
+    trust_list = app[TRUST_LIST]
+    try:
+        if trust_list is None:
+            yield
+            return
+        service, credentials = app[SERVICE], app[CREDENTIALS]
+        trust_list.on_change = service.set_list_anchors
+        trust_list.anchors_in_force = lambda: service.trust.anchors
+        if isinstance(credentials, CertificateFetcher):
+            trust_list.on_crls = credentials.set_published_crls
+        async with trust_list:
+            if trust_list.settings.list_url is not None:
+                await trust_list.refresh()
+            if trust_list.settings.crl_urls:
+                await trust_list.refresh_crls()
+            tasks.append(asyncio.create_task(trust_list.run()))
+            yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _not_ready(app: web.Application) -> None:
@@ -360,8 +451,17 @@ def startup_summary(app: web.Application) -> dict[str, object]:
         "policy": settings.policy_file or "default",
         "records": store,
         "redis": _where(settings.redis.url) if settings.redis.url is not None else "off",
+        "trust_list": _trust_list_line(app),
         "key_tables": "available" if not why_not else f"unavailable: {why_not}",
     }
+
+
+def _trust_list_line(app: web.Application) -> str:
+    """``off``, or where the list in force came from (url, cache, none) and its URL."""
+    trust_list, url = app[TRUST_LIST], app[SETTINGS].trust.list_url
+    if trust_list is None or url is None:
+        return "off"
+    return f"{trust_list.source} {_where(url)} ({len(trust_list.anchors)} anchors)"
 
 
 def _where(url: str) -> str:

@@ -18,6 +18,7 @@ from ..core.verify import CredentialSource
 from ..metrics import Metrics
 from ..net.rcd import RcdContentFetcher
 from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
+from ..net.trustlist import TrustList
 from ..records import RecordStore, RecordWriter
 from ..service import Service
 from ..settings import Settings
@@ -35,6 +36,7 @@ __all__ = [
     "SERVICE",
     "SETTINGS",
     "TRUST",
+    "TRUST_LIST",
     "Fleet",
     "Records",
 ]
@@ -60,6 +62,8 @@ class Records:
 SETTINGS = web.AppKey("settings", Settings)
 TRUST = web.AppKey("trust", TrustStore)
 """The trust anchors loaded at start-up (the service holds the reloaded ones)."""
+TRUST_LIST: web.AppKey[TrustList | None] = web.AppKey("trust_list")
+"""The STI-PA trust list kept current (None without ``[trust] list_url``)."""
 POLICY = web.AppKey("policy", Policy)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")

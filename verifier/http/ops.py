@@ -16,7 +16,7 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..records import RecordQuery, RecordStore, csv_header, to_csv_rows
 from .errors import JSON, ApiError, invalid, json_response
 from .inputs import authorize
-from .keys import FLEET, METRICS, RECORDS, SERVICE, SETTINGS
+from .keys import CLOCK, FLEET, METRICS, RECORDS, SERVICE, SETTINGS, TRUST_LIST
 
 __all__ = ["OPENAPI_PATH", "routes"]
 
@@ -37,6 +37,8 @@ async def readyz(request: web.Request) -> web.Response:
         "status": "ready" if service.ready else "not ready",
         "trust_anchors": len(service.trust.anchors),
     }
+    if request.app[TRUST_LIST] is not None:
+        body["trust"] = trust_status(request.app)
     fleet = request.app[FLEET]
     if fleet is not None:
         # Without Redis each instance caches and fetches on its own: degraded, still ready.
@@ -71,6 +73,44 @@ async def admin_reload(request: web.Request) -> web.Response:
     report = request.app[SERVICE].reload_report()
     ok = all(part["ok"] for part in report.values())
     return json_response({"ok": ok, **report})
+
+
+@routes.post("/v1/admin/trust/refresh")
+async def admin_trust_refresh(request: web.Request) -> web.Response:
+    """Fetch the STI-PA trust list now and say how it went."""
+    authorize(request, request.app[SETTINGS].api.admin_token, required=True)
+    trust_list = request.app[TRUST_LIST]
+    if trust_list is None:
+        report: dict[str, Any] = {"ok": False, "error": "no [trust] list_url is configured"}
+    else:
+        report = {**await trust_list.refresh()}
+        if trust_list.settings.crl_urls:
+            report["crls"] = await trust_list.refresh_crls()
+    return json_response({**report, "trust": trust_status(request.app)})
+
+
+def trust_status(app: web.Application) -> dict[str, Any]:
+    """The trust in force: its anchors' count and earliest expiry, and the list's source,
+    age and last refresh."""
+    service, trust_list = app[SERVICE], app[TRUST_LIST]
+    anchors = service.trust.anchors
+    body: dict[str, Any] = {
+        "anchors": len(anchors),
+        "earliest_expiry": min(a.not_valid_after_utc for a in anchors).isoformat(),
+        "source": "local",
+    }
+    if trust_list is not None:
+        updated = trust_list.updated_at
+        body["source"] = trust_list.source if trust_list.anchors else "local"
+        body["list_anchors"] = len(trust_list.anchors)
+        body["list_age"] = None if updated is None else round(app[CLOCK]() - updated, 3)
+        body["last_refresh"] = trust_list.last
+        now = app[CLOCK]()
+        body["crls"] = {
+            url: {"age": round(now - at, 3), "revoked": len(crl)}
+            for url, (crl, at) in trust_list.crls.items()
+        }
+    return body
 
 
 def _query_time(request: web.Request, name: str) -> float | None:

@@ -143,6 +143,10 @@ class MemoryTier:
     def delete(self, x5u: str) -> None:
         self._data.pop(x5u, None)
 
+    def entries(self) -> list[CacheEntry]:
+        """The entries held now (a copy)."""
+        return list(self._data.values())
+
     def clear(self) -> None:
         self._data.clear()
 

@@ -34,7 +34,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ..core import errors
 from ..core.certs import Credential
 
-__all__ = ["CrlChecker", "CrlFetch", "CrlMode", "Revocation", "crl_urls", "load_crl"]
+__all__ = [
+    "CrlChecker",
+    "CrlFetch",
+    "CrlMode",
+    "Revocation",
+    "check_published",
+    "crl_urls",
+    "load_crl",
+    "signed_by_anchor",
+]
 
 CrlMode = Literal["open", "closed"]
 CrlFetch = Callable[[str], Awaitable[bytes]]
@@ -105,6 +114,34 @@ def _signature_valid(crl: x509.CertificateRevocationList, issuer: x509.Certifica
     ):
         return False
     return crl.is_signature_valid(key)
+
+
+def signed_by_anchor(
+    crl: x509.CertificateRevocationList, anchors: Iterable[x509.Certificate]
+) -> bool:
+    """Whether an anchor named as ``crl``'s issuer signed it (an STI-PA CRL is accepted so)."""
+    return any(a.subject == crl.issuer and _signature_valid(crl, a) for a in anchors)
+
+
+def check_published(
+    crls: Sequence[x509.CertificateRevocationList], path: Sequence[x509.Certificate], now: float
+) -> None:
+    """Check a validated path (leaf first, anchor last) against the STI-PA's published CRLs
+    (``[trust] crl_urls``): each applies to the certificates its issuer signed. Pure.
+
+    Raises:
+        CertificateRevoked: a CRL signed by a certificate's issuer lists it.
+    """
+    for cert, issuer in itertools.pairwise(path):
+        for crl in crls:
+            if crl.issuer != cert.issuer or not _signature_valid(crl, issuer):
+                continue
+            revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if revoked is not None and revoked.revocation_date_utc.timestamp() <= now + _SKEW:
+                raise errors.CertificateRevoked(
+                    f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x}) was"
+                    f" revoked on {revoked.revocation_date_utc.isoformat()} (STI-PA CRL)"
+                )
 
 
 class CrlChecker:

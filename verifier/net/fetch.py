@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from cachetools import LRUCache
+from cryptography import x509
 from yarl import URL
 
 from ..core import errors
@@ -56,7 +59,7 @@ from .cache import (
     clamp,
     lifetime_from_headers,
 )
-from .crl import CrlChecker, CrlMode, Revocation
+from .crl import CrlChecker, CrlMode, Revocation, check_published
 from .ssrf import Resolver, host_matches, system_resolver
 from .transport import Answer, HttpClientSettings, PinnedGetter, SessionUser
 
@@ -259,6 +262,7 @@ class CertificateFetcher(SessionUser):
             if settings.crl_check
             else None
         )
+        self._published: tuple[x509.CertificateRevocationList, ...] = ()
         self.counters = FetchStats()
         self._closed = False
 
@@ -287,12 +291,33 @@ class CertificateFetcher(SessionUser):
         self._generation += 1
         self._negative.clear()
 
+    def soonest_expiring(self, n: int) -> list[tuple[str, float]]:
+        """(SPC, notAfter) of the ``n`` cached signer certificates that expire first, one per
+        SPC (a chain's notAfter is its earliest certificate's)."""
+        earliest: dict[str, float] = {}
+        for entry in self._memory.entries():
+            info = entry.credential.certificate
+            spc = ",".join(info.spc) if info is not None and info.spc else "-"
+            earliest[spc] = min(earliest.get(spc, math.inf), entry.credential.not_after)
+        return heapq.nsmallest(n, earliest.items(), key=lambda item: item[1])
+
+    def set_published_crls(self, crls: Sequence[x509.CertificateRevocationList]) -> None:
+        """Swap the STI-PA's published CRLs (checked with every chain, whatever ``crl_check``
+        says). New ones re-check each cached chain when next asked for, as :meth:`set_trust`."""
+        crls = tuple(crls)
+        if crls == self._published:
+            return
+        self._published = crls
+        self._generation += 1
+        self._negative.clear()
+
     def _revalidate(self, x5u: str, entry: CacheEntry, now: float) -> CacheEntry | None:
         """``entry`` validated against the current anchors (its chain, not refetched), or None
         (dropped) if it no longer validates. Its lifetimes and revocation state stay."""
         old = entry.credential
         try:
             credential = self._trust.validate(old.certificates, now)
+            check_published(self._published, credential.certificates, now)
         except VerificationError as exc:
             self._memory.delete(x5u)
             self.counters.reload_drops += 1
@@ -476,6 +501,7 @@ class CertificateFetcher(SessionUser):
         except errors.CertificateInvalid as exc:
             raise X5uFetchFailed(f"x5u body is not a certificate chain: {exc.detail}") from None
         credential = self._trust.validate(chain, now)
+        check_published(self._published, credential.certificates, now)
         if self._crl is None:
             return credential, Revocation(
                 credential=credential, next_update=float("inf"), complete=True

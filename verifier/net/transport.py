@@ -247,8 +247,10 @@ class PinnedGetter:
         seconds: float,
         what: str,
         accept: str,
+        headers: Mapping[str, str] | None = None,
     ) -> Answer:
         """GET ``url`` from a vetted address of its host: no redirects, capped, timed.
+        ``headers`` are sent besides the client's own (the trust list's bearer token).
 
         Raises:
             X5uRefused: an address of the host is refused (nothing was sent).
@@ -260,11 +262,12 @@ class PinnedGetter:
             raise X5uFetchFailed(f"{what} URL has no host")
         self._check(host)
         https = url.scheme == "https"
-        headers = {
+        sent = {
             "Host": url.host_port_subcomponent or host,
             "Accept": accept,
             "Accept-Encoding": "identity",
             "User-Agent": self._user_agent,
+            **(headers or {}),
         }
         try:
             async with asyncio.timeout(seconds):
@@ -280,7 +283,7 @@ class PinnedGetter:
                     try:
                         async with session.get(
                             url.with_host(str(address)),
-                            headers=headers,
+                            headers=sent,
                             allow_redirects=False,
                             ssl=self._ssl if https else True,
                             server_hostname=host if https else None,
