@@ -22,6 +22,7 @@ from verifier.net.rcd import RcdSettings
 from verifier.net.redis_tier import RedisSettings
 from verifier.net.transport import HttpClientSettings
 from verifier.records import RecordSettings
+from verifier.sip.config import SipSettings
 from verifier.settings import (
     ApiSettings,
     ConfigError,
@@ -541,7 +542,9 @@ def test_every_moved_key_names_its_new_place_everywhere(
 
 
 def test_an_unknown_environment_variable_is_refused() -> None:
-    assert "VERIFIER_LISTEN: unknown setting" == _error(env={"VERIFIER_LISTEN": "::"})
+    assert "VERIFIER_LISTEN: unknown setting (did you mean VERIFIER_SIP_LISTEN?)" == _error(
+        env={"VERIFIER_LISTEN": "::"}
+    )
     assert "VERIFIER_POLICY: unknown setting (did you mean VERIFIER_POLICY_FILE?)" == _error(
         env={"VERIFIER_POLICY": "p.toml"}
     )
@@ -585,6 +588,7 @@ PARTS: dict[str, type[Any]] = {
     "rcd": RcdSettings,
     "records": RecordSettings,
     "redis": RedisSettings,
+    "sip": SipSettings,
 }
 
 
@@ -660,7 +664,8 @@ def _documented_fields(cls: type[Any]) -> set[str]:
 
 def test_describe_lists_every_key_in_reference_order_with_its_doc() -> None:
     rows = describe()
-    tables = ["", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "tuning"]
+    tables = ["", "verification", "api", "http_client", "x5u", "rcd", "records", "redis"]
+    tables += ["sip", "tuning"]
     assert tables == list(dict.fromkeys(k.table for k in rows))
     assert [f.name for f in dataclasses.fields(HttpClientSettings)] == [
         k.name for k in rows if k.table == "http_client"

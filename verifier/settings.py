@@ -39,6 +39,7 @@ from .net.rcd import RcdSettings
 from .net.redis_tier import RedisSettings
 from .net.transport import HttpClientSettings
 from .records import RecordSettings
+from .sip.config import SipSettings
 
 __all__ = [
     "ApiSettings",
@@ -168,6 +169,7 @@ class Settings:
     records: RecordSettings = field(default_factory=RecordSettings)
     rcd: RcdSettings = field(default_factory=RcdSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
+    sip: SipSettings = field(default_factory=SipSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -219,6 +221,7 @@ _PARTS: dict[str, type[Any]] = {
     "rcd": RcdSettings,
     "records": RecordSettings,
     "redis": RedisSettings,
+    "sip": SipSettings,
 }
 """The fields of :class:`Settings` that hold a dataclass, and their classes."""
 
@@ -242,7 +245,18 @@ _TUNING: dict[str, tuple[str, str]] = {
 }
 """``[tuning]`` key -> (part of Settings, "" for Settings itself; field)."""
 
-_TABLES = ("", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "tuning")
+_TABLES = (
+    "",
+    "verification",
+    "api",
+    "http_client",
+    "x5u",
+    "rcd",
+    "records",
+    "redis",
+    "sip",
+    "tuning",
+)
 """The file's tables in reference order; "" is the top level."""
 
 _TEST_PREFIX = "VERIFIER_TEST_"

@@ -61,6 +61,7 @@ _CAPTIONS = {
     "rcd": "Rich Call Data content",
     "records": "traceback records",
     "redis": "shared tier for many instances",
+    "sip": "the SIP front end: verdicts by 302 redirect",
 }
 
 

@@ -39,6 +39,7 @@ from ..net.redis_tier import RedisLink, RedisReplayCache, RedisTier
 from ..records import RecordWriter, open_store
 from ..service import Service
 from ..settings import Settings
+from ..sip.server import SipServer
 from . import atis, native, ops
 from .answers import AtisAnswers
 from .errors import ApiError, error_middleware
@@ -101,6 +102,7 @@ def create_app(
     app.cleanup_ctx.append(_rcd_ctx)
     app.cleanup_ctx.append(_records_ctx)
     app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(_sip_ctx)
     app.on_shutdown.append(_not_ready)
     return app
 
@@ -219,6 +221,16 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         service.ready = False
         service.vlog.flush()
         service.metrics.flush()
+
+
+async def _sip_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The SIP front end (``[sip] listen``), answering with the same service."""
+    settings = app[SETTINGS]
+    if not settings.sip.listen:
+        yield
+        return
+    async with SipServer(app[SERVICE], settings.sip, reuse_port=settings.workers > 1):
+        yield
 
 
 async def _not_ready(app: web.Application) -> None:
