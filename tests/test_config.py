@@ -22,7 +22,6 @@ from verifier.net.rcd import RcdSettings
 from verifier.net.redis_tier import RedisSettings
 from verifier.net.transport import HttpClientSettings
 from verifier.records import RecordSettings
-from verifier.sip.config import SipSettings
 from verifier.settings import (
     ApiSettings,
     ConfigError,
@@ -33,6 +32,7 @@ from verifier.settings import (
     load_settings,
 )
 from verifier.settings_text import effective_toml
+from verifier.sip.config import SipSettings
 
 FULL_TOML = """
 host = "192.0.2.10"

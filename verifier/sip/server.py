@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from ..core.sip import SipError, parse_invite
 from ..core.verify import CallInfo
@@ -136,6 +136,16 @@ class SipServer:
             if txn.timer is not None:
                 txn.timer.cancel()
         self._transactions.clear()
+
+    @property
+    def transactions(self) -> int:
+        """INVITE server transactions held now (at most ``max_transactions``)."""
+        return len(self._transactions)
+
+    async def settled(self) -> None:
+        """Return once the verifications in flight have answered."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -332,8 +342,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)  # noqa: S101 - asyncio's contract
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         host, port = str(addr[0]), int(str(addr[1]))
@@ -362,7 +371,7 @@ class _Stream(asyncio.Protocol):
         self.source = ("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - asyncio's contract
+        transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.source = (str(peer[0]), int(peer[1]))
         if not self.server.allowed(self.source[0]):
