@@ -59,13 +59,15 @@ class Request:
     headers: list[tuple[str, str]] = field(default_factory=list)
     text: str = ""
     """The start line and header lines, for :func:`~verifier.core.sip.parse_invite`."""
+    by_name: dict[str, list[str]] = field(default_factory=dict)
+    """Header name (lower case, long form) -> its values, in order."""
 
     def values(self, name: str) -> list[str]:
         """Every value of header ``name`` (lower case, long form), in order."""
-        return [v for n, v in self.headers if n == name]
+        return self.by_name.get(name, [])
 
     def first(self, name: str) -> str | None:
-        found = self.values(name)
+        found = self.by_name.get(name)
         return found[0] if found else None
 
     @property
@@ -137,6 +139,8 @@ def parse_request(data: bytes, *, stream: bool = False) -> Request:
         raise Dropped("no SIP/2.0 request line")
     request = Request(method=start.group(1), ruri=start.group(2), text=text)
     for line in lines[1:]:
+        if "\r" in line or "\n" in line:
+            problem = problem or "a bare CR or LF"
         if len(request.headers) >= MAX_HEADERS:
             problem = problem or f"more than {MAX_HEADERS} header lines"
             break
@@ -151,15 +155,16 @@ def parse_request(data: bytes, *, stream: bool = False) -> Request:
             continue
         key = name.lower()
         request.headers.append((_COMPACT.get(key, key), value.strip()))
-    if any(len(v) > MAX_LINE for _, v in request.headers):
-        problem = problem or "a header line over the length limit"
+    by_name = request.by_name
+    for name, value in request.headers:
+        by_name.setdefault(name, []).append(value)
+        if len(value) > MAX_LINE:
+            problem = problem or "a header line over the length limit"
     if not request.branch or not request.sent_by:
         raise Dropped("no Via with a branch")
     for name in ("from", "to", "call-id", "cseq"):
         if len(request.values(name)) != 1:
             problem = problem or f"not exactly one {name} header"
-    if "\n" in text.replace("\r\n", "") or "\r" in text.replace("\r\n", ""):
-        problem = problem or "a bare CR or LF"
     return _checked(request, problem, body, stream=stream)
 
 
