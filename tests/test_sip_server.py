@@ -319,6 +319,19 @@ async def test_an_oversize_tcp_message_closes_the_connection(start: Start) -> No
         await writer.wait_closed()
 
 
+async def test_an_unreadable_tcp_content_length_closes_the_connection(start: Start) -> None:
+    server, _, _, tcp = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", tcp)
+    try:
+        writer.write(invite(5060, transport="TCP").replace(b"Content-Length: 0", b"l: zero"))
+        await writer.drain()
+        assert b"" == await asyncio.wait_for(reader.read(), 10)
+        assert (1, 0) == (server.stats["dropped"], server.stats["oversize"])
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 async def test_sources_outside_allow_are_dropped_on_udp_and_closed_on_tcp(start: Start) -> None:
     server, client, udp, tcp = await start(allow=("10.0.0.0/8",))
     reader, writer = await asyncio.open_connection("127.0.0.1", tcp)

@@ -12,11 +12,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..core.errors import VerifierError
+
 __all__ = [
     "MAX_HEADERS",
     "MAX_LINE",
     "BadRequest",
     "Dropped",
+    "Oversize",
     "Request",
     "frame",
     "parse_request",
@@ -37,11 +40,15 @@ _SENT_BY = re.compile(r"SIP\s*/\s*2\.0\s*/\s*[A-Za-z]+\s+([^;,\s]+)", re.IGNOREC
 _TAG = re.compile(r";\s*tag\s*=", re.IGNORECASE)
 
 
-class Dropped(ValueError):
+class Dropped(VerifierError, ValueError):
     """Not a request that can be answered (no request line, no Via...): dropped, counted."""
 
 
-class BadRequest(ValueError):
+class Oversize(Dropped):
+    """A TCP message whose header block or declared body is over the size limit."""
+
+
+class BadRequest(VerifierError, ValueError):
     """A request whose Via and dialog headers can be read but that is malformed: 400."""
 
     def __init__(self, request: Request, reason: str) -> None:
@@ -100,7 +107,7 @@ def frame(buffer: bytes | bytearray, limit: int) -> int:
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         if len(buffer) > limit:
-            raise Dropped("header block over the size limit")
+            raise Oversize("header block over the size limit")
         return 0
     length = 0
     for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
@@ -111,7 +118,7 @@ def frame(buffer: bytes | bytearray, limit: int) -> int:
             length = int(value.strip())
     total = end + 4 + length
     if total > limit:
-        raise Dropped("message over the size limit")
+        raise Oversize("message over the size limit")
     return total if len(buffer) >= total else 0
 
 

@@ -27,7 +27,7 @@ from ..core.sip import SipError, parse_invite
 from ..core.verify import CallInfo
 from ..service import Service, VerifyRequest
 from .config import SipSettings
-from .message import BadRequest, Dropped, Request, frame, parse_request, response
+from .message import BadRequest, Dropped, Oversize, Request, frame, parse_request, response
 from .redirect import verdict_answer
 
 __all__ = ["T1", "T2", "TIMER_H", "SipServer"]
@@ -392,8 +392,8 @@ class _Stream(asyncio.Protocol):
                 del buffer[:2]
             try:
                 size = frame(buffer, limit)
-            except Dropped:
-                self.server.stats["oversize"] += 1
+            except Dropped as exc:
+                self.server.stats["oversize" if isinstance(exc, Oversize) else "dropped"] += 1
                 transport.abort()
                 self.transport = None
                 return
