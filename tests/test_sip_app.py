@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 async def test_the_app_serves_sip_with_its_service_and_records_each_call(
-    tmp_path: Path, now: int
+    tmp_path: Path,
 ) -> None:
     pki = TestPKI.create()
     async with Repository.create(pki) as repo:
@@ -112,7 +113,8 @@ async def test_the_app_serves_sip_with_its_service_and_records_each_call(
         transport, client = await loop.create_datagram_endpoint(_Udp, local_addr=("127.0.0.1", 0))
         try:
             mine = transport.get_extra_info("sockname")[1]
-            request = invite(mine, identity=pki.signer.identity(iat=now))
+            # the app's clock is the real one: iat is now, not the session's ``now``
+            request = invite(mine, identity=pki.signer.identity(iat=int(time.time())))
             transport.sendto(request, ("127.0.0.1", port))
             data = await asyncio.wait_for(client.replies.get(), 20)
             while data.startswith(b"SIP/2.0 100 "):
