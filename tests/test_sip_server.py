@@ -348,6 +348,7 @@ async def test_sources_outside_allow_are_dropped_on_udp_and_closed_on_tcp(start:
         await asyncio.sleep(0.01)
     assert 2 == server.stats["denied"]
     assert client.replies.empty()
+    assert b'verifier_sip_messages_total{kind="denied"} 2.0' in server.service.metrics.render()
 
 
 _methods = st.sampled_from(["INVITE", "ACK", "CANCEL", "OPTIONS", "BYE", "X"])

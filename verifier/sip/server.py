@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self, cast
 
+from prometheus_client import Counter as PromCounter
+
 from ..core.sip import SipError, parse_invite
 from ..core.verify import CallInfo
 from ..service import Service, VerifyRequest
@@ -66,7 +68,9 @@ class SipServer:
     """The SIP front end of ``service``; ``async with`` opens the listeners and closes them.
 
     ``stats`` counts what is not a verification: ``denied`` (source not allowed),
-    ``dropped`` (unreadable), ``bad`` (answered 400), ``oversize``, ``retransmissions``.
+    ``dropped`` (unreadable), ``bad`` (answered 400), ``oversize``, ``retransmissions``;
+    the service's metrics have them as ``verifier_sip_messages_total{kind}`` (one server per
+    :class:`~verifier.metrics.Metrics`: the counter is registered there).
     """
 
     def __init__(self, service: Service, settings: SipSettings, *, reuse_port: bool = False):
@@ -74,6 +78,12 @@ class SipServer:
         self.settings = settings
         self.reuse_port = reuse_port
         self.stats: Counter[str] = Counter()
+        self._counter = PromCounter(
+            "verifier_sip_messages",
+            "SIP messages not verified (denied, dropped, bad, oversize) and INVITE retransmissions",
+            ["kind"],
+            registry=service.metrics.registry,
+        )
         self.addresses: list[tuple[str, str, int]] = []
         """(transport, host, port) of each listener once open (the port 0 picked)."""
         self._allow = [ipaddress.ip_network(c, strict=False) for c in settings.allow]
@@ -137,6 +147,10 @@ class SipServer:
                 txn.timer.cancel()
         self._transactions.clear()
 
+    def count(self, kind: str) -> None:
+        self.stats[kind] += 1
+        self._counter.labels(kind).inc()
+
     @property
     def transactions(self) -> int:
         """INVITE server transactions held now (at most ``max_transactions``)."""
@@ -161,18 +175,18 @@ class SipServer:
     def receive(self, data: bytes, source: tuple[str, int], send: Send, *, udp: bool) -> None:
         """Handle one message; nothing it contains raises out of here."""
         if len(data) > self.settings.max_message:
-            self.stats["oversize"] += 1
+            self.count("oversize")
             return
         try:
             request = parse_request(data, stream=not udp)
         except BadRequest as exc:
-            self.stats["bad"] += 1
+            self.count("bad")
             self._answer(
                 exc.request, 400, "Bad Request", send, source, [("Warning", _warning(exc.reason))]
             )
             return
         except Dropped as exc:
-            self.stats["dropped"] += 1
+            self.count("dropped")
             log.debug("sip_dropped", extra={"why": str(exc), "source": source[0]})
             return
         method = request.method
@@ -217,7 +231,7 @@ class SipServer:
         key = (request.branch, request.sent_by)
         txn = self._transactions.get(key)
         if txn is not None:
-            self.stats["retransmissions"] += 1
+            self.count("retransmissions")
             if txn.final is not None:
                 send(txn.final)
             else:
@@ -239,7 +253,7 @@ class SipServer:
                 date=sip.date_epoch(),
             )
         except SipError as exc:
-            self.stats["bad"] += 1
+            self.count("bad")
             self._final(
                 txn,
                 self._answer(
@@ -348,7 +362,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         host, port = str(addr[0]), int(str(addr[1]))
         server = self.server
         if not server.allowed(host):
-            server.stats["denied"] += 1
+            server.count("denied")
             return
         transport = self.transport
         if transport is None:  # pragma: no cover - asyncio calls connection_made first
@@ -375,7 +389,7 @@ class _Stream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.source = (str(peer[0]), int(peer[1]))
         if not self.server.allowed(self.source[0]):
-            self.server.stats["denied"] += 1
+            self.server.count("denied")
             transport.abort()
             return
         self.transport = transport
@@ -393,7 +407,7 @@ class _Stream(asyncio.Protocol):
             try:
                 size = frame(buffer, limit)
             except Dropped as exc:
-                self.server.stats["oversize" if isinstance(exc, Oversize) else "dropped"] += 1
+                self.server.count("oversize" if isinstance(exc, Oversize) else "dropped")
                 transport.abort()
                 self.transport = None
                 return
