@@ -33,6 +33,7 @@ from verifier.settings import (
     load_settings,
 )
 from verifier.settings_text import effective_toml
+from verifier.sip.config import SipSettings
 
 FULL_TOML = """
 host = "192.0.2.10"
@@ -542,7 +543,9 @@ def test_every_moved_key_names_its_new_place_everywhere(
 
 
 def test_an_unknown_environment_variable_is_refused() -> None:
-    assert "VERIFIER_LISTEN: unknown setting" == _error(env={"VERIFIER_LISTEN": "::"})
+    assert "VERIFIER_LISTEN: unknown setting (did you mean VERIFIER_SIP_LISTEN?)" == _error(
+        env={"VERIFIER_LISTEN": "::"}
+    )
     assert "VERIFIER_POLICY: unknown setting (did you mean VERIFIER_POLICY_FILE?)" == _error(
         env={"VERIFIER_POLICY": "p.toml"}
     )
@@ -587,6 +590,7 @@ PARTS: dict[str, type[Any]] = {
     "records": RecordSettings,
     "redis": RedisSettings,
     "trust": TrustSettings,
+    "sip": SipSettings,
 }
 
 
@@ -664,7 +668,7 @@ def test_describe_lists_every_key_in_reference_order_with_its_doc() -> None:
     rows = describe()
     tables = [
         *("", "verification", "api", "http_client", "x5u", "rcd", "records", "redis", "trust"),
-        "tuning",
+        *("sip", "tuning"),
     ]
     assert tables == list(dict.fromkeys(k.table for k in rows))
     assert [f.name for f in dataclasses.fields(HttpClientSettings)] == [

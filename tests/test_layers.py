@@ -32,6 +32,8 @@ LAYER_OF = {
     "verifier.settings_text": "settings",  # the configuration as text (reference, check)
     "verifier.service": "service",
     "verifier.http": "http",
+    "verifier.sip": "sip",
+    "verifier.sip.config": "settings",  # [sip], read by verifier.settings
     "verifier.testing": "testing",
     "verifier.cli": "cli",
     "verifier.trust_cli": "cli",  # verifier trust status|refresh
@@ -50,7 +52,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "metrics": {"core", "accel"},
     "settings": {"core", "net", "records", "version"},  # net's and records' settings classes
     "service": BELOW_HTTP,
-    "http": BELOW_HTTP | {"service", "version"},
+    "http": BELOW_HTTP | {"service", "sip", "version"},
+    "sip": BELOW_HTTP | {"service"},
     "testing": BELOW_HTTP | {"service", "http", "version"},  # test PKI, repository, demo
     "cli": BELOW_HTTP | {"service", "http", "testing", "version"},
     "main": {"cli"},

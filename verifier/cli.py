@@ -239,6 +239,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["keepalive_timeout"] = args.keepalive_timeout
     if args.trust_list_url:
         overrides["trust.list_url"] = args.trust_list_url
+    if args.sip_listen:
+        overrides["sip.listen"] = list(args.sip_listen)
     try:
         settings = load_settings(args.config, env=os.environ, overrides=overrides)
         listed = settings.trust.list_url is not None
@@ -503,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="S",
         help="seconds an idle keep-alive connection stays open (keepalive_timeout)",
+    )
+    sv.add_argument(
+        "--sip-listen",
+        action="append",
+        metavar="TRANSPORT:HOST:PORT",
+        help="also answer SIP INVITEs by 302 redirect, e.g. udp:127.0.0.1:5060 (repeatable)",
     )
     sv.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     sv.set_defaults(func=cmd_serve)

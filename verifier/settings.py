@@ -40,6 +40,7 @@ from .net.redis_tier import RedisSettings
 from .net.transport import HttpClientSettings
 from .net.trustlist import TrustSettings
 from .records import RecordSettings
+from .sip.config import SipSettings
 
 _ROOT = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
@@ -180,6 +181,7 @@ class Settings:
     rcd: RcdSettings = field(default_factory=RcdSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
+    sip: SipSettings = field(default_factory=SipSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -232,6 +234,7 @@ _PARTS: dict[str, type[Any]] = {
     "records": RecordSettings,
     "redis": RedisSettings,
     "trust": TrustSettings,
+    "sip": SipSettings,
 }
 """The fields of :class:`Settings` that hold a dataclass, and their classes."""
 
@@ -265,6 +268,7 @@ _TABLES = (
     "records",
     "redis",
     "trust",
+    "sip",
     "tuning",
 )
 """The file's tables in reference order; "" is the top level."""

@@ -62,6 +62,7 @@ _CAPTIONS = {
     "records": "traceback records",
     "redis": "shared tier for many instances",
     "trust": "the STI-PA trust list and CRLs, kept current",
+    "sip": "the SIP front end: verdicts by 302 redirect",
 }
 
 

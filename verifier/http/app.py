@@ -43,6 +43,7 @@ from ..records import RecordWriter, open_store
 from ..records.journal import open_journal
 from ..service import Service
 from ..settings import Settings
+from ..sip.server import SipServer
 from . import atis, console, native, ops, threegpp
 from .answers import AtisAnswers
 from .errors import ApiError, error_middleware
@@ -115,6 +116,7 @@ def create_app(
     app.cleanup_ctx.append(_records_ctx)
     app.cleanup_ctx.append(_service_ctx)
     app.cleanup_ctx.append(_trust_ctx)
+    app.cleanup_ctx.append(_sip_ctx)
     app.on_shutdown.append(_not_ready)
     app.on_response_prepare.append(_close_when_draining)
     return app
@@ -320,6 +322,16 @@ async def _trust_ctx(app: web.Application) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _sip_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The SIP front end (``[sip] listen``), answering with the same service."""
+    settings = app[SETTINGS]
+    if not settings.sip.listen:
+        yield
+        return
+    async with SipServer(app[SERVICE], settings.sip, reuse_port=settings.workers > 1):
+        yield
 
 
 async def _not_ready(app: web.Application) -> None:

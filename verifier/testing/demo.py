@@ -2,8 +2,9 @@
 
 Creates a dev PKI under ``certs/dev/`` if missing, serves the dev SP certificate from an
 HTTPS certificate repository on 127.0.0.1, starts the service trusting the dev root (with
-private x5u allowed for 127.0.0.1 only), checks two calls itself, and prints copy-paste
-``curl`` commands with their expected answers. Runs until Ctrl-C.
+private x5u allowed for 127.0.0.1 only) with its SIP front end on UDP at the HTTP port's
+number, checks two calls itself, and prints copy-paste ``curl`` commands with their
+expected answers and a SIPp command whose call gets a 302. Runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..http.app import create_app, start_site
 from ..settings import Settings, load_settings
 from .pki import write_pki
 from .repository import Repository
+from .sip import sipp_scenario
 
 __all__ = ["run_demo"]
 
@@ -32,7 +34,9 @@ DEST = "12155551213"
 OTHER = "12155559999"
 
 
-def _sign_command(directory: Path, x5u: str, ask_to: str) -> str:
+def _sign_command(directory: Path, x5u: str, ask_to: str | None) -> str:
+    """The ``verifier sign`` command line: an ATIS request asking about ``ask_to``, or (None)
+    the Identity header alone."""
     sign = [
         sys.executable,
         "-m",
@@ -46,9 +50,7 @@ def _sign_command(directory: Path, x5u: str, ask_to: str) -> str:
         ORIG,
         "--dest",
         DEST,
-        "--atis-request",
-        "--atis-to",
-        ask_to,
+        *(["--atis-request", "--atis-to", ask_to] if ask_to is not None else []),
     ]
     return " ".join(shlex.quote(part) for part in sign)
 
@@ -93,6 +95,48 @@ def _atis_request(signer_key: Path, x5u: str, ask_to: str) -> bytes:
     return json.dumps(request).encode()
 
 
+def _sipp_command(directory: Path, x5u: str, host: str, port: int) -> str:
+    """A shell line: sign a fresh PASSporT into a SIPp injection file, then one SIPp call
+    whose 302 must carry ``verstat=TN-Validation-Passed``. (The Identity header's ``;``
+    separates SIPp fields, so the file holds the PASSporT and the scenario the rest.)"""
+    scenario = directory / "sipp-invite.xml"
+    identity = f'[field0];info=<{x5u}>;alg=ES256;ppt="shaken"'
+    scenario.write_text(
+        sipp_scenario(identity=identity, check="verstat=TN-Validation-Passed"),
+        encoding="latin-1",
+    )
+    csv = shlex.quote(str(directory / "sipp-identity.csv"))
+    sipp = [
+        "sipp",
+        f"{host}:{port}",
+        "-sf",
+        str(scenario),
+        "-inf",
+        str(directory / "sipp-identity.csv"),
+        *(
+            [
+                "-m",
+                "1",
+                "-t",
+                "u1",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "-nostdin",
+                "-timeout",
+                "10s",
+                "-timeout_error",
+            ]
+        ),
+    ]
+    sign = _sign_command(directory, x5u, None)
+    return (
+        f"{{ echo SEQUENTIAL; {sign} | cut -d';' -f1; }} > {csv}"
+        f" && {' '.join(shlex.quote(part) for part in sipp)}"
+    )
+
+
 async def _serve(directory: Path, host: str, port: int) -> None:
     tls = (
         (directory / "tls" / "server.pem").read_bytes(),
@@ -110,6 +154,7 @@ async def _serve(directory: Path, host: str, port: int) -> None:
                 "http_client.ca_file": str(directory / "tls" / "ca.pem"),
                 "http_client.private_allow": ["127.0.0.1"],
                 "http_client.ports": [443, 8443, repo.port],
+                "sip.listen": [f"udp:{host}:{port}"],
             }
         )
         load_certificates(settings.trust_anchors)
@@ -132,6 +177,8 @@ async def _serve(directory: Path, host: str, port: int) -> None:
                 print(f"# {title}:")
                 print(f"{_sign_command(directory, x5u, ask_to)} \\\n  | {curl}")
                 print(f"# expected (HTTP {status}): {json.dumps(answer, separators=(',', ':'))}\n")
+            print(f"# SIP (UDP {host}:{port}): a 302 with verstat=TN-Validation-Passed (SIPp):")
+            print(_sipp_command(directory, x5u, host, port) + "\n")
             print(
                 "Each command signs a fresh Identity header (iat is checked to within 60 s).\n"
                 f"Also: curl -s {url}/healthz ; curl -s {url}/metrics ;"
