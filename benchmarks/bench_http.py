@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from typing import Any
 from bench_core import openssl_verify_per_s
 
 from verifier.settings import ApiSettings
-from verifier.testing import TestPKI, pem, write_preload
+from verifier.testing import TestPKI, free_port, pem, write_preload
 
 SERVER_CPU, CLIENT_CPU = 0, 1  # --one-core: the whole server side, and wrk
 MAX_ROUNDS, MAX_SECONDS = 20, 30  # bounds; a run must end well within iat's 60 s freshness
@@ -101,12 +100,6 @@ done = function(summary, latency, requests)
   io.write(string.format("answered: %d\nnot passed: %d\n", a, u))
 end
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(url: str, timeout: float = 20.0) -> None:
@@ -178,7 +171,7 @@ class _Service:
     def __init__(
         self, work: Path, *, records: bool, log: bool, fast: bool, cpu: int | None
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.cpu = cpu
         config = work / f"verifier-{'rec' if records else 'norec'}.toml"
         fast_line = f"fast_path = {'true' if fast else 'false'}\n" if _has_fast_path() else ""

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,14 +39,8 @@ import aiohttp
 import psycopg
 from psycopg import sql
 
-from verifier.testing import TestPKI, pem, write_preload
+from verifier.testing import TestPKI, free_port, pem, write_preload
 from verifier.testing.faults import TcpProxy
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _p99(values: list[float]) -> float:
@@ -163,7 +156,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
             netloc = f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}"
             url = f"{parts._replace(netloc=netloc).geturl()}?options=-csearch_path%3D{schema}"
-            port = _free_port()
+            port = free_port()
             base = f"http://127.0.0.1:{port}"
             (work / "v.toml").write_text(
                 f"port = {port}\ntrust_anchors = ['{work / 'root.pem'}']\nlog_level = 'ERROR'\n"

@@ -41,13 +41,12 @@ from bench_http import (
     SERVER_CPU,
     _bodies,
     _bounded,
-    _free_port,
     _on_cpu,
     _Service,
     _wrk,
 )
 
-from verifier.testing import TestPKI, pem, write_preload
+from verifier.testing import TestPKI, free_port, pem, write_preload
 from verifier.testing.sip import sipp_scenario
 
 LIMIT = 64  # SIPp calls open at once at saturation
@@ -58,7 +57,7 @@ class _SipService(_Service):
     """`verifier serve` as bench_http starts it, with ``--sip-listen`` on UDP."""
 
     def __init__(self, work: Path) -> None:
-        self.sip_port = _free_port()
+        self.sip_port = free_port()
         os.environ["VERIFIER_SIP_LISTEN"] = f"udp:127.0.0.1:{self.sip_port}"
         try:
             super().__init__(work, records=True, log=True, fast=True, cpu=SERVER_CPU)

@@ -28,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_http import _bodies, _free_port, _wait_ready
+from bench_http import _bodies, _wait_ready
 
-from verifier.testing import TestPKI, pem, write_preload
+from verifier.testing import TestPKI, free_port, pem, write_preload
 
 TIMEOUT = 600  # seconds for any one valgrind run
 
@@ -85,7 +85,7 @@ def _read_reply(sock: socket.socket) -> bytes:
 
 def _service_run(work: Path, pki: TestPKI, requests: int) -> int:
     """Instructions of a service that answered ``requests`` ATIS requests."""
-    port = _free_port()
+    port = free_port()
     config = work / "verifier.toml"
     config.write_text(
         f'host = "127.0.0.1"\nport = {port}\ntrust_anchors = ["{work / "root.pem"}"]\n'

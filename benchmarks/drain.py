@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-from verifier.testing import TestPKI, pem, write_preload
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from verifier.testing import TestPKI, free_port, pem, write_preload
 
 
 async def run(connections: int, seconds: float) -> dict[str, object]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,16 +22,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from verifier.testing import TestPKI, pem
+from verifier.testing import TestPKI, free_port, pem
 
 TOKEN = "fuzz-admin-token-0123456789abcdef"  # noqa: S105 - a throw-away test service's
 CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(max_examples: int, seed: int | None = None) -> int:
@@ -40,7 +33,7 @@ def run(max_examples: int, seed: int | None = None) -> int:
     try:
         pki = TestPKI.create()
         (work / "root.pem").write_bytes(pem(pki.root.cert))
-        port = _free_port()
+        port = free_port()
         (work / "v.toml").write_text(
             f"port = {port}\ntrust_anchors = ['{work / 'root.pem'}']\nlog_level = 'ERROR'\n"
             f"[records]\ndata_dir = '{work / 'data'}'\n"

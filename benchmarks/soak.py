@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from verifier.testing import Signer, TestPKI, pem
+from verifier.testing import Signer, TestPKI, free_port, pem
 from verifier.testing.repository import Repository
 
 ORIG, DEST = "12155551212", "12155551213"
@@ -47,12 +46,6 @@ class Window:
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     unexpected: list[str] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_kib(pid: int) -> int:
@@ -154,7 +147,7 @@ async def soak(seconds: float, report: float) -> dict[str, Any]:
             repo.put("/sp.pem", pki.signer.chain_pem())
             (work / "root.pem").write_bytes(pem(pki.root.cert))
             (work / "ca.pem").write_bytes(repo.ca_pem)
-            port = _free_port()
+            port = free_port()
             (work / "v.toml").write_text(
                 f"port = {port}\ntrust_anchors = ['{work / 'root.pem'}']\n"
                 f"[http_client]\nca_file = '{work / 'ca.pem'}'\nprivate_allow = ['127.0.0.1']\n"

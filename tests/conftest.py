@@ -6,8 +6,11 @@ what accepting a certificate asserts (``accepted``); for the record tests, their
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -408,3 +411,16 @@ def fresh_until() -> FreshUntil:
     """``await fresh_until(fetcher, clock, x5u, end)``: the cached ``x5u`` is fresh until
     ``end`` exactly (within a millisecond) on the fetcher's fake clock."""
     return _fresh_until
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started in a session of their own (``start_new_session``): each
+    group is killed at the end, a supervisor's workers with it (killed alone, they would
+    hold its pipes and ``communicate()`` would wait for ever)."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()

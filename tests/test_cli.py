@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import socket
 import time
 import tomllib
 from collections.abc import Sequence
@@ -341,13 +340,6 @@ def test_pki_init_refuses_to_overwrite(tmp_path: Path) -> None:
 
 
 # -- demo ----------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- config check / reference --------------------------------------------------------------------

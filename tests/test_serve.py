@@ -4,29 +4,19 @@ sockets on 127.0.0.1, real signals."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from verifier import __version__
-from verifier.testing import TestPKI, pem, write_preload
+from verifier.testing import TestPKI, free_port, pem, write_preload
 from verifier.testing.repository import Repository
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
@@ -67,18 +57,6 @@ def stop(proc: subprocess.Popen[str], signum: int | None = signal.SIGTERM) -> tu
         proc.kill()
         out, err = proc.communicate()
     return proc.returncode, out, err
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        # The whole group: a supervisor killed alone leaves its workers holding the pipes,
-        # and communicate() would wait for them for ever.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
 
 
 def atis_body(identity: str, now: int, to: str = "12155551213") -> dict[str, object]:

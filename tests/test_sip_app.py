@@ -17,7 +17,7 @@ from verifier.http.app import create_app, start_site
 from verifier.records import RecordQuery, open_store
 from verifier.settings import ConfigError, load_settings
 from verifier.sip.config import SipSettings, parse_listen
-from verifier.testing import TestPKI
+from verifier.testing import TestPKI, free_port
 from verifier.testing.repository import Repository
 from verifier.testing.sip import RURI, invite
 from verifier.testing.sip import response_headers as headers
@@ -76,13 +76,6 @@ def test_serve_refuses_a_bad_sip_listen_flag(
     assert "the transport must be udp or tcp" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        port: int = udp.getsockname()[1]
-        return port
-
-
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.replies: asyncio.Queue[bytes] = asyncio.Queue()
@@ -98,7 +91,7 @@ async def test_the_app_serves_sip_with_its_service_and_records_each_call(
     async with Repository.create(pki) as repo:
         pki.signer.x5u = repo.url("/sp.pem")
         repo.put("/sp.pem", pki.signer.chain_pem())
-        port = _free_port()
+        port = free_port(socket.SOCK_DGRAM)
         settings = repo.service_settings(
             pki,
             tmp_path,

@@ -2,4 +2,7 @@
 repository, a fault proxy."""
 
 from .pki import *  # noqa: F403
-from .pki import __all__ as __all__
+from .pki import __all__ as _pki_all
+from .ports import free_port
+
+__all__ = [*_pki_all, "free_port"]
