@@ -538,6 +538,18 @@ async def test_circuit_breaker(
     assert 0 == fetcher.stats()["breakers_open"]
 
 
+async def test_breaker_counts_a_stalled_body(repo: Repository, make_fetcher: MakeFetcher) -> None:
+    fetcher = await make_fetcher(breaker_threshold=3, breaker_cooldown=60, timeout=0.3)
+    for i in range(3):  # headers and the first bytes arrive, then nothing
+        url = repo.put(f"/stall{i}.pem", b"-----BEGIN CERTIFICATE-----\n" * 64, behaviour="stall")
+        with pytest.raises(errors.X5uFetchFailed, match="no complete answer"):
+            await fetcher.get(url, now=time.time())
+    assert 1 == fetcher.stats()["breaker_opens"]
+    with pytest.raises(errors.X5uFetchFailed, match=r"circuit open for 127\.0\.0\.1"):
+        await fetcher.get(repo.put("/next.pem", b"", behaviour="stall"), now=time.time())
+    assert 0 == repo.counts["/next.pem"]
+
+
 async def test_breaker_ignores_4xx(repo: Repository, make_fetcher: MakeFetcher) -> None:
     fetcher = await make_fetcher(breaker_threshold=2)
     for i in range(4):  # a hostile x5u naming missing paths must not shut a host out

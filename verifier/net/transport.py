@@ -7,8 +7,9 @@ is how :mod:`verifier.net.fetch` reaches a certificate repository or a CRL serve
 
 1. fails fast if the host's circuit is open (``breaker_threshold`` consecutive host failures:
    DNS, connect, TLS, timeout, 5xx; a 4xx is the host answering, so a hostile x5u naming
-   missing paths cannot shut a repository out). After ``breaker_cooldown`` one trial is let
-   through;
+   missing paths cannot shut a repository out). A 200 counts as success only once its whole
+   body has arrived, so headers followed by a stalled body count as a timeout. After
+   ``breaker_cooldown`` one trial is let through;
 2. resolves the host itself and vets every address (:func:`verifier.net.ssrf.resolve_vetted`);
 3. connects to a vetted address literally (the URL's host replaced by the IP), with TLS
    SNI and certificate hostname verification against the original host name
@@ -310,7 +311,8 @@ class PinnedGetter:
         status = resp.status
         if status >= 500:
             raise self._host_down(host, f"{what} {host} answered HTTP {status}")
-        self._succeeded(host)
+        if status != 200:
+            self._succeeded(host)  # the host answered: a 3xx/4xx is the caller's URL at fault
         if 300 <= status < 400:
             location = resp.headers.get("Location", "?")
             raise X5uFetchFailed(
@@ -328,6 +330,7 @@ class PinnedGetter:
             body += chunk
             if len(body) > max_bytes:
                 raise X5uFetchFailed(f"{what} body exceeds the limit of {max_bytes} bytes")
+        self._succeeded(host)  # only a complete body: a stalled one times out as a host failure
         return Answer(
             body=bytes(body),
             headers=resp.headers,
