@@ -25,7 +25,7 @@ from verifier.core import errors
 from verifier.core.certs import TrustStore
 from verifier.core.verify import CallInfo, verify
 from verifier.net.fetch import CertificateFetcher, FetchSettings
-from verifier.net.transport import HttpClientSettings
+from verifier.net.transport import HostBusy, HttpClientSettings
 from verifier.testing import TestPKI, pem
 from verifier.testing.repository import Repository
 
@@ -548,6 +548,44 @@ async def test_breaker_counts_a_stalled_body(repo: Repository, make_fetcher: Mak
     with pytest.raises(errors.X5uFetchFailed, match=r"circuit open for 127\.0\.0\.1"):
         await fetcher.get(repo.put("/next.pem", b"", behaviour="stall"), now=time.time())
     assert 0 == repo.counts["/next.pem"]
+
+
+async def test_waiting_for_a_slot_is_not_the_hosts_fault(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, accepted: Accepted
+) -> None:
+    # 12 new x5u at once, 8 slots: the last 4 wait for one, then get their own timeout
+    fetcher = await make_fetcher(breaker_threshold=1, timeout=1.0, max_per_host=8)
+    urls = [repo.put(f"/q{i}.pem", pki.signer.chain_pem(), delay=0.7) for i in range(12)]
+    credentials = await asyncio.gather(*(fetcher.get(u, now=time.time()) for u in urls))
+    for credential in credentials:
+        accepted(credential, pki.signer)
+    assert (0, {}) == (fetcher.stats()["breaker_opens"], fetcher.stats()["fetch_errors"])
+
+
+async def test_over_the_cap_is_busy_and_not_blamed_or_remembered(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, accepted: Accepted
+) -> None:
+    # one slot, held by a stalled body for the 2 s timeout; the next waits 0.3 s for it
+    fetcher = await make_fetcher(
+        breaker_threshold=2, timeout=2.0, connect_timeout=0.3, max_per_host=1
+    )
+    stalled = repo.put("/stalled.pem", b"-----BEGIN", behaviour="stall")
+    good = repo.put("/good.pem", pki.signer.chain_pem())
+    holder = asyncio.create_task(fetcher.get(stalled, now=time.time()))
+    for _ in range(500):  # until the holder's request has reached the repository
+        if repo.counts["/stalled.pem"]:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(HostBusy, match="busy: 1 fetches to it already running"):
+        await fetcher.get(good, now=time.time())
+    assert 0 == repo.counts["/good.pem"]
+    assert {} == fetcher.stats()["fetch_errors"]  # busy is not a host failure
+    assert 1 == fetcher.stats()["fetch_busy"]
+    with pytest.raises(errors.X5uFetchFailed, match="no complete answer"):
+        await holder
+    assert {"127.0.0.1": 1} == fetcher.stats()["fetch_errors"]
+    accepted(await fetcher.get(good, now=time.time()), pki.signer)  # busy was not remembered
+    assert (1, 0) == (repo.counts["/good.pem"], fetcher.stats()["breaker_opens"])
 
 
 async def test_breaker_ignores_4xx(repo: Repository, make_fetcher: MakeFetcher) -> None:

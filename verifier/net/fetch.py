@@ -61,7 +61,7 @@ from .cache import (
 )
 from .crl import CrlChecker, CrlMode, Revocation, check_published
 from .ssrf import Resolver, host_matches, system_resolver
-from .transport import Answer, HttpClientSettings, PinnedGetter, SessionUser
+from .transport import Answer, HostBusy, HttpClientSettings, PinnedGetter, SessionUser
 
 __all__ = ["CertificateFetcher", "FetchSettings", "FetchStats", "SharedFailure", "SharedTier"]
 
@@ -400,7 +400,7 @@ class CertificateFetcher(SessionUser):
         except VerificationError as exc:
             if self._on_load is not None:
                 self._on_load(exc.slug, time.perf_counter() - started)
-            if generation == self._generation:
+            if generation == self._generation and not isinstance(exc, HostBusy):
                 self._negative[x5u] = (exc, self._clock() + self.settings.failure_ttl)
                 if isinstance(exc, errors.UnsupportedCredential):
                     self._memory.delete(x5u)  # a definitive answer ends stale serving
@@ -464,6 +464,8 @@ class CertificateFetcher(SessionUser):
             found = await shared.wait(x5u, deadline - time.monotonic())
         try:
             return await self._network(x5u, now, generation)
+        except HostBusy:  # our own queueing, not the repository's fault
+            raise
         except X5uFetchFailed as exc:  # the repository's fault: spare it the fleet's retries
             expires_at = self._clock() + self.settings.failure_ttl
             await shared.save_failure(
@@ -595,6 +597,7 @@ class CertificateFetcher(SessionUser):
         }
         out["fetch_errors"] = dict(self._getter.errors)
         out["breaker_opens"] = self._getter.breaker_opens
+        out["fetch_busy"] = sum(self._getter.busy.values())
         out["breakers_open"] = self._getter.open_circuits()
         out["cache_size"] = len(self._memory)
         out["negative_size"] = len(self._negative)

@@ -17,15 +17,22 @@ is how :mod:`verifier.net.fetch` reaches a certificate repository or a CRL serve
    answer is ever consulted;
 4. refuses redirects and any status but 200, reads at most ``max_bytes``, all within
    ``seconds`` in total.
+
+At most ``max_per_host`` fetches run to one host at once; the others wait for a slot (up to
+``connect_timeout``, as aiohttp bounds a wait for its pool) before their own time starts, and
+one that gets none is answered :class:`HostBusy` (436) without blaming the host: the
+verifier's own queueing never opens a breaker. The session's pool has no per-host limit of
+its own, so no wait hides in it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -39,7 +46,14 @@ from ..core.errors import X5uFetchFailed
 from ..core.x5u import DEFAULT_X5U_PORTS
 from .ssrf import AddressPolicy, Resolver, resolve_vetted
 
-__all__ = ["Answer", "HttpClientSettings", "PinnedGetter", "SessionUser", "new_session"]
+__all__ = [
+    "Answer",
+    "HostBusy",
+    "HttpClientSettings",
+    "PinnedGetter",
+    "SessionUser",
+    "new_session",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +88,9 @@ class HttpClientSettings:
     """Consecutive failures of a host (network, timeout, 5xx) that open its circuit."""
     breaker_cooldown: float = 30.0
     """How long an open circuit fails fast before one trial request is let through."""
+    max_per_host: int = 8
+    """Concurrent fetches to one host; more wait up to ``connect_timeout`` for a slot, then
+    get 436 "busy" (not counted against the host)."""
     user_agent: str = f"verifier/{__version__}"
     """User-Agent sent to certificate repositories, CRL servers and content hosts."""
 
@@ -85,6 +102,8 @@ class HttpClientSettings:
                 raise ValueError(f"{name} must be > 0")
         if self.breaker_threshold < 1:
             raise ValueError("breaker_threshold must be >= 1")
+        if self.max_per_host < 1:
+            raise ValueError("max_per_host must be >= 1")
         if self.breaker_cooldown < 0:
             raise ValueError("breaker_cooldown must be >= 0")
         self.address_policy()
@@ -101,9 +120,9 @@ class HttpClientSettings:
 def new_session() -> aiohttp.ClientSession:
     """The client session for fetching what callers name (x5u, CRLs, RCD content): no
     cookies, no proxies from the environment (a proxy would bypass the address pinning),
-    a bounded connection pool."""
+    a bounded connection pool with no per-host limit (:class:`PinnedGetter` caps each host)."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=100, limit_per_host=8),
+        connector=aiohttp.TCPConnector(limit=100, limit_per_host=0),
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
     )
@@ -158,6 +177,12 @@ class Answer:
     content_type: str
 
 
+class HostBusy(X5uFetchFailed):
+    """436: the host already has ``max_per_host`` fetches running and no slot came free in
+    time. The verifier's own queueing, not the host's fault: not counted by the breaker,
+    not remembered as the URL's failure."""
+
+
 @dataclass(slots=True)
 class _Breaker:
     failures: int = 0
@@ -194,7 +219,13 @@ class PinnedGetter:
         self._trial_timeout = trial_timeout
         self._user_agent = client.user_agent
         self._breakers: LRUCache[str, _Breaker] = LRUCache(maxsize=max_hosts)
+        self._per_host = client.max_per_host
+        self._slot_wait = client.connect_timeout
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._slot_users: Counter[str] = Counter()
         self.breaker_opens = 0
+        self.busy: Counter[str] = Counter()
+        """Fetches answered "busy" (no slot for their host in time), by host."""
         self.errors: Counter[str] = Counter()
         """Host failures (those the breaker counts), by host."""
 
@@ -208,7 +239,9 @@ class PinnedGetter:
 
     # -- the breaker -----------------------------------------------------------------------
 
-    def _check(self, host: str) -> None:
+    def _check(self, host: str, *, trial: bool) -> None:
+        """Fail fast if ``host``'s circuit is open; ``trial``: a half-open circuit's one
+        trial is this request (otherwise only look)."""
         breaker = self._breakers.get(host)
         if breaker is None or breaker.failures < self._threshold:
             return
@@ -218,8 +251,8 @@ class PinnedGetter:
                 f"circuit open for {host} after {breaker.failures} consecutive failures; "
                 "failing fast until its cool-down ends"
             )
-        # half-open: this request is the one trial until it ends (or would have timed out)
-        breaker.trial_until = clock + self._trial_timeout
+        if trial:  # half-open: this request is the one trial until it ends (or times out)
+            breaker.trial_until = clock + self._trial_timeout
 
     def _succeeded(self, host: str) -> None:
         self._breakers.pop(host, None)
@@ -237,6 +270,39 @@ class PinnedGetter:
             log.warning("x5u_breaker_open", extra={"host": host, "failures": breaker.failures})
         return X5uFetchFailed(detail)
 
+    # -- the per-host slots -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, host: str, wait: float, what: str) -> AsyncIterator[None]:
+        """Hold one of ``host``'s ``max_per_host`` slots, waiting up to ``wait`` for it.
+
+        Raises:
+            HostBusy: no slot came free within ``wait``.
+        """
+        slots = self._slots.get(host)
+        if slots is None:
+            slots = self._slots[host] = asyncio.Semaphore(self._per_host)
+        self._slot_users[host] += 1
+        try:
+            try:
+                async with asyncio.timeout(wait):
+                    await slots.acquire()
+            except TimeoutError:
+                self.busy[host] += 1
+                raise HostBusy(
+                    f"{what} host {host} busy: {self._per_host} fetches to it already running "
+                    f"and none ended within {wait:g} s"
+                ) from None
+            try:
+                yield
+            finally:
+                slots.release()
+        finally:
+            self._slot_users[host] -= 1
+            if not self._slot_users[host]:
+                del self._slot_users[host]
+                del self._slots[host]
+
     # -- the GET ---------------------------------------------------------------------------
 
     async def get(
@@ -253,15 +319,36 @@ class PinnedGetter:
         """GET ``url`` from a vetted address of its host: no redirects, capped, timed.
         ``headers`` are sent besides the client's own (the trust list's bearer token).
 
+        The wait for a slot of the host (up to ``connect_timeout``) comes before ``seconds``.
+
         Raises:
             X5uRefused: an address of the host is refused (nothing was sent).
+            HostBusy: no slot of the host came free in time (the host is not blamed).
             X5uFetchFailed: the host's circuit is open, DNS, connection, TLS, timeout,
                 a status other than 200, or a body over ``max_bytes``.
         """
         host, port = url.host, url.port
         if not host or port is None:
             raise X5uFetchFailed(f"{what} URL has no host")
-        self._check(host)
+        self._check(host, trial=False)
+        async with self._slot(host, self._slot_wait, what):
+            self._check(host, trial=True)
+            return await self._get(
+                session, url, host, port, max_bytes, seconds, what, accept, headers
+            )
+
+    async def _get(
+        self,
+        session: aiohttp.ClientSession,
+        url: URL,
+        host: str,
+        port: int,
+        max_bytes: int,
+        seconds: float,
+        what: str,
+        accept: str,
+        headers: Mapping[str, str] | None,
+    ) -> Answer:
         https = url.scheme == "https"
         sent = {
             "Host": url.host_port_subcomponent or host,
