@@ -25,7 +25,7 @@ from verifier.core import errors
 from verifier.core.certs import TrustStore
 from verifier.core.verify import CallInfo, verify
 from verifier.net.fetch import CertificateFetcher, FetchSettings
-from verifier.net.transport import HostBusy, HttpClientSettings
+from verifier.net.transport import HttpClientSettings
 from verifier.testing import TestPKI, pem
 from verifier.testing.repository import Repository
 
@@ -576,7 +576,7 @@ async def test_over_the_cap_is_busy_and_not_blamed_or_remembered(
         if repo.counts["/stalled.pem"]:
             break
         await asyncio.sleep(0.01)
-    with pytest.raises(HostBusy, match="busy: 1 fetches to it already running"):
+    with pytest.raises(errors.X5uFetchFailed, match="busy: 1 fetches to it already running"):
         await fetcher.get(good, now=time.time())
     assert 0 == repo.counts["/good.pem"]
     assert {} == fetcher.stats()["fetch_errors"]  # busy is not a host failure

@@ -400,7 +400,7 @@ class CertificateFetcher(SessionUser):
         except VerificationError as exc:
             if self._on_load is not None:
                 self._on_load(exc.slug, time.perf_counter() - started)
-            if generation == self._generation and not isinstance(exc, HostBusy):
+            if generation == self._generation and not isinstance(exc.__cause__, HostBusy):
                 self._negative[x5u] = (exc, self._clock() + self.settings.failure_ttl)
                 if isinstance(exc, errors.UnsupportedCredential):
                     self._memory.delete(x5u)  # a definitive answer ends stale serving
@@ -464,9 +464,9 @@ class CertificateFetcher(SessionUser):
             found = await shared.wait(x5u, deadline - time.monotonic())
         try:
             return await self._network(x5u, now, generation)
-        except HostBusy:  # our own queueing, not the repository's fault
-            raise
         except X5uFetchFailed as exc:  # the repository's fault: spare it the fleet's retries
+            if isinstance(exc.__cause__, HostBusy):  # our own queueing: not the repository's
+                raise
             expires_at = self._clock() + self.settings.failure_ttl
             await shared.save_failure(
                 x5u, SharedFailure(slug=exc.slug, detail=exc.detail, expires_at=expires_at)

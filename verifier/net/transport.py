@@ -20,9 +20,9 @@ is how :mod:`verifier.net.fetch` reaches a certificate repository or a CRL serve
 
 At most ``max_per_host`` fetches run to one host at once; the others wait for a slot (up to
 ``connect_timeout``, as aiohttp bounds a wait for its pool) before their own time starts, and
-one that gets none is answered :class:`HostBusy` (436) without blaming the host: the
-verifier's own queueing never opens a breaker. The session's pool has no per-host limit of
-its own, so no wait hides in it.
+one that gets none is answered 436 "busy" (caused by :class:`HostBusy`) without blaming the
+host: the verifier's own queueing never opens a breaker. The session's pool has no per-host
+limit of its own, so no wait hides in it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from cachetools import LRUCache
 from yarl import URL
 
 from ..__version__ import __version__
-from ..core.errors import X5uFetchFailed
+from ..core.errors import VerifierError, X5uFetchFailed
 from ..core.x5u import DEFAULT_X5U_PORTS
 from .ssrf import AddressPolicy, Resolver, resolve_vetted
 
@@ -177,10 +177,12 @@ class Answer:
     content_type: str
 
 
-class HostBusy(X5uFetchFailed):
-    """436: the host already has ``max_per_host`` fetches running and no slot came free in
-    time. The verifier's own queueing, not the host's fault: not counted by the breaker,
-    not remembered as the URL's failure."""
+class HostBusy(VerifierError):
+    """The cause (``__cause__``) of an :class:`X5uFetchFailed` raised because the host
+    already had ``max_per_host`` fetches running and no slot came free in time: the
+    verifier's own queueing, not the host's fault, so not counted by the breaker and not
+    to be remembered as the URL's failure. (A cause, not a subclass: the error classes and
+    their slugs stay one per failure.)"""
 
 
 @dataclass(slots=True)
@@ -277,7 +279,7 @@ class PinnedGetter:
         """Hold one of ``host``'s ``max_per_host`` slots, waiting up to ``wait`` for it.
 
         Raises:
-            HostBusy: no slot came free within ``wait``.
+            X5uFetchFailed: caused by :class:`HostBusy`, no slot came free within ``wait``.
         """
         slots = self._slots.get(host)
         if slots is None:
@@ -289,10 +291,11 @@ class PinnedGetter:
                     await slots.acquire()
             except TimeoutError:
                 self.busy[host] += 1
-                raise HostBusy(
+                detail = (
                     f"{what} host {host} busy: {self._per_host} fetches to it already running "
                     f"and none ended within {wait:g} s"
-                ) from None
+                )
+                raise X5uFetchFailed(detail) from HostBusy(detail)
             try:
                 yield
             finally:
@@ -323,9 +326,10 @@ class PinnedGetter:
 
         Raises:
             X5uRefused: an address of the host is refused (nothing was sent).
-            HostBusy: no slot of the host came free in time (the host is not blamed).
-            X5uFetchFailed: the host's circuit is open, DNS, connection, TLS, timeout,
-                a status other than 200, or a body over ``max_bytes``.
+            X5uFetchFailed: no slot of the host came free in time (caused by
+                :class:`HostBusy`; the host is not blamed), the host's circuit is open,
+                DNS, connection, TLS, timeout, a status other than 200, or a body over
+                ``max_bytes``.
         """
         host, port = url.host, url.port
         if not host or port is None:
