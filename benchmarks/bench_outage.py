@@ -14,6 +14,10 @@ each with its own X-RequestID. Phases:
    the calls answered before the kill are missing from PostgreSQL once the journal is
    replayed (the bound: the records of the last ``journal_fsync_interval``).
 
+``--one-core``: the service and its record writer under ``taskset -c 0``, this script (the
+load generator) on CPU 1; PostgreSQL, the store, is not pinned. The same run prints
+`openssl speed` ECDSA P-256 verify/s on CPU 0 as the machine's baseline.
+
     VERIFIER_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test \\
         .venv/bin/python benchmarks/bench_outage.py --outage 60
 """
@@ -39,6 +43,8 @@ import aiohttp
 import psycopg
 from psycopg import sql
 
+from bench_core import openssl_verify_per_s
+from bench_http import CLIENT_CPU, SERVER_CPU
 from verifier.testing import TestPKI, free_port, pem, write_preload
 from verifier.testing.faults import TcpProxy
 
@@ -164,8 +170,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"[records]\ndata_dir = '{work / 'data'}'\ndatabase_url = '{url}'\n"
             )
 
+            pin = ["taskset", "-c", str(SERVER_CPU)] if args.one_core else []
+
             async def serve() -> Any:
                 return await asyncio.create_subprocess_exec(
+                    *pin,
                     sys.executable,
                     "-m",
                     "verifier",
@@ -246,12 +255,27 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=60.0, help="seconds PostgreSQL is away")
     parser.add_argument("--kill-after", type=float, default=5.0, help="seconds before SIGKILL")
     parser.add_argument(
+        "--one-core",
+        action="store_true",
+        help=f"service on CPU {SERVER_CPU} (taskset), this load generator on CPU {CLIENT_CPU}",
+    )
+    parser.add_argument(
         "--database-url", default=os.environ.get("VERIFIER_TEST_DATABASE_URL"), required=False
     )
     args = parser.parse_args()
     if not args.database_url:
         raise SystemExit("give --database-url or VERIFIER_TEST_DATABASE_URL")
-    print(json.dumps(asyncio.run(bench(args)), indent=2))
+    baseline: dict[str, Any] = {}
+    if args.one_core:
+        if shutil.which("taskset") is None:
+            raise SystemExit("taskset is not installed: apt-get install util-linux")
+        os.sched_setaffinity(0, {SERVER_CPU})
+        baseline["openssl_p256_verify_per_s"] = openssl_verify_per_s(3)
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    out = asyncio.run(bench(args))
+    out["mode"] = "one-core" if args.one_core else "unpinned"
+    out.update(baseline)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
