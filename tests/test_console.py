@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -71,6 +72,13 @@ def _settings(repo: Repository, pki: TestPKI, tmp: Path, **extra: Any) -> Settin
             **extra,
         },
     )
+
+
+@pytest.fixture
+def now() -> int:
+    """The calls go to a service on the real clock with no request time: sign them now,
+    not at the session's start (a stale iat would be refused)."""
+    return int(time.time())
 
 
 async def _verify(session: aiohttp.ClientSession, url: str, identity: str) -> dict[str, Any]:
