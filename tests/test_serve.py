@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from verifier import __version__
-from verifier.testing import TestPKI, free_port, pem, write_preload
+from verifier.testing import Signer, TestPKI, free_port, pem, write_preload
 from verifier.testing.repository import Repository
 
 
@@ -57,6 +57,37 @@ def stop(proc: subprocess.Popen[str], signum: int | None = signal.SIGTERM) -> tu
         proc.kill()
         out, err = proc.communicate()
     return proc.returncode, out, err
+
+
+async def serve_preloaded(
+    tmp_path: Path,
+    procs: list[subprocess.Popen[str]],
+    signers: list[Signer],
+    *,
+    anchors: Path,
+    toml: str = "",
+    x5u: str = "",
+    records: str | None = None,
+    flags: tuple[str, ...] = (),
+) -> tuple[subprocess.Popen[str], str, int]:
+    """`verifier serve --config` trusting ``anchors`` (a file or a directory) with the
+    ``signers``' chains preloaded, ready: (process, base URL, port). ``toml``: top-level
+    lines; ``x5u``: more ``[x5u]`` lines; ``records``: the ``[records]`` lines (default: a
+    store in ``tmp_path/data``)."""
+    preload = write_preload(tmp_path / "preload", signers)
+    port = free_port()
+    if records is None:
+        records = f"data_dir = '{tmp_path / 'data'}'\n"
+    (tmp_path / "v.toml").write_text(
+        f"port = {port}\ntrust_anchors = ['{anchors}']\n{toml}"
+        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\n{x5u}"
+        f"[records]\n{records}"
+    )
+    proc = start("serve", "--config", str(tmp_path / "v.toml"), *flags)
+    procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(base, proc)
+    return proc, base, port
 
 
 def atis_body(identity: str, now: int, to: str = "12155551213") -> dict[str, object]:
@@ -135,17 +166,9 @@ async def test_sighup_reloads_trust_anchors_and_keeps_the_old_on_error(
     anchors = tmp_path / "anchors"
     anchors.mkdir()
     (anchors / "root.pem").write_bytes(pem(pki.root.cert))
-    preload = write_preload(tmp_path / "preload", [pki.signer, other.signer])
-    port = free_port()
-    (tmp_path / "v.toml").write_text(
-        f"port = {port}\ntrust_anchors = ['{anchors}']\n"
-        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\nfailure_ttl = 0\n"
-        f"[records]\ndata_dir = '{tmp_path / 'data'}'\n"
+    proc, base, _ = await serve_preloaded(
+        tmp_path, procs, [pki.signer, other.signer], anchors=anchors, x5u="failure_ttl = 0\n"
     )
-    proc = start("serve", "--config", str(tmp_path / "v.toml"))
-    procs.append(proc)
-    base = f"http://127.0.0.1:{port}"
-    await wait_ready(base, proc)
     now = int(time.time())
 
     async def verstat(session: aiohttp.ClientSession, signer_pki: TestPKI) -> str:
@@ -190,16 +213,13 @@ async def test_serve_logs_one_start_up_line(
 ) -> None:
     pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
     (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
-    preload = write_preload(tmp_path / "preload", [pki.signer])
-    port = free_port()
-    (tmp_path / "v.toml").write_text(
-        f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\n"
-        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\n"
-        f"[records]\ndata_dir = '{tmp_path / 'data'}'\n"
+    proc, _, port = await serve_preloaded(
+        tmp_path,
+        procs,
+        [pki.signer],
+        anchors=tmp_path / "root.pem",
+        flags=("--keepalive-timeout", "30"),
     )
-    proc = start("serve", "--config", str(tmp_path / "v.toml"), "--keepalive-timeout", "30")
-    procs.append(proc)
-    await wait_ready(f"http://127.0.0.1:{port}", proc)
     code, _out, err = stop(proc)
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     serving = [line for line in lines if line["event"] == "serving"]
@@ -248,16 +268,9 @@ async def test_sigterm_answers_what_arrives_on_idle_connections_then_closes_them
     answered, with ``Connection: close``, not reset."""
     pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
     (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
-    preload = write_preload(tmp_path / "preload", [pki.signer])
-    port = free_port()
-    (tmp_path / "v.toml").write_text(
-        f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\n"
-        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\n[records]\nenabled = false\n"
+    proc, base, port = await serve_preloaded(
+        tmp_path, procs, [pki.signer], anchors=tmp_path / "root.pem", records="enabled = false\n"
     )
-    proc = start("serve", "--config", str(tmp_path / "v.toml"))
-    procs.append(proc)
-    base = f"http://127.0.0.1:{port}"
-    await wait_ready(base, proc)
     now = int(time.time())
     connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
     before = [await _exchange(r, w, pki.signer.identity(iat=now), now) for r, w in connections]
@@ -385,17 +398,14 @@ async def test_sigterm_under_load_loses_no_accepted_record(
 
     pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
     (tmp_path / "root.pem").write_bytes(pem(pki.root.cert))
-    preload = write_preload(tmp_path / "preload", [pki.signer])
-    port = free_port()
-    (tmp_path / "v.toml").write_text(
-        f"port = {port}\ntrust_anchors = ['{tmp_path / 'root.pem'}']\nlog_level = 'WARNING'\n"
-        f"[x5u]\npreload_dir = '{preload}'\ncrl_check = false\n"
-        f"[records]\ndata_dir = '{tmp_path / 'data'}'\n[tuning]\nwriter_batch_size = 50\n"
+    proc, base, _ = await serve_preloaded(
+        tmp_path,
+        procs,
+        [pki.signer],
+        anchors=tmp_path / "root.pem",
+        toml="log_level = 'WARNING'\n",
+        records=f"data_dir = '{tmp_path / 'data'}'\n[tuning]\nwriter_batch_size = 50\n",
     )
-    proc = start("serve", "--config", str(tmp_path / "v.toml"))
-    procs.append(proc)
-    base = f"http://127.0.0.1:{port}"
-    await wait_ready(base, proc)
     now = int(time.time())
     bodies = [atis_body(pki.signer.identity(iat=now), now) for _ in range(400)]
     answered = 0
