@@ -180,8 +180,22 @@ def test_real_neustar_leaf_validates_through_the_trust_store(entry: dict[str, An
     assert _sha256(root) == info.anchor
     assert (leaf, issuing_ca, root) == credential.certificates
     assert tuple(entry["policy_oids"]) == info.policy_oids
+    assert bool(entry["policy_oids"]) == info.shaken_policy
     assert entry["not_before"] == info.not_before
     assert entry["not_after"] == info.not_after
+
+
+@pytest.mark.parametrize("entry", LEAF_INDEX, ids=lambda e: e["file"].removesuffix(".pem"))
+def test_real_neustar_leaf_with_the_policy_oid_required(entry: dict[str, Any]) -> None:
+    # SHAKEN CA-2 leaves carry CP v1.3's OID, CA-1 leaves the first one, the 2020 RSA-CA leaf none.
+    leaf, issuing_ca, at = _real_leaf(entry)
+    strict = TrustStore(REAL_ROOTS, require_policy_oid=True)
+    if entry["policy_oids"]:
+        _accepted(strict.validate([leaf, issuing_ca], at), leaf, spc=entry["spc"], length=3)
+    else:
+        with pytest.raises(errors.PolicyOidMissing) as info:
+            strict.validate([leaf, issuing_ca], at)
+        assert 437 == info.value.sip_code
 
 
 @pytest.mark.parametrize("entry", LEAF_INDEX, ids=lambda e: e["file"].removesuffix(".pem"))
@@ -400,6 +414,41 @@ def test_wrong_policy_oid(pki: TestPKI, now: int) -> None:
     with pytest.raises(errors.PolicyOidMissing):
         strict.validate(chain, now)
     strict.validate(pki.signer.chain, now)
+
+
+SHAKEN_CP_VERSIONS = [
+    "2.16.840.1.114569.1.1.1",
+    "2.16.840.1.114569.1.1.3",
+    "2.16.840.1.114569.1.1.4",
+]
+NOT_SHAKEN_CP = [
+    "2.16.840.1.114569.1.1",
+    "2.16.840.1.114569.1.1.0",
+    "2.16.840.1.114569.1.1.3.1",
+    "2.16.840.1.114569.1.10",
+    "2.16.840.1.114569.1.2.1",
+]
+
+
+@pytest.mark.parametrize("oid", SHAKEN_CP_VERSIONS)
+def test_policy_oid_of_any_shaken_cp_version(pki: TestPKI, now: int, oid: str) -> None:
+    signer = pki.ca.issue_leaf(policy_oid=x509.ObjectIdentifier(oid))
+    credential = TrustStore([pki.root.cert], require_policy_oid=True).validate(signer.chain, now)
+    _accepted(credential, signer.cert)
+    assert credential.certificate is not None
+    assert credential.certificate.shaken_policy
+    assert (oid,) == credential.certificate.policy_oids
+
+
+@pytest.mark.parametrize("oid", NOT_SHAKEN_CP)
+def test_policy_oid_beside_the_shaken_cp_arc(pki: TestPKI, now: int, oid: str) -> None:
+    chain = pki.ca.issue_leaf(policy_oid=x509.ObjectIdentifier(oid)).chain
+    info = TrustStore([pki.root.cert]).validate(chain, now).certificate
+    assert info is not None
+    assert not info.shaken_policy
+    with pytest.raises(errors.PolicyOidMissing) as refused:
+        TrustStore([pki.root.cert], require_policy_oid=True).validate(chain, now)
+    assert f"(policies: {oid})" in str(refused.value)
 
 
 def test_no_policy_extension_passes_by_default(pki: TestPKI, trust: TrustStore, now: int) -> None:
