@@ -122,6 +122,115 @@ def test_sti_ca_certificate_is_issued_by_its_issuer(file: str, issuer_sha: str) 
     cert.verify_directly_issued_by(issuer)  # raises on a bad link
 
 
+# -- real SP certificates issued by Neustar, through the trust store ----------------------------
+
+STI_LEAVES = Path(__file__).parent / "conformance" / "sti-leaves"
+LEAF_INDEX: list[dict[str, Any]] = json.loads((STI_LEAVES / "index.json").read_text())
+REAL_ROOTS = [
+    cert
+    for cert in (x509.load_pem_x509_certificate(p.read_bytes()) for p in STI_CA_FILES)
+    if cert.subject == cert.issuer
+]
+
+
+def _ca_file(name: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((STI_CA_CERTS / name).read_bytes())
+
+
+def _real_leaf(entry: dict[str, Any]) -> tuple[x509.Certificate, x509.Certificate, float]:
+    """The leaf, its issuing CA (what an x5u serves with it) and a moment a month into its life."""
+    leaf = x509.load_pem_x509_certificate((STI_LEAVES / entry["file"]).read_bytes())
+    at = (leaf.not_valid_before_utc + 30 * DAY).timestamp()
+    return leaf, _ca_file(entry["issued_by"]), at
+
+
+def test_real_leaves_keep_their_provenance() -> None:
+    assert sorted(p.name for p in STI_LEAVES.glob("*.pem")) == sorted(e["file"] for e in LEAF_INDEX)
+    assert 3 == len(LEAF_INDEX)
+    for entry in LEAF_INDEX:
+        leaf = x509.load_pem_x509_certificate((STI_LEAVES / entry["file"]).read_bytes())
+        assert entry["sha256"] == _sha256(leaf)
+        report = f"CERTS/Neustar/CERTS/{entry['sha256']}/README.md"
+        source = rf"martinisecurity/shaken-pki-reports:{re.escape(report)}@[0-9a-f]{{40}}"
+        assert re.fullmatch(source, entry["source"]), entry["source"]
+        assert entry["x5u"].startswith("https://")
+        assert entry["key"] == _key_kind(leaf)
+        # the named issuing CA and root are the ones in the real STI-CA set that signed them
+        leaf.verify_directly_issued_by(_ca_file(entry["issued_by"]))
+        _ca_file(entry["issued_by"]).verify_directly_issued_by(_ca_file(entry["root"]))
+
+
+@pytest.mark.parametrize("entry", LEAF_INDEX, ids=lambda e: e["file"].removesuffix(".pem"))
+def test_real_neustar_leaf_validates_through_the_trust_store(entry: dict[str, Any]) -> None:
+    leaf, issuing_ca, at = _real_leaf(entry)
+    root = _ca_file(entry["root"])
+    store = TrustStore(REAL_ROOTS)
+    credential = store.validate([leaf, issuing_ca], at)
+    _accepted(credential, leaf, spc=entry["spc"], length=3)
+    info = credential.certificate
+    assert info is not None
+    assert entry["issuer"] == info.issuer
+    assert entry["subject"] == info.subject
+    assert entry["sha256"] == info.fingerprint_sha256
+    assert (
+        entry["subject"],
+        issuing_ca.subject.rfc4514_string(),
+        root.subject.rfc4514_string(),
+    ) == (info.chain)
+    assert _sha256(root) == info.anchor
+    assert (leaf, issuing_ca, root) == credential.certificates
+    assert tuple(entry["policy_oids"]) == info.policy_oids
+    assert bool(entry["policy_oids"]) == info.shaken_policy
+    assert entry["not_before"] == info.not_before
+    assert entry["not_after"] == info.not_after
+
+
+@pytest.mark.parametrize("entry", LEAF_INDEX, ids=lambda e: e["file"].removesuffix(".pem"))
+def test_real_neustar_leaf_with_the_policy_oid_required(entry: dict[str, Any]) -> None:
+    # SHAKEN CA-2 leaves carry CP v1.3's OID, CA-1 leaves the first one, the 2020 RSA-CA leaf none.
+    leaf, issuing_ca, at = _real_leaf(entry)
+    strict = TrustStore(REAL_ROOTS, require_policy_oid=True)
+    if entry["policy_oids"]:
+        _accepted(strict.validate([leaf, issuing_ca], at), leaf, spc=entry["spc"], length=3)
+    else:
+        with pytest.raises(errors.PolicyOidMissing) as info:
+            strict.validate([leaf, issuing_ca], at)
+        assert 437 == info.value.sip_code
+
+
+@pytest.mark.parametrize("entry", LEAF_INDEX, ids=lambda e: e["file"].removesuffix(".pem"))
+def test_real_neustar_leaf_is_untrusted_without_its_root(entry: dict[str, Any]) -> None:
+    leaf, issuing_ca, at = _real_leaf(entry)
+    root = _ca_file(entry["root"])
+    others = [cert for cert in REAL_ROOTS if cert != root]
+    assert len(REAL_ROOTS) - 1 == len(others)
+    with pytest.raises(errors.CertificateNotTrusted) as info:
+        TrustStore(others).validate([leaf, issuing_ca], at)
+    assert 437 == info.value.sip_code
+    assert "cert_not_trusted" == info.value.slug
+    assert f"(issuer: {issuing_ca.issuer.rfc4514_string()})" in str(info.value)
+
+
+@pytest.mark.parametrize("entry", LEAF_INDEX, ids=lambda e: e["file"].removesuffix(".pem"))
+def test_real_neustar_leaf_without_its_issuing_ca_is_untrusted(entry: dict[str, Any]) -> None:
+    # The trust store holds roots: a leaf served without its STI-CA has no path to one.
+    leaf, _issuing_ca, at = _real_leaf(entry)
+    with pytest.raises(errors.CertificateNotTrusted) as info:
+        TrustStore(REAL_ROOTS).validate([leaf], at)
+    assert 437 == info.value.sip_code
+
+
+@pytest.mark.parametrize("entry", LEAF_INDEX, ids=lambda e: e["file"].removesuffix(".pem"))
+def test_real_neustar_leaf_outside_its_validity(entry: dict[str, Any]) -> None:
+    leaf, issuing_ca, _at = _real_leaf(entry)
+    store = TrustStore(REAL_ROOTS)
+    with pytest.raises(errors.CertificateExpired) as expired:
+        store.validate([leaf, issuing_ca], (leaf.not_valid_after_utc + DAY).timestamp())
+    with pytest.raises(errors.CertificateNotYetValid) as early:
+        store.validate([leaf, issuing_ca], (leaf.not_valid_before_utc - DAY).timestamp())
+    assert (437, 437) == (expired.value.sip_code, early.value.sip_code)
+
+
 # -- TNAuthList --------------------------------------------------------------------------------
 
 
@@ -305,6 +414,41 @@ def test_wrong_policy_oid(pki: TestPKI, now: int) -> None:
     with pytest.raises(errors.PolicyOidMissing):
         strict.validate(chain, now)
     strict.validate(pki.signer.chain, now)
+
+
+SHAKEN_CP_VERSIONS = [
+    "2.16.840.1.114569.1.1.1",
+    "2.16.840.1.114569.1.1.3",
+    "2.16.840.1.114569.1.1.4",
+]
+NOT_SHAKEN_CP = [
+    "2.16.840.1.114569.1.1",
+    "2.16.840.1.114569.1.1.0",
+    "2.16.840.1.114569.1.1.3.1",
+    "2.16.840.1.114569.1.10",
+    "2.16.840.1.114569.1.2.1",
+]
+
+
+@pytest.mark.parametrize("oid", SHAKEN_CP_VERSIONS)
+def test_policy_oid_of_any_shaken_cp_version(pki: TestPKI, now: int, oid: str) -> None:
+    signer = pki.ca.issue_leaf(policy_oid=x509.ObjectIdentifier(oid))
+    credential = TrustStore([pki.root.cert], require_policy_oid=True).validate(signer.chain, now)
+    _accepted(credential, signer.cert)
+    assert credential.certificate is not None
+    assert credential.certificate.shaken_policy
+    assert (oid,) == credential.certificate.policy_oids
+
+
+@pytest.mark.parametrize("oid", NOT_SHAKEN_CP)
+def test_policy_oid_beside_the_shaken_cp_arc(pki: TestPKI, now: int, oid: str) -> None:
+    chain = pki.ca.issue_leaf(policy_oid=x509.ObjectIdentifier(oid)).chain
+    info = TrustStore([pki.root.cert]).validate(chain, now).certificate
+    assert info is not None
+    assert not info.shaken_policy
+    with pytest.raises(errors.PolicyOidMissing) as refused:
+        TrustStore([pki.root.cert], require_policy_oid=True).validate(chain, now)
+    assert f"(policies: {oid})" in str(refused.value)
 
 
 def test_no_policy_extension_passes_by_default(pki: TestPKI, trust: TrustStore, now: int) -> None:

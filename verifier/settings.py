@@ -73,7 +73,7 @@ class VerificationSettings:
     max_identity_headers: int = 32
     """Most Identity header values verified in one request (more: 438)."""
     require_policy_oid: bool = False
-    """Refuse certificates without the SHAKEN policy OID 2.16.840.1.114569.1.1.1."""
+    """Refuse certificates without a SHAKEN CP OID (2.16.840.1.114569.1.1.N, N the CP version)."""
     max_div_hops: int = 5
     """Most diversions (div PASSporTs, RFC 8946) in one chain; a longer chain is refused."""
     replay_cache_size: int = 100_000

@@ -40,6 +40,8 @@ __all__ = [
 
 TNAUTHLIST_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.26")
 SHAKEN_POLICY_OID = x509.ObjectIdentifier("2.16.840.1.114569.1.1.1")
+# Each SHAKEN CP version gets the next OID under one arc (v1.3: .3, v1.4: .4); any version counts.
+_SHAKEN_POLICY = re.compile(r"2\.16\.840\.1\.114569\.1\.1\.[1-9][0-9]*")
 _MAX_CHAIN = 8
 _DER = Encoding.DER
 
@@ -447,10 +449,11 @@ class TrustStore:
         if not tnal.spcs:
             raise errors.TNAuthListMissing("TNAuthList carries no SPC ([0] entry)")
         policies = _policy_oids(leaf)
-        shaken_policy = SHAKEN_POLICY_OID.dotted_string in policies
+        shaken_policy = any(_SHAKEN_POLICY.fullmatch(oid) for oid in policies)
         if self.require_policy_oid and not shaken_policy:
             raise errors.PolicyOidMissing(
-                f"certificate policy {SHAKEN_POLICY_OID.dotted_string} required and absent"
+                "a SHAKEN certificate policy (2.16.840.1.114569.1.1.N, N the CP version) is"
+                f" required and absent (policies: {', '.join(policies) or 'none'})"
             )
         info = CertificateInfo(
             subject=_name(leaf.subject),
