@@ -378,7 +378,7 @@ class CertificateFetcher(SessionUser):
         self, x5u: str, now: float, *, refresh: bool
     ) -> asyncio.Task[CacheEntry | VerificationError]:
         task = self._inflight.get(x5u)
-        if task is not None:
+        if task is not None and not task.done():  # a done one awaits only its forgetting
             return task
         if self._closed:
             raise RuntimeError("the fetcher is closed")
