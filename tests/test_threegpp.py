@@ -374,6 +374,7 @@ async def test_oracle_failure_example_has_the_same_members(
     assert {"status", "ppt", "reasonCode", "reasonText", "passport"} == set(results(answer)[0])
 
 
+ORACLE_TEXT = "Identity signature payload does not match the re-constructed one"
 ORACLE_EXAMPLE = {
     "verificationResponse": {
         "verifyResults": [
@@ -382,7 +383,7 @@ ORACLE_EXAMPLE = {
                     "status": "fail",
                     "ppt": "shaken",
                     "reasonCode": 438,
-                    "reasonText": "Identity signature payload does not match the re-constructed one",
+                    "reasonText": ORACLE_TEXT,
                     "passport": "eyJhbGciOiJFUzI1NiIsInBwdCI6InNoYWtlbiIsIn",
                 }
             },
@@ -391,7 +392,7 @@ ORACLE_EXAMPLE = {
                     "status": "fail",
                     "ppt": "div",
                     "reasonCode": 438,
-                    "reasonText": "Identity signature payload does not match the re-constructed one",
+                    "reasonText": ORACLE_TEXT,
                     "passport": "eyJhbGciOiJFUzI1NiIsInBwdCI6uPuDqJ8ua",
                 }
             },
@@ -405,7 +406,7 @@ def test_the_schema_admits_oracles_example_answer() -> None:
     """Oracle SBC 10.0 "Extract verifyResults Content for DIV Passports for 3GPP" (its
     typographic quote and trailing '.' after the array corrected)."""
     assert [] == _problems("/components/schemas/MsVerificationResponse", ORACLE_EXAMPLE)
-    empty_div = {"verificationResponse": {"verifyResults": [], "divResult": []}}
+    empty_div: dict[str, Any] = {"verificationResponse": {"verifyResults": [], "divResult": []}}
     assert ["verificationResponse/divResult: [] should be non-empty"] == _problems(
         "/components/schemas/MsVerificationResponse", empty_div
     )
