@@ -374,6 +374,44 @@ async def test_oracle_failure_example_has_the_same_members(
     assert {"status", "ppt", "reasonCode", "reasonText", "passport"} == set(results(answer)[0])
 
 
+ORACLE_TEXT = "Identity signature payload does not match the re-constructed one"
+ORACLE_EXAMPLE = {
+    "verificationResponse": {
+        "verifyResults": [
+            {
+                "verifyResult": {
+                    "status": "fail",
+                    "ppt": "shaken",
+                    "reasonCode": 438,
+                    "reasonText": ORACLE_TEXT,
+                    "passport": "eyJhbGciOiJFUzI1NiIsInBwdCI6InNoYWtlbiIsIn",
+                }
+            },
+            {
+                "verifyResult": {
+                    "status": "fail",
+                    "ppt": "div",
+                    "reasonCode": 438,
+                    "reasonText": ORACLE_TEXT,
+                    "passport": "eyJhbGciOiJFUzI1NiIsInBwdCI6uPuDqJ8ua",
+                }
+            },
+        ],
+        "verstatValue": "TN-Validation-Failed",
+    }
+}
+
+
+def test_the_schema_admits_oracles_example_answer() -> None:
+    """Oracle SBC 10.0 "Extract verifyResults Content for DIV Passports for 3GPP" (its
+    typographic quote and trailing '.' after the array corrected)."""
+    assert [] == _problems("/components/schemas/MsVerificationResponse", ORACLE_EXAMPLE)
+    empty_div: dict[str, Any] = {"verificationResponse": {"verifyResults": [], "divResult": []}}
+    assert ["verificationResponse/divResult: [] should be non-empty"] == _problems(
+        "/components/schemas/MsVerificationResponse", empty_div
+    )
+
+
 # -- rph -----------------------------------------------------------------------------------------
 
 
@@ -452,6 +490,29 @@ async def test_no_rph_passport(api: Api, signer: Signer, now: int) -> None:
     assert (NO_RPH_VALIDATION, [("shaken", "pass")]) == _priority(answer)
     plain = await api.post(SHAKEN_PATH, ms(signer.identity(iat=now), now=now))
     assert "verstatPriority" not in plain.body["verificationResponse"]
+
+
+async def test_verification_judges_the_priority_headers_it_is_sent(
+    api: Api, signer: Signer, now: int
+) -> None:
+    """TS 24.229 Annex V.2 defines one verification resource and 7.13.8 makes verstatPriority
+    the verdict on the Resource-Priority (and Priority) values: sent them, /verification
+    answers it, even with no rph PASSporT."""
+    body = ms(signer.identity(iat=now), now=now, protectedHeaders={"Resource-Priority": "ets.0"})
+    answer = await api.post(SHAKEN_PATH, body)
+    assert (NO_RPH_VALIDATION, [("shaken", "pass")]) == _priority(answer)
+    sph_only = ms(signer.identity(iat=now), now=now, protectedHeaders={"Priority": "psap-callback"})
+    assert NO_RPH_VALIDATION == _priority(await api.post(SHAKEN_PATH, sph_only))[0]
+
+
+async def test_rph_on_the_verification_resource(api: Api, signer: Signer, now: int) -> None:
+    """The same rph verdicts as rphVerification, on the TS's resource."""
+    values = [signer.identity(iat=now), rph(signer, now, ["ets.0"])]
+    headers = {"Resource-Priority": "ets.0"}
+    on_ts = await api.post(SHAKEN_PATH, ms(*values, now=now, protectedHeaders=headers))
+    on_vendor = await api.post(RPH_PATH, ms(*values, now=now, protectedHeaders=headers))
+    assert (RPH_VALIDATION_PASSED, [("shaken", "pass"), ("rph", "pass")]) == _priority(on_ts)
+    assert on_vendor.body == on_ts.body
 
 
 # -- refusals in the TS shape --------------------------------------------------------------------

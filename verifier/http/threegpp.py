@@ -168,7 +168,8 @@ def ms_call(data: Any) -> MsCall:
 def ms_answer(result: Result, call: MsCall, route: str) -> dict[str, Any]:
     """The ``verificationResponse``: ``verstatValue`` (with a SHAKEN PASSporT), one
     ``verifyResult`` per PASSporT, ``divResult`` (with div PASSporTs), ``verstatPriority``
-    (on rphVerification, or with rph PASSporTs)."""
+    (on rphVerification, with rph PASSporTs, or when the request carries Resource-Priority
+    or Priority values)."""
     identities = result.identities
     priority, rph_failures = judge_priority(identities, call.resource_priority, call.priority)
     verify_results: list[dict[str, Any]] = []
@@ -205,9 +206,12 @@ def ms_answer(result: Result, call: MsCall, route: str) -> dict[str, Any]:
     if not identities or any(h.ppt in (None, "shaken") for h in identities):
         answer["verstatValue"] = result.verstat
     answer["verifyResults"] = verify_results
-    if result.diversion is not None:
-        answer["divResult"] = _div_result(result.diversion)
-    if route == RPH_ROUTE or any(h.ppt == RPH for h in identities):
+    divs = _div_result(result.diversion) if result.diversion is not None else []
+    if divs:
+        answer["divResult"] = divs  # TS 24.229 7.13.7: one or more tuples, else absent
+    asked = bool(call.resource_priority) or call.priority is not None
+    if route == RPH_ROUTE or asked or any(h.ppt == RPH for h in identities):
+        # The TS's one verification resource judges the priority headers it is sent.
         answer["verstatPriority"] = priority
     return {"verificationResponse": answer}
 
