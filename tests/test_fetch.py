@@ -679,6 +679,22 @@ async def test_forged_paths_in_a_known_directory_are_bounded_too(
     assert 1 + 3 + 3 == repo.requests
 
 
+async def test_a_chain_from_a_store_makes_its_directory_known(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, tmp_path: Path
+) -> None:
+    # a fleet member that got the carrier's chain from a store (here the preload) and never
+    # fetched from the host still gives the carrier's directory its own budget
+    current = repo.url("/certs/sp-0.pem")
+    (tmp_path / "sp.pem").write_bytes(pki.signer.chain_pem())
+    (tmp_path / "index.json").write_text(json.dumps({current: "sp.pem"}))
+    fetcher = await make_fetcher(cold_fetch_rate=1, cold_fetch_burst=2, preload_dir=str(tmp_path))
+    assert ["ok"] == await _outcomes(fetcher, [current])
+    assert ["404", "404", "busy"] == await _outcomes(fetcher, _forged(repo, 3))
+    new = repo.put("/certs/sp-1.pem", pki.signer.chain_pem())
+    assert ["ok"] == await _outcomes(fetcher, [new])
+    assert (0, 1) == (repo.counts["/certs/sp-0.pem"], repo.counts["/certs/sp-1.pem"])
+
+
 async def test_a_404_is_remembered_longer_than_other_failures(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock, accepted: Accepted
 ) -> None:

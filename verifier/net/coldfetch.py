@@ -126,14 +126,15 @@ class ColdFetchBudget:
         )
         raise X5uFetchFailed(detail) from OverBudget(detail)
 
-    def served(self, url: URL) -> None:
-        """``url`` (fetched after :meth:`take`) brought a valid chain: its token comes back,
-        and its directory is known to serve chains from now on."""
+    def served(self, url: URL, *, fetched: bool) -> None:
+        """``url`` brought a valid chain (from the network after :meth:`take` if ``fetched``,
+        else from a store or the fleet's tier): its directory is known to serve chains from
+        now on, and a fetch's token comes back."""
         host = url.host
         if not host:
             return
         directory = _directory(url)
-        if self._rate:
+        if self._rate and fetched:
             bucket = self._bucket(host, directory)
             self._refill(bucket)
             bucket.tokens = min(self._burst, bucket.tokens + 1.0)

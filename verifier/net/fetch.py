@@ -450,8 +450,7 @@ class CertificateFetcher(SessionUser):
             return exc
         if self._on_load is not None:
             self._on_load("ok", time.perf_counter() - started)
-        if entry.source == "network":
-            self._budget.served(URL(x5u, encoded=True))
+        self._budget.served(URL(x5u, encoded=True), fetched=entry.source == "network")
         if generation == self._generation and entry.fresh_until > self._clock():
             self._memory.put(x5u, entry)
             self._negative.pop(x5u, None)
