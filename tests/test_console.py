@@ -208,6 +208,7 @@ async def test_overview_counts_what_was_sent(console: Console) -> None:
     assert [BLOCKED] == blocked
     assert [UNFETCHABLE] == [f["count"] for f in body["x5u_failures"]]
     assert 1 == body["trust_anchors"]["count"]
+    assert {"busy": 0, "rate_limited": 0} == body["x5u_fetch"]["refused"]
     by_attest: dict[str, int] = {}
     for s in body["series"]:
         by_attest[s["attest"]] = by_attest.get(s["attest"], 0) + s["count"]

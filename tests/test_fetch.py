@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from yarl import URL
 
 from verifier.core import errors
 from verifier.core.certs import TrustStore
@@ -501,16 +502,16 @@ async def test_single_flight_shares_failures(repo: Repository, make_fetcher: Mak
 async def test_failures_are_cached_briefly(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock, accepted: Accepted
 ) -> None:
-    url = repo.put("/sp.pem", b"", status=404)
+    url = repo.put("/sp.pem", b"", status=403)  # a 404 is remembered longer (below)
     fetcher = await make_fetcher(failure_ttl=30)
     for _ in range(3):
-        with pytest.raises(errors.X5uFetchFailed, match="404"):
+        with pytest.raises(errors.X5uFetchFailed, match="403"):
             await fetcher.get(url, now=time.time())
     assert 1 == repo.counts["/sp.pem"]
     assert 2 == fetcher.stats()["negative_hits"]
     repo.put("/sp.pem", pki.signer.chain_pem())
     clock.advance(29)
-    with pytest.raises(errors.X5uFetchFailed, match="404"):
+    with pytest.raises(errors.X5uFetchFailed, match="403"):
         await fetcher.get(url, now=time.time())
     clock.advance(2)
     accepted(await fetcher.get(url, now=time.time()), pki.signer)
@@ -594,6 +595,144 @@ async def test_breaker_ignores_4xx(repo: Repository, make_fetcher: MakeFetcher) 
         with pytest.raises(errors.X5uFetchFailed, match="404"):
             await fetcher.get(repo.url(f"/missing{i}.pem"), now=time.time())
     assert 0 == fetcher.stats()["breaker_opens"]
+
+
+# -- forged x5u: the budget of cold fetches and the 404 memory ---------------------------------
+
+
+def _forged(repo: Repository, count: int, directory: str = "/") -> list[str]:
+    """``count`` x5u on random-looking paths the repository does not have (404)."""
+    return [repo.url(f"{directory}{i:016x}{i * 7919:08x}.pem") for i in range(count)]
+
+
+async def _outcomes(fetcher: CertificateFetcher, urls: list[str]) -> list[str]:
+    """Ask for each x5u in turn: "ok", "busy" (refused, no request) or "404"."""
+    out = []
+    for url in urls:
+        try:
+            await fetcher.get(url, now=time.time())
+            out.append("ok")
+        except errors.X5uFetchFailed as exc:
+            out.append("busy" if "busy" in exc.detail else "404" if "404" in exc.detail else "?")
+    return out
+
+
+async def test_a_flood_of_missing_paths_is_refused_beyond_the_budget_without_a_request(
+    repo: Repository, make_fetcher: MakeFetcher, clock: Clock
+) -> None:
+    fetcher = await make_fetcher(cold_fetch_rate=1, cold_fetch_burst=5, breaker_threshold=1)
+    forged = _forged(repo, 20)
+    assert ["404"] * 5 + ["busy"] * 15 == await _outcomes(fetcher, forged)
+    assert 5 == repo.requests  # the 15 refused sent nothing
+    stats = fetcher.stats()
+    assert (15, 0, {}) == (
+        stats["fetch_rate_limited"],
+        stats["breaker_opens"],
+        stats["fetch_errors"],
+    )
+    assert 0 == stats["negative_size"]  # a refusal is not the URL's failure
+    clock.advance(2)  # two tokens: a refused path is fetched now, not answered from memory
+    assert ["404", "404", "busy"] == await _outcomes(fetcher, forged[5:8])
+    assert (1, 1, 0) == tuple(repo.counts[URL(u).path] for u in forged[5:8])
+
+
+async def test_valid_chains_do_not_spend_the_budget(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    fetcher = await make_fetcher(cold_fetch_rate=0.001, cold_fetch_burst=2)
+    # ten new certificates, each in a directory never seen: each token comes back
+    legit = [repo.put(f"/sp{i}/cert.pem", pki.signer.chain_pem()) for i in range(10)]
+    assert ["ok"] * 10 == await _outcomes(fetcher, legit)
+    assert ["404", "404", "busy"] == await _outcomes(fetcher, _forged(repo, 3))
+    assert 12 == repo.requests
+
+
+async def test_a_legitimate_new_x5u_passes_among_a_flood_of_random_paths(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    fetcher = await make_fetcher(cold_fetch_rate=1, cold_fetch_burst=3)
+    current = repo.put("/certs/sp-0.pem", pki.signer.chain_pem())  # the carrier's cert in use
+    assert ["ok"] == await _outcomes(fetcher, [current])
+    forged = _forged(repo, 100)
+    calls: list[str] = []
+    for i in range(100):  # a new certificate of the carrier after every 10 forged calls
+        calls.append(forged[i])
+        if i % 10 == 9:
+            calls.append(repo.put(f"/certs/sp-{i // 10 + 1}.pem", pki.signer.chain_pem()))
+    outcomes = await _outcomes(fetcher, calls)
+    legit = [o for url, o in zip(calls, outcomes, strict=True) if "/certs/" in url]
+    assert ["ok"] * 10 == legit
+    assert 3 == sum(repo.counts[URL(u).path] for u in forged)  # the burst, then refused
+    assert 97 == fetcher.stats()["fetch_rate_limited"]
+
+
+async def test_forged_paths_in_a_known_directory_are_bounded_too(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    fetcher = await make_fetcher(cold_fetch_rate=1, cold_fetch_burst=3)
+    current = repo.put("/certs/sp-0.pem", pki.signer.chain_pem())
+    assert ["ok"] == await _outcomes(fetcher, [current])
+    # the known directory's own budget, then nothing: the other budget is not theirs
+    outcomes = await _outcomes(fetcher, _forged(repo, 50, "/certs/"))
+    assert ["404"] * 3 + ["busy"] * 47 == outcomes
+    assert ["404"] * 3 + ["busy"] * 2 == await _outcomes(fetcher, _forged(repo, 5, "/other/"))
+    assert 1 + 3 + 3 == repo.requests
+
+
+async def test_a_chain_from_a_store_makes_its_directory_known(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, tmp_path: Path
+) -> None:
+    # a fleet member that got the carrier's chain from a store (here the preload) and never
+    # fetched from the host still gives the carrier's directory its own budget
+    current = repo.url("/certs/sp-0.pem")
+    (tmp_path / "sp.pem").write_bytes(pki.signer.chain_pem())
+    (tmp_path / "index.json").write_text(json.dumps({current: "sp.pem"}))
+    fetcher = await make_fetcher(cold_fetch_rate=1, cold_fetch_burst=2, preload_dir=str(tmp_path))
+    assert ["ok"] == await _outcomes(fetcher, [current])
+    assert ["404", "404", "busy"] == await _outcomes(fetcher, _forged(repo, 3))
+    new = repo.put("/certs/sp-1.pem", pki.signer.chain_pem())
+    assert ["ok"] == await _outcomes(fetcher, [new])
+    assert (0, 1) == (repo.counts["/certs/sp-0.pem"], repo.counts["/certs/sp-1.pem"])
+
+
+async def test_a_404_is_remembered_longer_than_other_failures(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock, accepted: Accepted
+) -> None:
+    url = repo.put("/sp.pem", b"gone", status=404)
+    gone = repo.put("/old.pem", b"gone", status=410)
+    fetcher = await make_fetcher(failure_ttl=30, not_found_ttl=300)
+    assert ["404"] == await _outcomes(fetcher, [url])
+    with pytest.raises(errors.X5uFetchFailed, match="HTTP 410"):
+        await fetcher.get(gone, now=time.time())
+    repo.put("/sp.pem", pki.signer.chain_pem())
+    clock.advance(299)  # past failure_ttl: still remembered, no request
+    assert ["404"] == await _outcomes(fetcher, [url])
+    with pytest.raises(errors.X5uFetchFailed, match="HTTP 410"):
+        await fetcher.get(gone, now=time.time())
+    assert (1, 1, 2) == (
+        repo.counts["/sp.pem"],
+        repo.counts["/old.pem"],
+        fetcher.stats()["not_found_hits"],
+    )
+    clock.advance(2)
+    accepted(await fetcher.get(url, now=time.time()), pki.signer)
+    assert 2 == repo.counts["/sp.pem"]
+
+
+async def test_the_404_memory_is_bounded_and_apart_from_the_chain_cache(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    good = repo.put("/sp.pem", pki.signer.chain_pem())
+    fetcher = await make_fetcher(cache_size=4, not_found_size=3, cold_fetch_rate=0)
+    assert ["ok"] == await _outcomes(fetcher, [good])
+    forged = _forged(repo, 10)
+    assert ["404"] * 10 == await _outcomes(fetcher, forged)
+    stats = fetcher.stats()
+    assert (3, 0, 1) == (stats["not_found_size"], stats["negative_size"], stats["cache_size"])
+    assert ["ok", "404", "404"] == await _outcomes(fetcher, [good, forged[-1], forged[0]])
+    assert 1 == repo.counts["/sp.pem"]  # the chain was not evicted
+    paths = [URL(u).path for u in (forged[-1], forged[0])]
+    assert (1, 2) == tuple(repo.counts[p] for p in paths)  # the newest kept, the oldest not
 
 
 # -- lifetimes and stale-while-revalidate ------------------------------------------------------
@@ -819,6 +958,9 @@ async def test_preloaded_certificates_need_no_network(
         (FetchSettings, {"min_ttl": 10, "max_ttl": 5}),
         (FetchSettings, {"crl_mode": "maybe"}),
         (FetchSettings, {"crl_timeout": 0}),
+        (FetchSettings, {"cold_fetch_rate": -1}),
+        (FetchSettings, {"cold_fetch_burst": 0}),
+        (FetchSettings, {"not_found_size": 0}),
         (HttpClientSettings, {"private_allow": ("10.0.0.0/33",)}),
     ],
 )

@@ -34,6 +34,20 @@ def test_fetch_error_hosts_are_bounded() -> None:
     assert f'verifier_x5u_fetch_errors_total{{host="other"}} {float(other)}' in lines
 
 
+def test_refused_fetches_are_counted_by_reason() -> None:
+    def stats() -> dict[str, Any]:
+        return {"fetch_busy": 2, "fetch_rate_limited": 7, "not_found_hits": 3, "not_found_size": 4}
+
+    metrics = Metrics.create()
+    metrics.watch_fetcher(stats)
+    refused = "verifier_x5u_fetches_refused_total"
+    assert 2.0 == _sample(metrics, refused, {"reason": "busy"})
+    assert 7.0 == _sample(metrics, refused, {"reason": "rate_limited"})
+    lookups = "verifier_x5u_cache_lookups_total"
+    assert 3.0 == _sample(metrics, lookups, {"result": "not_found"})
+    assert 4.0 == _sample(metrics, "verifier_x5u_not_found_entries", {})
+
+
 def _passed(spc: str) -> Result:
     return Result(
         verstat=TN_VALIDATION_PASSED,

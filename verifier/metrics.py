@@ -75,6 +75,7 @@ class _FetcherCollector(Collector):
                 ("miss", "misses"),
                 ("stale", "stale_served"),
                 ("negative", "negative_hits"),
+                ("not_found", "not_found_hits"),
                 ("coalesced", "coalesced"),
             ),
         )
@@ -92,6 +93,11 @@ class _FetcherCollector(Collector):
             "verifier_x5u_negative_entries",
             "failures remembered",
             value=s.get("negative_size", 0),
+        )
+        yield GaugeMetricFamily(
+            "verifier_x5u_not_found_entries",
+            "x5u answered 404 or 410 remembered",
+            value=s.get("not_found_size", 0),
         )
         yield GaugeMetricFamily(
             "verifier_x5u_breakers_open",
@@ -118,6 +124,14 @@ class _FetcherCollector(Collector):
         if rest:
             errors.add_metric(["other"], rest)
         yield errors
+        yield _labelled(
+            "verifier_x5u_fetches_refused",
+            "x5u fetches refused before any request, not blamed on the host: busy (no slot of"
+            " the host came free in time), rate_limited (the host's budget of cold fetches spent)",
+            "reason",
+            s,
+            (("busy", "fetch_busy"), ("rate_limited", "fetch_rate_limited")),
+        )
         yield CounterMetricFamily(
             "verifier_x5u_breaker_opens",
             "circuit breaker openings",

@@ -160,6 +160,7 @@ async def overview(request: web.Request) -> web.Response:
         body["x5u_fetch"] = {
             "errors": stats["fetch_errors"],
             "breakers_open": stats["breakers_open"],
+            "refused": {"busy": stats["fetch_busy"], "rate_limited": stats["fetch_rate_limited"]},
         }
     else:
         body["x5u_fetch"] = None

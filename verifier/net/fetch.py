@@ -7,13 +7,16 @@
    cost of a dict lookup and the validity check at ``now``. An entry past its lifetime but
    inside its grace period is served while one background refresh runs
    (stale-while-revalidate).
-2. **Negative cache**: a failure is remembered, with its reason, for ``failure_ttl``.
+2. **Negative cache**: a failure is remembered, with its reason, for ``failure_ttl``; a
+   404 or 410 for ``not_found_ttl``, in a memory of its own
+   (:class:`~verifier.net.coldfetch.ColdFetchBudget`).
 3. **Single flight**: concurrent misses for one x5u await one shared load.
 4. The load tries the **stores** (preloaded certificates, the on-disk warm cache, stores
    given by the caller), re-validating what they hold, then the fleet's **shared tier** if
    one is given (:class:`SharedTier`: its chain, validated here, or its fetch failure; on
    a miss one instance of the fleet fetches while the others wait), then the **network**: the x5u
-   URL rules (:mod:`verifier.core.x5u`), the host allow/deny lists, then one GET by
+   URL rules (:mod:`verifier.core.x5u`), the host allow/deny lists, the host's **budget of
+   cold fetches** (:mod:`verifier.net.coldfetch`), then one GET by
    :class:`~verifier.net.transport.PinnedGetter`: the per-host **circuit breaker**, DNS
    resolution with every address vetted (:mod:`verifier.net.ssrf`), a connection pinned to a
    vetted address (TLS SNI and hostname verification against the x5u host), no
@@ -59,9 +62,10 @@ from .cache import (
     clamp,
     lifetime_from_headers,
 )
+from .coldfetch import ColdFetchBudget
 from .crl import CrlChecker, CrlMode, Revocation, check_published
 from .ssrf import Resolver, host_matches, system_resolver
-from .transport import Answer, HostBusy, HttpClientSettings, PinnedGetter, SessionUser
+from .transport import Answer, HostBusy, HttpClientSettings, NotFound, PinnedGetter, SessionUser
 
 __all__ = ["CertificateFetcher", "FetchSettings", "FetchStats", "SharedFailure", "SharedTier"]
 
@@ -91,6 +95,18 @@ class FetchSettings:
     """Longest lifetime of a cached chain (never past its notAfter or a CRL's nextUpdate)."""
     failure_ttl: float = 30.0
     """How long a failure (fetch, chain, CRL) is remembered and answered from the cache."""
+    not_found_ttl: float = 300.0
+    """How long an x5u answered 404 or 410 is remembered (apart from other failures)."""
+    not_found_size: int = 10_000
+    """Most x5u answered 404 or 410 remembered (the least recently asked are forgotten)."""
+    cold_fetch_rate: float = 5.0
+    """New x5u per second that one host may fail to serve (404, HTML, bad chain) before
+    more are refused 436 "busy" without a request: a fetch that brings a valid chain costs
+    nothing. Paths in a directory that has served a valid chain have a budget of their own
+    of the same size; 0: no limit."""
+    cold_fetch_burst: int = 100
+    """New x5u of one host that may be in flight or have failed at once before
+    ``cold_fetch_rate`` applies."""
     stale_grace: float = 3600.0
     """How long past its lifetime an entry may be served while a refresh runs."""
     cache_size: int = 10_000
@@ -117,10 +133,23 @@ class FetchSettings:
     def __post_init__(self) -> None:
         if self.crl_timeout <= 0:
             raise ValueError("crl_timeout must be > 0")
-        for name in ("max_body", "crl_max_bytes", "cache_size"):
+        for name in (
+            "max_body",
+            "crl_max_bytes",
+            "cache_size",
+            "not_found_size",
+            "cold_fetch_burst",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("default_ttl", "min_ttl", "failure_ttl", "stale_grace"):
+        for name in (
+            "default_ttl",
+            "min_ttl",
+            "failure_ttl",
+            "not_found_ttl",
+            "stale_grace",
+            "cold_fetch_rate",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.min_ttl > self.max_ttl:
@@ -240,6 +269,14 @@ class CertificateFetcher(SessionUser):
         self._negative: LRUCache[str, tuple[VerificationError, float]] = LRUCache(
             maxsize=settings.cache_size
         )
+        self._budget = ColdFetchBudget(
+            rate=settings.cold_fetch_rate,
+            burst=settings.cold_fetch_burst,
+            not_found_ttl=settings.not_found_ttl,
+            not_found_size=settings.not_found_size,
+            size=settings.cache_size,
+            clock=clock,
+        )
         self._inflight: dict[str, asyncio.Task[CacheEntry | VerificationError]] = {}
         self._preload = PreloadStore(settings.preload_dir) if settings.preload_dir else None
         self._disk = DiskStore(settings.warm_cache_dir) if settings.warm_cache_dir else None
@@ -356,6 +393,9 @@ class CertificateFetcher(SessionUser):
                 entry.credential.check_time(now)
                 return entry.credential
             self._memory.delete(x5u)
+        missing = self._budget.remembered(x5u)
+        if missing is not None:
+            raise X5uFetchFailed(missing)
         failed = self._negative.get(x5u)
         if failed is not None:
             if clock < failed[1]:
@@ -400,7 +440,9 @@ class CertificateFetcher(SessionUser):
         except VerificationError as exc:
             if self._on_load is not None:
                 self._on_load(exc.slug, time.perf_counter() - started)
-            if generation == self._generation and not isinstance(exc.__cause__, HostBusy):
+            if isinstance(exc.__cause__, NotFound):
+                self._budget.not_found(x5u, exc.detail)
+            elif generation == self._generation and not isinstance(exc.__cause__, HostBusy):
                 self._negative[x5u] = (exc, self._clock() + self.settings.failure_ttl)
                 if isinstance(exc, errors.UnsupportedCredential):
                     self._memory.delete(x5u)  # a definitive answer ends stale serving
@@ -408,6 +450,7 @@ class CertificateFetcher(SessionUser):
             return exc
         if self._on_load is not None:
             self._on_load("ok", time.perf_counter() - started)
+        self._budget.served(URL(x5u, encoded=True), fetched=entry.source == "network")
         if generation == self._generation and entry.fresh_until > self._clock():
             self._memory.put(x5u, entry)
             self._negative.pop(x5u, None)
@@ -548,10 +591,12 @@ class CertificateFetcher(SessionUser):
         Raises:
             X5uRefused, X5uFetchFailed: see :meth:`PinnedGetter.get`; HTML is refused too.
         """
+        url = URL(x5u, encoded=True)
+        self._budget.take(url)
         self.counters.fetches += 1
         answer = await self._getter.get(
             self._session_or_fail(),
-            URL(x5u, encoded=True),
+            url,
             max_bytes=self.settings.max_body,
             seconds=self.client.timeout,
             what="x5u",
@@ -598,6 +643,9 @@ class CertificateFetcher(SessionUser):
         out["fetch_errors"] = dict(self._getter.errors)
         out["breaker_opens"] = self._getter.breaker_opens
         out["fetch_busy"] = sum(self._getter.busy.values())
+        out["fetch_rate_limited"] = sum(self._budget.refused.values())
+        out["not_found_hits"] = self._budget.not_found_hits
+        out["not_found_size"] = len(self._budget)
         out["breakers_open"] = self._getter.open_circuits()
         out["cache_size"] = len(self._memory)
         out["negative_size"] = len(self._negative)

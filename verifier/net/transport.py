@@ -50,6 +50,7 @@ __all__ = [
     "Answer",
     "HostBusy",
     "HttpClientSettings",
+    "NotFound",
     "PinnedGetter",
     "SessionUser",
     "new_session",
@@ -182,7 +183,14 @@ class HostBusy(VerifierError):
     already had ``max_per_host`` fetches running and no slot came free in time: the
     verifier's own queueing, not the host's fault, so not counted by the breaker and not
     to be remembered as the URL's failure. (A cause, not a subclass: the error classes and
-    their slugs stay one per failure.)"""
+    their slugs stay one per failure.) The x5u fetcher's budget of cold fetches refuses with
+    a subclass, :class:`verifier.net.coldfetch.OverBudget`."""
+
+
+class NotFound(VerifierError):
+    """The cause (``__cause__``) of an :class:`X5uFetchFailed` raised because the host
+    answered 404 or 410: the path does not exist there (the x5u fetcher remembers it per URL,
+    longer than other failures)."""
 
 
 @dataclass(slots=True)
@@ -411,7 +419,10 @@ class PinnedGetter:
                 "redirects are not followed"
             )
         if status != 200:
-            raise X5uFetchFailed(f"{what} answered HTTP {status}, not 200")
+            detail = f"{what} answered HTTP {status}, not 200"
+            if status in (404, 410):
+                raise X5uFetchFailed(detail) from NotFound(detail)
+            raise X5uFetchFailed(detail)
         if resp.content_length is not None and resp.content_length > max_bytes:
             raise X5uFetchFailed(
                 f"{what} body is {resp.content_length} bytes; the limit is {max_bytes}"
