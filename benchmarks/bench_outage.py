@@ -41,10 +41,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import psycopg
-from psycopg import sql
-
 from bench_core import openssl_verify_per_s
 from bench_http import CLIENT_CPU, SERVER_CPU
+from psycopg import sql
+
 from verifier.testing import TestPKI, free_port, pem, write_preload
 from verifier.testing.faults import TcpProxy
 

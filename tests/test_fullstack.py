@@ -3,8 +3,8 @@ repository on 127.0.0.1, every answer through a real socket."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
