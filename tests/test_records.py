@@ -65,8 +65,8 @@ def mixed(store: RecordStore, kit: Kit) -> RecordStore:
 def test_the_record_modules_import_one_way() -> None:
     """factory -> child -> sqlite -> model, factory -> postgres -> pgschema -> model,
     sqlite and postgres -> aggregate -> model,
-    writer -> journal -> model, __main__ (the child's entry point) -> child: no module imports one
-    above it, so there is no cycle."""
+    writer -> journal -> model, reverify -> model, __main__ (the child's entry point) -> child:
+    no module imports one above it, so there is no cycle."""
     package = Path(records.__file__).parent
     imports = {
         path.stem: {
@@ -88,6 +88,7 @@ def test_the_record_modules_import_one_way() -> None:
         "journal": {"model"},
         "factory": {"child", "model", "postgres", "sqlite"},
         "__main__": {"child"},
+        "reverify": {"model"},
     } == imports
 
 
@@ -236,6 +237,7 @@ def test_record_round_trips_and_to_dict(store: RecordStore, kit: Kit) -> None:
         "fingerprint": "AB:CD",
         "action": "accept",
         "label": "spam?",
+        "identity": None,
     } == failed.to_dict()
     json.dumps(failed.to_dict())
 
@@ -441,11 +443,18 @@ def test_wal_mode_and_schema_version(lite: SqliteRecordStore) -> None:
     conn = sqlite3.connect(lite.path)
     try:
         assert "wal" == conn.execute("PRAGMA journal_mode").fetchone()[0]
-        assert 1 == conn.execute("PRAGMA user_version").fetchone()[0]
+        assert 2 == conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     finally:
         conn.close()
-    assert {"records", "record_spc", "records_orig", "records_dest", "records_ts"} <= tables
+    assert {
+        "records",
+        "record_spc",
+        "records_orig",
+        "records_dest",
+        "records_ts",
+        "certificates",
+    } <= tables
 
 
 def test_reopen_keeps_records(tmp_path: Path, kit: Kit) -> None:

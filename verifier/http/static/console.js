@@ -236,6 +236,8 @@ function renderProviders() {
     { key: "first_seen", title: "First seen", render: (r) => time(r.first_seen) },
     { key: "last_seen", title: "Last seen", render: (r) => time(r.last_seen) },
     { key: "fingerprint", title: "Certificate (SHA-256)", render: (r) => (r.fingerprint || "").slice(0, 16) },
+    { key: "issuer", title: "Issuer", wrap: true, render: (r) => r.issuer || "" },
+    { key: "not_after", title: "Expires", render: (r) => time(r.not_after) },
     { key: "policy", title: "Policy", render: (r) => el("span", { class: `status-${r.policy.status}` },
       r.policy.status + (r.policy.reference ? `: ${r.policy.reference}` : "")) },
   ], rows, { onSort: (k) => {
@@ -296,9 +298,42 @@ async function traceback(event) {
   const page = await api(`/v1/records?${lastQuery}`);
   lastRecords = page.records;
   $("traceback-count").textContent = `${lastRecords.length} record(s)${page.next_cursor ? " (first 1000; export for all)" : ""}`;
-  put("traceback-results", table(RECORD_COLUMNS, lastRecords));
+  put("traceback-results", table([...RECORD_COLUMNS, {
+    key: "identity", title: "PASSporT", render: (r) => (r.identity
+      ? el("button", { type: "button", class: "show-passport", "data-request": r.request_id }, "Show")
+      : "not kept"),
+  }], lastRecords));
+  for (const b of document.querySelectorAll(".show-passport")) {
+    b.addEventListener("click", () => passport(lastRecords.find((r) => r.request_id === b.dataset.request)));
+  }
+  $("passport").hidden = true;
   $("export-csv").disabled = false;
   $("export-json").disabled = false;
+}
+
+function b64json(part) {
+  // A JWS part: base64url of a JSON object.
+  const text = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
+  const bytes = Uint8Array.from(text, (c) => c.charCodeAt(0));
+  return JSON.stringify(JSON.parse(new TextDecoder().decode(bytes)), null, 2);
+}
+
+function passport(record) {
+  // Each Identity header as received: its JOSE header and claims decoded, then the raw value.
+  const parts = [];
+  for (const value of record.identity.split("\n")) {
+    const jws = value.split(";")[0].trim().split(".");
+    for (const [name, i] of [["Header", 0], ["Claims", 1]]) {
+      let text;
+      try { text = b64json(jws[i] || ""); } catch (e) { text = `(not decodable: ${e.message})`; }
+      parts.push(el("h3", {}, name), el("pre", { class: `passport-${name.toLowerCase()}` }, text));
+    }
+    parts.push(el("h3", {}, "Identity header"), el("pre", { class: "passport-raw" }, value));
+  }
+  $("passport-title").textContent = `PASSporT as received, ${time(record.ts)}, ${record.request_id}`;
+  $("passport-body").replaceChildren(...parts);
+  $("passport").hidden = false;
+  $("passport").scrollIntoView();
 }
 
 function save(blob, name) {
