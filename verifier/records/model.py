@@ -192,7 +192,10 @@ def certificate_rows(records: Iterable[Record]) -> list[tuple[str, float, str, s
     for r in records:
         if r.chain is None or r.fingerprint is None or r.fingerprint in rows:
             continue
-        leaf = x509.load_pem_x509_certificates(r.chain.encode("ascii"))[0]
+        try:
+            leaf = x509.load_pem_x509_certificates(r.chain.encode("ascii"))[0]
+        except ValueError:  # the service's own PEM; were it not, the record still goes in
+            continue
         rows[r.fingerprint] = (
             r.fingerprint,
             r.ts,

@@ -218,6 +218,18 @@ async function overview() {
 let providerSort = { key: "calls", desc: true };
 let providerRows = [];
 
+function certificate(r) {
+  // The latest certificate: its issuer's CN (the whole DN on hover), expiry, fingerprint.
+  if (!r.fingerprint) return "";
+  const cn = /(?:^|,)CN=((?:\\.|[^,])*)/.exec(r.issuer || "");
+  return el("span", { class: "certificate" },
+    el("span", { title: r.issuer || "" }, cn ? cn[1] : (r.issuer || "chain not recorded")),
+    el("br", {}),
+    el("span", { title: time(r.not_after) }, r.not_after == null ? "" : `expires ${time(r.not_after).slice(0, 10)}`),
+    el("br", {}),
+    el("code", {}, r.fingerprint.slice(0, 16)));
+}
+
 function renderProviders() {
   const { key, desc } = providerSort;
   const value = (r) => (key === "failure_rate" ? r.failures / r.calls
@@ -235,10 +247,8 @@ function renderProviders() {
     { key: "failure_rate", title: "Failure rate", num: true, render: (r) => pct(r.failures, r.calls) },
     { key: "first_seen", title: "First seen", render: (r) => time(r.first_seen) },
     { key: "last_seen", title: "Last seen", render: (r) => time(r.last_seen) },
-    { key: "fingerprint", title: "Certificate (SHA-256)", render: (r) => (r.fingerprint || "").slice(0, 16) },
-    { key: "issuer", title: "Issuer", wrap: true, render: (r) => r.issuer || "" },
-    { key: "not_after", title: "Expires", render: (r) => time(r.not_after) },
-    { key: "policy", title: "Policy", render: (r) => el("span", { class: `status-${r.policy.status}` },
+    { key: "not_after", title: "Certificate: issuer, expiry", wrap: true, render: certificate },
+    { key: "policy", title: "Policy", wrap: true, render: (r) => el("span", { class: `status-${r.policy.status}` },
       r.policy.status + (r.policy.reference ? `: ${r.policy.reference}` : "")) },
   ], rows, { onSort: (k) => {
     providerSort = { key: k, desc: providerSort.key === k ? !providerSort.desc : true };
