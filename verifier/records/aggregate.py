@@ -144,27 +144,43 @@ def providers(run: Run, since: float, until: float) -> list[dict[str, Any]]:
 
 _NO_CERTIFICATE: dict[str, Any] = {"fingerprint": None, "issuer": None, "not_after": None}
 _SPC_PER_QUERY = 100
+LATEST_CALLS = 50
+"""A provider's certificate is that of the latest of its last calls in the window to name one."""
 
 
 def _latest_certificates(
     run: Run, spcs: Sequence[str], since: float, until: float
 ) -> dict[str, dict[str, Any]]:
-    """Per SPC, the certificate of its latest record in the window that names one: each
-    SPC's lookup reads its ``record_spc`` key range backwards from the window's end."""
-    out: dict[str, dict[str, Any]] = {}
+    """Per SPC, the certificate of its latest record in the window that names one, among
+    its last :data:`LATEST_CALLS`: each SPC's lookup reads its ``record_spc`` key range
+    backwards from the window's end and joins that many records by key (without the
+    bound, PostgreSQL's planner joins every record of the window for each SPC)."""
+    latest: dict[str, str | None] = {}
     for start in range(0, len(spcs), _SPC_PER_QUERY):
         part = spcs[start : start + _SPC_PER_QUERY]
         values = " UNION ALL ".join(["SELECT ? AS spc"] * len(part))
         rows = run(
-            "SELECT p.spc, p.fingerprint, c.issuer, c.not_after FROM (SELECT q.spc,"  # noqa: S608
-            " (SELECT r.fingerprint FROM record_spc s JOIN records r"
-            " ON r.id = s.record_id AND r.ts = s.ts"
-            " WHERE s.spc = q.spc AND s.ts >= ? AND s.ts < ? AND r.fingerprint IS NOT NULL"
-            " ORDER BY s.ts DESC, s.record_id DESC LIMIT 1) AS fingerprint"
-            f" FROM ({values}) q) p"
-            " LEFT JOIN certificates c ON c.fingerprint = p.fingerprint",
-            [since, until, *part],
+            "SELECT q.spc, (SELECT r.fingerprint FROM (SELECT s.ts, s.record_id"  # noqa: S608
+            " FROM record_spc s WHERE s.spc = q.spc AND s.ts >= ? AND s.ts < ?"
+            " ORDER BY s.ts DESC, s.record_id DESC LIMIT ?) k"
+            " JOIN records r ON r.id = k.record_id AND r.ts = k.ts"
+            " WHERE r.fingerprint IS NOT NULL ORDER BY k.ts DESC, k.record_id DESC LIMIT 1)"
+            f" FROM ({values}) q",
+            [since, until, LATEST_CALLS, *part],
         )
-        for spc, fingerprint, issuer, not_after in rows:
-            out[spc] = {"fingerprint": fingerprint, "issuer": issuer, "not_after": not_after}
+        latest.update(rows)
+    named = sorted({f for f in latest.values() if f is not None})
+    known: dict[str, tuple[str, float]] = {}
+    for start in range(0, len(named), _SPC_PER_QUERY):
+        part = named[start : start + _SPC_PER_QUERY]
+        rows = run(
+            "SELECT fingerprint, issuer, not_after FROM certificates"  # noqa: S608
+            f" WHERE fingerprint IN ({', '.join('?' * len(part))})",
+            part,
+        )
+        known.update((f, (issuer, not_after)) for f, issuer, not_after in rows)
+    out: dict[str, dict[str, Any]] = {}
+    for spc, fingerprint in latest.items():
+        issuer, not_after = known.get(fingerprint, (None, None)) if fingerprint else (None, None)
+        out[spc] = {"fingerprint": fingerprint, "issuer": issuer, "not_after": not_after}
     return out
