@@ -153,6 +153,7 @@ def test_query_validation(kwargs: dict[str, object], message: str) -> None:
         ({"close_timeout": float("nan")}, "close_timeout"),
         ({"database_url": "mysql://x/y"}, "database_url"),
         ({"writer_nice": 20}, "writer_nice"),
+        ({"identity_max_bytes": 0}, "identity_max_bytes"),
     ],
 )
 def test_settings_validation(kwargs: dict[str, object], field: str) -> None:
