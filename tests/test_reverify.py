@@ -227,3 +227,25 @@ async def test_identity_cap_and_off_switch(
     assert kept == {k: records[k].identity is not None for k in ("short", "long")}
     if kept["short"]:
         assert short == records["short"].identity
+
+
+def test_a_verdict_on_the_request_date_is_not_reverified(kit: Kit, now: int) -> None:
+    """A 403 on the request's own date (not recorded) cannot be judged again: said so."""
+    from verifier.core.certs import TrustStore
+    from verifier.core.verify import VerifyOptions
+    from verifier.records.reverify import reverify
+
+    pki = TestPKI.create()
+    stale = kit.rec(
+        0,
+        ts=float(now),
+        verstat="TN-Validation-Failed",
+        reason="date_stale",
+        sip_code=403,
+        identity=pki.signer.identity(iat=now),
+        fingerprint="ab" * 32,
+    )
+    chains = {"ab" * 32: (pki.signer.chain_pem() + pem(pki.root.cert)).decode("ascii")}
+    [item] = reverify([stale], chains, TrustStore([pki.root.cert]), VerifyOptions())
+    assert ("request_date", None) == (item.status, item.verstat)
+    assert item.line().endswith("not re-verified: the verdict was about the request's date")
