@@ -3,6 +3,7 @@ repository on 127.0.0.1, every answer through a real socket."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,13 @@ from verifier.testing.repository import Repository
 
 LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 ORIG, DEST = "12155551212", "12155551213"
+
+
+@pytest.fixture
+def now() -> int:
+    """The wall clock at this test's start: the running service judges iat by its own clock,
+    and conftest's session-wide ``now`` is minutes old late in a slow run."""
+    return int(time.time())
 
 
 @dataclass
