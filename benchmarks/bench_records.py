@@ -18,6 +18,10 @@ window (median of ``--runs``; target < 200 ms):
     .venv/bin/python benchmarks/bench_records.py --queries [--query-records 1000000]
         [--span-days 1] [--runs 5] [--database-url URL] [--json]
 
+With ``--identity``, each record carries an Identity header as the service keeps it (a real
+SHAKEN one from the test PKI, the same for every record), and ``--queries`` also prints the
+stores' bytes per record (tables and indexes, the SQLite file with its WAL).
+
 Without ``--database-url`` or VERIFIER_TEST_DATABASE_URL the PostgreSQL part is skipped
 (said on stderr). Both stores run on this machine: the figures compare the two backends'
 write paths, not a networked database.
@@ -48,7 +52,15 @@ from verifier.records.postgres import PostgresRecordStore
 T0 = 1_800_000_000.0
 
 
-def make_records(n: int) -> list[Record]:
+def identity_header() -> str:
+    """A SHAKEN Identity header value of the usual size, signed by a test PKI signer."""
+    from verifier.testing import TestPKI
+
+    signer = TestPKI.create(x5u="https://cr.example.com/sp.pem").signer
+    return signer.identity(iat=int(T0), origid=str(uuid.UUID(int=0)))
+
+
+def make_records(n: int, identity: str | None = None) -> list[Record]:
     """N distinct records over about an hour, a few SPCs, one in ten failed."""
     return [
         Record(
@@ -67,6 +79,7 @@ def make_records(n: int) -> list[Record]:
             fingerprint="AB:CD:EF:01:23:45:67:89",
             action="accept" if i % 10 else "reject",
             label=None,
+            identity=identity,
         )
         for i in range(n)
     ]
@@ -125,10 +138,12 @@ def postgres_rate(url: str, records: list[Record], batch: int, runs: int) -> flo
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
-def spread_records(n: int, now: float, span: float) -> Iterator[list[Record]]:
+def spread_records(
+    n: int, now: float, span: float, identity: str | None = None
+) -> Iterator[list[Record]]:
     """N records over ``span`` seconds up to ``now``, in lists of 10,000: 60 SPCs, the
     attestation mix and a failure in ten of :func:`make_records`."""
-    template = make_records(10_000)
+    template = make_records(10_000, identity)
     step = span / n
     for start in range(0, n, 10_000):
         yield [
@@ -148,13 +163,33 @@ def median_ms(call: Callable[[], object], runs: int) -> float:
     return round(statistics.median(times), 1)
 
 
-def query_timings(store: RecordStore, n: int, span: float, runs: int) -> dict[str, Any]:
+def store_bytes(store: RecordStore) -> int:
+    """The store's size on disk: the SQLite file and its WAL; PostgreSQL's record tables,
+    their partitions and indexes (the certificate table is empty here)."""
+    if isinstance(store, SqliteRecordStore):
+        wal = store.path.with_name(store.path.name + "-wal")
+        return store.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    assert isinstance(store, PostgresRecordStore)
+    with psycopg.connect(store.conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT sum(pg_total_relation_size(i.inhrelid)) FROM pg_inherits i"
+            " WHERE i.inhparent IN ('records'::regclass, 'record_spc'::regclass)"
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def query_timings(
+    store: RecordStore, n: int, span: float, runs: int, identity: str | None = None
+) -> dict[str, Any]:
     """Fill ``store`` with ``n`` records over ``span`` seconds, then time the queries."""
     now = time.time()
     started = time.perf_counter()
-    for chunk in spread_records(n, now, span):
+    for chunk in spread_records(n, now, span, identity):
         store.insert_many(chunk)
-    out: dict[str, Any] = {"load_s": round(time.perf_counter() - started, 1)}
+    out: dict[str, Any] = {
+        "load_s": round(time.perf_counter() - started, 1),
+        "bytes_per_record": round(store_bytes(store) / n),
+    }
     for name, window in (("hour", 3600.0), ("day", 86400.0)):
         since, until, bucket = now - window, now + 1, window / 60
         out[name] = {
@@ -171,11 +206,16 @@ def query_timings(store: RecordStore, n: int, span: float, runs: int) -> dict[st
 
 def queries(args: argparse.Namespace) -> dict[str, Any]:
     span = args.span_days * 86400
-    result: dict[str, Any] = {"records": args.query_records, "span_days": args.span_days}
+    identity = identity_header() if args.identity else None
+    result: dict[str, Any] = {
+        "records": args.query_records,
+        "span_days": args.span_days,
+        "identity_bytes": len(identity) if identity else 0,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteRecordStore.open(tmp)
         try:
-            result["sqlite"] = query_timings(store, args.query_records, span, args.runs)
+            result["sqlite"] = query_timings(store, args.query_records, span, args.runs, identity)
         finally:
             store.close()
     if args.database_url:
@@ -185,7 +225,9 @@ def queries(args: argparse.Namespace) -> dict[str, Any]:
         try:
             pg = PostgresRecordStore.open(args.database_url, schema=name)
             try:
-                result["postgres"] = query_timings(pg, args.query_records, span, args.runs)
+                result["postgres"] = query_timings(
+                    pg, args.query_records, span, args.runs, identity
+                )
             finally:
                 pg.close()
         finally:
@@ -208,11 +250,14 @@ def main() -> None:
     parser.add_argument("--queries", action="store_true", help="time the console's queries")
     parser.add_argument("--query-records", type=int, default=1_000_000)
     parser.add_argument("--span-days", type=float, default=1.0)
+    parser.add_argument(
+        "--identity", action="store_true", help="records carry an Identity header, as kept"
+    )
     args = parser.parse_args()
     if args.queries:
         print(json.dumps(queries(args), indent=None if args.json else 2))
         return
-    records = make_records(args.n)
+    records = make_records(args.n, identity_header() if args.identity else None)
     result: dict[str, Any] = {
         "records": args.n,
         "batch": args.batch,

@@ -51,12 +51,21 @@ UNFETCHABLE = 15  # x5u answers 404: 436
 FORGED = 10  # signature of another key: 438
 
 
+@pytest.fixture
+def now() -> int:
+    """The wall clock at this test's start: the running service judges iat by its own clock,
+    and conftest's session-wide ``now`` is minutes old late in a slow run."""
+    return int(time.time())
+
+
 @dataclass
 class Console:
     url: str
     session: aiohttp.ClientSession
     traced_origid: str
     total: int
+    blocked_expires: str
+    """The blocked SPC's certificate expiry as the page shows it (its UTC date)."""
 
 
 def _settings(repo: Repository, pki: TestPKI, tmp: Path, **extra: Any) -> Settings:
@@ -133,7 +142,14 @@ async def console(
                     if (await resp.json())["total"] == total:
                         break
                 await asyncio.sleep(0.02)
-            yield Console(url=url, session=session, traced_origid=traced, total=total)
+            expires = blocked.cert.not_valid_after_utc.strftime("%Y-%m-%d")
+            yield Console(
+                url=url,
+                session=session,
+                traced_origid=traced,
+                total=total,
+                blocked_expires=expires,
+            )
 
 
 async def _get(console: Console, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
@@ -224,6 +240,9 @@ async def test_providers_and_policy_name_the_blocked_spc(console: Console) -> No
     assert {"status": "blocked", "reference": REFERENCE} == rows[BLOCKED_SPC]["policy"]
     assert BLOCKED == rows[BLOCKED_SPC]["blocked"]
     assert {"status": "default", "reference": None} == rows["1234"]["policy"]
+    # The certificate of each provider's latest call, from the certificate table.
+    assert "CN=verifier test STI-CA" in rows[BLOCKED_SPC]["issuer"]
+    assert rows[BLOCKED_SPC]["not_after"] > rows[BLOCKED_SPC]["last_seen"]
     status, body = await _get(console, "/v1/console/policy")
     assert 200 == status
     [entry] = body["entries"]
@@ -338,6 +357,8 @@ async def test_console_in_chromium(console: Console, tmp_path: Path) -> None:
             await expect(first).to_contain_text("1234")  # the busiest first
             await page.click("#providers th[data-sort=calls]")  # then the quietest first
             await expect(first).to_contain_text(BLOCKED_SPC)
+            await expect(row).to_contain_text("verifier test STI-CA")  # the issuer's CN
+            await expect(row).to_contain_text(f"expires {console.blocked_expires}")
             await page.screenshot(path=shots / "providers.png", full_page=True)
             await row.locator("a").click()
             await expect(page.locator("#provider-title")).to_have_text(f"Provider {BLOCKED_SPC}")
@@ -358,6 +379,17 @@ async def test_console_in_chromium(console: Console, tmp_path: Path) -> None:
             rows = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
             assert [console.traced_origid] * 2 == [r["origid"] for r in rows]
             await page.screenshot(path=shots / "traceback.png", full_page=True)
+
+            # The PASSporT as received: decoded header and claims, and the raw header.
+            await expect(page.locator("#passport")).to_be_hidden()
+            await results.first.locator("button.show-passport").click()
+            await expect(page.locator("#passport")).to_be_visible()
+            await expect(page.locator("#passport .passport-header")).to_contain_text('"ES256"')
+            claims = page.locator("#passport .passport-claims")
+            await expect(claims).to_contain_text(f'"origid": "{console.traced_origid}"')
+            await expect(claims).to_contain_text(f'"tn": "{ORIG}"')
+            await expect(page.locator("#passport .passport-raw")).to_contain_text(";info=<https://")
+            await page.screenshot(path=shots / "passport.png", full_page=True)
 
             # The token is kept for the tab: a reload asks for it no more.
             await page.reload()

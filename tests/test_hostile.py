@@ -32,6 +32,13 @@ from verifier.testing.repository import Repository
 BOUND = 1.0  # the fetch timeout in these tests, seconds
 
 
+@pytest.fixture
+def now() -> int:
+    """The wall clock at this test's start: the running service judges iat by its own clock,
+    and conftest's session-wide ``now`` is minutes old late in a slow run."""
+    return int(time.time())
+
+
 @pytest.fixture(scope="module")
 def pki() -> TestPKI:
     return TestPKI.create()

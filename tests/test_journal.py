@@ -8,6 +8,7 @@ of a real ``verifier serve`` are in test_pgrecords.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from verifier.http.app import create_app
 from verifier.records import Record, RecordSettings, RecordWriter, SqliteRecordStore
 from verifier.records.journal import Journal, open_journal
 from verifier.settings import Settings
+from verifier.testing import TestPKI
 
 if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
     from conftest import RecordKit
@@ -274,3 +276,35 @@ def test_no_journal_when_turned_off_or_when_its_directory_cannot_be_made(
     assert journal is not None
     assert (tmp_path / "data" / "journal" / "0") == journal.directory
     journal.close()
+
+
+async def test_a_replayed_record_keeps_its_identity_and_chain(tmp_path: Path, kit: Kit) -> None:
+    """Records spilled while the store is down reach it with their Identity header and
+    the chain for the certificate table; a line journaled by the previous version (no
+    such fields) still replays."""
+    pki = TestPKI.create()
+    chain = pki.signer.chain_pem().decode("ascii")
+    fingerprint = "ab" * 32
+    kept = kit.rec(0, identity="eyJ.eyJ.sig;info=<https://x/sp.pem>", fingerprint=fingerprint)
+    kept.chain = chain
+    store = down_store(tmp_path / "db")
+    journal = Journal.open(tmp_path, 1 << 20)
+    assert journal.append(kept)
+    journal.sync()
+    (segment,) = journal.directory.glob("*.jnl")
+    journal.close()
+    old = kit.rec(1).to_dict()
+    del old["identity"]
+    with segment.open("ab") as f:
+        f.write(json.dumps(old).encode() + b"\n")
+    writer = RecordWriter(
+        store, RecordSettings(flush_interval=0.01), journal=Journal.open(tmp_path, 1 << 20)
+    )
+    await writer.start()
+    await until(lambda: writer.written == 2)
+    await writer.close()
+    stored = {r.request_id: r for r in kit.every(store)}
+    assert kept.identity == stored["req-0"].identity
+    assert None is stored["req-1"].identity
+    assert {fingerprint: chain} == store.chains([fingerprint, "cd" * 32])
+    store.close()

@@ -124,6 +124,36 @@ def test_migrations_apply_once(database_url: str, schema: str) -> None:
     assert [(v,) for v in range(1, len(MIGRATIONS) + 1)] == versions
 
 
+def test_a_version_1_schema_is_migrated_and_keeps_its_records(
+    database_url: str, schema: str, kit: Kit
+) -> None:
+    """The Identity column and the certificate table (migration 2) come to a database made
+    by the previous version, whose records stay readable."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        conn.execute(
+            "CREATE TABLE verifier_schema_migrations (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(MIGRATIONS[0])
+        conn.execute("INSERT INTO verifier_schema_migrations (version) VALUES (1)")
+        conn.execute("CREATE TABLE records_old PARTITION OF records FOR VALUES FROM (0) TO (1e10)")
+        conn.execute(
+            "INSERT INTO records (ts, request_id, endpoint, verstat, spc)"
+            " VALUES (%s, 'old', 'atis', 'TN-Validation-Passed', '{}')",
+            (kit.T0,),
+        )
+    store = PostgresRecordStore.open(database_url, schema=schema)
+    try:
+        assert [("old", None)] == [(r.request_id, r.identity) for r in kit.every(store)]
+        assert {} == store.chains(["00" * 32])
+    finally:
+        store.close()
+    assert [(1,), (2,)] == fetch(
+        database_url, schema, "SELECT version FROM verifier_schema_migrations"
+    )
+
+
 def test_concurrent_opens_migrate_once(database_url: str, schema: str) -> None:
     barrier = threading.Barrier(4)
     opened: list[PostgresRecordStore] = []
@@ -144,7 +174,9 @@ def test_concurrent_opens_migrate_once(database_url: str, schema: str) -> None:
     for s in opened:
         s.close()
     assert ([], 4) == (errors, len(opened))
-    assert [(1,)] == fetch(database_url, schema, "SELECT version FROM verifier_schema_migrations")
+    assert [(v,) for v in range(1, len(MIGRATIONS) + 1)] == fetch(
+        database_url, schema, "SELECT version FROM verifier_schema_migrations"
+    )
 
 
 def test_open_refuses_a_newer_schema(database_url: str, schema: str) -> None:
@@ -215,7 +247,9 @@ def test_open_store_picks_the_backend(
         pg.close()
         lite.close()
         child.close()
-    assert [(1,)] == fetch(database_url, schema, "SELECT version FROM verifier_schema_migrations")
+    assert [(v,) for v in range(1, len(MIGRATIONS) + 1)] == fetch(
+        database_url, schema, "SELECT version FROM verifier_schema_migrations"
+    )
 
 
 # -- partitions and retention ------------------------------------------------------------------

@@ -20,6 +20,7 @@ import io
 import json
 import sqlite3
 import stat
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,8 @@ from verifier.records import (
     to_csv_rows,
 )
 from verifier.records.model import FIELDS
+from verifier.testing import TestPKI
+from verifier.testing.pki import pem
 
 if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
     from conftest import RecordKit
@@ -65,8 +68,8 @@ def mixed(store: RecordStore, kit: Kit) -> RecordStore:
 def test_the_record_modules_import_one_way() -> None:
     """factory -> child -> sqlite -> model, factory -> postgres -> pgschema -> model,
     sqlite and postgres -> aggregate -> model,
-    writer -> journal -> model, __main__ (the child's entry point) -> child: no module imports one
-    above it, so there is no cycle."""
+    writer -> journal -> model, reverify -> model, __main__ (the child's entry point) -> child:
+    no module imports one above it, so there is no cycle."""
     package = Path(records.__file__).parent
     imports = {
         path.stem: {
@@ -88,6 +91,7 @@ def test_the_record_modules_import_one_way() -> None:
         "journal": {"model"},
         "factory": {"child", "model", "postgres", "sqlite"},
         "__main__": {"child"},
+        "reverify": {"model"},
     } == imports
 
 
@@ -149,6 +153,7 @@ def test_query_validation(kwargs: dict[str, object], message: str) -> None:
         ({"close_timeout": float("nan")}, "close_timeout"),
         ({"database_url": "mysql://x/y"}, "database_url"),
         ({"writer_nice": 20}, "writer_nice"),
+        ({"identity_max_bytes": 0}, "identity_max_bytes"),
     ],
 )
 def test_settings_validation(kwargs: dict[str, object], field: str) -> None:
@@ -236,6 +241,7 @@ def test_record_round_trips_and_to_dict(store: RecordStore, kit: Kit) -> None:
         "fingerprint": "AB:CD",
         "action": "accept",
         "label": "spam?",
+        "identity": None,
     } == failed.to_dict()
     json.dumps(failed.to_dict())
 
@@ -441,11 +447,18 @@ def test_wal_mode_and_schema_version(lite: SqliteRecordStore) -> None:
     conn = sqlite3.connect(lite.path)
     try:
         assert "wal" == conn.execute("PRAGMA journal_mode").fetchone()[0]
-        assert 1 == conn.execute("PRAGMA user_version").fetchone()[0]
+        assert 2 == conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     finally:
         conn.close()
-    assert {"records", "record_spc", "records_orig", "records_dest", "records_ts"} <= tables
+    assert {
+        "records",
+        "record_spc",
+        "records_orig",
+        "records_dest",
+        "records_ts",
+        "certificates",
+    } <= tables
 
 
 def test_reopen_keeps_records(tmp_path: Path, kit: Kit) -> None:
@@ -528,3 +541,100 @@ def test_every_record_reads_back_exactly(
     finally:
         store.close()
     assert {r.request_id: r for r in batch} == got
+
+
+# -- the Identity header and the certificate table (issue 17) -------------------------------
+
+
+def _chain(spc: str) -> tuple[str, str, Any]:
+    """(fingerprint, chain PEM, leaf certificate) of a new test signer of ``spc``."""
+    from verifier.core.certs import TrustStore
+
+    pki = TestPKI.create(spc=spc)
+    info = TrustStore([pki.root.cert]).validate(list(pki.signer.chain), time.time()).certificate
+    assert info is not None
+    pem_text = pki.signer.chain_pem().decode("ascii") + pem(pki.root.cert).decode("ascii")
+    return info.fingerprint_sha256, pem_text, pki.signer.cert
+
+
+def test_identity_and_chain_are_stored(store: RecordStore, kit: Kit) -> None:
+    fp, chain, _ = _chain("AAAA")
+    _, other_chain, _ = _chain("AAAA")
+    identity = "eyJhbGciOiJFUzI1NiJ9.eyJvcmlnIjp7fX0.c2ln;info=<https://x/é.pem>\nsecond"
+    first = kit.rec(0, spc=("AAAA",), fingerprint=fp, identity=identity, chain=chain)
+    again = kit.rec(1, spc=("AAAA",), fingerprint=fp, chain=other_chain)  # the first stays
+    junk = kit.rec(2, fingerprint="11" * 32, chain="not PEM")  # the record goes in alone
+    store.insert_many([first])
+    store.insert_many([again, junk])
+    got = {r.request_id: r for r in kit.every(store)}
+    assert (identity, None) == (got["req-0"].identity, got["req-0"].chain)
+    assert None is got["req-1"].identity
+    assert "req-2" in got
+    assert identity == got["req-0"].to_dict()["identity"]
+    assert "chain" not in got["req-0"].to_dict()
+    assert {fp: chain} == store.chains([fp, "00" * 32, "11" * 32])
+    assert {} == store.chains([])
+
+
+def test_providers_name_the_latest_certificate_of_each_spc(store: RecordStore, kit: Kit) -> None:
+    old_fp, old_chain, _ = _chain("AAAA")
+    new_fp, new_chain, new_leaf = _chain("AAAA")
+    store.insert_many(
+        [
+            kit.rec(0, spc=("AAAA",), fingerprint=old_fp, chain=old_chain),
+            kit.rec(5, spc=("AAAA",), fingerprint=new_fp, chain=new_chain),
+            kit.rec(6, spc=("AAAA",), fingerprint=None, reason="x5u_fetch_failed"),
+            kit.rec(7, spc=("BBBB",), fingerprint="unrecorded"),
+        ]
+    )
+    rows = {r["spc"]: r for r in store.providers(kit.T0, kit.T0 + 60)}
+    assert {
+        "fingerprint": new_fp,
+        "issuer": new_leaf.issuer.rfc4514_string(),
+        "not_after": new_leaf.not_valid_after_utc.timestamp(),
+    } == {k: rows["AAAA"][k] for k in ("fingerprint", "issuer", "not_after")}
+    assert ("unrecorded", None, None) == tuple(
+        rows["BBBB"][k] for k in ("fingerprint", "issuer", "not_after")
+    )
+    # The window decides which is the latest.
+    [early] = store.providers(kit.T0, kit.T0 + 3)
+    assert old_fp == early["fingerprint"]
+
+
+def test_prune_drops_certificates_expired_before_the_horizon(store: RecordStore, kit: Kit) -> None:
+    fp, chain, leaf = _chain("AAAA")
+    store.insert_many([kit.rec(0, fingerprint=fp, chain=chain)])
+    expiry = leaf.not_valid_after_utc.timestamp()
+    store.prune(expiry - 1)
+    assert [fp] == list(store.chains([fp]))
+    store.prune(expiry + 1)
+    assert {} == store.chains([fp])
+
+
+def test_csv_leaves_the_identity_out(kit: Kit) -> None:
+    assert "identity" not in CSV_COLUMNS
+    line = next(to_csv_rows([kit.rec(0, identity="eyJ.eyJ.sig")]))
+    assert "eyJ" not in line
+    assert len(CSV_COLUMNS) == len(next(csv.reader(io.StringIO(line))))
+
+
+def test_a_schema_1_database_is_migrated_and_keeps_its_records(tmp_path: Path, kit: Kit) -> None:
+    from verifier.records.sqlite import _MIGRATIONS
+
+    tmp_path.joinpath("data").mkdir()
+    conn = sqlite3.connect(tmp_path / "data" / DB_NAME)
+    conn.executescript(_MIGRATIONS[1])
+    conn.execute(
+        "INSERT INTO records (ts, request_id, endpoint, verstat, spc) VALUES (?, ?, ?, ?, ?)",
+        (kit.T0, "old", "atis", "TN-Validation-Passed", "[]"),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SqliteRecordStore.open(tmp_path / "data")
+    try:
+        store.insert_many([kit.rec(1, identity="eyJ.eyJ.sig")])
+        got = {r.request_id: r.identity for r in kit.every(store)}
+    finally:
+        store.close()
+    assert {"old": None, "req-1": "eyJ.eyJ.sig"} == got

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -31,6 +31,10 @@ from .net.fetch import CertificateFetcher
 from .net.transport import HttpClientSettings
 from .net.trustlist import local_anchors
 from .testing.pki import identity_header, sign_jws, write_pki
+
+if TYPE_CHECKING:
+    from .records import RecordQuery, RecordStore
+    from .settings import Settings
 
 __all__ = ["main"]
 
@@ -311,7 +315,7 @@ def cmd_config_reference(args: argparse.Namespace) -> int:
 def cmd_records(args: argparse.Namespace) -> int:
     """Query the traceback records in a data directory or a PostgreSQL database (read-only)."""
     from .core.tn import canonical_tn
-    from .records import RecordQuery, RecordStore, SqliteRecordStore, csv_header, to_csv_rows
+    from .records import RecordQuery, SqliteRecordStore, csv_header, to_csv_rows
 
     def when(option: str, text: str | None) -> float | None:
         if text is None:
@@ -328,6 +332,10 @@ def cmd_records(args: argparse.Namespace) -> int:
     filters = (args.origid, args.orig, args.dest, args.spc, args.cursor, args.limit)
     if args.stats and any(f is not None for f in filters):
         raise UsageError("--stats takes only --since and --until")
+    if args.reverify and (args.stats or args.csv):
+        raise UsageError("--reverify prints its own report (with --json: as JSON)")
+    if not args.reverify and (args.config is not None or args.trust_anchor):
+        raise UsageError("--config and --trust-anchor go with --reverify")
     query = RecordQuery(
         origid=args.origid,
         orig=number(args.orig),
@@ -349,6 +357,8 @@ def cmd_records(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             raise UsageError(f"no records in {args.data_dir}/ (give --data-dir DIR)") from None
     try:
+        if args.reverify:
+            return _reverify(args, store, query)
         if args.stats:
             print(json.dumps(store.stats(since, until), indent=2))
         elif args.csv:
@@ -380,6 +390,62 @@ def cmd_records(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _reverify(args: argparse.Namespace, store: RecordStore, query: RecordQuery) -> int:
+    """``records --reverify``: every matching record verified again from the store alone;
+    exit status 1 when any verdict differs."""
+    from .records.reverify import reverify
+    from .settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(args.config, env=os.environ)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if args.trust_anchor:
+        trust = _load_trust(args.trust_anchor, settings.verification.require_policy_oid)
+    else:
+        trust = _configured_trust(settings)
+    counts = {"same": 0, "different": 0, "no_identity": 0, "no_chain": 0, "request_date": 0}
+    results = []
+    for chunk in store.iter_query(query):
+        chains = store.chains(r.fingerprint for r in chunk if r.fingerprint and r.identity)
+        for item in reverify(chunk, chains, trust, settings.options):
+            counts[item.status] += 1
+            if args.json:
+                results.append(item.to_dict())
+            else:
+                print(item.line())
+    if args.json:
+        print(json.dumps({"results": results, "counts": counts}, indent=2))
+    else:
+        print(" ".join(f"{name}={n}" for name, n in counts.items()))
+    return 1 if counts["different"] else 0
+
+
+def _configured_trust(settings: Settings) -> TrustStore:
+    """The service's anchors: ``trust_anchors`` and the cached STI-PA list (no fetch)."""
+    from .net.trustlist import TrustList
+
+    listed: tuple[x509.Certificate, ...] = ()
+    try:
+        if settings.trust.list_url is not None:
+            trust_list = TrustList(
+                settings.trust,
+                settings.http_client,
+                data_dir=settings.records.data_dir,
+                clock=time.time,
+            )
+            trust_list.load_cache()
+            listed = trust_list.anchors
+        local = local_anchors(settings.trust_anchors, optional=bool(listed))
+        given = set(local)
+        return TrustStore(
+            [*local, *(a for a in listed if a not in given)],
+            require_policy_oid=settings.verification.require_policy_oid,
+        )
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"trust anchors: {exc}") from None
 
 
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -533,7 +599,25 @@ def build_parser() -> argparse.ArgumentParser:
     out = r.add_mutually_exclusive_group()
     out.add_argument("--csv", action="store_true", help="every matching record as CSV")
     out.add_argument("--stats", action="store_true", help="counts for the time window (JSON)")
-    out.add_argument("--json", action="store_true", help="the page as JSON")
+    out.add_argument("--json", action="store_true", help="the page (or --reverify) as JSON")
+    r.add_argument(
+        "--reverify",
+        action="store_true",
+        help="verify every matching record again as of its own time, from the store alone"
+        " (exit status 1 when a verdict differs)",
+    )
+    r.add_argument(
+        "--config",
+        metavar="FILE",
+        help="with --reverify: the service's configuration (trust anchors, verification)",
+    )
+    r.add_argument(
+        "--trust-anchor",
+        action="append",
+        default=[],
+        metavar="PEM|DIR",
+        help="with --reverify: these trust anchors instead of the configured ones",
+    )
     r.set_defaults(func=cmd_records)
 
     c = sub.add_parser("config", help="check the configuration or print its reference")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from .accel import es256
 from .accel.batcher import SignatureBatcher
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 
 _LOG_PARTS = 512
 """Formatted log members kept (by verdict, SPC and x5u)."""
+_CHAINS_KEPT = 4096
+"""Certificate fingerprints whose chain this process recorded lately (then forgotten at once:
+a chain recorded twice is stored once)."""
 
 
 def _js(value: str | None) -> str:
@@ -79,6 +83,8 @@ def _record(
     item: VerifyRequest,
     result: Result,
     disposition: Disposition,
+    identity: str | None = None,
+    chain: str | None = None,
 ) -> Record:
     """The traceback record: the numbers the switch gave (canonical), else the claims'."""
     call = item.call
@@ -107,6 +113,8 @@ def _record(
         fingerprint=certificate.fingerprint_sha256 if certificate else None,
         action=disposition.action,
         label=disposition.label,
+        identity=identity,
+        chain=chain,
     )
 
 
@@ -185,6 +193,9 @@ class Service:
             for name in ("atis", "3gpp", "native", "sip", "batch")
         }
         self._log_parts: dict[tuple[Any, ...], str] = {}
+        self._keep_identity = settings.records.keep_identity
+        self._identity_max = settings.records.identity_max_bytes
+        self._chains_kept: set[str] = set()
         self.in_flight = 0
         """Verifications in progress: single ones until their verdict, batch requests from
         their body to their answer (:meth:`in_flight_request`)."""
@@ -326,10 +337,53 @@ class Service:
             result, item.call, now=now, nanp_national_match=self.options.nanp_national_match
         )
         self.metrics.observe(endpoint, result, disposition.action, disposition.label)
-        record = _record(now, endpoint, request_id, item, result, disposition)
+        if self.records is None:
+            record = _record(now, endpoint, request_id, item, result, disposition)
+        else:
+            record = _record(
+                now,
+                endpoint,
+                request_id,
+                item,
+                result,
+                disposition,
+                self._kept_identity(item),
+                self._new_chain(result),
+            )
         if self._log_verifications:
             self._log(record)
         return Outcome(result, disposition, record)
+
+    def _kept_identity(self, item: VerifyRequest) -> str | None:
+        """The Identity header value(s) as received, one per line, for the record; None when
+        off or over ``identity_max_bytes`` (nothing rather than a cut JWS)."""
+        value = item.identity
+        if not self._keep_identity or not value:
+            return None
+        text = value if isinstance(value, str) else "\n".join(value)
+        limit = self._identity_max
+        # A character is 1 to 4 UTF-8 bytes: most headers skip the encoding.
+        if len(text) > limit or (
+            len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
+        ):
+            return None
+        return text
+
+    def _new_chain(self, result: Result) -> str | None:
+        """The signer's validated chain as PEM, for the first record of a fingerprint this
+        process has not recorded lately; the store keeps one copy per fingerprint."""
+        certificate = result.certificate
+        if certificate is None or not certificate.certificates:
+            return None
+        fingerprint = certificate.fingerprint_sha256
+        if fingerprint in self._chains_kept:
+            return None
+        if len(self._chains_kept) >= _CHAINS_KEPT:  # bounded; a forgotten one is sent again
+            self._chains_kept.clear()
+        self._chains_kept.add(fingerprint)
+        return "".join(
+            c.public_bytes(Encoding.PEM).decode("ascii") for c in certificate.certificates
+        )
 
     async def _keep(self, outcome: Outcome) -> None:
         """Hand the record to the writer: it never waits with a journal (the default); without

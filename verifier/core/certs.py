@@ -79,6 +79,8 @@ class CertificateInfo:
     crl_urls: tuple[str, ...] = ()
     chain: tuple[str, ...] = ()
     anchor: str = ""
+    certificates: tuple[x509.Certificate, ...] = field(default=(), repr=False, compare=False)
+    """The validated path, leaf first, anchor last (the traceback records keep it as PEM)."""
     _dict: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -470,6 +472,7 @@ class TrustStore:
             crl_urls=_crl_urls(path),
             chain=tuple(_name(c.subject) for c in path),
             anchor=_fingerprint(path[-1]),
+            certificates=tuple(path),
         )
         return Credential(
             public_key=key,

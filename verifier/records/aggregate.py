@@ -111,7 +111,8 @@ def _top(counts: Counter[Any], limit: int | None) -> list[tuple[Any, int]]:
 def providers(run: Run, since: float, until: float) -> list[dict[str, Any]]:
     """One row per SPC with records in ``since <= ts < until`` (the busiest
     :data:`MAX_PROVIDERS`): calls, attestation counts, failures, blocked calls, first and
-    last seen, and one certificate fingerprint of its calls (the greatest)."""
+    last seen, and the certificate of its latest call that had one (fingerprint, issuer,
+    expiry from the certificate table; None where the table has no chain for it)."""
     check_window(since, until)
     rows = run(
         "SELECT s.spc, count(*) AS n,"
@@ -120,11 +121,12 @@ def providers(run: Run, since: float, until: float) -> list[dict[str, Any]]:
         " count(*) FILTER (WHERE r.attest = 'C'),"
         " count(*) FILTER (WHERE r.reason IS NOT NULL),"
         " count(*) FILTER (WHERE r.action = 'block'),"
-        " min(s.ts), max(s.ts), max(r.fingerprint)"
+        " min(s.ts), max(s.ts)"
         " FROM record_spc s JOIN records r ON r.id = s.record_id AND r.ts = s.ts"
         " WHERE s.ts >= ? AND s.ts < ? GROUP BY s.spc ORDER BY n DESC, s.spc LIMIT ?",
         [since, until, MAX_PROVIDERS],
     )
+    certificates = _latest_certificates(run, [row[0] for row in rows], since, until)
     return [
         {
             "spc": spc,
@@ -134,7 +136,51 @@ def providers(run: Run, since: float, until: float) -> list[dict[str, Any]]:
             "blocked": blocked,
             "first_seen": first,
             "last_seen": last,
-            "fingerprint": fingerprint,
+            **certificates.get(spc, _NO_CERTIFICATE),
         }
-        for spc, n, a, b, c, failures, blocked, first, last, fingerprint in rows
+        for spc, n, a, b, c, failures, blocked, first, last in rows
     ]
+
+
+_NO_CERTIFICATE: dict[str, Any] = {"fingerprint": None, "issuer": None, "not_after": None}
+_SPC_PER_QUERY = 100
+LATEST_CALLS = 50
+"""A provider's certificate is that of the latest of its last calls in the window to name one."""
+
+
+def _latest_certificates(
+    run: Run, spcs: Sequence[str], since: float, until: float
+) -> dict[str, dict[str, Any]]:
+    """Per SPC, the certificate of its latest record in the window that names one, among
+    its last :data:`LATEST_CALLS`: each SPC's lookup reads its ``record_spc`` key range
+    backwards from the window's end and joins that many records by key (without the
+    bound, PostgreSQL's planner joins every record of the window for each SPC)."""
+    latest: dict[str, str | None] = {}
+    for start in range(0, len(spcs), _SPC_PER_QUERY):
+        part = spcs[start : start + _SPC_PER_QUERY]
+        values = " UNION ALL ".join(["SELECT ? AS spc"] * len(part))
+        rows = run(
+            "SELECT q.spc, (SELECT r.fingerprint FROM (SELECT s.ts, s.record_id"  # noqa: S608
+            " FROM record_spc s WHERE s.spc = q.spc AND s.ts >= ? AND s.ts < ?"
+            " ORDER BY s.ts DESC, s.record_id DESC LIMIT ?) k"
+            " JOIN records r ON r.id = k.record_id AND r.ts = k.ts"
+            " WHERE r.fingerprint IS NOT NULL ORDER BY k.ts DESC, k.record_id DESC LIMIT 1)"
+            f" FROM ({values}) q",
+            [since, until, LATEST_CALLS, *part],
+        )
+        latest.update(rows)
+    named = sorted({f for f in latest.values() if f is not None})
+    known: dict[str, tuple[str, float]] = {}
+    for start in range(0, len(named), _SPC_PER_QUERY):
+        part = named[start : start + _SPC_PER_QUERY]
+        rows = run(
+            "SELECT fingerprint, issuer, not_after FROM certificates"  # noqa: S608
+            f" WHERE fingerprint IN ({', '.join('?' * len(part))})",
+            part,
+        )
+        known.update((f, (issuer, not_after)) for f, issuer, not_after in rows)
+    out: dict[str, dict[str, Any]] = {}
+    for spc, fingerprint in latest.items():
+        issuer, not_after = known.get(fingerprint, (None, None)) if fingerprint else (None, None)
+        out[spc] = {"fingerprint": fingerprint, "issuer": issuer, "not_after": not_after}
+    return out

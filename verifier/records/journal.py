@@ -56,13 +56,23 @@ _MAX_SLOTS = 256
 
 
 def _encode(record: Record) -> bytes:
+    values = record.to_dict()
+    if record.chain is not None:
+        values["chain"] = record.chain
     # ensure_ascii: lone surrogates travel as escapes and come back as they were.
-    return json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=True).encode() + b"\n"
+    return json.dumps(values, separators=(",", ":"), allow_nan=True).encode() + b"\n"
+
+
+_ADDED = {"identity", "chain"}
+"""Fields that a journal written by an earlier version lacks (they default to None)."""
 
 
 def _decode(line: bytes) -> Record:
     values = json.loads(line)
-    if not isinstance(values, dict) or set(values) != set(FIELDS):
+    if not isinstance(values, dict) or not set(FIELDS) - _ADDED <= set(values) <= {
+        *FIELDS,
+        *_ADDED,
+    }:
         raise ValueError("not a record")
     values["spc"] = tuple(values["spc"])
     return Record(**values)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
+from cryptography import x509
+
 from ..core.errors import VerifierError
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "RecordRefused",
     "RecordSettings",
     "RecordStore",
+    "certificate_rows",
     "check_window",
     "csv_header",
     "iter_chunks",
@@ -91,6 +94,13 @@ class Record:
     """The disposition's action (policy)."""
     label: str | None
     """The disposition's label (policy)."""
+    identity: str | None = None
+    """The Identity header value(s) as received, one per line; None when not kept (none
+    received, ``keep_identity`` off, or over ``identity_max_bytes``)."""
+    chain: str | None = None
+    """The signer's validated chain as PEM (leaf first), on the first record of a
+    fingerprint the service has not recorded lately: the store keeps it once, in its
+    certificate table, not in the record's row, and reads never return it."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in FIELDS}
@@ -143,6 +153,7 @@ class Record:
             self.fingerprint,
             self.action,
             self.label,
+            self.identity,
         )
 
 
@@ -162,11 +173,38 @@ FIELDS = (
     "fingerprint",
     "action",
     "label",
+    "identity",
 )
-"""A record's fields in the stores' column order (:meth:`Record.row`)."""
+"""A record's fields in the stores' column order (:meth:`Record.row`); ``chain`` is not one."""
 _TEXT_FIELDS = tuple(name for name in FIELDS if name not in ("ts", "sip_code", "spc"))
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_OR_NUL = re.compile("[\x00\ud800-\udfff]")
+
+
+CERTIFICATE_COLUMNS = ("fingerprint", "first_seen", "subject", "issuer", "not_after", "chain")
+"""The certificate table's columns, keyed by the leaf's SHA-256 fingerprint."""
+
+
+def certificate_rows(records: Iterable[Record]) -> list[tuple[str, float, str, str, float, str]]:
+    """The certificate table's rows for the records that carry a chain (one per
+    fingerprint): the leaf's subject and issuer (RFC 4514) and its expiry (epoch seconds)."""
+    rows: dict[str, tuple[str, float, str, str, float, str]] = {}
+    for r in records:
+        if r.chain is None or r.fingerprint is None or r.fingerprint in rows:
+            continue
+        try:
+            leaf = x509.load_pem_x509_certificates(r.chain.encode("ascii"))[0]
+        except ValueError:  # the service's own PEM; were it not, the record still goes in
+            continue
+        rows[r.fingerprint] = (
+            r.fingerprint,
+            r.ts,
+            leaf.subject.rfc4514_string(),
+            leaf.issuer.rfc4514_string(),
+            leaf.not_valid_after_utc.timestamp(),
+            r.chain,
+        )
+    return list(rows.values())
 
 
 # -- queries and cursors -----------------------------------------------------------------------
@@ -354,6 +392,12 @@ class RecordSettings:
     journal_fsync_interval: float = 0.2
     """Time between two fsyncs of the journal: a SIGKILL loses at most the records
     journaled in this interval."""
+    keep_identity: bool = True
+    """Keep each call's Identity header(s) as received, so that a traceback answer shows the
+    PASSporT and ``verifier records --reverify`` can verify it again."""
+    identity_max_bytes: int = 8192
+    """Most bytes of Identity header(s) kept per call (UTF-8, all headers together); over it
+    nothing is kept (a cut JWS cannot be verified again)."""
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -366,7 +410,7 @@ class RecordSettings:
             raise ValueError("overflow must be 'wait' or 'drop'")
         if self.journal_max_bytes < 0:
             raise ValueError("journal_max_bytes must be >= 0")
-        for name in ("queue_size", "batch_size", "journal_high_water"):
+        for name in ("queue_size", "batch_size", "journal_high_water", "identity_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in (
@@ -417,6 +461,10 @@ class RecordStore(Protocol):
         """One row per SPC seen in a window (:func:`verifier.records.aggregate.providers`)."""
         ...
 
+    def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
+        """The recorded chain PEM of each of ``fingerprints`` that the store holds."""
+        ...
+
     def prune(self, before: float) -> int: ...
 
     def close(self) -> None: ...
@@ -424,8 +472,10 @@ class RecordStore(Protocol):
 
 # -- CSV ---------------------------------------------------------------------------------------
 
-CSV_COLUMNS: tuple[str, ...] = ("ts", "time", *FIELDS[1:])
-"""CSV header order: the record's fields, with ``time`` (RFC 3339, UTC) after ``ts``."""
+CSV_COLUMNS: tuple[str, ...] = ("ts", "time", *FIELDS[1:-1])
+"""CSV header order: the record's fields, with ``time`` (RFC 3339, UTC) after ``ts``. The
+Identity header is left out: a JWS of up to 8 KiB in a cell serves no spreadsheet, and the
+JSON export carries it."""
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

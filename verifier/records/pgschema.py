@@ -88,6 +88,18 @@ MIGRATIONS: tuple[LiteralString, ...] = (
     ) PARTITION BY RANGE (ts);
     CREATE INDEX record_spc_ts ON record_spc (ts);
     """,
+    """
+    ALTER TABLE records ADD COLUMN identity text;
+    CREATE TABLE certificates (
+        fingerprint text PRIMARY KEY,
+        first_seen  double precision NOT NULL,
+        subject     text NOT NULL,
+        issuer      text NOT NULL,
+        not_after   double precision NOT NULL,
+        chain       text NOT NULL
+    );
+    CREATE INDEX certificates_not_after ON certificates (not_after);
+    """,
 )
 """Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``; append only."""
 

@@ -48,7 +48,7 @@ import contextlib
 import math
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, LiteralString
 
 import psycopg
@@ -58,11 +58,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .aggregate import Run, check_bucket, console_summary
 from .aggregate import providers as provider_rows
 from .model import (
+    CERTIFICATE_COLUMNS,
     FIELDS,
     TOP_SPC,
     Record,
     RecordQuery,
     RecordRefused,
+    certificate_rows,
     check_window,
     iter_chunks,
     query_page,
@@ -113,7 +115,14 @@ _RECORD_TYPES = [
     "text",  # fingerprint
     "text",  # action
     "text",  # label
+    "text",  # identity
 ]
+_INSERT_CERTIFICATES = sql.SQL(
+    "INSERT INTO certificates ({}) VALUES ({}) ON CONFLICT (fingerprint) DO NOTHING"
+).format(
+    sql.SQL(", ").join(sql.Identifier(name) for name in CERTIFICATE_COLUMNS),
+    sql.SQL(", ").join(sql.Placeholder() for _ in CERTIFICATE_COLUMNS),
+)
 
 
 def _redacted(conninfo: str) -> str:
@@ -385,6 +394,9 @@ class PostgresRecordStore:
                         copy.set_types(["text", "float8", "int8"])
                         for spc_row in spc_rows:
                             copy.write_row(spc_row)
+                certificates = certificate_rows(records)
+                if certificates:  # a fingerprint's first chain stays
+                    cur.executemany(_INSERT_CERTIFICATES, certificates)
 
     def prune(self, before: float) -> int:
         """Delete the records older than ``before`` (epoch seconds); return how many.
@@ -431,6 +443,9 @@ class PostgresRecordStore:
             with conn.transaction():
                 total += conn.execute("DELETE FROM records WHERE ts < %s", (before,)).rowcount
                 conn.execute("DELETE FROM record_spc WHERE ts < %s", (before,))
+                # A recorded chain was valid when its record was made: one expired before
+                # ``before`` belongs to pruned records only.
+                conn.execute("DELETE FROM certificates WHERE not_after < %s", (before,))
         return total
 
     @staticmethod
@@ -551,8 +566,25 @@ class PostgresRecordStore:
         Raises:
             ValueError: a bad window; the database cannot be reached (also psycopg.Error).
         """
-        with contextlib.closing(self._reader()) as conn:
+        with contextlib.closing(self._reader()) as conn, conn.transaction():  # one snapshot
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return provider_rows(_runner(conn), since, until)
+
+    def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
+        """The recorded chain PEM of each of ``fingerprints`` that the store holds.
+
+        Raises:
+            ValueError: the database cannot be reached (also psycopg.Error).
+        """
+        wanted = list(dict.fromkeys(fingerprints))
+        if not wanted:
+            return {}
+        with contextlib.closing(self._reader()) as conn:
+            rows = conn.execute(
+                "SELECT fingerprint, chain FROM certificates WHERE fingerprint = ANY(%s)",
+                (wanted,),
+            ).fetchall()
+        return dict(rows)
 
 
 def _runner(conn: psycopg.Connection[tuple[Any, ...]]) -> Run:

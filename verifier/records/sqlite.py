@@ -20,7 +20,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,12 @@ from typing import Any
 from .aggregate import check_bucket, console_summary
 from .aggregate import providers as provider_rows
 from .model import (
+    CERTIFICATE_COLUMNS,
     FIELDS,
     TOP_SPC,
     Record,
     RecordQuery,
+    certificate_rows,
     check_window,
     iter_chunks,
     query_page,
@@ -41,7 +43,7 @@ __all__ = ["DB_NAME", "SqliteRecordStore"]
 
 DB_NAME = "records.sqlite3"
 """The database file inside the data directory."""
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _PRUNE_CHUNK = 5000
 
 
@@ -76,14 +78,29 @@ CREATE TABLE record_spc (
 ) WITHOUT ROWID;
 CREATE INDEX record_spc_ts ON record_spc (ts);
 """
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA}
+_CERTIFICATES = """
+ALTER TABLE records ADD COLUMN identity TEXT;
+CREATE TABLE certificates (
+    fingerprint TEXT PRIMARY KEY,
+    first_seen  REAL NOT NULL,
+    subject     TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    not_after   REAL NOT NULL,
+    chain       TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX certificates_not_after ON certificates (not_after);
+"""
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA, 2: _CERTIFICATES}
 """Script that brings the schema from version ``n - 1`` to ``n``."""
 
 _COLUMNS = ", ".join(f"r.{name}" for name in FIELDS)
 _INSERT = f"INSERT INTO records (id, {', '.join(FIELDS)}) VALUES "  # noqa: S608 - fixed names
 _INSERT_SPC = "INSERT OR IGNORE INTO record_spc (spc, ts, record_id) VALUES "
+_INSERT_CERTIFICATES = (
+    f"INSERT OR IGNORE INTO certificates ({', '.join(CERTIFICATE_COLUMNS)}) VALUES "  # noqa: S608
+)
 _ROWS_PER_INSERT = 200
-"""Rows in one multi-row INSERT (at most 2,000: 16 parameters each stay under SQLite's
+"""Rows in one multi-row INSERT (at most 1,900: 17 parameters each stay under SQLite's
 32766). Binding them holds the GIL, so a statement stays small enough not to keep the
 event loop waiting for the writer thread."""
 
@@ -254,6 +271,9 @@ class SqliteRecordStore:
                 spc_rows = [(spc, r.ts, first + i) for i, r in enumerate(records) for spc in r.spc]
                 if spc_rows:
                     _insert_rows(conn, _INSERT_SPC, spc_rows)
+                certificates = certificate_rows(records)
+                if certificates:  # a fingerprint's first chain stays
+                    _insert_rows(conn, _INSERT_CERTIFICATES, certificates)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -288,6 +308,8 @@ class SqliteRecordStore:
                         " (SELECT spc, ts, record_id FROM record_spc WHERE ts < ? LIMIT ?)",
                         (before, _PRUNE_CHUNK),
                     ).rowcount
+                    if deleted < _PRUNE_CHUNK and spc_deleted < _PRUNE_CHUNK:
+                        _prune_certificates(conn, before)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -420,7 +442,35 @@ class SqliteRecordStore:
             ValueError: a bad window; the database cannot be read (also sqlite3.Error).
         """
         with contextlib.closing(self._reader()) as conn:
-            return provider_rows(lambda sql, args: conn.execute(sql, args).fetchall(), since, until)
+            conn.execute("BEGIN")  # one snapshot for both queries
+            out = provider_rows(lambda sql, args: conn.execute(sql, args).fetchall(), since, until)
+            conn.execute("COMMIT")
+        return out
+
+    def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
+        """The recorded chain PEM of each of ``fingerprints`` that the store holds.
+
+        Raises:
+            ValueError: the database cannot be read (also sqlite3.Error).
+        """
+        wanted = list(dict.fromkeys(fingerprints))
+        out: dict[str, str] = {}
+        with contextlib.closing(self._reader()) as conn:
+            for start in range(0, len(wanted), _ROWS_PER_INSERT):
+                part = wanted[start : start + _ROWS_PER_INSERT]
+                rows = conn.execute(
+                    "SELECT fingerprint, chain FROM certificates WHERE fingerprint IN"  # noqa: S608
+                    f" ({', '.join('?' * len(part))})",
+                    part,
+                )
+                out.update(rows)
+        return out
+
+
+def _prune_certificates(conn: sqlite3.Connection, before: float) -> None:
+    """A recorded chain was valid when its record was made, so one that expired before
+    ``before`` belongs to pruned records only."""
+    conn.execute("DELETE FROM certificates WHERE not_after < ?", (before,))
 
 
 def _connect_writer(path: Path) -> sqlite3.Connection:

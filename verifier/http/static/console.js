@@ -218,6 +218,18 @@ async function overview() {
 let providerSort = { key: "calls", desc: true };
 let providerRows = [];
 
+function certificate(r) {
+  // The latest certificate: its issuer's CN (the whole DN on hover), expiry, fingerprint.
+  if (!r.fingerprint) return "";
+  const cn = /(?:^|,)CN=((?:\\.|[^,])*)/.exec(r.issuer || "");
+  return el("span", { class: "certificate" },
+    el("span", { title: r.issuer || "" }, cn ? cn[1] : (r.issuer || "chain not recorded")),
+    el("br", {}),
+    el("span", { title: time(r.not_after) }, r.not_after == null ? "" : `expires ${time(r.not_after).slice(0, 10)}`),
+    el("br", {}),
+    el("code", {}, r.fingerprint.slice(0, 16)));
+}
+
 function renderProviders() {
   const { key, desc } = providerSort;
   const value = (r) => (key === "failure_rate" ? r.failures / r.calls
@@ -235,8 +247,8 @@ function renderProviders() {
     { key: "failure_rate", title: "Failure rate", num: true, render: (r) => pct(r.failures, r.calls) },
     { key: "first_seen", title: "First seen", render: (r) => time(r.first_seen) },
     { key: "last_seen", title: "Last seen", render: (r) => time(r.last_seen) },
-    { key: "fingerprint", title: "Certificate (SHA-256)", render: (r) => (r.fingerprint || "").slice(0, 16) },
-    { key: "policy", title: "Policy", render: (r) => el("span", { class: `status-${r.policy.status}` },
+    { key: "not_after", title: "Certificate: issuer, expiry", wrap: true, render: certificate },
+    { key: "policy", title: "Policy", wrap: true, render: (r) => el("span", { class: `status-${r.policy.status}` },
       r.policy.status + (r.policy.reference ? `: ${r.policy.reference}` : "")) },
   ], rows, { onSort: (k) => {
     providerSort = { key: k, desc: providerSort.key === k ? !providerSort.desc : true };
@@ -296,9 +308,42 @@ async function traceback(event) {
   const page = await api(`/v1/records?${lastQuery}`);
   lastRecords = page.records;
   $("traceback-count").textContent = `${lastRecords.length} record(s)${page.next_cursor ? " (first 1000; export for all)" : ""}`;
-  put("traceback-results", table(RECORD_COLUMNS, lastRecords));
+  put("traceback-results", table([...RECORD_COLUMNS, {
+    key: "identity", title: "PASSporT", render: (r) => (r.identity
+      ? el("button", { type: "button", class: "show-passport", "data-request": r.request_id }, "Show")
+      : "not kept"),
+  }], lastRecords));
+  for (const b of document.querySelectorAll(".show-passport")) {
+    b.addEventListener("click", () => passport(lastRecords.find((r) => r.request_id === b.dataset.request)));
+  }
+  $("passport").hidden = true;
   $("export-csv").disabled = false;
   $("export-json").disabled = false;
+}
+
+function b64json(part) {
+  // A JWS part: base64url of a JSON object.
+  const text = atob(part.replace(/-/g, "+").replace(/_/g, "/"));
+  const bytes = Uint8Array.from(text, (c) => c.charCodeAt(0));
+  return JSON.stringify(JSON.parse(new TextDecoder().decode(bytes)), null, 2);
+}
+
+function passport(record) {
+  // Each Identity header as received: its JOSE header and claims decoded, then the raw value.
+  const parts = [];
+  for (const value of record.identity.split("\n")) {
+    const jws = value.split(";")[0].trim().split(".");
+    for (const [name, i] of [["Header", 0], ["Claims", 1]]) {
+      let text;
+      try { text = b64json(jws[i] || ""); } catch (e) { text = `(not decodable: ${e.message})`; }
+      parts.push(el("h3", {}, name), el("pre", { class: `passport-${name.toLowerCase()}` }, text));
+    }
+    parts.push(el("h3", {}, "Identity header"), el("pre", { class: "passport-raw" }, value));
+  }
+  $("passport-title").textContent = `PASSporT as received, ${time(record.ts)}, ${record.request_id}`;
+  $("passport-body").replaceChildren(...parts);
+  $("passport").hidden = false;
+  $("passport").scrollIntoView();
 }
 
 function save(blob, name) {
