@@ -83,13 +83,6 @@ def _settings(repo: Repository, pki: TestPKI, tmp: Path, **extra: Any) -> Settin
     )
 
 
-@pytest.fixture
-def now() -> int:
-    """The calls go to a service on the real clock with no request time: sign them now,
-    not at the session's start (a stale iat would be refused)."""
-    return int(time.time())
-
-
 async def _verify(session: aiohttp.ClientSession, url: str, identity: str) -> dict[str, Any]:
     async with session.post(
         f"{url}/v1/verify", json={"identity": identity, "from": ORIG, "to": DEST}
