@@ -23,6 +23,7 @@ __all__ = [
     "Request",
     "frame",
     "parse_request",
+    "readable_head",
     "response",
 ]
 
@@ -173,6 +174,21 @@ def parse_request(data: bytes, *, stream: bool = False) -> Request:
         if len(request.values(name)) != 1:
             problem = problem or f"not exactly one {name} header"
     return _checked(request, problem, body, stream=stream)
+
+
+def readable_head(data: bytes | bytearray, limit: int) -> Request | None:
+    """The request whose start is ``data`` (a message over ``limit`` bytes), read from its
+    header lines within the first ``limit`` bytes, when its Via, From, To and Call-ID are
+    there to answer it (513); None when they are not."""
+    start = bytes(data[:limit])
+    end = start.find(b"\r\n\r\n")
+    head = start[:end] if end >= 0 else start[: start.rfind(b"\r\n")]
+    try:
+        return parse_request(head + b"\r\n\r\n")
+    except BadRequest as exc:
+        return exc.request
+    except Dropped:
+        return None
 
 
 def _checked(request: Request, problem: str, body: bytes, *, stream: bool) -> Request:

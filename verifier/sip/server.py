@@ -3,8 +3,9 @@
 INVITE: verified by the :class:`~verifier.service.Service` the HTTP API uses, answered 302
 (or the policy's 603/608); the final response is kept per transaction, so a retransmitted
 INVITE gets it again without a second verification, and over UDP it is retransmitted
-(Timer G) until the ACK or Timer H. OPTIONS: 200. ACK: absorbed. CANCEL: 200 and 487 while
-the INVITE is being verified, 481 once it is answered. Other methods: 405.
+(Timer G) until the ACK or Timer H. OPTIONS: 200. ACK: absorbed. CANCEL: 200 while its
+INVITE transaction is held (a 487 for the INVITE if it is still being verified), 481 when
+there is none. Over ``max_message``: 513 when the start can be read. Other methods: 405.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from ..core.sip import SipError, parse_invite
 from ..core.verify import CallInfo
 from ..service import Service, VerifyRequest
 from .config import SipSettings
-from .message import BadRequest, Dropped, Oversize, Request, frame, parse_request, response
+from .message import (
+    BadRequest,
+    Dropped,
+    Oversize,
+    Request,
+    frame,
+    parse_request,
+    readable_head,
+    response,
+)
 from .redirect import verdict_answer
 
 __all__ = ["T1", "T2", "TIMER_H", "SipServer"]
@@ -175,15 +185,15 @@ class SipServer:
     def receive(self, data: bytes, source: tuple[str, int], send: Send, *, udp: bool) -> None:
         """Handle one message; nothing it contains raises out of here."""
         if len(data) > self.settings.max_message:
-            self.count("oversize")
+            self.oversize(data, source, send)
             return
         try:
             request = parse_request(data, stream=not udp)
         except BadRequest as exc:
             self.count("bad")
-            self._answer(
-                exc.request, 400, "Bad Request", send, source, [("Warning", _warning(exc.reason))]
-            )
+            if exc.request.method != "ACK":  # an ACK is never answered (RFC 3261 17.1.1.1)
+                warning = [("Warning", _warning(exc.reason))]
+                self._answer(exc.request, 400, "Bad Request", send, source, warning)
             return
         except Dropped as exc:
             self.count("dropped")
@@ -202,6 +212,14 @@ class SipServer:
             )
         else:
             self._answer(request, 405, "Method Not Allowed", send, source, [("Allow", ALLOW)])
+
+    def oversize(self, data: bytes | bytearray, source: tuple[str, int], send: Send) -> None:
+        """Count a message over ``max_message``; answer it ``513 Message Too Large`` when
+        its start (Via, From, To, Call-ID) can be read, statelessly."""
+        self.count("oversize")
+        request = readable_head(data, self.settings.max_message)
+        if request is not None and request.method != "ACK":
+            self._answer(request, 513, "Message Too Large", send, source, [])
 
     def _answer(
         self,
@@ -336,11 +354,15 @@ class SipServer:
             self._forget(txn)
 
     def _cancel(self, request: Request, source: tuple[str, int], send: Send) -> None:
+        """RFC 3261 section 9.2 to the letter: a CANCEL matching a transaction held is
+        answered 200 (and turns an INVITE still being verified into a 487; one already
+        answered is left alone); one matching none gets 481."""
         txn = self._transactions.get((request.branch, request.sent_by))
-        if txn is None or txn.final is not None:
+        if txn is None:
             self._answer(request, 481, "Call/Transaction Does Not Exist", send, source, [])
             return
-        txn.cancelled = True
+        if txn.final is None:
+            txn.cancelled = True
         self._answer(request, 200, "OK", send, source, [], txn.to_tag)
 
 
@@ -406,8 +428,13 @@ class _Stream(asyncio.Protocol):
                 del buffer[:2]
             try:
                 size = frame(buffer, limit)
-            except Dropped as exc:
-                self.server.count("oversize" if isinstance(exc, Oversize) else "dropped")
+            except Oversize:
+                self.server.oversize(buffer, self.source, self._send)
+                transport.close()  # after the 513, if any, is written
+                self.transport = None
+                return
+            except Dropped:
+                self.server.count("dropped")
                 transport.abort()
                 self.transport = None
                 return
