@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -20,7 +22,7 @@ from verifier.service import Service
 from verifier.settings import Settings
 from verifier.sip.config import SipSettings
 from verifier.sip.message import MAX_HEADERS, MAX_LINE
-from verifier.sip.server import SipServer
+from verifier.sip.server import RECEIVE_BUFFER, SipServer
 from verifier.testing import ChainSource, Signer, identity_header
 from verifier.testing.sip import RURI, invite
 from verifier.testing.sip import response_headers as headers
@@ -498,3 +500,32 @@ async def test_a_malformed_ack_is_counted_but_never_answered(start: Start) -> No
     ack = invite(5060, method="ACK", cseq_method="INVITE")
     server.receive(ack, ("127.0.0.1", 5060), sent.append, udp=True)
     assert ([], 1) == (sent, server.stats["bad"])
+
+
+def _rmem_max() -> int:
+    return int(Path("/proc/sys/net/core/rmem_max").read_text())
+
+
+async def test_a_burst_of_datagrams_queues_in_the_receive_buffer(start: Start) -> None:
+    # 600 datagrams of 1.4 KB arrive while the loop is busy: over the kernel's default
+    # receive buffer (212992 bytes, charged about 2.3 KB per datagram), under RECEIVE_BUFFER.
+    if _rmem_max() < 2 * 1024 * 1024:
+        pytest.skip("net.core.rmem_max caps SO_RCVBUF below the burst")
+    _, _, udp, _ = await start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sender.bind(("127.0.0.1", 0))
+        port = sender.getsockname()[1]
+        options = invite(port, method="OPTIONS", extra="X-Pad: " + "a" * 1000)
+        for _ in range(600):  # the loop runs none of the server's code meanwhile
+            sender.sendto(options, ("127.0.0.1", udp))
+        sender.setblocking(False)
+        answered = 0
+        for _ in range(1000):
+            with contextlib.suppress(BlockingIOError):
+                while sender.recv(65536).startswith(b"SIP/2.0 200 "):
+                    answered += 1
+            if answered == 600:
+                break
+            await asyncio.sleep(0.01)
+    assert 600 == answered

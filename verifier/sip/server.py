@@ -17,16 +17,17 @@ import itertools
 import logging
 import re
 import secrets
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, cast
 
 from prometheus_client import Counter as PromCounter
 
-from ..core.sip import SipError, parse_invite
+from ..core.sip import SipError, invite_from_headers
 from ..core.verify import CallInfo
 from ..service import Service, VerifyRequest
 from .config import SipSettings
@@ -42,7 +43,7 @@ from .message import (
 )
 from .redirect import verdict_answer
 
-__all__ = ["T1", "T2", "TIMER_H", "SipServer"]
+__all__ = ["RECEIVE_BUFFER", "T1", "T2", "TIMER_H", "SipServer"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ TIMER_H = 64 * T1
 """How long a final response waits for its ACK (32 s)."""
 TIMER_I = 5.0
 """How long an acknowledged UDP transaction absorbs retransmitted ACKs (T4)."""
+RECEIVE_BUFFER = 4 * 1024 * 1024
+"""SO_RCVBUF asked for each UDP listener (the kernel caps it at net.core.rmem_max)."""
+TICK = 0.05
+"""The timer wheel's resolution: Timers G, H and I fire up to this late."""
 ALLOW = "INVITE, ACK, CANCEL, OPTIONS"
 _URI = re.compile(r"(?:sips?|tel):[^<>\"\s]+", re.IGNORECASE)
 
@@ -67,11 +72,16 @@ class _Transaction:
     key: tuple[str, str]
     send: Send
     udp: bool
-    to_tag: str = field(default_factory=lambda: secrets.token_hex(6))
+    to_tag: str
     final: bytes | None = None
     cancelled: bool = False
-    timer: asyncio.TimerHandle | None = None
+    acked: bool = False
+    due: float = 0.0
+    """When the timer wheel next acts on it: Timer G, H or I (0: never)."""
+    interval: float = T1
+    """Timer G's next interval."""
     ends: float = 0.0
+    """Timer H: the end of waiting for the ACK."""
 
 
 class SipServer:
@@ -94,6 +104,7 @@ class SipServer:
             ["kind"],
             registry=service.metrics.registry,
         )
+        self._latency = service.metrics.latency.labels("sip_redirect")
         self.addresses: list[tuple[str, str, int]] = []
         """(transport, host, port) of each listener once open (the port 0 picked)."""
         self._allow = [ipaddress.ip_network(c, strict=False) for c in settings.allow]
@@ -103,6 +114,13 @@ class SipServer:
         self._servers: list[asyncio.Server] = []
         self._ids = itertools.count(1)
         self._prefix = f"sip-{secrets.token_hex(4)}-"
+        self._tags = itertools.count(1)
+        self._tag_prefix = secrets.token_hex(4)
+        # One timer for every transaction (a wheel swept each TICK), not one asyncio timer
+        # per transaction and retransmission: slot number -> (due, transaction) in it.
+        self._wheel: dict[int, list[tuple[float, _Transaction]]] = {}
+        self._swept = 0
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
@@ -115,6 +133,10 @@ class SipServer:
                         reuse_port=self.reuse_port or None,
                     )
                     self._closers.append(transport.close)
+                    # A burst (a switch's retransmissions, a busy hour) queues, not drops.
+                    transport.get_extra_info("socket").setsockopt(
+                        socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER
+                    )
                     port = transport.get_extra_info("sockname")[1]
                 else:
                     server = await loop.create_server(
@@ -152,9 +174,10 @@ class SipServer:
             await server.wait_closed()
         self._servers.clear()
         self._closers.clear()
-        for txn in self._transactions.values():
-            if txn.timer is not None:
-                txn.timer.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._wheel.clear()
         self._transactions.clear()
 
     def count(self, kind: str) -> None:
@@ -236,7 +259,7 @@ class SipServer:
             code,
             text,
             headers,
-            to_tag=to_tag or secrets.token_hex(6),
+            to_tag=to_tag or self._tag(),
             received=source[0],
             source_port=source[1],
         )
@@ -255,7 +278,7 @@ class SipServer:
             else:
                 self._answer(request, 100, "Trying", send, source, [])
             return
-        txn = _Transaction(key=key, send=send, udp=udp)
+        txn = _Transaction(key=key, send=send, udp=udp, to_tag=self._tag())
         self._remember(txn)
         if not _URI.fullmatch(request.ruri):
             self._final(
@@ -264,7 +287,7 @@ class SipServer:
             )
             return
         try:
-            sip = parse_invite(request.text)
+            sip = invite_from_headers(request.method, request.ruri, request.headers)
             item = VerifyRequest(
                 identity=sip.identity,
                 call=CallInfo(from_=sip.from_, pai=sip.calling_pai(), to=sip.to, ruri=sip.ruri),
@@ -302,54 +325,78 @@ class SipServer:
             code, text, headers = 500, "Server Internal Error", []
         else:
             code, text, headers = verdict_answer(outcome, request.ruri, self.settings)
-            service.metrics.latency.labels("sip_redirect").observe(time.perf_counter() - started)
+            self._latency.observe(time.perf_counter() - started)
         if txn.cancelled:
             code, text, headers = 487, "Request Terminated", []
         self._final(txn, self._answer(request, code, text, txn.send, source, headers, txn.to_tag))
+
+    def _tag(self) -> str:
+        """A To tag (RFC 3261 section 19.3): this server's random prefix and a count."""
+        return f"{self._tag_prefix}{next(self._tags):x}"
 
     def _remember(self, txn: _Transaction) -> None:
         transactions = self._transactions
         transactions[txn.key] = txn
         while len(transactions) > self.settings.max_transactions:
             _, old = transactions.popitem(last=False)
-            if old.timer is not None:
-                old.timer.cancel()
+            old.due = 0.0
 
     def _final(self, txn: _Transaction, data: bytes) -> None:
         """The final response is sent: keep it; over UDP resend it until ACK or Timer H."""
         txn.final = data
-        loop = asyncio.get_running_loop()
-        txn.ends = loop.time() + TIMER_H
         if self._transactions.get(txn.key) is not txn:
             return  # pushed out by newer transactions while it was being verified
-        txn.timer = loop.call_later(T1 if txn.udp else TIMER_H, self._tick, txn, T1)
+        now = asyncio.get_running_loop().time()
+        txn.ends = now + TIMER_H
+        self._schedule(txn, now + T1 if txn.udp else txn.ends)
 
-    def _tick(self, txn: _Transaction, interval: float) -> None:
+    def _schedule(self, txn: _Transaction, due: float) -> None:
+        txn.due = due
+        slot = int(due / TICK) + 1
+        wheel = self._wheel
+        entries = wheel.get(slot)
+        if entries is None:
+            wheel[slot] = [(due, txn)]
+        else:
+            entries.append((due, txn))
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._swept = int(loop.time() / TICK)
+            self._sweeper = loop.call_later(TICK, self._sweep)
+
+    def _sweep(self) -> None:
+        """Act on every transaction due by now, then sweep again in TICK while any waits."""
         loop = asyncio.get_running_loop()
-        if loop.time() >= txn.ends or not txn.udp:
-            self._forget(txn)
+        now = loop.time()
+        current = int(now / TICK)
+        wheel = self._wheel
+        while self._swept < current:
+            self._swept += 1
+            for due, txn in wheel.pop(self._swept, ()):
+                if txn.due == due:  # else rescheduled (ACK), or forgotten
+                    self._due(txn, now)
+        self._sweeper = loop.call_later(TICK, self._sweep) if wheel else None
+
+    def _due(self, txn: _Transaction, now: float) -> None:
+        if txn.acked or not txn.udp or now >= txn.ends or txn.final is None:
+            self._forget(txn)  # Timer I after the ACK, or Timer H
             return
-        if txn.final is not None:
-            txn.send(txn.final)
-        interval = min(2 * interval, T2)
-        txn.timer = loop.call_later(
-            min(interval, max(0.0, txn.ends - loop.time())), self._tick, txn, interval
-        )
+        txn.send(txn.final)  # Timer G
+        txn.interval = min(2 * txn.interval, T2)
+        self._schedule(txn, min(now + txn.interval, txn.ends))
 
     def _forget(self, txn: _Transaction) -> None:
-        if txn.timer is not None:
-            txn.timer.cancel()
+        txn.due = 0.0
         if self._transactions.get(txn.key) is txn:
             del self._transactions[txn.key]
 
     def _ack(self, request: Request) -> None:
         txn = self._transactions.get((request.branch, request.sent_by))
-        if txn is None or txn.final is None or txn.timer is None:
+        if txn is None or txn.final is None or txn.acked:
             return
-        txn.timer.cancel()
-        txn.ends = 0.0
+        txn.acked = True
         if txn.udp:
-            txn.timer = asyncio.get_running_loop().call_later(TIMER_I, self._forget, txn)
+            self._schedule(txn, asyncio.get_running_loop().time() + TIMER_I)
         else:
             self._forget(txn)
 
