@@ -22,9 +22,10 @@ How it measures, and what each run prints beside its figure so a wrong measureme
   - SIPp's INVITE retransmissions (its Timer A, 0.5 s without an answer): load that is no
     call, and the mark of a lost datagram;
   - the kernel's UDP receive-buffer drops in the run (``RcvbufErrors``, /proc/net/snmp);
-  - the CPU time of the server (all its processes) and of SIPp over the run's wall time:
-    a server below ~95% at saturation was not the bottleneck (SIPp, or the other core's
-    neighbours, were).
+  - the time the server's threads ran on a CPU, and waited for one (a neighbour had it), and
+    SIPp's CPU time, over the run's wall time: a server neither running nor waiting near
+    100% at saturation was not the bottleneck (SIPp or the network path was); a long wait
+    means the figure is the neighbours'.
 
     apt-get install sip-tester wrk    # SIPp and wrk; taskset is in util-linux
     .venv/bin/python benchmarks/bench_sip.py [--rounds 3] [--seconds 4] [--json]
@@ -106,14 +107,15 @@ def _udp_receive_drops() -> int:
     return int(values[names.index("RcvbufErrors")])
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU time of ``pids`` so far."""
-    total = 0
+def _schedstat(pids: list[int]) -> tuple[float, float]:
+    """Seconds the threads of ``pids`` have run on a CPU, and waited for one, so far."""
+    ran = waited = 0
     for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError):
+                on_cpu, on_queue, _ = task.read_text().split()
+                ran, waited = ran + int(on_cpu), waited + int(on_queue)
+    return ran / 1e9, waited / 1e9
 
 
 def _sipp(
@@ -162,14 +164,15 @@ def _sipp(
         "-rtt_freq",
         "1",
     ]
-    drops, server_cpu = _udp_receive_drops(), _cpu_seconds(server)
+    drops, (ran, waited) = _udp_receive_drops(), _schedstat(server)
     sipp_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     out = subprocess.run(
         command, cwd=work, capture_output=True, text=True, timeout=120, check=False
     ).stdout
     elapsed = time.monotonic() - started
-    server_cpu = _cpu_seconds(server) - server_cpu
+    ran_now, waited_now = _schedstat(server)
+    ran, waited = ran_now - ran, waited_now - waited
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     sipp_cpu_s = after.ru_utime + after.ru_stime - sipp_cpu.ru_utime - sipp_cpu.ru_stime
     drops = _udp_receive_drops() - drops
@@ -192,8 +195,8 @@ def _sipp(
     stamps.sort()
     low, high = int(0.1 * len(stamps)), int(0.9 * len(stamps))
     span = (stamps[high - 1] - stamps[low]) / 1000 if high - 1 > low else 0.0
-    # SIPp's scenario table: the INVITE's row is "INVITE ---------->  sent  retransmissions"
-    retrans = re.findall(r"INVITE\s*-+>\s*\d+\s+(\d+)", out)  # every screen; the last
+    # SIPp's scenario table: "INVITE ---------->  B-RTD1  sent  retransmissions"
+    retrans = re.findall(r"INVITE\s*-+>\s*(?:B-RTD\d+\s+)?\d+\s+(\d+)", out)  # the last screen's
     return {
         "ok": ok,
         "failed": failed,
@@ -201,7 +204,8 @@ def _sipp(
         "ms": times,
         "retransmissions": int(retrans[-1]) if retrans else -1,
         "udp_drops": drops,
-        "server_cpu": server_cpu / elapsed,
+        "server_cpu": ran / elapsed,
+        "server_cpu_wait": waited / elapsed,
         "sipp_cpu": sipp_cpu_s / elapsed,
     }
 
@@ -272,6 +276,7 @@ def main() -> None:
                     "sip_retransmissions": saturated["retransmissions"],
                     "sip_udp_drops": saturated["udp_drops"],
                     "sip_server_cpu": round(saturated["server_cpu"], 2),
+                    "sip_server_cpu_wait": round(saturated["server_cpu_wait"], 2),
                     "sip_sipp_cpu": round(saturated["sipp_cpu"], 2),
                     "sip_fixed_rate": rate,
                     "sip_fixed_calls": fixed["ok"],
@@ -313,7 +318,8 @@ def main() -> None:
             f" failed calls {r['sip_failed_calls']} + {r['sip_fixed_failed_calls']}"
         )
         print(
-            f"         saturation: server CPU {r['sip_server_cpu']:.0%}, SIPp CPU"
+            f"         saturation: server on CPU {r['sip_server_cpu']:.0%}, waiting for it"
+            f" {r['sip_server_cpu_wait']:.0%}; SIPp CPU"
             f" {r['sip_sipp_cpu']:.0%}; INVITE retransmissions {r['sip_retransmissions']}"
             f" + {r['sip_fixed_retransmissions']}; kernel UDP drops {r['sip_udp_drops']}"
             f" + {r['sip_fixed_udp_drops']}"

@@ -20,6 +20,7 @@ from verifier.metrics import Metrics
 from verifier.records import RecordSettings
 from verifier.service import Service
 from verifier.settings import Settings
+from verifier.sip import server as sip_server
 from verifier.sip.config import SipSettings
 from verifier.sip.message import MAX_HEADERS, MAX_LINE
 from verifier.sip.server import RECEIVE_BUFFER, SipServer
@@ -529,3 +530,23 @@ async def test_a_burst_of_datagrams_queues_in_the_receive_buffer(start: Start) -
                 break
             await asyncio.sleep(0.01)
     assert 600 == answered
+
+
+async def test_timer_h_ends_an_unacknowledged_transaction(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sip_server, "TIMER_H", 4 * sip_server.T1)
+    server, client, udp, _ = await start()
+    branch = "z9hG4bK-timer-h"
+    client.send(invite(client.port, branch=branch), udp)
+    first = await client.final()
+    assert first == await client.final()  # Timer G
+    for _ in range(1000):
+        if server.transactions == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert 0 == server.transactions  # Timer H fired: the transaction is gone
+    while not client.replies.empty():
+        assert first == client.replies.get_nowait()
+    client.send(invite(client.port, branch=branch, method="CANCEL"), udp)
+    assert 481 == headers(await client.final())[0]
