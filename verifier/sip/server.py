@@ -76,8 +76,8 @@ class _Transaction:
     final: bytes | None = None
     cancelled: bool = False
     acked: bool = False
-    due: float = 0.0
-    """When the timer wheel next acts on it: Timer G, H or I (0: never)."""
+    slot: int = 0
+    """The timer wheel's slot it waits in for Timer G, H or I (0: none)."""
     interval: float = T1
     """Timer G's next interval."""
     ends: float = 0.0
@@ -117,8 +117,8 @@ class SipServer:
         self._tags = itertools.count(1)
         self._tag_prefix = secrets.token_hex(4)
         # One timer for every transaction (a wheel swept each TICK), not one asyncio timer
-        # per transaction and retransmission: slot number -> (due, transaction) in it.
-        self._wheel: dict[int, list[tuple[float, _Transaction]]] = {}
+        # per transaction and retransmission: slot number -> the transactions due in it.
+        self._wheel: dict[int, dict[_Transaction, None]] = {}
         self._swept = 0
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -339,7 +339,7 @@ class SipServer:
         transactions[txn.key] = txn
         while len(transactions) > self.settings.max_transactions:
             _, old = transactions.popitem(last=False)
-            old.due = 0.0
+            self._unschedule(old)
 
     def _final(self, txn: _Transaction, data: bytes) -> None:
         """The final response is sent: keep it; over UDP resend it until ACK or Timer H."""
@@ -351,14 +351,14 @@ class SipServer:
         self._schedule(txn, now + T1 if txn.udp else txn.ends)
 
     def _schedule(self, txn: _Transaction, due: float) -> None:
-        txn.due = due
-        slot = int(due / TICK) + 1
+        self._unschedule(txn)
+        txn.slot = slot = int(due / TICK) + 1
         wheel = self._wheel
         entries = wheel.get(slot)
         if entries is None:
-            wheel[slot] = [(due, txn)]
+            wheel[slot] = {txn: None}
         else:
-            entries.append((due, txn))
+            entries[txn] = None
         if self._sweeper is None:
             loop = asyncio.get_running_loop()
             self._swept = int(loop.time() / TICK)
@@ -372,9 +372,9 @@ class SipServer:
         wheel = self._wheel
         while self._swept < current:
             self._swept += 1
-            for due, txn in wheel.pop(self._swept, ()):
-                if txn.due == due:  # else rescheduled (ACK), or forgotten
-                    self._due(txn, now)
+            for txn in wheel.pop(self._swept, ()):
+                txn.slot = 0
+                self._due(txn, now)
         self._sweeper = loop.call_later(TICK, self._sweep) if wheel else None
 
     def _due(self, txn: _Transaction, now: float) -> None:
@@ -385,8 +385,15 @@ class SipServer:
         txn.interval = min(2 * txn.interval, T2)
         self._schedule(txn, min(now + txn.interval, txn.ends))
 
+    def _unschedule(self, txn: _Transaction) -> None:
+        if txn.slot:
+            entries = self._wheel.get(txn.slot)
+            if entries is not None:
+                entries.pop(txn, None)
+            txn.slot = 0
+
     def _forget(self, txn: _Transaction) -> None:
-        txn.due = 0.0
+        self._unschedule(txn)
         if self._transactions.get(txn.key) is txn:
             del self._transactions[txn.key]
 
