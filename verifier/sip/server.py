@@ -116,11 +116,12 @@ class SipServer:
         self._prefix = f"sip-{secrets.token_hex(4)}-"
         self._tags = itertools.count(1)
         self._tag_prefix = secrets.token_hex(4)
-        # One timer for every transaction (a wheel swept each TICK), not one asyncio timer
-        # per transaction and retransmission: slot number -> the transactions due in it.
+        # One timer for every transaction (a wheel of TICK slots, one asyncio timer armed for
+        # its earliest slot), not one per transaction: slot -> the transactions due in it.
         self._wheel: dict[int, dict[_Transaction, None]] = {}
-        self._swept = 0
         self._sweeper: asyncio.TimerHandle | None = None
+        self._armed = 0
+        self._sweeping = False
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
@@ -359,23 +360,31 @@ class SipServer:
             wheel[slot] = {txn: None}
         else:
             entries[txn] = None
-        if self._sweeper is None:
-            loop = asyncio.get_running_loop()
-            self._swept = int(loop.time() / TICK)
-            self._sweeper = loop.call_later(TICK, self._sweep)
+        if not self._sweeping and (self._sweeper is None or slot < self._armed):
+            self._arm(slot)
+
+    def _arm(self, slot: int) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._armed = slot
+        self._sweeper = asyncio.get_running_loop().call_at(slot * TICK, self._sweep)
 
     def _sweep(self) -> None:
-        """Act on every transaction due by now, then sweep again in TICK while any waits."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        current = int(now / TICK)
+        """Act on every transaction due by now; arm the timer for the next slot with any."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        current = max(int(now / TICK), self._armed)  # the loop may run a timer a hair early
         wheel = self._wheel
-        while self._swept < current:
-            self._swept += 1
-            for txn in wheel.pop(self._swept, ()):
-                txn.slot = 0
-                self._due(txn, now)
-        self._sweeper = loop.call_later(TICK, self._sweep) if wheel else None
+        self._sweeping = True
+        try:
+            for slot in sorted(slot for slot in wheel if slot <= current):
+                for txn in wheel.pop(slot):
+                    txn.slot = 0
+                    self._due(txn, now)
+        finally:
+            self._sweeping = False
+        if wheel:
+            self._arm(min(wheel))
 
     def _due(self, txn: _Transaction, now: float) -> None:
         if txn.acked or not txn.udp or now >= txn.ends or txn.final is None:
@@ -390,6 +399,8 @@ class SipServer:
             entries = self._wheel.get(txn.slot)
             if entries is not None:
                 entries.pop(txn, None)
+                if not entries:
+                    del self._wheel[txn.slot]
             txn.slot = 0
 
     def _forget(self, txn: _Transaction) -> None:
