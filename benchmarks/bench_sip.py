@@ -15,6 +15,18 @@ Each figure is its best round (neighbours on these shared machines only ever slo
 down); every round is printed. A call that gets no 302 with verstat passed within 5 s
 (SIPp's ``-recv_timeout``) is a failed call, counted and printed.
 
+How it measures, and what each run prints beside its figure so a wrong measurement shows:
+  - calls/s is counted over the middle 80% of the answers (by the time each 302 came
+    back), not from the first to the last: the first calls build the key's tables and the
+    last ones drain with fewer than ``LIMIT`` open, neither is the steady rate;
+  - SIPp's INVITE retransmissions (its Timer A, 0.5 s without an answer): load that is no
+    call, and the mark of a lost datagram;
+  - the kernel's UDP receive-buffer drops in the run (``RcvbufErrors``, /proc/net/snmp);
+  - the time the server's threads ran on a CPU, and waited for one (a neighbour had it), and
+    SIPp's CPU time, over the run's wall time: a server neither running nor waiting near
+    100% at saturation was not the bottleneck (SIPp or the network path was); a long wait
+    means the figure is the neighbours'.
+
     apt-get install sip-tester wrk    # SIPp and wrk; taskset is in util-linux
     .venv/bin/python benchmarks/bench_sip.py [--rounds 3] [--seconds 4] [--json]
 """
@@ -22,9 +34,11 @@ down); every round is printed. A call that gets no 302 with verstat passed withi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -86,11 +100,38 @@ def _scenario(work: Path, x5u: str) -> Path:
     return path
 
 
+def _udp_receive_drops() -> int:
+    """Datagrams the kernel dropped so far because a socket's receive buffer was full."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    names, values = (line for line in lines if line[0] == "Udp:")
+    return int(values[names.index("RcvbufErrors")])
+
+
+def _schedstat(pids: list[int]) -> tuple[float, float]:
+    """Seconds the threads of ``pids`` have run on a CPU, and waited for one, so far."""
+    ran = waited = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            with contextlib.suppress(OSError):
+                on_cpu, on_queue, _ = task.read_text().split()
+                ran, waited = ran + int(on_cpu), waited + int(on_queue)
+    return ran / 1e9, waited / 1e9
+
+
 def _sipp(
-    work: Path, port: int, scenario: Path, inf: Path, *, rate: int, limit: int, calls: int
+    work: Path,
+    port: int,
+    scenario: Path,
+    inf: Path,
+    *,
+    rate: int,
+    limit: int,
+    calls: int,
+    server: list[int],
 ) -> dict[str, Any]:
     """One SIPp run of ``calls`` calls: successful and failed calls, calls/s (over the
-    span of the answers), response times."""
+    middle 80% of the answers), response times, SIPp's INVITE retransmissions, the
+    kernel's UDP drops, and the CPU share of the ``server`` processes and of SIPp."""
     for old in work.glob("invite_*"):
         old.unlink()
     command = [
@@ -123,11 +164,18 @@ def _sipp(
         "-rtt_freq",
         "1",
     ]
+    drops, (ran, waited) = _udp_receive_drops(), _schedstat(server)
+    sipp_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     out = subprocess.run(
         command, cwd=work, capture_output=True, text=True, timeout=120, check=False
     ).stdout
     elapsed = time.monotonic() - started
+    ran_now, waited_now = _schedstat(server)
+    ran, waited = ran_now - ran, waited_now - waited
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sipp_cpu_s = after.ru_utime + after.ru_stime - sipp_cpu.ru_utime - sipp_cpu.ru_stime
+    drops = _udp_receive_drops() - drops
 
     def cumulative(name: str) -> int:
         found = re.findall(rf"{name}\s*\|\s*\d+\s*\|\s*(\d+)", out)
@@ -144,8 +192,22 @@ def _sipp(
                 stamps.append(float(fields[0]))
                 times.append(float(fields[1]))
     ok, failed = cumulative("Successful call"), cumulative("Failed call")
-    span = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else elapsed
-    return {"ok": ok, "failed": failed, "calls_per_s": ok / span if span else 0.0, "ms": times}
+    stamps.sort()
+    low, high = int(0.1 * len(stamps)), int(0.9 * len(stamps))
+    span = (stamps[high - 1] - stamps[low]) / 1000 if high - 1 > low else 0.0
+    # SIPp's scenario table: "INVITE ---------->  B-RTD1  sent  retransmissions"
+    retrans = re.findall(r"INVITE\s*-+>\s*(?:B-RTD\d+\s+)?\d+\s+(\d+)", out)  # the last screen's
+    return {
+        "ok": ok,
+        "failed": failed,
+        "calls_per_s": (high - 1 - low) / span if span else 0.0,
+        "ms": times,
+        "retransmissions": int(retrans[-1]) if retrans else -1,
+        "udp_drops": drops,
+        "server_cpu": ran / elapsed,
+        "server_cpu_wait": waited / elapsed,
+        "sipp_cpu": sipp_cpu_s / elapsed,
+    }
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -190,15 +252,16 @@ def main() -> None:
                 # as many calls as the ATIS rate would answer in --seconds, and a half
                 count = min(40_000, int(1.5 * http["req_per_s"] * args.seconds))
                 inf = _identities(work, pki, count)
+                server = service.processes()
                 saturated = _sipp(
                     work, service.sip_port, scenario, inf,
-                    rate=SATURATION_RATE, limit=LIMIT, calls=count,
+                    rate=SATURATION_RATE, limit=LIMIT, calls=count, server=server,
                 )  # fmt: skip
                 rate = max(1, int(0.8 * saturated["calls_per_s"]))
                 inf = _identities(work, pki, rate * args.seconds)
                 fixed = _sipp(
                     work, service.sip_port, scenario, inf,
-                    rate=rate, limit=10 * LIMIT, calls=rate * args.seconds,
+                    rate=rate, limit=10 * LIMIT, calls=rate * args.seconds, server=server,
                 )  # fmt: skip
                 pinned = service.check_pinned()
             finally:
@@ -210,9 +273,16 @@ def main() -> None:
                     "atis_p99_ms": round(http["p99_ms"], 3),
                     "sip_calls_per_s": round(saturated["calls_per_s"], 1),
                     "sip_failed_calls": saturated["failed"],
+                    "sip_retransmissions": saturated["retransmissions"],
+                    "sip_udp_drops": saturated["udp_drops"],
+                    "sip_server_cpu": round(saturated["server_cpu"], 2),
+                    "sip_server_cpu_wait": round(saturated["server_cpu_wait"], 2),
+                    "sip_sipp_cpu": round(saturated["sipp_cpu"], 2),
                     "sip_fixed_rate": rate,
                     "sip_fixed_calls": fixed["ok"],
                     "sip_fixed_failed_calls": fixed["failed"],
+                    "sip_fixed_retransmissions": fixed["retransmissions"],
+                    "sip_fixed_udp_drops": fixed["udp_drops"],
                     "sip_fixed_p50_ms": round(_pct(fixed["ms"], 50), 3),
                     "sip_fixed_p90_ms": round(_pct(fixed["ms"], 90), 3),
                     "sip_fixed_p99_ms": round(_pct(fixed["ms"], 99), 3),
@@ -246,6 +316,13 @@ def main() -> None:
             f" p50 {r['sip_fixed_p50_ms']:.2f} p90 {r['sip_fixed_p90_ms']:.2f}"
             f" p99 {r['sip_fixed_p99_ms']:.2f} max {r['sip_fixed_max_ms']:.2f} ms;"
             f" failed calls {r['sip_failed_calls']} + {r['sip_fixed_failed_calls']}"
+        )
+        print(
+            f"         saturation: server on CPU {r['sip_server_cpu']:.0%}, waiting for it"
+            f" {r['sip_server_cpu_wait']:.0%}; SIPp CPU"
+            f" {r['sip_sipp_cpu']:.0%}; INVITE retransmissions {r['sip_retransmissions']}"
+            f" + {r['sip_fixed_retransmissions']}; kernel UDP drops {r['sip_udp_drops']}"
+            f" + {r['sip_fixed_udp_drops']}"
         )
     print(
         f"SIP 302 (best round): {figures['sip_calls_per_s']:.1f} calls/s;"

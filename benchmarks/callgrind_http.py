@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_http import _bodies, _wait_ready
@@ -86,23 +87,8 @@ def _read_reply(sock: socket.socket) -> bytes:
 def _service_run(work: Path, pki: TestPKI, requests: int) -> int:
     """Instructions of a service that answered ``requests`` ATIS requests."""
     port = free_port()
-    config = work / "verifier.toml"
-    config.write_text(
-        f'host = "127.0.0.1"\nport = {port}\ntrust_anchors = ["{work / "root.pem"}"]\n'
-        f'[x5u]\npreload_dir = "{work / "preload"}"\ncrl_check = false\n'
-        "[records]\nenabled = false\n"
-    )
-    out = work / f"callgrind.{requests}"
-    command = [sys.executable, "-m", "verifier", "serve", "--config", str(config)]
-    proc = subprocess.Popen(
-        _callgrind(command, out),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        _wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=TIMEOUT)
+
+    def drive() -> None:
         atis, _batch = _bodies(work, pki, 1)  # signed now: iat stays fresh for the run
         bodies = atis.read_text().splitlines()
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
@@ -117,6 +103,30 @@ def _service_run(work: Path, pki: TestPKI, requests: int) -> int:
                 reply = _read_reply(sock)
                 if b"TN-Validation-Passed" not in reply:
                     raise RuntimeError(f"request {i} did not pass: {reply[:200]!r}")
+
+    return serve_counted(work, port, "", work / f"callgrind.{requests}", drive)
+
+
+def serve_counted(work: Path, port: int, extra: str, out: Path, drive: Callable[[], None]) -> int:
+    """Instructions of `verifier serve` (HTTP on ``port``, records off, ``extra`` appended
+    to its configuration) while ``drive()`` talks to it, counted into ``out``."""
+    config = work / "verifier.toml"
+    config.write_text(
+        f'host = "127.0.0.1"\nport = {port}\ntrust_anchors = ["{work / "root.pem"}"]\n'
+        f'[x5u]\npreload_dir = "{work / "preload"}"\ncrl_check = false\n'
+        "[records]\nenabled = false\n" + extra
+    )
+    command = [sys.executable, "-m", "verifier", "serve", "--config", str(config)]
+    proc = subprocess.Popen(
+        _callgrind(command, out),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/readyz", timeout=TIMEOUT)
+        drive()
     finally:
         proc.terminate()
         try:
@@ -127,7 +137,7 @@ def _service_run(work: Path, pki: TestPKI, requests: int) -> int:
     return _instructions(out)
 
 
-def _verify_run(work: Path, verifies: int) -> int:
+def verify_run(work: Path, verifies: int) -> int:
     out = work / f"callgrind.verify.{verifies}"
     subprocess.run(
         _callgrind([sys.executable, "-c", VERIFY, str(verifies)], out),
@@ -156,7 +166,7 @@ def main() -> None:
         write_preload(work / "preload", [pki.signer])
         (work / "root.pem").write_bytes(pem(pki.root.cert))
         per_request = (_service_run(work, pki, high) - _service_run(work, pki, low)) / (high - low)
-        per_verify = (_verify_run(work, high) - _verify_run(work, low)) / (high - low)
+        per_verify = (verify_run(work, high) - verify_run(work, low)) / (high - low)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures = {

@@ -13,6 +13,7 @@ from verifier.core.sip import (
     SipError,
     SipRequest,
     header_reasons,
+    invite_from_headers,
     parse_invite,
     reason_header,
     reason_value,
@@ -57,6 +58,23 @@ def test_full_invite() -> None:
         == request
     )
     assert 1700000000.0 == request.date_epoch()
+
+
+def test_headers_already_split_read_as_their_text() -> None:
+    headers = [
+        ("v", "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK776asdhds"),
+        ("f", "<sip:+12155551212@example.com;user=phone>;tag=1"),
+        ("TO", "<sip:+12155551213@example.com;user=phone>"),
+        ("y", ID1),
+        ("identity", ID2),
+        ("P-Asserted-Identity", "<sip:+12155551212@example.com>, <tel:+12155551212>"),
+        ("date", "Tue, 14 Nov 2023 22:13:20 GMT"),
+        ("Diversion", "<tel:+12155551214>;reason=unconditional"),
+    ]
+    text = _message("INVITE tel:+12155551213 SIP/2.0", *(f"{n}: {v}" for n, v in headers))
+    expected = parse_invite(text)
+    assert [ID1, ID2] == expected.identity
+    assert expected == invite_from_headers("INVITE", "tel:+12155551213", headers)
 
 
 def test_header_lines_only_with_bare_lf_and_leading_blank_lines() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -18,9 +20,10 @@ from verifier.metrics import Metrics
 from verifier.records import RecordSettings
 from verifier.service import Service
 from verifier.settings import Settings
+from verifier.sip import server as sip_server
 from verifier.sip.config import SipSettings
-from verifier.sip.message import MAX_HEADERS
-from verifier.sip.server import SipServer
+from verifier.sip.message import MAX_HEADERS, MAX_LINE
+from verifier.sip.server import RECEIVE_BUFFER, SipServer
 from verifier.testing import ChainSource, Signer, identity_header
 from verifier.testing.sip import RURI, invite
 from verifier.testing.sip import response_headers as headers
@@ -219,14 +222,37 @@ async def test_the_final_response_is_retransmitted_until_the_ack(start: Start) -
     assert first == await client.final()
 
 
-async def test_cancel_of_an_answered_invite_gets_481(start: Start) -> None:
+async def test_cancel_of_an_answered_invite_gets_200_and_changes_nothing(start: Start) -> None:
+    # RFC 3261 section 9.2: the CANCEL matches a transaction still held, so 200, with the
+    # To tag of the INVITE's answer; the INVITE's final response stays what it was.
     _, client, udp, _ = await start()
-    client.send(invite(client.port, branch="z9hG4bK-answered"), udp)
-    assert 302 == headers(await client.final())[0]
-    client.send(invite(client.port, branch="z9hG4bK-answered", method="CANCEL"), udp)
-    assert 481 == headers(await client.final())[0]
+    branch = "z9hG4bK-answered"
+    client.send(invite(client.port, branch=branch), udp)
+    first = await client.final()
+    client.send(invite(client.port, branch=branch, method="CANCEL"), udp)
+    code, found = headers(await client.final())
+    assert (200, ["1 CANCEL"]) == (code, found["cseq"])
+    assert headers(first)[1]["to"] == found["to"]
+    assert first == await client.final()  # Timer G resends the 302, not a 487
+
+
+async def test_cancel_matching_no_transaction_gets_481(start: Start) -> None:
+    _, client, udp, tcp = await start()
     client.send(invite(client.port, branch="z9hG4bK-unknown", method="CANCEL"), udp)
     assert 481 == headers(await client.final())[0]
+    # Over TCP the ACK ends the transaction (Timer I is zero): a later CANCEL matches none.
+    reader, writer = await asyncio.open_connection("127.0.0.1", tcp)
+    try:
+        branch = "z9hG4bK-acked"
+        writer.write(invite(5060, branch=branch, transport="TCP"))
+        assert 302 == headers(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))[0]
+        writer.write(invite(5060, branch=branch, transport="TCP", method="ACK"))
+        writer.write(invite(5060, branch=branch, transport="TCP", method="CANCEL"))
+        code, found = headers(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+        assert (481, ["1 CANCEL"]) == (code, found["cseq"])
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 async def test_cancel_during_verification_gets_200_and_the_invite_487(
@@ -306,17 +332,35 @@ async def test_tcp_without_content_length_gets_400(start: Start) -> None:
         await writer.wait_closed()
 
 
-async def test_an_oversize_tcp_message_closes_the_connection(start: Start) -> None:
+async def test_an_oversize_tcp_message_gets_513_and_the_connection_closed(start: Start) -> None:
     server, _, _, tcp = await start(max_message=2048)
-    reader, writer = await asyncio.open_connection("127.0.0.1", tcp)
-    try:
-        writer.write(invite(5060, transport="TCP", extra="X-Pad: " + "a" * 4096))
-        await writer.drain()
-        assert b"" == await asyncio.wait_for(reader.read(), 10)
-        assert 1 == server.stats["oversize"]
-    finally:
-        writer.close()
-        await writer.wait_closed()
+    for pad in ("X-Pad: " + "a" * 4096, "\r\n".join(["X-Pad: a"] * 400)):  # long; many
+        reader, writer = await asyncio.open_connection("127.0.0.1", tcp)
+        try:
+            writer.write(invite(5060, transport="TCP", extra=pad))
+            await writer.drain()
+            code, found = headers(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+            assert (513, ["1 INVITE"]) == (code, found["cseq"])
+            assert b"" == await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    assert 2 == server.stats["oversize"]
+
+
+async def test_an_oversize_datagram_gets_513_when_its_start_can_be_read(start: Start) -> None:
+    server, client, udp, _ = await start(max_message=2048)
+    client.send(invite(client.port, branch="z9hG4bK-big", extra="X-Pad: " + "a" * 4096), udp)
+    code, found = headers(await client.reply())
+    assert (513, ["1 INVITE"]) == (code, found["cseq"])
+    assert "z9hG4bK-big" in found["via"][0]
+    # Its Via beyond the first 2048 bytes: nothing to answer to, dropped and counted.
+    late = invite(client.port).replace(b"\r\nVia:", b"\r\nX-Pad: " + b"a" * 3000 + b"\r\nVia:")
+    client.send(late, udp)
+    client.send(invite(client.port, method="OPTIONS"), udp)
+    assert 200 == headers(await client.reply())[0]  # the next answer is the OPTIONS'
+    assert 2 == server.stats["oversize"]
+    assert 0 == server.transactions  # refused statelessly
 
 
 async def test_an_unreadable_tcp_content_length_closes_the_connection(start: Start) -> None:
@@ -417,6 +461,7 @@ async def test_bad_messages_are_counted_and_answered_400_when_they_can_be(
     assert [] == sent
     send(invite(5060, extra="X-Long: " + "a" * 5000))
     assert 1 == server.stats["oversize"]
+    assert 513 == headers(sent.pop())[0]
     send(invite(5060, cseq_method="OPTIONS"))
     send(invite(5060, extra="Date: yesterday"))
     many = "\r\n".join(f"X-H{i}: v" for i in range(MAX_HEADERS))
@@ -436,3 +481,72 @@ async def test_the_transaction_table_is_bounded(start: Start) -> None:
     await server.settled()
     assert 5 == server.transactions
     assert 20 == len([d for d in sent if d.startswith(b"SIP/2.0 302 ")])
+
+
+async def test_header_count_and_line_length_are_capped_with_a_400(start: Start) -> None:
+    server, _, _, _ = await start()
+    sent: list[bytes] = []
+    many = "\r\n".join(f"X-H{i}: v" for i in range(MAX_HEADERS))
+    for extra in (many, "X-Long: " + "a" * (MAX_LINE + 1)):
+        server.receive(invite(5060, extra=extra), ("127.0.0.1", 5060), sent.append, udp=True)
+    assert [400, 400] == [headers(d)[0] for d in sent]
+    assert f"more than {MAX_HEADERS} header lines" in headers(sent[0])[1]["warning"][0]
+    assert "over the length limit" in headers(sent[1])[1]["warning"][0]
+    assert (2, 0) == (server.stats["bad"], server.transactions)
+
+
+async def test_a_malformed_ack_is_counted_but_never_answered(start: Start) -> None:
+    server, _, _, _ = await start()
+    sent: list[bytes] = []
+    ack = invite(5060, method="ACK", cseq_method="INVITE")
+    server.receive(ack, ("127.0.0.1", 5060), sent.append, udp=True)
+    assert ([], 1) == (sent, server.stats["bad"])
+
+
+def _rmem_max() -> int:
+    return int(Path("/proc/sys/net/core/rmem_max").read_text())
+
+
+async def test_a_burst_of_datagrams_queues_in_the_receive_buffer(start: Start) -> None:
+    # 600 datagrams of 1.4 KB arrive while the loop is busy: over the kernel's default
+    # receive buffer (212992 bytes, charged about 2.3 KB per datagram), under RECEIVE_BUFFER.
+    if _rmem_max() < 2 * 1024 * 1024:
+        pytest.skip("net.core.rmem_max caps SO_RCVBUF below the burst")
+    _, _, udp, _ = await start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sender.bind(("127.0.0.1", 0))
+        port = sender.getsockname()[1]
+        options = invite(port, method="OPTIONS", extra="X-Pad: " + "a" * 1000)
+        for _ in range(600):  # the loop runs none of the server's code meanwhile
+            sender.sendto(options, ("127.0.0.1", udp))
+        sender.setblocking(False)
+        answered = 0
+        for _ in range(1000):
+            with contextlib.suppress(BlockingIOError):
+                while sender.recv(65536).startswith(b"SIP/2.0 200 "):
+                    answered += 1
+            if answered == 600:
+                break
+            await asyncio.sleep(0.01)
+    assert 600 == answered
+
+
+async def test_timer_h_ends_an_unacknowledged_transaction(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sip_server, "TIMER_H", 4 * sip_server.T1)
+    server, client, udp, _ = await start()
+    branch = "z9hG4bK-timer-h"
+    client.send(invite(client.port, branch=branch), udp)
+    first = await client.final()
+    assert first == await client.final()  # Timer G
+    for _ in range(1000):
+        if server.transactions == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert 0 == server.transactions  # Timer H fired: the transaction is gone
+    while not client.replies.empty():
+        assert first == client.replies.get_nowait()
+    client.send(invite(client.port, branch=branch, method="CANCEL"), udp)
+    assert 481 == headers(await client.final())[0]

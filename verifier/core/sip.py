@@ -9,6 +9,7 @@ builds every ``Reason`` header value the package sends: :func:`reason_header` th
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import VerifierError
@@ -21,6 +22,7 @@ __all__ = [
     "SipError",
     "SipRequest",
     "header_reasons",
+    "invite_from_headers",
     "parse_invite",
     "reason_header",
     "reason_value",
@@ -110,6 +112,16 @@ def parse_invite(text: str) -> SipRequest:
             raise SipError(f"more than {MAX_SIP_HEADERS} header lines")
     if not headers and request.method is None:
         raise SipError("no SIP request line and no header")
+    return invite_from_headers(request.method, request.ruri, headers)
+
+
+def invite_from_headers(
+    method: str | None, ruri: str | None, headers: Iterable[tuple[str, str]]
+) -> SipRequest:
+    """The verifier's view of a request already split into its start line and its
+    (unfolded) header lines, names in any case, compact or long: what :func:`parse_invite`
+    returns for its text."""
+    request = SipRequest(method=method, ruri=ruri)
     for name, value in headers:
         key = name.lower()
         key = _COMPACT.get(key, key)

@@ -3,7 +3,7 @@ written, TCP framing by Content-Length.
 
 Hand-written because no maintained SIP parser exists on PyPI (aiosip's last release is of
 2017); it reads only what a redirect server needs, strictly and with caps, and leaves the
-verification headers to :func:`verifier.core.sip.parse_invite`.
+verification headers to :func:`verifier.core.sip.invite_from_headers`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ __all__ = [
     "Request",
     "frame",
     "parse_request",
+    "readable_head",
     "response",
 ]
 
@@ -64,10 +65,12 @@ class Request:
     method: str
     ruri: str
     headers: list[tuple[str, str]] = field(default_factory=list)
-    text: str = ""
-    """The start line and header lines, for :func:`~verifier.core.sip.parse_invite`."""
     by_name: dict[str, list[str]] = field(default_factory=dict)
     """Header name (lower case, long form) -> its values, in order."""
+    branch: str = ""
+    """The top Via's branch ("" when it has none)."""
+    sent_by: str = ""
+    """The top Via's sent-by, in lower case ("" when it cannot be read)."""
 
     def values(self, name: str) -> list[str]:
         """Every value of header ``name`` (lower case, long form), in order."""
@@ -76,19 +79,6 @@ class Request:
     def first(self, name: str) -> str | None:
         found = self.by_name.get(name)
         return found[0] if found else None
-
-    @property
-    def branch(self) -> str:
-        """The top Via's branch ("" when it has none)."""
-        via = self.first("via") or ""
-        match = _BRANCH.search(via.split(",", 1)[0])
-        return match.group(1) if match else ""
-
-    @property
-    def sent_by(self) -> str:
-        via = self.first("via") or ""
-        match = _SENT_BY.match(via.strip())
-        return match.group(1).lower() if match else ""
 
     @property
     def cseq(self) -> tuple[int, str] | None:
@@ -144,14 +134,17 @@ def parse_request(data: bytes, *, stream: bool = False) -> Request:
     start = _REQUEST_LINE.fullmatch(lines[0])
     if start is None:
         raise Dropped("no SIP/2.0 request line")
-    request = Request(method=start.group(1), ruri=start.group(2), text=text)
+    request = Request(method=start.group(1), ruri=start.group(2))
     for line in lines[1:]:
         if "\r" in line or "\n" in line:
             problem = problem or "a bare CR or LF"
         if len(request.headers) >= MAX_HEADERS:
             problem = problem or f"more than {MAX_HEADERS} header lines"
             break
-        if line[:1] in (" ", "\t") and request.headers:
+        if line[:1] in (" ", "\t"):
+            if not request.headers:
+                problem = problem or "a continuation line before any header"
+                continue
             name, value = request.headers[-1]
             request.headers[-1] = (name, f"{value} {line.strip()}")
             continue
@@ -167,12 +160,34 @@ def parse_request(data: bytes, *, stream: bool = False) -> Request:
         by_name.setdefault(name, []).append(value)
         if len(value) > MAX_LINE:
             problem = problem or "a header line over the length limit"
+    via = by_name.get("via")
+    if via:
+        top = via[0]
+        branch = _BRANCH.search(top.split(",", 1)[0])
+        sent_by = _SENT_BY.match(top)
+        request.branch = branch.group(1) if branch else ""
+        request.sent_by = sent_by.group(1).lower() if sent_by else ""
     if not request.branch or not request.sent_by:
         raise Dropped("no Via with a branch")
     for name in ("from", "to", "call-id", "cseq"):
         if len(request.values(name)) != 1:
             problem = problem or f"not exactly one {name} header"
     return _checked(request, problem, body, stream=stream)
+
+
+def readable_head(data: bytes | bytearray, limit: int) -> Request | None:
+    """The request whose start is ``data`` (a message over ``limit`` bytes), read from its
+    header lines within the first ``limit`` bytes, when its Via, From, To and Call-ID are
+    there to answer it (513); None when they are not."""
+    start = bytes(data[:limit])
+    end = start.find(b"\r\n\r\n")
+    head = start[:end] if end >= 0 else start[: start.rfind(b"\r\n")]
+    try:
+        return parse_request(head + b"\r\n\r\n")
+    except BadRequest as exc:
+        return exc.request
+    except Dropped:
+        return None
 
 
 def _checked(request: Request, problem: str, body: bytes, *, stream: bool) -> Request:

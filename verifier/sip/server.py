@@ -3,8 +3,9 @@
 INVITE: verified by the :class:`~verifier.service.Service` the HTTP API uses, answered 302
 (or the policy's 603/608); the final response is kept per transaction, so a retransmitted
 INVITE gets it again without a second verification, and over UDP it is retransmitted
-(Timer G) until the ACK or Timer H. OPTIONS: 200. ACK: absorbed. CANCEL: 200 and 487 while
-the INVITE is being verified, 481 once it is answered. Other methods: 405.
+(Timer G) until the ACK or Timer H. OPTIONS: 200. ACK: absorbed. CANCEL: 200 while its
+INVITE transaction is held (a 487 for the INVITE if it is still being verified), 481 when
+there is none. Over ``max_message``: 513 when the start can be read. Other methods: 405.
 """
 
 from __future__ import annotations
@@ -16,23 +17,33 @@ import itertools
 import logging
 import re
 import secrets
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, cast
 
 from prometheus_client import Counter as PromCounter
 
-from ..core.sip import SipError, parse_invite
+from ..core.sip import SipError, invite_from_headers
 from ..core.verify import CallInfo
 from ..service import Service, VerifyRequest
 from .config import SipSettings
-from .message import BadRequest, Dropped, Oversize, Request, frame, parse_request, response
+from .message import (
+    BadRequest,
+    Dropped,
+    Oversize,
+    Request,
+    frame,
+    parse_request,
+    readable_head,
+    response,
+)
 from .redirect import verdict_answer
 
-__all__ = ["T1", "T2", "TIMER_H", "SipServer"]
+__all__ = ["RECEIVE_BUFFER", "T1", "T2", "TIMER_H", "SipServer"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,10 @@ TIMER_H = 64 * T1
 """How long a final response waits for its ACK (32 s)."""
 TIMER_I = 5.0
 """How long an acknowledged UDP transaction absorbs retransmitted ACKs (T4)."""
+RECEIVE_BUFFER = 4 * 1024 * 1024
+"""SO_RCVBUF asked for each UDP listener (the kernel caps it at net.core.rmem_max)."""
+TICK = 0.05
+"""The timer wheel's resolution: Timers G, H and I fire up to this late."""
 ALLOW = "INVITE, ACK, CANCEL, OPTIONS"
 _URI = re.compile(r"(?:sips?|tel):[^<>\"\s]+", re.IGNORECASE)
 
@@ -57,11 +72,16 @@ class _Transaction:
     key: tuple[str, str]
     send: Send
     udp: bool
-    to_tag: str = field(default_factory=lambda: secrets.token_hex(6))
+    to_tag: str
     final: bytes | None = None
     cancelled: bool = False
-    timer: asyncio.TimerHandle | None = None
+    acked: bool = False
+    slot: int = 0
+    """The timer wheel's slot it waits in for Timer G, H or I (0: none)."""
+    interval: float = T1
+    """Timer G's next interval."""
     ends: float = 0.0
+    """Timer H: the end of waiting for the ACK."""
 
 
 class SipServer:
@@ -84,6 +104,7 @@ class SipServer:
             ["kind"],
             registry=service.metrics.registry,
         )
+        self._latency = service.metrics.latency.labels("sip_redirect")
         self.addresses: list[tuple[str, str, int]] = []
         """(transport, host, port) of each listener once open (the port 0 picked)."""
         self._allow = [ipaddress.ip_network(c, strict=False) for c in settings.allow]
@@ -93,6 +114,14 @@ class SipServer:
         self._servers: list[asyncio.Server] = []
         self._ids = itertools.count(1)
         self._prefix = f"sip-{secrets.token_hex(4)}-"
+        self._tags = itertools.count(1)
+        self._tag_prefix = secrets.token_hex(4)
+        # One timer for every transaction (a wheel of TICK slots, one asyncio timer armed for
+        # its earliest slot), not one per transaction: slot -> the transactions due in it.
+        self._wheel: dict[int, dict[_Transaction, None]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._armed = 0
+        self._sweeping = False
 
     async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
@@ -105,6 +134,10 @@ class SipServer:
                         reuse_port=self.reuse_port or None,
                     )
                     self._closers.append(transport.close)
+                    # A burst (a switch's retransmissions, a busy hour) queues, not drops.
+                    transport.get_extra_info("socket").setsockopt(
+                        socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER
+                    )
                     port = transport.get_extra_info("sockname")[1]
                 else:
                     server = await loop.create_server(
@@ -142,9 +175,10 @@ class SipServer:
             await server.wait_closed()
         self._servers.clear()
         self._closers.clear()
-        for txn in self._transactions.values():
-            if txn.timer is not None:
-                txn.timer.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._wheel.clear()
         self._transactions.clear()
 
     def count(self, kind: str) -> None:
@@ -175,15 +209,15 @@ class SipServer:
     def receive(self, data: bytes, source: tuple[str, int], send: Send, *, udp: bool) -> None:
         """Handle one message; nothing it contains raises out of here."""
         if len(data) > self.settings.max_message:
-            self.count("oversize")
+            self.oversize(data, source, send)
             return
         try:
             request = parse_request(data, stream=not udp)
         except BadRequest as exc:
             self.count("bad")
-            self._answer(
-                exc.request, 400, "Bad Request", send, source, [("Warning", _warning(exc.reason))]
-            )
+            if exc.request.method != "ACK":  # an ACK is never answered (RFC 3261 17.1.1.1)
+                warning = [("Warning", _warning(exc.reason))]
+                self._answer(exc.request, 400, "Bad Request", send, source, warning)
             return
         except Dropped as exc:
             self.count("dropped")
@@ -203,6 +237,14 @@ class SipServer:
         else:
             self._answer(request, 405, "Method Not Allowed", send, source, [("Allow", ALLOW)])
 
+    def oversize(self, data: bytes | bytearray, source: tuple[str, int], send: Send) -> None:
+        """Count a message over ``max_message``; answer it ``513 Message Too Large`` when
+        its start (Via, From, To, Call-ID) can be read, statelessly."""
+        self.count("oversize")
+        request = readable_head(data, self.settings.max_message)
+        if request is not None and request.method != "ACK":
+            self._answer(request, 513, "Message Too Large", send, source, [])
+
     def _answer(
         self,
         request: Request,
@@ -218,7 +260,7 @@ class SipServer:
             code,
             text,
             headers,
-            to_tag=to_tag or secrets.token_hex(6),
+            to_tag=to_tag or self._tag(),
             received=source[0],
             source_port=source[1],
         )
@@ -237,7 +279,7 @@ class SipServer:
             else:
                 self._answer(request, 100, "Trying", send, source, [])
             return
-        txn = _Transaction(key=key, send=send, udp=udp)
+        txn = _Transaction(key=key, send=send, udp=udp, to_tag=self._tag())
         self._remember(txn)
         if not _URI.fullmatch(request.ruri):
             self._final(
@@ -246,7 +288,7 @@ class SipServer:
             )
             return
         try:
-            sip = parse_invite(request.text)
+            sip = invite_from_headers(request.method, request.ruri, request.headers)
             item = VerifyRequest(
                 identity=sip.identity,
                 call=CallInfo(from_=sip.from_, pai=sip.calling_pai(), to=sip.to, ruri=sip.ruri),
@@ -284,63 +326,108 @@ class SipServer:
             code, text, headers = 500, "Server Internal Error", []
         else:
             code, text, headers = verdict_answer(outcome, request.ruri, self.settings)
-            service.metrics.latency.labels("sip_redirect").observe(time.perf_counter() - started)
+            self._latency.observe(time.perf_counter() - started)
         if txn.cancelled:
             code, text, headers = 487, "Request Terminated", []
         self._final(txn, self._answer(request, code, text, txn.send, source, headers, txn.to_tag))
+
+    def _tag(self) -> str:
+        """A To tag (RFC 3261 section 19.3): this server's random prefix and a count."""
+        return f"{self._tag_prefix}{next(self._tags):x}"
 
     def _remember(self, txn: _Transaction) -> None:
         transactions = self._transactions
         transactions[txn.key] = txn
         while len(transactions) > self.settings.max_transactions:
             _, old = transactions.popitem(last=False)
-            if old.timer is not None:
-                old.timer.cancel()
+            self._unschedule(old)
 
     def _final(self, txn: _Transaction, data: bytes) -> None:
         """The final response is sent: keep it; over UDP resend it until ACK or Timer H."""
         txn.final = data
-        loop = asyncio.get_running_loop()
-        txn.ends = loop.time() + TIMER_H
         if self._transactions.get(txn.key) is not txn:
             return  # pushed out by newer transactions while it was being verified
-        txn.timer = loop.call_later(T1 if txn.udp else TIMER_H, self._tick, txn, T1)
+        now = asyncio.get_running_loop().time()
+        txn.ends = now + TIMER_H
+        self._schedule(txn, now + T1 if txn.udp else txn.ends)
 
-    def _tick(self, txn: _Transaction, interval: float) -> None:
-        loop = asyncio.get_running_loop()
-        if loop.time() >= txn.ends or not txn.udp:
-            self._forget(txn)
+    def _schedule(self, txn: _Transaction, due: float) -> None:
+        self._unschedule(txn)
+        txn.slot = slot = int(due / TICK) + 1
+        wheel = self._wheel
+        entries = wheel.get(slot)
+        if entries is None:
+            wheel[slot] = {txn: None}
+        else:
+            entries[txn] = None
+        if not self._sweeping and (self._sweeper is None or slot < self._armed):
+            self._arm(slot)
+
+    def _arm(self, slot: int) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._armed = slot
+        self._sweeper = asyncio.get_running_loop().call_at(slot * TICK, self._sweep)
+
+    def _sweep(self) -> None:
+        """Act on every transaction due by now; arm the timer for the next slot with any."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        current = max(int(now / TICK), self._armed)  # the loop may run a timer a hair early
+        wheel = self._wheel
+        self._sweeping = True
+        try:
+            for slot in sorted(slot for slot in wheel if slot <= current):
+                for txn in wheel.pop(slot):
+                    txn.slot = 0
+                    self._due(txn, now)
+        finally:
+            self._sweeping = False
+        if wheel:
+            self._arm(min(wheel))
+
+    def _due(self, txn: _Transaction, now: float) -> None:
+        if txn.acked or not txn.udp or now >= txn.ends or txn.final is None:
+            self._forget(txn)  # Timer I after the ACK, or Timer H
             return
-        if txn.final is not None:
-            txn.send(txn.final)
-        interval = min(2 * interval, T2)
-        txn.timer = loop.call_later(
-            min(interval, max(0.0, txn.ends - loop.time())), self._tick, txn, interval
-        )
+        txn.send(txn.final)  # Timer G
+        txn.interval = min(2 * txn.interval, T2)
+        self._schedule(txn, min(now + txn.interval, txn.ends))
+
+    def _unschedule(self, txn: _Transaction) -> None:
+        if txn.slot:
+            entries = self._wheel.get(txn.slot)
+            if entries is not None:
+                entries.pop(txn, None)
+                if not entries:
+                    del self._wheel[txn.slot]
+            txn.slot = 0
 
     def _forget(self, txn: _Transaction) -> None:
-        if txn.timer is not None:
-            txn.timer.cancel()
+        self._unschedule(txn)
         if self._transactions.get(txn.key) is txn:
             del self._transactions[txn.key]
 
     def _ack(self, request: Request) -> None:
         txn = self._transactions.get((request.branch, request.sent_by))
-        if txn is None or txn.final is None or txn.timer is None:
+        if txn is None or txn.final is None or txn.acked:
             return
-        txn.timer.cancel()
-        txn.ends = 0.0
+        txn.acked = True
         if txn.udp:
-            txn.timer = asyncio.get_running_loop().call_later(TIMER_I, self._forget, txn)
+            self._schedule(txn, asyncio.get_running_loop().time() + TIMER_I)
         else:
             self._forget(txn)
 
     def _cancel(self, request: Request, source: tuple[str, int], send: Send) -> None:
+        """RFC 3261 section 9.2 to the letter: a CANCEL matching a transaction held is
+        answered 200 (and turns an INVITE still being verified into a 487; one already
+        answered is left alone); one matching none gets 481."""
         txn = self._transactions.get((request.branch, request.sent_by))
-        if txn is None or txn.final is not None:
+        if txn is None:
             self._answer(request, 481, "Call/Transaction Does Not Exist", send, source, [])
             return
-        txn.cancelled = True
+        if txn.final is None:
+            txn.cancelled = True
         self._answer(request, 200, "OK", send, source, [], txn.to_tag)
 
 
@@ -406,8 +493,13 @@ class _Stream(asyncio.Protocol):
                 del buffer[:2]
             try:
                 size = frame(buffer, limit)
-            except Dropped as exc:
-                self.server.count("oversize" if isinstance(exc, Oversize) else "dropped")
+            except Oversize:
+                self.server.oversize(buffer, self.source, self._send)
+                transport.close()  # after the 513, if any, is written
+                self.transport = None
+                return
+            except Dropped:
+                self.server.count("dropped")
                 transport.abort()
                 self.transport = None
                 return
