@@ -34,6 +34,12 @@ def test_fetch_error_hosts_are_bounded() -> None:
     assert f'verifier_x5u_fetch_errors_total{{host="other"}} {float(other)}' in lines
 
 
+def test_fetches_refused_busy_are_counted() -> None:
+    metrics = Metrics.create()
+    metrics.watch_fetcher(lambda: {"fetch_busy": 3})
+    assert 3.0 == _sample(metrics, "verifier_x5u_fetch_refused_total", {"reason": "busy"})
+
+
 def _passed(spc: str) -> Result:
     return Result(
         verstat=TN_VALIDATION_PASSED,

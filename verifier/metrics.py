@@ -123,6 +123,13 @@ class _FetcherCollector(Collector):
             "circuit breaker openings",
             value=s.get("breaker_opens", 0),
         )
+        yield _labelled(
+            "verifier_x5u_fetch_refused",
+            "x5u fetches not made, by reason (busy: the host's max_per_host fetches were running)",
+            "reason",
+            s,
+            (("busy", "fetch_busy"),),
+        )
         crl = CounterMetricFamily("verifier_crl_fetches", "CRL fetches", labels=["result"])
         crl.add_metric(["ok"], max(0, s.get("crl_fetches", 0) - s.get("crl_failures", 0)))
         crl.add_metric(["failed"], s.get("crl_failures", 0))
