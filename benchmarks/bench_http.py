@@ -166,10 +166,19 @@ def _on_cpu(cpu: int | None) -> Iterator[None]:
 
 class _Service:
     """`verifier serve` (one worker) in a subprocess and a session of its own, on the run's
-    PKI; ``cpu``: started under ``taskset -c cpu`` (its children inherit it)."""
+    PKI; ``cpu``: started under ``taskset -c cpu`` (its children inherit it); ``extra``:
+    TOML tables added to its configuration; ``data``: its records directory in ``work``."""
 
     def __init__(
-        self, work: Path, *, records: bool, log: bool, fast: bool, cpu: int | None
+        self,
+        work: Path,
+        *,
+        records: bool,
+        log: bool,
+        fast: bool,
+        cpu: int | None,
+        extra: str = "",
+        data: str = "data",
     ) -> None:
         self.port = free_port()
         self.cpu = cpu
@@ -182,7 +191,8 @@ class _Service:
             f"[api]\nlog_verifications = {'true' if log else 'false'}\n"
             f"{fast_line}"
             f"[records]\nenabled = {'true' if records else 'false'}\n"
-            f'data_dir = "{work / "data"}"\n'
+            f'data_dir = "{work / data}"\n'
+            f"{extra}"
         )
         pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
         self.proc = subprocess.Popen(

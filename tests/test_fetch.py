@@ -946,6 +946,98 @@ async def test_preloaded_certificates_need_no_network(
     assert [] == connector.attempts
 
 
+# -- a flood of new x5u beside cached ones (issue 15, 3d) --------------------------------------
+
+
+async def test_a_burst_of_new_chains_takes_turns_with_cached_calls(
+    pki: TestPKI,
+    make_fetcher: MakeFetcher,
+    tmp_path: Path,
+    no_network: tuple[aiohttp.ClientSession, NoConnector],
+    accepted: Accepted,
+) -> None:
+    # Preloaded chains are had at once, so all 20 loads reach validation in the same
+    # event-loop turn: the worst burst. A caller whose chain is cached asks again every
+    # turn; between two of its answers at most one chain may be validated.
+    signers = {
+        f"https://certs.sti.example/{i}.pem": pki.ca.issue_leaf(f"{5000 + i}") for i in range(20)
+    }
+    cached = "https://certs.sti.example/cached.pem"
+    index = {cached: "cached.pem"}
+    (tmp_path / "cached.pem").write_bytes(pki.signer.chain_pem())
+    for i, (x5u, signer) in enumerate(signers.items()):
+        (tmp_path / f"{i}.pem").write_bytes(signer.chain_pem())
+        index[x5u] = f"{i}.pem"
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    events: list[str] = []
+    session, _connector = no_network
+    fetcher = await make_fetcher(
+        session=session,
+        preload_dir=str(tmp_path),
+        ports=frozenset({443}),
+        on_load=lambda outcome, _seconds: events.append(outcome),
+    )
+    now = time.time()
+    await fetcher.get(cached, now=now)
+    events.clear()
+
+    async def cached_calls() -> None:
+        while len(events) - events.count("cached") < len(signers):
+            await asyncio.sleep(0)  # one answer per loop turn
+            accepted(await fetcher.get(cached, now=now), pki.signer)
+            events.append("cached")
+
+    async with asyncio.timeout(10):
+        *credentials, _ = await asyncio.gather(
+            *(fetcher.get(x5u, now=now) for x5u in signers), cached_calls()
+        )
+    for credential, (i, signer) in zip(credentials, enumerate(signers.values()), strict=True):
+        accepted(credential, signer, spc=f"{5000 + i}")
+    assert ["ok"] * 20 == [e for e in events if e != "cached"]
+    between = [
+        len(run) for run in "".join("C" if e == "cached" else "L" for e in events).split("C")
+    ]
+    assert 1 >= max(between), events
+    assert (21, 21) == (fetcher.stats()["store_hits"], fetcher.stats()["cache_size"])
+
+
+async def test_many_concurrent_misses_keep_single_flight_and_their_own_results(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, accepted: Accepted
+) -> None:
+    # 30 new chains and 3 untrusted ones, each asked for by 5 callers at once.
+    good = {
+        repo.put(f"/sp{i}.pem", (s := pki.ca.issue_leaf(f"{6000 + i}")).chain_pem()): s
+        for i in range(30)
+    }
+    bad = {
+        repo.put(f"/bad{i}.pem", pki.untrusted_root().issue_leaf().chain_pem()) for i in range(3)
+    }
+    fetcher = await make_fetcher(max_per_host=64, timeout=30.0)  # no timeouts on a busy machine
+    now = time.time()
+    urls = [*good, *bad] * 5
+    outcomes = await asyncio.gather(
+        *(fetcher.get(url, now=now) for url in urls), return_exceptions=True
+    )
+    for url, outcome in zip(urls, outcomes, strict=True):
+        if url in bad:
+            assert isinstance(outcome, errors.CertificateNotTrusted), outcome
+        else:
+            assert not isinstance(outcome, BaseException), outcome
+            i = list(good).index(url)
+            accepted(outcome, good[url], spc=f"{6000 + i}")
+    assert {f"/sp{i}.pem": 1 for i in range(30)} | {f"/bad{i}.pem": 1 for i in range(3)} == dict(
+        repo.counts
+    )
+    stats = fetcher.stats()
+    assert (165, 132, 33) == (stats["misses"], stats["coalesced"], stats["fetches"])
+    assert (30, 3) == (stats["cache_size"], stats["negative_size"])
+    again = await asyncio.gather(*(fetcher.get(url, now=now) for url in good))
+    assert [c.certificate.spc for c in again if c.certificate] == [
+        (f"{6000 + i}",) for i in range(30)
+    ]
+    assert 30 == fetcher.stats()["hits"]
+
+
 # -- configuration and lifecycle ---------------------------------------------------------------
 
 

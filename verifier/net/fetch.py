@@ -24,6 +24,10 @@
 5. The chain is validated against the trust store, then checked against its CRLs
    (:mod:`verifier.net.crl`); its lifetime comes from ``Cache-Control``/``Expires``, clamped
    to the configured bounds and never past the earliest notAfter or a CRL's nextUpdate.
+   Parsing and validating a chain costs milliseconds of CPU (several signature checks), so
+   the loads take turns: one chain per event-loop turn (:class:`_Turnstile`), and a flood of
+   new x5u cannot hold up, for more than one validation at a time, the calls whose chain
+   is cached.
 
 Use it as ``async with CertificateFetcher(trust, settings, client=http_client) as fetcher:``
 (it opens and closes its own ``aiohttp.ClientSession``), or pass a ``session`` that the
@@ -41,7 +45,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from cachetools import LRUCache
@@ -71,6 +75,7 @@ __all__ = ["CertificateFetcher", "FetchSettings", "FetchStats", "SharedFailure",
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 _ACCEPT = "application/pem-certificate-chain, application/x-pem-file, application/pkix-cert"
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 
@@ -212,6 +217,27 @@ class SharedTier(Protocol):
     async def release(self, x5u: str, token: str) -> None: ...
 
 
+class _Turnstile:
+    """Runs CPU-heavy steps one at a time, each in an event-loop turn of its own, after
+    whatever was ready when it was asked for: so a burst of loads reaching validation in
+    the same turn takes turns with the calls served from the cache, instead of holding the
+    loop for all of them back to back.
+
+    Not a thread: pyca/cryptography's chain verification keeps the GIL, so a thread would
+    hand the loop back only every switch interval (5 ms) while it has work queued.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+
+    async def run(self, step: Callable[[], _T]) -> _T:
+        async with self._lock:  # FIFO: loads are validated in the order they were ready
+            await asyncio.sleep(0)  # let what is ready (cached calls among it) run first
+            return step()
+
+
 def _fresh(exc: VerificationError) -> VerificationError:
     """A new exception like ``exc``: a shared one re-raised would pile up tracebacks."""
     return type(exc)(exc.detail)
@@ -300,6 +326,7 @@ class CertificateFetcher(SessionUser):
             else None
         )
         self._published: tuple[x509.CertificateRevocationList, ...] = ()
+        self._turns = _Turnstile()
         self.counters = FetchStats()
         self._closed = False
 
@@ -541,18 +568,23 @@ class CertificateFetcher(SessionUser):
         return entry
 
     async def _validate(self, body: bytes, now: float) -> tuple[Credential, Revocation]:
-        try:
-            chain = load_chain(body)
-        except errors.CertificateInvalid as exc:
-            raise X5uFetchFailed(f"x5u body is not a certificate chain: {exc.detail}") from None
-        credential = self._trust.validate(chain, now)
-        check_published(self._published, credential.certificates, now)
+        credential = await self._turns.run(lambda: self._check_chain(body, now))
         if self._crl is None:
             return credential, Revocation(
                 credential=credential, next_update=float("inf"), complete=True
             )
         revocation = await self._crl.check(credential)
         return revocation.credential, revocation
+
+    def _check_chain(self, body: bytes, now: float) -> Credential:
+        """Parse ``body``, validate its chain to the anchors, check the published CRLs."""
+        try:
+            chain = load_chain(body)
+        except errors.CertificateInvalid as exc:
+            raise X5uFetchFailed(f"x5u body is not a certificate chain: {exc.detail}") from None
+        credential = self._trust.validate(chain, now)
+        check_published(self._published, credential.certificates, now)
+        return credential
 
     def _entry(
         self,
