@@ -144,7 +144,9 @@ def test_concurrent_opens_migrate_once(database_url: str, schema: str) -> None:
     for s in opened:
         s.close()
     assert ([], 4) == (errors, len(opened))
-    assert [(1,)] == fetch(database_url, schema, "SELECT version FROM verifier_schema_migrations")
+    assert [(1,), (2,)] == fetch(
+        database_url, schema, "SELECT version FROM verifier_schema_migrations"
+    )
 
 
 def test_open_refuses_a_newer_schema(database_url: str, schema: str) -> None:
@@ -215,7 +217,9 @@ def test_open_store_picks_the_backend(
         pg.close()
         lite.close()
         child.close()
-    assert [(1,)] == fetch(database_url, schema, "SELECT version FROM verifier_schema_migrations")
+    assert [(1,), (2,)] == fetch(
+        database_url, schema, "SELECT version FROM verifier_schema_migrations"
+    )
 
 
 # -- partitions and retention ------------------------------------------------------------------

@@ -1,0 +1,305 @@
+"""Per-minute rollups of the records, kept by the stores in the transaction that writes them.
+
+Three narrow tables rather than one wide one (an SPC in the key multiplies every other
+combination by the providers seen in a minute):
+
+- ``record_minutes (minute, <dims>) -> calls``: the overview and the statistics;
+- ``record_spc_minutes (spc, minute, <dims>) -> calls``: one provider's overview;
+- ``provider_minutes (minute, spc) -> calls, attest A/B/C, failures, blocked, first_ts,
+  last_ts, fingerprint``: the providers table, policy matches and the top SPCs.
+
+``<dims>`` are a record's verstat, attest, reason, sip_code, action, label and, for a 436
+(x5u fetch failed) only, its x5u. Key columns cannot hold NULL and still be unique (NULLs
+are distinct), so a NULL is stored as ``''`` (or 0) with its bit set in ``nulls``
+(:data:`NULL_BITS`): exact whatever the texts are.
+
+A record's minute is ``m`` with ``60 m <= ts < 60 (m + 1)`` exactly (:func:`minute_of`;
+the SQL in :class:`Dialect` corrects the division's rounding the same way), so a window's
+whole minutes and its raw edges never share a record. A store writes a batch's rollups
+grouped here first (:func:`group`), one upsert per group, in the batch's transaction: the
+rollups count exactly the records committed, and a replayed batch that the store finds
+already written adds nothing. Retention deletes whole minutes' rollups with their records,
+and recounts the one minute that ``before`` cuts (:func:`refill`).
+
+Nothing here does I/O: the stores run the SQL texts (``?`` parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .model import Record
+
+__all__ = [
+    "DIMS",
+    "NULL_BITS",
+    "POSTGRES",
+    "SQLITE",
+    "TABLES",
+    "X5U_FETCH_FAILED",
+    "Dialect",
+    "decode",
+    "dims_sql",
+    "group",
+    "minute_of",
+    "minute_sql",
+    "refill",
+    "upserts",
+    "whole_minutes",
+    "write",
+]
+
+X5U_FETCH_FAILED = 436
+"""The SIP code whose x5u is kept in the rollups (fetch failures by URL)."""
+DIMS = ("verstat", "attest", "reason", "sip_code", "action", "label", "x5u")
+"""The dimensions of ``record_minutes`` and ``record_spc_minutes``, in key order."""
+NULL_BITS = {name: 1 << i for i, name in enumerate(DIMS)}
+"""The bit of ``nulls`` that says a dimension is NULL."""
+TABLES = ("record_minutes", "record_spc_minutes", "provider_minutes")
+FIRST_MINUTE, END_MINUTE = -1_035_593_280, 4_223_371_680
+"""The minutes of 0001-01-01 and 10000-01-01 UTC. Records outside have no rollups
+(PostgreSQL refuses them; SQLite keeps any double), and are read from the records."""
+_EMPTY = ("''", "0")
+"""A NULL's stand-in in a key column: text, then sip_code."""
+_PROVIDER_SUMS = ("calls", "attest_a", "attest_b", "attest_c", "failures", "blocked")
+
+Exec = Callable[[str, Sequence[Any]], object]
+"""A store's statement runner in the open write transaction: (SQL with ``?``, arguments)."""
+ExecMany = Callable[[str, Sequence[Sequence[Any]]], object]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dialect:
+    """What differs between the stores' SQL in the rollup statements."""
+
+    minute0: str
+    """A record's minute from ``r.ts``, off by at most one (corrected in SQL)."""
+    bucket_of: str
+    """A record's bucket number from ``r.ts`` and one parameter, the bucket's width."""
+    least: str
+    greatest: str
+    collate: str
+    """Appended to a text that is compared: bytewise, as Python compares str."""
+    x5u_key: str
+    """The x5u in the tables' unique keys (PostgreSQL: its MD5, as an index entry holds
+    at most about 2.7 kB and an x5u is any URL a caller sent)."""
+
+
+SQLITE = Dialect(
+    minute0="CAST(r.ts / 60 AS INTEGER)",
+    bucket_of="CAST(r.ts / ? AS INTEGER)",
+    least="min",
+    greatest="max",
+    collate="",
+    x5u_key="x5u",
+)
+POSTGRES = Dialect(
+    minute0="floor(r.ts / 60)::bigint",
+    bucket_of="floor(r.ts / ?)::bigint",
+    least="least",
+    greatest="greatest",
+    collate=' COLLATE "C"',
+    x5u_key="md5(x5u)",
+)
+
+
+def minute_of(ts: float) -> int:
+    """The minute ``m`` with ``60 m <= ts < 60 (m + 1)``, exactly (no rounding of ts / 60)."""
+    m = math.floor(ts / 60)
+    if m * 60 > ts:
+        return m - 1
+    if (m + 1) * 60 <= ts:
+        return m + 1
+    return m
+
+
+def whole_minutes(since: float | None, until: float | None) -> tuple[int, int]:
+    """``(lo, hi)``: the minutes ``lo <= m < hi`` with rollups lying wholly in ``since <= ts
+    < until`` (None: unbounded). The rest of the window (``[since, 60 lo)``, ``[60 hi,
+    until)``) is read from the records."""
+    lo, hi = FIRST_MINUTE, END_MINUTE
+    if since is not None and since > 60 * lo:
+        lo = min(minute_of(since), hi)
+        lo += 60 * lo < since
+    if until is not None and until < 60 * hi:
+        hi = max(minute_of(until), lo)
+    return lo, hi
+
+
+def _dims(r: Record) -> tuple[int, tuple[Any, ...]]:
+    """``(nulls, key)`` of a record's dimensions."""
+    x5u = r.x5u if r.sip_code == X5U_FETCH_FAILED else None
+    values = (r.verstat, r.attest, r.reason, r.sip_code, r.action, r.label, x5u)
+    nulls = 0
+    key = []
+    for name, value in zip(DIMS, values, strict=True):
+        if value is None:
+            nulls |= NULL_BITS[name]
+            key.append(0 if name == "sip_code" else "")
+        else:
+            key.append(value)
+    return nulls, tuple(key)
+
+
+def decode(nulls: int, key: Sequence[Any]) -> tuple[Any, ...]:
+    """A rollup row's dimensions (in :data:`DIMS` order) with their NULLs back."""
+    return tuple(
+        None if nulls & NULL_BITS[name] else value for name, value in zip(DIMS, key, strict=True)
+    )
+
+
+def group(records: Iterable[Record]) -> tuple[list[tuple[Any, ...]], ...]:
+    """A batch's rows for the three tables' upserts (:func:`upserts`), one per key, in key
+    order (so concurrent writers lock rows in one order). A record's repeated SPC counts
+    once, as in ``record_spc``."""
+    minutes: Counter[tuple[Any, ...]] = Counter()
+    spc_minutes: Counter[tuple[Any, ...]] = Counter()
+    providers: dict[tuple[int, str], list[Any]] = {}
+    for r in records:
+        if not 60 * FIRST_MINUTE <= r.ts < 60 * END_MINUTE:  # NaN too
+            continue
+        minute = minute_of(r.ts)
+        nulls, key = _dims(r)
+        minutes[(minute, *key, nulls)] += 1
+        for spc in dict.fromkeys(r.spc):
+            spc_minutes[(spc, minute, *key, nulls)] += 1
+            row = providers.get((minute, spc))
+            if row is None:
+                row = providers[minute, spc] = [0, 0, 0, 0, 0, 0, r.ts, r.ts, r.fingerprint]
+            row[0] += 1
+            if r.attest in ("A", "B", "C"):
+                row[1 + "ABC".index(r.attest)] += 1
+            row[4] += r.reason is not None
+            row[5] += r.action == "block"
+            row[6] = min(row[6], r.ts)
+            row[7] = max(row[7], r.ts)
+            if r.fingerprint is not None and (row[8] is None or r.fingerprint > row[8]):
+                row[8] = r.fingerprint
+    return (
+        [(*k, n) for k, n in sorted(minutes.items())],
+        [(*k, n) for k, n in sorted(spc_minutes.items())],
+        [(*k, *v) for k, v in sorted(providers.items())],
+    )
+
+
+def upserts(d: Dialect) -> tuple[str, str, str]:
+    """The upsert of each table, for the rows of :func:`group` (``?`` parameters)."""
+    dims = ", ".join(DIMS)
+    keys = dims.replace("x5u", d.x5u_key)
+    marks = ", ".join("?" * (len(DIMS) + 3))
+    fingerprint = (
+        f"{d.greatest}(coalesce(provider_minutes.fingerprint, excluded.fingerprint){d.collate},"
+        " coalesce(excluded.fingerprint, provider_minutes.fingerprint))"
+    )
+    sums = ", ".join(f"{c} = provider_minutes.{c} + excluded.{c}" for c in _PROVIDER_SUMS)
+    return (
+        f"INSERT INTO record_minutes (minute, {dims}, nulls, calls) VALUES ({marks})"  # noqa: S608
+        f" ON CONFLICT (minute, {keys}, nulls)"
+        " DO UPDATE SET calls = record_minutes.calls + excluded.calls",
+        f"INSERT INTO record_spc_minutes (spc, minute, {dims}, nulls, calls)"  # noqa: S608
+        f" VALUES (?, {marks}) ON CONFLICT (spc, minute, {keys}, nulls)"
+        " DO UPDATE SET calls = record_spc_minutes.calls + excluded.calls",
+        "INSERT INTO provider_minutes (minute, spc, calls, attest_a, attest_b, attest_c,"  # noqa: S608
+        " failures, blocked, first_ts, last_ts, fingerprint)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (minute, spc) DO UPDATE SET"
+        f" {sums},"
+        f" first_ts = {d.least}(provider_minutes.first_ts, excluded.first_ts),"
+        f" last_ts = {d.greatest}(provider_minutes.last_ts, excluded.last_ts),"
+        f" fingerprint = {fingerprint}",
+    )
+
+
+def write(batch: Iterable[Record], d: Dialect, execmany: ExecMany) -> None:
+    """Add a batch's records to the rollups (in the caller's transaction)."""
+    for sql, rows in zip(upserts(d), group(batch), strict=True):
+        if rows:
+            execmany(sql, rows)
+
+
+def minute_sql(d: Dialect) -> str:
+    """SQL of a record's exact minute (:func:`minute_of`) from ``r.ts``."""
+    m0 = d.minute0
+    return (
+        f"({m0} - (CASE WHEN ({m0}) * 60.0 > r.ts THEN 1 ELSE 0 END)"
+        f" + (CASE WHEN ({m0} + 1) * 60.0 <= r.ts THEN 1 ELSE 0 END))"
+    )
+
+
+def dims_sql() -> tuple[str, str]:
+    """SQL of the key columns from ``r`` (NULL as '' or 0), and of their ``nulls`` mask."""
+    x5u = f"CASE WHEN r.sip_code = {X5U_FETCH_FAILED} THEN r.x5u END"
+    exprs = [f"r.{name}" for name in DIMS[:-1]] + [x5u]
+    keys = ", ".join(
+        f"coalesce({e}, {_EMPTY[name == 'sip_code']})" for name, e in zip(DIMS, exprs, strict=True)
+    )
+    nulls = " + ".join(
+        f"(CASE WHEN {e} IS NULL THEN {NULL_BITS[name]} ELSE 0 END)"
+        for name, e in zip(DIMS, exprs, strict=True)
+    )
+    return keys, nulls
+
+
+def refill(d: Dialect, run: Exec, lo: int | None, hi: int | None) -> None:
+    """Recount the rollups of the minutes ``lo <= m < hi`` (None: all) from the records:
+    delete them, then group the records of those minutes. The migration that adds the
+    rollups runs it over everything; retention over the one minute it cuts."""
+    lo = FIRST_MINUTE if lo is None else max(lo, FIRST_MINUTE)
+    hi = END_MINUTE if hi is None else min(hi, END_MINUTE)
+    span, args = _minute_range(lo, hi)
+    for table in TABLES:
+        run(f"DELETE FROM {table} WHERE {span}", args)  # noqa: S608 - fixed names
+    window, wargs = _ts_range("r.ts", 60.0 * lo, 60.0 * hi)
+    minute = minute_sql(d)
+    keys, nulls = dims_sql()
+    dims = ", ".join(DIMS)
+    spc_join = "FROM record_spc s JOIN records r ON r.id = s.record_id AND r.ts = s.ts"
+    run(
+        f"INSERT INTO record_minutes (minute, {dims}, nulls, calls)"  # noqa: S608
+        f" SELECT {minute} AS m, {keys}, {nulls} AS n, count(*) FROM records r WHERE {window}"
+        f" GROUP BY m, {keys}, n",
+        wargs,
+    )
+    run(
+        f"INSERT INTO record_spc_minutes (spc, minute, {dims}, nulls, calls)"
+        f" SELECT s.spc, {minute} AS m, {keys}, {nulls} AS n, count(*) {spc_join}"
+        f" WHERE {window} GROUP BY s.spc, m, {keys}, n",
+        wargs,
+    )
+    run(
+        "INSERT INTO provider_minutes (minute, spc, calls, attest_a, attest_b, attest_c,"
+        " failures, blocked, first_ts, last_ts, fingerprint)"
+        f" SELECT {minute} AS m, s.spc, count(*),"
+        " count(*) FILTER (WHERE r.attest = 'A'), count(*) FILTER (WHERE r.attest = 'B'),"
+        " count(*) FILTER (WHERE r.attest = 'C'),"
+        " count(*) FILTER (WHERE r.reason IS NOT NULL),"
+        " count(*) FILTER (WHERE r.action = 'block'),"
+        f" min(r.ts), max(r.ts), max(r.fingerprint{d.collate}) {spc_join}"
+        f" WHERE {window} GROUP BY m, s.spc",
+        wargs,
+    )
+
+
+def _minute_range(lo: int | None, hi: int | None) -> tuple[str, list[int]]:
+    where, args = [], []
+    if lo is not None:
+        where.append("minute >= ?")
+        args.append(lo)
+    if hi is not None:
+        where.append("minute < ?")
+        args.append(hi)
+    return " AND ".join(where) or "1 = 1", args
+
+
+def _ts_range(column: str, since: float | None, until: float | None) -> tuple[str, list[float]]:
+    where, args = [], []
+    if since is not None:
+        where.append(f"{column} >= ?")
+        args.append(since)
+    if until is not None:
+        where.append(f"{column} < ?")
+        args.append(until)
+    return " AND ".join(where) or "1 = 1", args
