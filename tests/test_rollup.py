@@ -202,7 +202,7 @@ def test_group_counts_a_batch_once_per_key_and_a_repeated_spc_once(kit: Kit) -> 
         kit.rec(1, attest=None, reason="x5u_fetch", sip_code=436, action="block"),
         kit.rec(2),
     ]
-    minutes, spc_minutes, provider_rows = group(records)
+    minutes, spc_minutes, provider_rows, hour_rows = group(records)
     minute = minute_of(kit.T0)
     passed = ("TN-Validation-Passed", "A", None, None, "accept", None, None)
     failed = (
@@ -221,6 +221,7 @@ def test_group_counts_a_batch_once_per_key_and_a_repeated_spc_once(kit: Kit) -> 
         (row[0], row[1], *decode(row[-2], row[2:-2])): row[-1] for row in spc_minutes
     }
     assert [(minute, "1234", 3, 2, 0, 0, 1, 1, kit.T0, kit.T0 + 2, "AB:CD")] == provider_rows
+    assert [(minute // 60, *provider_rows[0][1:])] == hour_rows
 
 
 def test_an_existing_database_gets_its_rollups_counted(tmp_path: Any, kit: Kit) -> None:
@@ -232,7 +233,7 @@ def test_an_existing_database_gets_its_rollups_counted(tmp_path: Any, kit: Kit) 
     fill(store, random_records(rng, 800, "old"), rng)
     store.close()
     with contextlib.closing(sqlite3.connect(data / "records.sqlite3")) as conn:
-        for table in TABLES:
+        for table in (*TABLES, "provider_hours"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 1")
         conn.commit()
@@ -257,7 +258,7 @@ def test_an_existing_postgresql_schema_gets_its_rollups_counted(
     fill(store, random_records(rng, 800, "old"), rng)
     store.close()
     with psycopg.connect(store.conninfo, autocommit=True) as conn:
-        for table in TABLES:
+        for table in (*TABLES, "provider_hours"):
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
         conn.execute("DELETE FROM verifier_schema_migrations WHERE version = 2")
     reader = PostgresRecordStore.open(database_url, schema=schema, create=False)

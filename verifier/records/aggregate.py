@@ -82,6 +82,24 @@ def _plan(
     return (lo, hi), edges
 
 
+def _provider_spans(whole: tuple[int, int] | None) -> list[tuple[str, str, int, int]]:
+    """The provider rollups covering the minutes ``whole``: its whole hours from
+    ``provider_hours``, its other minutes from ``provider_minutes``, as (table, unit
+    column, first, end)."""
+    if whole is None:
+        return []
+    lo, hi = whole
+    first, end = -(-lo // 60), hi // 60
+    if first >= end:
+        return [("provider_minutes", "minute", lo, hi)]
+    spans = [("provider_hours", "hour", first, end)]
+    if lo < 60 * first:
+        spans.append(("provider_minutes", "minute", lo, 60 * first))
+    if 60 * end < hi:
+        spans.append(("provider_minutes", "minute", 60 * end, hi))
+    return spans
+
+
 def _where(
     pairs: Sequence[tuple[str, float | int | None, str]],
 ) -> tuple[str, list[Any]]:
@@ -218,13 +236,13 @@ def providers(
             row[8] = fingerprint
 
     whole, edges = _plan(since, until, rollups)
-    if whole is not None:
-        span, args = _minutes(whole)
+    for table, unit, lo, hi in _provider_spans(whole):
         for spc, *values in run(
             "SELECT spc, sum(calls), sum(attest_a), sum(attest_b), sum(attest_c),"  # noqa: S608
             " sum(failures), sum(blocked), min(first_ts), max(last_ts),"
-            f" max(fingerprint{d.collate}) FROM provider_minutes WHERE {span} GROUP BY spc",
-            args,
+            f" max(fingerprint{d.collate}) FROM {table} WHERE {unit} >= ? AND {unit} < ?"
+            " GROUP BY spc",
+            [lo, hi],
         ):
             add(spc, *values)
     for edge in edges:
@@ -279,9 +297,11 @@ def stats(
             args,
         ):
             groups[decode(nulls, key)[:3]] += int(n)
+    for table, unit, lo, hi in _provider_spans(whole):
         for spc, n in run(
-            f"SELECT spc, sum(calls) FROM provider_minutes WHERE {span} GROUP BY spc",  # noqa: S608
-            args,
+            f"SELECT spc, sum(calls) FROM {table} WHERE {unit} >= ? AND {unit} < ?"  # noqa: S608
+            " GROUP BY spc",
+            [lo, hi],
         ):
             spcs[spc] += int(n)
     for edge in edges:

@@ -135,6 +135,20 @@ MIGRATIONS: tuple[LiteralString, ...] = (
         fingerprint text,
         PRIMARY KEY (minute, spc)
     );
+    CREATE TABLE provider_hours (
+        hour        bigint NOT NULL,
+        spc         text NOT NULL,
+        calls       bigint NOT NULL,
+        attest_a    bigint NOT NULL,
+        attest_b    bigint NOT NULL,
+        attest_c    bigint NOT NULL,
+        failures    bigint NOT NULL,
+        blocked     bigint NOT NULL,
+        first_ts    double precision NOT NULL,
+        last_ts     double precision NOT NULL,
+        fingerprint text,
+        PRIMARY KEY (hour, spc)
+    );
     """,
 )
 """Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``; append only.

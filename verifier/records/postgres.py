@@ -433,15 +433,12 @@ class PostgresRecordStore:
                     )
                     dropped.add(day)
                 if dropped:  # their rollups go in the same transaction
-                    _delete_minutes(conn, (max(dropped) + 1) * DAY // 60)
+                    rollup.cut(rollup.POSTGRES, runner(conn), (max(dropped) + 1) * DAY)
             self._partitions -= dropped
             with conn.transaction():
                 total += conn.execute("DELETE FROM records WHERE ts < %s", (before,)).rowcount
                 conn.execute("DELETE FROM record_spc WHERE ts < %s", (before,))
-                minute = rollup.minute_of(before)
-                _delete_minutes(conn, minute)
-                if 60 * minute < before:  # the minute is cut: recount what is left of it
-                    rollup.refill(rollup.POSTGRES, runner(conn), minute, minute + 1)
+                rollup.cut(rollup.POSTGRES, runner(conn), before)
         return total
 
     @staticmethod
@@ -521,12 +518,4 @@ class PostgresRecordStore:
         """
         return self._read(
             lambda run: provider_rows(run, rollup.POSTGRES, since, until, rollups=self._rollups)
-        )
-
-
-def _delete_minutes(conn: psycopg.Connection[tuple[Any, ...]], before: int) -> None:
-    """Delete the rollups of the minutes before ``before``."""
-    for table in rollup.TABLES:
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE minute < %s").format(sql.Identifier(table)), (before,)
         )

@@ -6,7 +6,10 @@ combination by the providers seen in a minute):
 - ``record_minutes (minute, <dims>) -> calls``: the overview and the statistics;
 - ``record_spc_minutes (spc, minute, <dims>) -> calls``: one provider's overview;
 - ``provider_minutes (minute, spc) -> calls, attest A/B/C, failures, blocked, first_ts,
-  last_ts, fingerprint``: the providers table, policy matches and the top SPCs.
+  last_ts, fingerprint``: the providers table, policy matches and the top SPCs, and
+  ``provider_hours (hour, spc)``, the same by hour: a busy day has a row per minute for
+  every provider, too many to add up in time, and the whole hours of a window are read
+  from here (its other whole minutes from ``provider_minutes``).
 
 ``<dims>`` are a record's verstat, attest, reason, sip_code, action, label and, for a 436
 (x5u fetch failed) only, its x5u. Key columns cannot hold NULL and still be unique (NULLs
@@ -42,12 +45,14 @@ __all__ = [
     "TABLES",
     "X5U_FETCH_FAILED",
     "Dialect",
+    "cut",
     "decode",
     "dims_sql",
     "group",
     "minute_of",
     "minute_sql",
     "refill",
+    "refill_hours",
     "upserts",
     "whole_minutes",
     "write",
@@ -60,6 +65,7 @@ DIMS = ("verstat", "attest", "reason", "sip_code", "action", "label", "x5u")
 NULL_BITS = {name: 1 << i for i, name in enumerate(DIMS)}
 """The bit of ``nulls`` that says a dimension is NULL."""
 TABLES = ("record_minutes", "record_spc_minutes", "provider_minutes")
+"""The tables by minute (column ``minute``); ``provider_hours`` has ``hour``."""
 FIRST_MINUTE, END_MINUTE = -1_035_593_280, 4_223_371_680
 """The minutes of 0001-01-01 and 10000-01-01 UTC. Records outside have no rollups
 (PostgreSQL refuses them; SQLite keeps any double), and are read from the records."""
@@ -179,23 +185,35 @@ def group(records: Iterable[Record]) -> tuple[list[tuple[Any, ...]], ...]:
             row[7] = max(row[7], r.ts)
             if r.fingerprint is not None and (row[8] is None or r.fingerprint > row[8]):
                 row[8] = r.fingerprint
+    hours: dict[tuple[int, str], list[Any]] = {}
+    for (minute, spc), row in providers.items():
+        _merge(hours, (minute // 60, spc), row)
     return (
         [(*k, n) for k, n in sorted(minutes.items())],
         [(*k, n) for k, n in sorted(spc_minutes.items())],
         [(*k, *v) for k, v in sorted(providers.items())],
+        [(*k, *v) for k, v in sorted(hours.items())],
     )
 
 
-def upserts(d: Dialect) -> tuple[str, str, str]:
+def _merge(rows: dict[Any, list[Any]], key: Any, row: Sequence[Any]) -> None:
+    """Add a provider row (calls, A, B, C, failures, blocked, first, last, fingerprint)."""
+    into = rows.get(key)
+    if into is None:
+        rows[key] = list(row)
+        return
+    for i in range(6):
+        into[i] += row[i]
+    into[6], into[7] = min(into[6], row[6]), max(into[7], row[7])
+    if row[8] is not None and (into[8] is None or row[8] > into[8]):
+        into[8] = row[8]
+
+
+def upserts(d: Dialect) -> tuple[str, ...]:
     """The upsert of each table, for the rows of :func:`group` (``?`` parameters)."""
     dims = ", ".join(DIMS)
     keys = dims.replace("x5u", d.x5u_key)
     marks = ", ".join("?" * (len(DIMS) + 3))
-    fingerprint = (
-        f"{d.greatest}(coalesce(provider_minutes.fingerprint, excluded.fingerprint){d.collate},"
-        " coalesce(excluded.fingerprint, provider_minutes.fingerprint))"
-    )
-    sums = ", ".join(f"{c} = provider_minutes.{c} + excluded.{c}" for c in _PROVIDER_SUMS)
     return (
         f"INSERT INTO record_minutes (minute, {dims}, nulls, calls) VALUES ({marks})"  # noqa: S608
         f" ON CONFLICT (minute, {keys}, nulls)"
@@ -203,13 +221,25 @@ def upserts(d: Dialect) -> tuple[str, str, str]:
         f"INSERT INTO record_spc_minutes (spc, minute, {dims}, nulls, calls)"  # noqa: S608
         f" VALUES (?, {marks}) ON CONFLICT (spc, minute, {keys}, nulls)"
         " DO UPDATE SET calls = record_spc_minutes.calls + excluded.calls",
-        "INSERT INTO provider_minutes (minute, spc, calls, attest_a, attest_b, attest_c,"  # noqa: S608
-        " failures, blocked, first_ts, last_ts, fingerprint)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (minute, spc) DO UPDATE SET"
+        _provider_upsert(d, "provider_minutes", "minute"),
+        _provider_upsert(d, "provider_hours", "hour"),
+    )
+
+
+def _provider_upsert(d: Dialect, table: str, unit: str) -> str:
+    fingerprint = (
+        f"{d.greatest}(coalesce({table}.fingerprint, excluded.fingerprint){d.collate},"
+        f" coalesce(excluded.fingerprint, {table}.fingerprint))"
+    )
+    sums = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in _PROVIDER_SUMS)
+    return (
+        f"INSERT INTO {table} ({unit}, spc, {', '.join(_PROVIDER_SUMS)},"  # noqa: S608
+        " first_ts, last_ts, fingerprint)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({unit}, spc) DO UPDATE SET"
         f" {sums},"
-        f" first_ts = {d.least}(provider_minutes.first_ts, excluded.first_ts),"
-        f" last_ts = {d.greatest}(provider_minutes.last_ts, excluded.last_ts),"
-        f" fingerprint = {fingerprint}",
+        f" first_ts = {d.least}({table}.first_ts, excluded.first_ts),"
+        f" last_ts = {d.greatest}({table}.last_ts, excluded.last_ts),"
+        f" fingerprint = {fingerprint}"
     )
 
 
@@ -245,18 +275,18 @@ def dims_sql() -> tuple[str, str]:
 
 def refill(d: Dialect, run: Exec, lo: int | None, hi: int | None) -> None:
     """Recount the rollups of the minutes ``lo <= m < hi`` (None: all) from the records:
-    delete them, then group the records of those minutes. The migration that adds the
-    rollups runs it over everything; retention over the one minute it cuts."""
+    delete them, then group the records of those minutes (``provider_hours`` too when the
+    span is whole hours, as for None). The migration that adds the rollups runs it over
+    everything; retention over the minute it cuts."""
     lo = FIRST_MINUTE if lo is None else max(lo, FIRST_MINUTE)
     hi = END_MINUTE if hi is None else min(hi, END_MINUTE)
-    span, args = _minute_range(lo, hi)
+    span, args = _minute_range("minute", lo, hi)
     for table in TABLES:
         run(f"DELETE FROM {table} WHERE {span}", args)  # noqa: S608 - fixed names
     window, wargs = _ts_range("r.ts", 60.0 * lo, 60.0 * hi)
     minute = minute_sql(d)
     keys, nulls = dims_sql()
     dims = ", ".join(DIMS)
-    spc_join = "FROM record_spc s JOIN records r ON r.id = s.record_id AND r.ts = s.ts"
     run(
         f"INSERT INTO record_minutes (minute, {dims}, nulls, calls)"  # noqa: S608
         f" SELECT {minute} AS m, {keys}, {nulls} AS n, count(*) FROM records r WHERE {window}"
@@ -265,31 +295,66 @@ def refill(d: Dialect, run: Exec, lo: int | None, hi: int | None) -> None:
     )
     run(
         f"INSERT INTO record_spc_minutes (spc, minute, {dims}, nulls, calls)"
-        f" SELECT s.spc, {minute} AS m, {keys}, {nulls} AS n, count(*) {spc_join}"
+        f" SELECT s.spc, {minute} AS m, {keys}, {nulls} AS n, count(*) {_SPC_JOIN}"
         f" WHERE {window} GROUP BY s.spc, m, {keys}, n",
         wargs,
     )
+    _refill_providers(d, run, "provider_minutes", "minute", minute, window, wargs)
+    if lo % 60 == 0 and hi % 60 == 0:
+        refill_hours(d, run, lo // 60, hi // 60)
+
+
+def refill_hours(d: Dialect, run: Exec, lo: int, hi: int) -> None:
+    """Recount ``provider_hours`` of the hours ``lo <= h < hi`` from the records."""
+    span, args = _minute_range("hour", lo, hi)
+    run(f"DELETE FROM provider_hours WHERE {span}", args)  # noqa: S608 - fixed names
+    window, wargs = _ts_range("r.ts", 3600.0 * lo, 3600.0 * hi)
+    # minute - FIRST_MINUTE >= 0, a multiple of 60 apart: SQL's `/` is floor's
+    hour = f"(({minute_sql(d)} - {FIRST_MINUTE}) / 60 + {FIRST_MINUTE // 60})"
+    _refill_providers(d, run, "provider_hours", "hour", hour, window, wargs)
+
+
+_SPC_JOIN = "FROM record_spc s JOIN records r ON r.id = s.record_id AND r.ts = s.ts"
+
+
+def _refill_providers(
+    d: Dialect, run: Exec, table: str, unit: str, unit_sql: str, window: str, args: list[float]
+) -> None:
     run(
-        "INSERT INTO provider_minutes (minute, spc, calls, attest_a, attest_b, attest_c,"
-        " failures, blocked, first_ts, last_ts, fingerprint)"
-        f" SELECT {minute} AS m, s.spc, count(*),"
+        f"INSERT INTO {table} ({unit}, spc, {', '.join(_PROVIDER_SUMS)},"
+        " first_ts, last_ts, fingerprint)"
+        f" SELECT {unit_sql} AS u, s.spc, count(*),"
         " count(*) FILTER (WHERE r.attest = 'A'), count(*) FILTER (WHERE r.attest = 'B'),"
         " count(*) FILTER (WHERE r.attest = 'C'),"
         " count(*) FILTER (WHERE r.reason IS NOT NULL),"
         " count(*) FILTER (WHERE r.action = 'block'),"
-        f" min(r.ts), max(r.ts), max(r.fingerprint{d.collate}) {spc_join}"
-        f" WHERE {window} GROUP BY m, s.spc",
-        wargs,
+        f" min(r.ts), max(r.ts), max(r.fingerprint{d.collate}) {_SPC_JOIN}"
+        f" WHERE {window} GROUP BY u, s.spc",
+        args,
     )
 
 
-def _minute_range(lo: int | None, hi: int | None) -> tuple[str, list[int]]:
+def cut(d: Dialect, run: Exec, before: float) -> None:
+    """Retention: delete the rollups of the records before ``before`` (deleted in the same
+    transaction), and recount the minute and the hour that ``before`` cuts."""
+    minute = min(max(minute_of(before), FIRST_MINUTE), END_MINUTE)
+    hour = minute // 60
+    for table in TABLES:
+        run(f"DELETE FROM {table} WHERE minute < ?", [minute])  # noqa: S608 - fixed names
+    run("DELETE FROM provider_hours WHERE hour < ?", [hour])
+    if 60 * minute < before:
+        refill(d, run, minute, minute + 1)
+    if 60 * hour < minute or 60 * minute < before:
+        refill_hours(d, run, hour, hour + 1)
+
+
+def _minute_range(column: str, lo: int | None, hi: int | None) -> tuple[str, list[int]]:
     where, args = [], []
     if lo is not None:
-        where.append("minute >= ?")
+        where.append(f"{column} >= ?")
         args.append(lo)
     if hi is not None:
-        where.append("minute < ?")
+        where.append(f"{column} < ?")
         args.append(hi)
     return " AND ".join(where) or "1 = 1", args
 

@@ -110,6 +110,20 @@ CREATE TABLE provider_minutes (
     fingerprint TEXT,
     PRIMARY KEY (minute, spc)
 ) WITHOUT ROWID;
+CREATE TABLE provider_hours (
+    hour        INTEGER NOT NULL,
+    spc         TEXT NOT NULL,
+    calls       INTEGER NOT NULL,
+    attest_a    INTEGER NOT NULL,
+    attest_b    INTEGER NOT NULL,
+    attest_c    INTEGER NOT NULL,
+    failures    INTEGER NOT NULL,
+    blocked     INTEGER NOT NULL,
+    first_ts    REAL NOT NULL,
+    last_ts     REAL NOT NULL,
+    fingerprint TEXT,
+    PRIMARY KEY (hour, spc)
+) WITHOUT ROWID;
 """
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA, 2: _ROLLUPS}
 """Script that brings the schema from version ``n - 1`` to ``n``."""
@@ -340,11 +354,7 @@ class SqliteRecordStore:
                     cut = _chunk_end(conn, before)
                     total += conn.execute("DELETE FROM records WHERE ts < ?", (cut,)).rowcount
                     conn.execute("DELETE FROM record_spc WHERE ts < ?", (cut,))
-                    minute = rollup.minute_of(cut)
-                    for table in rollup.TABLES:
-                        conn.execute(f"DELETE FROM {table} WHERE minute < ?", (minute,))  # noqa: S608
-                    if 60 * minute < cut:  # the minute is cut: recount what is left of it
-                        rollup.refill(rollup.SQLITE, conn.execute, minute, minute + 1)
+                    rollup.cut(rollup.SQLITE, conn.execute, cut)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
