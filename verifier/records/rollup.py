@@ -1,6 +1,6 @@
 """Per-minute rollups of the records, kept by the stores in the transaction that writes them.
 
-Three narrow tables rather than one wide one (an SPC in the key multiplies every other
+Narrow tables rather than one wide one (an SPC in the key multiplies every other
 combination by the providers seen in a minute):
 
 - ``record_minutes (minute, <dims>) -> calls``: the overview and the statistics;
@@ -22,7 +22,8 @@ whole minutes and its raw edges never share a record. A store writes a batch's r
 grouped here first (:func:`group`), one upsert per group, in the batch's transaction: the
 rollups count exactly the records committed, and a replayed batch that the store finds
 already written adds nothing. Retention deletes whole minutes' rollups with their records,
-and recounts the one minute that ``before`` cuts (:func:`refill`).
+and recounts the minute and the hour that ``before`` cuts (:func:`cut`). The x5u in a
+PostgreSQL key is its MD5 (:attr:`Dialect.x5u_key`): two URLs of one MD5 would share a row.
 
 Nothing here does I/O: the stores run the SQL texts (``?`` parameters).
 """
@@ -159,7 +160,7 @@ def decode(nulls: int, key: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def group(records: Iterable[Record]) -> tuple[list[tuple[Any, ...]], ...]:
-    """A batch's rows for the three tables' upserts (:func:`upserts`), one per key, in key
+    """A batch's rows for each table's upsert (:func:`upserts`), one per key, in key
     order (so concurrent writers lock rows in one order). A record's repeated SPC counts
     once, as in ``record_spc``."""
     minutes: Counter[tuple[Any, ...]] = Counter()
