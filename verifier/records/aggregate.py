@@ -153,8 +153,8 @@ def console_summary(
                 [base, k, *spc_args, *args],
             ):
                 groups[(base // k + b, *decode(nulls, key))] += int(n)
-        for edge in edges:
-            window, args = _ts("r.ts", edge)
+        for edge in edges:  # by SPC: on record_spc's time, its partitions and key
+            window, args = _ts("s.ts" if spc is not None else "r.ts", edge)
             for minute, *dims, n in run(
                 f"SELECT {minute_sql(d)} AS m, {_RAW_DIMS}, count(*)"  # noqa: S608
                 f" FROM {source} WHERE {spc_where}{window} GROUP BY m, {_RAW_GROUP}",

@@ -388,7 +388,7 @@ class PostgresRecordStore:
                 rollup.write(
                     records,
                     rollup.POSTGRES,
-                    lambda text, rows: cur.executemany(text.replace("?", "%s").encode(), rows),
+                    lambda text, args: cur.execute(text.replace("?", "%s").encode(), args),
                 )
 
     def prune(self, before: float) -> int:

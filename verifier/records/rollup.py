@@ -76,7 +76,6 @@ _PROVIDER_SUMS = ("calls", "attest_a", "attest_b", "attest_c", "failures", "bloc
 
 Exec = Callable[[str, Sequence[Any]], object]
 """A store's statement runner in the open write transaction: (SQL with ``?``, arguments)."""
-ExecMany = Callable[[str, Sequence[Sequence[Any]]], object]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,11 +243,21 @@ def _provider_upsert(d: Dialect, table: str, unit: str) -> str:
     )
 
 
-def write(batch: Iterable[Record], d: Dialect, execmany: ExecMany) -> None:
-    """Add a batch's records to the rollups (in the caller's transaction)."""
+def write(batch: Iterable[Record], d: Dialect, run: Exec) -> None:
+    """Add a batch's records to the rollups (in the caller's transaction): multi-row
+    upserts of at most :data:`_ROWS_PER_UPSERT` rows (one statement step each, where a row
+    at a time costs a step per row)."""
     for sql, rows in zip(upserts(d), group(batch), strict=True):
-        if rows:
-            execmany(sql, rows)
+        head, one = sql.split(" VALUES ", 1)
+        one, tail = one.split(") ON CONFLICT ", 1)
+        for start in range(0, len(rows), _ROWS_PER_UPSERT):
+            chunk = rows[start : start + _ROWS_PER_UPSERT]
+            values = ", ".join([one + ")"] * len(chunk))
+            run(f"{head} VALUES {values} ON CONFLICT {tail}", [v for r in chunk for v in r])
+
+
+_ROWS_PER_UPSERT = 200
+"""Rows in one upsert (12 parameters each stay far under SQLite's 32766)."""
 
 
 def minute_sql(d: Dialect) -> str:

@@ -324,7 +324,7 @@ class SqliteRecordStore:
                 spc_rows = [(spc, r.ts, first + i) for i, r in enumerate(records) for spc in r.spc]
                 if spc_rows:
                     _insert_rows(conn, _INSERT_SPC, spc_rows)
-                rollup.write(records, rollup.SQLITE, conn.executemany)
+                rollup.write(records, rollup.SQLITE, conn.execute)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
