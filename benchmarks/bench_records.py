@@ -9,14 +9,19 @@ transaction per batch, day partitions). The median of the runs is reported.
     .venv/bin/python benchmarks/bench_records.py [--n 50000] [--batch 500] [--runs 3]
         [--database-url URL] [--json]
 
-With ``--queries``, instead: the console's aggregate queries (``console`` for the overview,
-``providers``) over a store of ``--query-records`` records (default 1,000,000) spread evenly
-over the last ``--span-days`` days (default 1: the densest case, every record in the day
-window), timed for the hour and the day window beside the existing ``stats`` over the same
-window (median of ``--runs``; target < 200 ms):
+With ``--queries``, instead: the console's queries over a store of ``--query-records``
+records (default 1,000,000) spread evenly over the last ``--span-days`` days (default: 1,
+the densest case, every record in the day window; then 30), loaded with ``insert_many`` in
+lists of 10,000 (records/s printed, rollups included). Each query is run once to warm up,
+then ``--runs`` times (at least 7): p50 and max. The overview of the day read from the
+records alone (the rollups' reference) is timed too (target < 200 ms):
 
     .venv/bin/python benchmarks/bench_records.py --queries [--query-records 1000000]
-        [--span-days 1] [--runs 5] [--database-url URL] [--json]
+        [--span-days 1 30] [--runs 7] [--database-url URL] [--json]
+
+Both modes print ``openssl speed -seconds 3 ecdsap256`` verify/s measured in the same run
+(before and after) as the machine's baseline. Everything runs in this one process,
+unpinned, with the PostgreSQL server on the same machine.
 
 With ``--identity``, each record carries an Identity header as the service keeps it (a real
 SHAKEN one from the test PKI, the same for every record), and ``--queries`` also prints the
@@ -31,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -44,10 +51,21 @@ from functools import partial
 from typing import Any
 
 import psycopg
+from bench_core import openssl_verify_per_s
 from psycopg import sql
 
-from verifier.records import Record, RecordSettings, RecordStore, RecordWriter, SqliteRecordStore
+from verifier.records import (
+    Record,
+    RecordQuery,
+    RecordSettings,
+    RecordStore,
+    RecordWriter,
+    SqliteRecordStore,
+)
+from verifier.records.aggregate import Run, console_summary
+from verifier.records.pgschema import runner
 from verifier.records.postgres import PostgresRecordStore
+from verifier.records.rollup import POSTGRES, SQLITE, Dialect
 
 T0 = 1_800_000_000.0
 
@@ -154,13 +172,30 @@ def spread_records(
         ]
 
 
-def median_ms(call: Callable[[], object], runs: int) -> float:
+def timed_ms(call: Callable[[], object], runs: int) -> dict[str, float]:
+    """p50 and max of ``runs`` calls, in ms (the first call warms the caches, untimed)."""
+    call()
     times = []
     for _ in range(runs):
         started = time.perf_counter()
         call()
         times.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(times), 1)
+    return {"p50": round(statistics.median(times), 1), "max": round(max(times), 1)}
+
+
+@contextlib.contextmanager
+def from_records(store: RecordStore) -> Iterator[tuple[Run, Dialect]]:
+    """A reader of ``store``'s database that reads the records only (the reference)."""
+    if isinstance(store, SqliteRecordStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            yield (lambda text, args: conn.execute(text, args).fetchall()), SQLITE
+        finally:
+            conn.close()
+    else:
+        assert isinstance(store, PostgresRecordStore)
+        with psycopg.connect(store.conninfo, autocommit=True) as pg:
+            yield runner(pg), POSTGRES
 
 
 def store_bytes(store: RecordStore) -> int:
@@ -181,58 +216,79 @@ def store_bytes(store: RecordStore) -> int:
 def query_timings(
     store: RecordStore, n: int, span: float, runs: int, identity: str | None = None
 ) -> dict[str, Any]:
-    """Fill ``store`` with ``n`` records over ``span`` seconds, then time the queries."""
+    """Fill ``store`` with ``n`` records over ``span`` seconds up to now (insert_many in
+    lists of 10,000, rollups included), then time the console's queries as it asks them:
+    windows ending now, buckets of a 60th (whole minutes from an hour up)."""
     now = time.time()
     started = time.perf_counter()
     for chunk in spread_records(n, now, span, identity):
         store.insert_many(chunk)
+    load = time.perf_counter() - started
     out: dict[str, Any] = {
-        "load_s": round(time.perf_counter() - started, 1),
+        "load_records_per_s": round(n / load),
         "bytes_per_record": round(store_bytes(store) / n),
     }
-    for name, window in (("hour", 3600.0), ("day", 86400.0)):
-        since, until, bucket = now - window, now + 1, window / 60
-        out[name] = {
-            "records": store.console(since, until, bucket)["total"],
-            "overview_ms": median_ms(partial(store.console, since, until, bucket), runs),
-            "overview_spc_ms": median_ms(
-                partial(store.console, since, until, bucket, "1007"), runs
-            ),
-            "providers_ms": median_ms(partial(store.providers, since, until), runs),
-            "stats_ms (baseline)": median_ms(partial(store.stats, since, until), runs),
-        }
+    hour, day = (now - 3600, now), (now - 86400, now)
+    one = spread_records(n, now, span).__next__()[5000]  # a record to trace back
+    out["records_in_hour"] = store.console(*hour, 60.0)["total"]
+    out["records_in_day"] = store.console(*day, 1440.0)["total"]
+    queries: dict[str, Callable[[], object]] = {
+        "overview, last hour": partial(store.console, *hour, 60.0),
+        "overview, last day": partial(store.console, *day, 1440.0),
+        "provider page (one SPC), last day": partial(store.console, *day, 1440.0, "1007"),
+        "providers, last day": partial(store.providers, *day),
+        "policy matches (providers), last hour": partial(store.providers, *hour),
+        "stats, last day": partial(store.stats, *day),
+        "traceback by origid, last day": partial(
+            store.query, RecordQuery(origid=one.origid, since=day[0], until=day[1])
+        ),
+        "traceback by calling number, last day (first page)": partial(
+            store.query, RecordQuery(orig=one.orig, since=day[0], until=day[1])
+        ),
+    }
+    out["ms"] = {name: timed_ms(call, runs) for name, call in queries.items()}
+    with from_records(store) as (run, dialect):
+        out["ms"]["overview, last day, from the records (reference)"] = timed_ms(
+            partial(console_summary, run, dialect, *day, 1440.0, rollups=False), min(runs, 3)
+        )
     return out
 
 
 def queries(args: argparse.Namespace) -> dict[str, Any]:
-    span = args.span_days * 86400
     identity = identity_header() if args.identity else None
     result: dict[str, Any] = {
         "records": args.query_records,
-        "span_days": args.span_days,
         "identity_bytes": len(identity) if identity else 0,
+        "runs": args.runs,
+        "openssl_verify_per_s (baseline, before)": round(openssl_verify_per_s(3), 1),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteRecordStore.open(tmp)
-        try:
-            result["sqlite"] = query_timings(store, args.query_records, span, args.runs, identity)
-        finally:
-            store.close()
-    if args.database_url:
-        name = f"verifier_bench_{uuid.uuid4().hex}"
-        with psycopg.connect(args.database_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-        try:
-            pg = PostgresRecordStore.open(args.database_url, schema=name)
+    for days in args.span_days:
+        span = days * 86400
+        key = f"over {days:g} day(s)"
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SqliteRecordStore.open(tmp)
             try:
-                result["postgres"] = query_timings(
-                    pg, args.query_records, span, args.runs, identity
+                result[f"sqlite, {key}"] = query_timings(
+                    store, args.query_records, span, args.runs, identity
                 )
             finally:
-                pg.close()
-        finally:
+                store.close()
+        if args.database_url:
+            name = f"verifier_bench_{uuid.uuid4().hex}"
             with psycopg.connect(args.database_url, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+            try:
+                pg = PostgresRecordStore.open(args.database_url, schema=name)
+                try:
+                    result[f"postgres, {key}"] = query_timings(
+                        pg, args.query_records, span, args.runs, identity
+                    )
+                finally:
+                    pg.close()
+            finally:
+                with psycopg.connect(args.database_url, autocommit=True) as conn:
+                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    result["openssl_verify_per_s (baseline, after)"] = round(openssl_verify_per_s(3), 1)
     return result
 
 
@@ -249,16 +305,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--queries", action="store_true", help="time the console's queries")
     parser.add_argument("--query-records", type=int, default=1_000_000)
-    parser.add_argument("--span-days", type=float, default=1.0)
+    parser.add_argument("--span-days", type=float, nargs="+", default=[1.0, 30.0])
     parser.add_argument(
         "--identity", action="store_true", help="records carry an Identity header, as kept"
     )
     args = parser.parse_args()
     if args.queries:
+        args.runs = max(args.runs, 7)
         print(json.dumps(queries(args), indent=None if args.json else 2))
         return
     records = make_records(args.n, identity_header() if args.identity else None)
+    openssl = openssl_verify_per_s(3)
     result: dict[str, Any] = {
+        "openssl_verify_per_s (baseline)": round(openssl, 1),
         "records": args.n,
         "batch": args.batch,
         "runs": args.runs,
@@ -278,6 +337,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"{args.n} records, batches of {args.batch}, median of {args.runs} runs")
+    print(f"openssl speed ecdsap256 (baseline): {openssl:9.1f} verify/s")
     print(f"SQLite     records/s through RecordWriter: {result['sqlite_records_per_s']:>9,}")
     if result["postgres_records_per_s"] is not None:
         pg = result["postgres_records_per_s"]

@@ -225,6 +225,13 @@ async def test_overview_counts_what_was_sent(console: Console) -> None:
     assert PASSES["C"] == by_attest["C"]
 
 
+async def test_overview_buckets_are_whole_minutes_from_an_hour_up(console: Console) -> None:
+    """At most 60 buckets; whole minutes from an hour up, which the rollups answer."""
+    for window, bucket in ((600, 10.0), (3600, 60.0), (5000, 120.0), (86400, 1440.0)):
+        status, body = await _get(console, f"/v1/console/overview?window={window}")
+        assert (200, bucket, console.total) == (status, body["bucket"], body["total"])
+
+
 async def test_providers_and_policy_name_the_blocked_spc(console: Console) -> None:
     status, body = await _get(console, "/v1/console/providers?window=3600")
     assert 200 == status

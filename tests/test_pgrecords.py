@@ -407,6 +407,8 @@ async def test_a_commit_whose_acknowledgement_is_lost_is_not_written_twice(
         await asyncio.to_thread(store.insert_many, [kit.rec(5)])  # another batch: new ids
     assert ["req-5", "req-4", "req-3", "req-2", "req-1"] == stored(database_url, schema)
     assert [(6,)] == fetch(database_url, schema, "SELECT count(*) FROM record_spc")
+    assert [(6,)] == fetch(database_url, schema, "SELECT sum(calls) FROM provider_minutes")
+    assert [(5,)] == fetch(database_url, schema, "SELECT sum(calls) FROM record_minutes")
 
 
 async def test_a_retry_after_a_lost_commit_request_writes_the_batch(

@@ -100,6 +100,14 @@ def _window(request: web.Request, allowed: frozenset[str]) -> tuple[float, float
     return until - window, until
 
 
+def _bucket(window: int) -> float:
+    """A window's bucket width: a 60th of it, rounded up to whole minutes from an hour up
+    (whole minutes are read from the record store's per-minute rollups)."""
+    if window < 60 * _BUCKETS:
+        return window / _BUCKETS
+    return 60.0 * -(-window // (60 * _BUCKETS))
+
+
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
@@ -138,7 +146,7 @@ async def overview(request: web.Request) -> web.Response:
     spc = (request.query.get("spc") or "").upper() or None
     if spc is not None and (len(spc) > 64 or not spc.isprintable()):
         raise invalid("spc", "must be at most 64 printable characters")
-    bucket = (until - since) / _BUCKETS
+    bucket = _bucket(round(until - since))
     try:
         body = await asyncio.to_thread(store.console, since, until, bucket, spc)
     except ValueError as exc:

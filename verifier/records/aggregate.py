@@ -1,9 +1,16 @@
-"""The console's aggregate queries, shared by the stores: one time window, read in one
-snapshot, answered as plain JSON-ready data.
+"""The console's aggregate queries and the statistics, shared by the stores: one time
+window, read in one snapshot, answered as plain JSON-ready data.
 
-The SQL is written once with ``?`` parameters; each store gives its connection, its
-parameter style and its expression for a record's time bucket (integer division of ``ts``).
-Only fixed texts are formatted into the SQL; every value is a parameter.
+A window's whole minutes are read from the rollups (:mod:`.rollup`), its partial minutes at
+either edge from the records; with ``rollups=False`` everything is read from the records
+(the reference the rollups are tested against). The answers are the same either way. The
+overview's buckets come from the rollups when their width is a whole number of minutes;
+other widths read the records.
+
+The SQL is written once with ``?`` parameters; each store gives its reader and its
+:class:`~.rollup.Dialect`. Only fixed texts are formatted into the SQL; every value is a
+parameter. Ties are ordered by the keys' code points (PostgreSQL compares with ``COLLATE
+"C"``, as SQLite and Python do).
 """
 
 from __future__ import annotations
@@ -12,9 +19,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .model import check_window
+from .model import TOP_SPC, check_window
+from .rollup import X5U_FETCH_FAILED, Dialect, decode, minute_of, minute_sql, whole_minutes
 
-__all__ = ["MAX_BUCKETS", "MAX_PROVIDERS", "TOP_REASONS", "Run", "console_summary", "providers"]
+__all__ = [
+    "MAX_BUCKETS",
+    "MAX_PROVIDERS",
+    "TOP_REASONS",
+    "Run",
+    "console_summary",
+    "providers",
+    "stats",
+]
 
 TOP_REASONS = 10
 """Failure reasons listed in the overview."""
@@ -28,7 +44,14 @@ TOP_X5U = 20
 Run = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 """A store's reader: (SQL with ``?`` parameters, arguments) -> rows, all in one snapshot."""
 
-_X5U_FETCH_FAILED = 436
+Span = tuple[float | None, float | None]
+_DIMS = "verstat, attest, reason, sip_code, action, label, x5u"
+_RAW_DIMS = (
+    "r.verstat, r.attest, r.reason, r.sip_code, r.action, r.label,"
+    f" CASE WHEN r.sip_code = {X5U_FETCH_FAILED} THEN r.x5u END AS fx"
+)
+_RAW_GROUP = "r.verstat, r.attest, r.reason, r.sip_code, r.action, r.label, fx"
+_SPC_JOIN = "record_spc s JOIN records r ON r.id = s.record_id AND r.ts = s.ts"
 
 
 def check_bucket(since: float, until: float, bucket: float) -> None:
@@ -41,45 +64,121 @@ def check_bucket(since: float, until: float, bucket: float) -> None:
         raise ValueError(f"the window holds more than {MAX_BUCKETS} buckets")
 
 
+def _plan(
+    since: float | None, until: float | None, rollups: bool
+) -> tuple[tuple[int, int] | None, list[Span]]:
+    """The whole minutes to read from the rollups (None: none), and the spans of ``ts`` to
+    read from the records."""
+    if not rollups:
+        return None, [(since, until)]
+    lo, hi = whole_minutes(since, until)
+    if lo >= hi:
+        return None, [(since, until)]
+    edges: list[Span] = []
+    if since is None or since < 60.0 * lo:
+        edges.append((since, 60.0 * lo))
+    if until is None or 60.0 * hi < until:
+        edges.append((60.0 * hi, until))
+    return (lo, hi), edges
+
+
+def _provider_spans(whole: tuple[int, int] | None) -> list[tuple[str, str, int, int]]:
+    """The provider rollups covering the minutes ``whole``: its whole hours from
+    ``provider_hours``, its other minutes from ``provider_minutes``, as (table, unit
+    column, first, end)."""
+    if whole is None:
+        return []
+    lo, hi = whole
+    first, end = -(-lo // 60), hi // 60
+    if first >= end:
+        return [("provider_minutes", "minute", lo, hi)]
+    spans = [("provider_hours", "hour", first, end)]
+    if lo < 60 * first:
+        spans.append(("provider_minutes", "minute", lo, 60 * first))
+    if 60 * end < hi:
+        spans.append(("provider_minutes", "minute", 60 * end, hi))
+    return spans
+
+
+def _where(
+    pairs: Sequence[tuple[str, float | int | None, str]],
+) -> tuple[str, list[Any]]:
+    """``column op ?`` for each bound given, and their arguments."""
+    where, args = [], []
+    for column, value, op in pairs:
+        if value is not None:
+            where.append(f"{column} {op} ?")
+            args.append(value)
+    return " AND ".join(where) or "1 = 1", args
+
+
+def _minutes(span: tuple[int, int]) -> tuple[str, list[Any]]:
+    return _where([("minute", span[0], ">="), ("minute", span[1], "<")])
+
+
+def _ts(column: str, span: Span) -> tuple[str, list[Any]]:
+    return _where([(column, span[0], ">="), (column, span[1], "<")])
+
+
 def console_summary(
-    run: Run, bucket_of: str, since: float, until: float, bucket: float, spc: str | None = None
+    run: Run,
+    d: Dialect,
+    since: float,
+    until: float,
+    bucket: float,
+    spc: str | None = None,
+    *,
+    rollups: bool = True,
 ) -> dict[str, Any]:
     """The overview of ``since <= ts < until``: verstat and attestation per bucket of
-    ``bucket`` seconds, top failure reasons with their SIP codes, dispositions (action,
-    label), and x5u URLs whose fetch failed (436). ``spc``: only that provider's records.
-
-    ``bucket_of``: the store's SQL for a record's bucket number from ``r.ts`` and one
-    parameter (the bucket width), e.g. ``CAST(r.ts / ? AS INTEGER)``.
-    """
+    ``bucket`` seconds (bucket ``b`` is ``b * bucket <= ts < (b + 1) * bucket``), top
+    failure reasons with their SIP codes, dispositions (action, label), and x5u URLs whose
+    fetch failed (436). ``spc``: only that provider's records."""
     check_bucket(since, until, bucket)
-    args: list[Any]
-    if spc is None:
-        source, args = "records r WHERE r.ts >= ? AND r.ts < ?", [since, until]
+    # groups: (bucket number, verstat, attest, reason, sip_code, action, label, x5u) -> calls
+    groups: Counter[tuple[Any, ...]] = Counter()
+    spc_where, spc_args = ("s.spc = ? AND ", [spc]) if spc is not None else ("", [])
+    source = _SPC_JOIN if spc is not None else "records r"
+    if bucket % 60 == 0:
+        k = int(bucket) // 60
+        whole, edges = _plan(since, until, rollups)
+        if whole is not None:
+            base = minute_of(since) // k * k  # minute - base >= 0: SQL's `/` is floor's
+            table = "record_spc_minutes" if spc is not None else "record_minutes"
+            span, args = _minutes(whole)
+            for b, *key, nulls, n in run(
+                f"SELECT (minute - ?) / ? AS b, {_DIMS}, nulls, sum(calls)"  # noqa: S608
+                f" FROM {table} WHERE {'spc = ? AND ' if spc is not None else ''}{span}"
+                f" GROUP BY b, {_DIMS}, nulls",
+                [base, k, *spc_args, *args],
+            ):
+                groups[(base // k + b, *decode(nulls, key))] += int(n)
+        for edge in edges:  # by SPC: on record_spc's time, its partitions and key
+            window, args = _ts("s.ts" if spc is not None else "r.ts", edge)
+            for minute, *dims, n in run(
+                f"SELECT {minute_sql(d)} AS m, {_RAW_DIMS}, count(*)"  # noqa: S608
+                f" FROM {source} WHERE {spc_where}{window} GROUP BY m, {_RAW_GROUP}",
+                [*spc_args, *args],
+            ):
+                groups[(minute // k, *dims)] += n
     else:
-        source = (
-            "record_spc s JOIN records r ON r.id = s.record_id AND r.ts = s.ts"
-            " WHERE s.spc = ? AND s.ts >= ? AND s.ts < ?"
-        )
-        args = [spc, since, until]
-    # One pass over the window (each further query would read every record again); the
-    # groups are few (buckets x verstat x attestation x reason x disposition).
-    rows = run(
-        f"SELECT {bucket_of} AS b, r.verstat, r.attest, r.reason, r.sip_code, r.action,"  # noqa: S608
-        " r.label, CASE WHEN r.sip_code = ? THEN r.x5u END AS failed_x5u, count(*)"
-        f" FROM {source}"
-        " GROUP BY b, r.verstat, r.attest, r.reason, r.sip_code, r.action, r.label, failed_x5u",
-        [bucket, _X5U_FETCH_FAILED, *args],
-    )
+        window, args = _ts("r.ts", (since, until))
+        for b, *dims, n in run(
+            f"SELECT {d.bucket_of} AS b, {_RAW_DIMS}, count(*)"  # noqa: S608
+            f" FROM {source} WHERE {spc_where}{window} GROUP BY b, {_RAW_GROUP}",
+            [bucket, *spc_args, *args],
+        ):
+            groups[(b, *dims)] += n
     series: Counter[tuple[int, str, str]] = Counter()
     reasons: Counter[tuple[str, int | None]] = Counter()
     dispositions: Counter[tuple[str | None, str | None]] = Counter()
     x5u: Counter[str | None] = Counter()
-    for b, verstat, attest, reason, sip_code, action, label, failed_x5u, n in rows:
+    for (b, verstat, attest, reason, sip_code, action, label, failed_x5u), n in groups.items():
         series[b, verstat, attest or "none"] += n
         if reason is not None:
             reasons[reason, sip_code] += n
         dispositions[action, label] += n
-        if sip_code == _X5U_FETCH_FAILED:
+        if sip_code == X5U_FETCH_FAILED:
             x5u[failed_x5u] += n
     return {
         "since": since,
@@ -108,25 +207,61 @@ def _top(counts: Counter[Any], limit: int | None) -> list[tuple[Any, int]]:
     return ranked if limit is None else ranked[:limit]
 
 
-def providers(run: Run, since: float, until: float) -> list[dict[str, Any]]:
+def _ranked(counts: dict[Any, int], limit: int | None = None) -> list[tuple[Any, int]]:
+    """Most first, ties by key (None first, then code points); at most ``limit``."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0] is not None, kv[0] or ""))
+    return ranked if limit is None else ranked[:limit]
+
+
+def providers(
+    run: Run, d: Dialect, since: float, until: float, *, rollups: bool = True
+) -> list[dict[str, Any]]:
     """One row per SPC with records in ``since <= ts < until`` (the busiest
-    :data:`MAX_PROVIDERS`): calls, attestation counts, failures, blocked calls, first and
-    last seen, and the certificate of its latest call that had one (fingerprint, issuer,
-    expiry from the certificate table; None where the table has no chain for it)."""
+    :data:`MAX_PROVIDERS`, ties by SPC): calls, attestation counts, failures, blocked calls,
+    first and last seen, and the certificate of its latest call that had one (fingerprint,
+    issuer, expiry from the certificate table; None where the table has no chain for it)."""
     check_window(since, until)
-    rows = run(
-        "SELECT s.spc, count(*) AS n,"
-        " count(*) FILTER (WHERE r.attest = 'A'),"
-        " count(*) FILTER (WHERE r.attest = 'B'),"
-        " count(*) FILTER (WHERE r.attest = 'C'),"
-        " count(*) FILTER (WHERE r.reason IS NOT NULL),"
-        " count(*) FILTER (WHERE r.action = 'block'),"
-        " min(s.ts), max(s.ts)"
-        " FROM record_spc s JOIN records r ON r.id = s.record_id AND r.ts = s.ts"
-        " WHERE s.ts >= ? AND s.ts < ? GROUP BY s.spc ORDER BY n DESC, s.spc LIMIT ?",
-        [since, until, MAX_PROVIDERS],
-    )
-    certificates = _latest_certificates(run, [row[0] for row in rows], since, until)
+    # spc -> [calls, A, B, C, failures, blocked, first, last, fingerprint]
+    rows: dict[str, list[Any]] = {}
+
+    def add(spc: str, *values: Any) -> None:
+        counts, (first, last, fingerprint) = [int(v) for v in values[:6]], values[6:]
+        row = rows.get(spc)
+        if row is None:
+            rows[spc] = [*counts, first, last, fingerprint]
+            return
+        for i, n in enumerate(counts):
+            row[i] += n
+        row[6], row[7] = min(row[6], first), max(row[7], last)
+        if fingerprint is not None and (row[8] is None or fingerprint > row[8]):
+            row[8] = fingerprint
+
+    whole, edges = _plan(since, until, rollups)
+    for table, unit, lo, hi in _provider_spans(whole):
+        for spc, *values in run(
+            "SELECT spc, sum(calls), sum(attest_a), sum(attest_b), sum(attest_c),"  # noqa: S608
+            " sum(failures), sum(blocked), min(first_ts), max(last_ts),"
+            f" max(fingerprint{d.collate}) FROM {table} WHERE {unit} >= ? AND {unit} < ?"
+            " GROUP BY spc",
+            [lo, hi],
+        ):
+            add(spc, *values)
+    for edge in edges:
+        window, args = _ts("s.ts", edge)
+        for spc, *values in run(
+            "SELECT s.spc, count(*),"  # noqa: S608
+            " count(*) FILTER (WHERE r.attest = 'A'),"
+            " count(*) FILTER (WHERE r.attest = 'B'),"
+            " count(*) FILTER (WHERE r.attest = 'C'),"
+            " count(*) FILTER (WHERE r.reason IS NOT NULL),"
+            " count(*) FILTER (WHERE r.action = 'block'),"
+            f" min(s.ts), max(s.ts), max(r.fingerprint{d.collate})"
+            f" FROM {_SPC_JOIN} WHERE {window} GROUP BY s.spc",
+            args,
+        ):
+            add(spc, *values)
+    busiest = sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0]))[:MAX_PROVIDERS]
+    certificates = _latest_certificates(run, [spc for spc, _ in busiest], since, until)
     return [
         {
             "spc": spc,
@@ -138,7 +273,7 @@ def providers(run: Run, since: float, until: float) -> list[dict[str, Any]]:
             "last_seen": last,
             **certificates.get(spc, _NO_CERTIFICATE),
         }
-        for spc, n, a, b, c, failures, blocked, first, last in rows
+        for spc, (n, a, b, c, failures, blocked, first, last, _fingerprint) in busiest
     ]
 
 
@@ -184,3 +319,64 @@ def _latest_certificates(
         issuer, not_after = known.get(fingerprint, (None, None)) if fingerprint else (None, None)
         out[spc] = {"fingerprint": fingerprint, "issuer": issuer, "not_after": not_after}
     return out
+
+
+def stats(
+    run: Run, since: float | None, until: float | None, *, rollups: bool = True
+) -> dict[str, Any]:
+    """Counts of the records in ``since <= ts < until`` (either bound may be None).
+
+    ``by_attest`` counts a record without attestation under ``"none"``; ``by_reason``
+    counts failures only; ``top_spc`` lists the :data:`~.model.TOP_SPC` SPCs with most
+    records.
+    """
+    check_window(since, until)
+    # (verstat, attest, reason) -> calls; spc -> calls
+    groups: Counter[tuple[Any, ...]] = Counter()
+    spcs: Counter[str] = Counter()
+    whole, edges = _plan(since, until, rollups)
+    if whole is not None:
+        span, args = _minutes(whole)
+        for *key, nulls, n in run(
+            f"SELECT {_DIMS}, nulls, sum(calls) FROM record_minutes WHERE {span}"  # noqa: S608
+            f" GROUP BY {_DIMS}, nulls",
+            args,
+        ):
+            groups[decode(nulls, key)[:3]] += int(n)
+    for table, unit, lo, hi in _provider_spans(whole):
+        for spc, n in run(
+            f"SELECT spc, sum(calls) FROM {table} WHERE {unit} >= ? AND {unit} < ?"  # noqa: S608
+            " GROUP BY spc",
+            [lo, hi],
+        ):
+            spcs[spc] += int(n)
+    for edge in edges:
+        window, args = _ts("ts", edge)
+        for *key, n in run(
+            f"SELECT verstat, attest, reason, count(*) FROM records WHERE {window}"  # noqa: S608
+            " GROUP BY verstat, attest, reason",
+            args,
+        ):
+            groups[tuple(key)] += n
+        for spc, n in run(
+            f"SELECT spc, count(*) FROM record_spc WHERE {window} GROUP BY spc",  # noqa: S608
+            args,
+        ):
+            spcs[spc] += n
+    by: tuple[dict[Any, int], ...] = ({}, {}, {})
+    for dims, n in groups.items():
+        for i, value in enumerate(dims):
+            if i < 2 or value is not None:  # by_reason counts failures only
+                by[i][value] = by[i].get(value, 0) + n
+    verstat, attest, reason = (
+        {("none" if k is None else str(k)): n for k, n in _ranked(counts)} for counts in by
+    )
+    return {
+        "since": since,
+        "until": until,
+        "total": sum(groups.values()),
+        "by_attest": attest,
+        "by_verstat": verstat,
+        "by_reason": reason,
+        "top_spc": [{"spc": spc, "count": n} for spc, n in _ranked(spcs, TOP_SPC)],
+    }

@@ -182,15 +182,6 @@ def _end(child: subprocess.Popen[bytes]) -> None:
 # -- the child ---------------------------------------------------------------------------------
 
 
-def _already_written(store: SqliteRecordStore, first: Record) -> bool:
-    with contextlib.closing(store._reader()) as conn:
-        row = conn.execute(
-            "SELECT 1 FROM records WHERE ts = ? AND request_id = ? LIMIT 1",
-            (first.ts, first.request_id),
-        ).fetchone()
-    return row is not None
-
-
 def _serve(path: Path, inp: IO[bytes], out: IO[bytes]) -> None:
     store = SqliteRecordStore.open(path.parent)
     pending: list[Record] = []
@@ -209,7 +200,7 @@ def _serve(path: Path, inp: IO[bytes], out: IO[bytes]) -> None:
             try:
                 if kind == "insert":
                     batch, pending = pending, []
-                    if not (message[2] and _already_written(store, batch[0])):
+                    if not (message[2] and store.written(batch[0])):
                         store.insert_many(batch)
                     answer = ("ok", None)
                 elif kind == "prune":

@@ -33,17 +33,19 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg import sql
 
 from .model import RecordRefused
+from .rollup import POSTGRES, refill
 
 __all__ = [
     "DAY",
     "MIGRATIONS",
+    "ROLLUPS",
     "check_version",
     "create_partitions",
     "day_of",
@@ -51,6 +53,7 @@ __all__ = [
     "migrate",
     "partition_day",
     "partition_names",
+    "runner",
     "schema_version",
 ]
 
@@ -100,8 +103,73 @@ MIGRATIONS: tuple[LiteralString, ...] = (
     );
     CREATE INDEX certificates_not_after ON certificates (not_after);
     """,
+    """
+    CREATE TABLE record_minutes (
+        minute      bigint NOT NULL,
+        verstat     text NOT NULL,
+        attest      text NOT NULL,
+        reason      text NOT NULL,
+        sip_code    integer NOT NULL,
+        action      text NOT NULL,
+        label       text NOT NULL,
+        x5u         text NOT NULL,
+        nulls       integer NOT NULL,
+        calls       bigint NOT NULL
+    );
+    CREATE UNIQUE INDEX record_minutes_key ON record_minutes
+        (minute, verstat, attest, reason, sip_code, action, label, md5(x5u), nulls);
+    CREATE TABLE record_spc_minutes (
+        spc         text NOT NULL,
+        minute      bigint NOT NULL,
+        verstat     text NOT NULL,
+        attest      text NOT NULL,
+        reason      text NOT NULL,
+        sip_code    integer NOT NULL,
+        action      text NOT NULL,
+        label       text NOT NULL,
+        x5u         text NOT NULL,
+        nulls       integer NOT NULL,
+        calls       bigint NOT NULL
+    );
+    CREATE UNIQUE INDEX record_spc_minutes_key ON record_spc_minutes
+        (spc, minute, verstat, attest, reason, sip_code, action, label, md5(x5u), nulls);
+    CREATE TABLE provider_minutes (
+        minute      bigint NOT NULL,
+        spc         text NOT NULL,
+        calls       bigint NOT NULL,
+        attest_a    bigint NOT NULL,
+        attest_b    bigint NOT NULL,
+        attest_c    bigint NOT NULL,
+        failures    bigint NOT NULL,
+        blocked     bigint NOT NULL,
+        first_ts    double precision NOT NULL,
+        last_ts     double precision NOT NULL,
+        fingerprint text,
+        PRIMARY KEY (minute, spc)
+    );
+    CREATE TABLE provider_hours (
+        hour        bigint NOT NULL,
+        spc         text NOT NULL,
+        calls       bigint NOT NULL,
+        attest_a    bigint NOT NULL,
+        attest_b    bigint NOT NULL,
+        attest_c    bigint NOT NULL,
+        failures    bigint NOT NULL,
+        blocked     bigint NOT NULL,
+        first_ts    double precision NOT NULL,
+        last_ts     double precision NOT NULL,
+        fingerprint text,
+        PRIMARY KEY (hour, spc)
+    );
+    """,
 )
-"""Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``; append only."""
+"""Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``; append only.
+
+Migration 2 adds the Identity column and the certificate table; migration 3 the
+per-minute rollups (:mod:`.rollup`), not partitioned: they are small
+beside the records, and retention deletes their old minutes with the days it drops."""
+ROLLUPS = 3
+"""The migration after which the rollups are counted from the records already there."""
 
 DAY = 86400
 """Seconds in a partition (a UTC day)."""
@@ -188,7 +256,21 @@ def migrate(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
         check_version(version)
         for target in range(version + 1, len(MIGRATIONS) + 1):
             conn.execute(MIGRATIONS[target - 1])
+            if target == ROLLUPS and version:
+                refill(POSTGRES, runner(conn), None, None)
             conn.execute("INSERT INTO verifier_schema_migrations (version) VALUES (%s)", (target,))
+
+
+def runner(conn: psycopg.Connection[tuple[Any, ...]]) -> Callable[[str, Sequence[Any]], Any]:
+    """The shared modules' SQL on ``conn``, its ``?`` parameters as psycopg's ``%s`` (fixed
+    texts; passed as bytes, psycopg's type for a query built at run time): rows for a
+    query, None for another statement."""
+
+    def run(text: str, args: Sequence[Any]) -> Any:
+        cur = conn.execute(text.replace("?", "%s").encode(), args)
+        return cur.fetchall() if cur.description is not None else None
+
+    return run
 
 
 def create_partitions(conn: psycopg.Connection[tuple[Any, ...]], days: Iterable[int]) -> None:

@@ -48,30 +48,31 @@ import contextlib
 import math
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, LiteralString
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from . import rollup
 from .aggregate import Run, check_bucket, console_summary
 from .aggregate import providers as provider_rows
+from .aggregate import stats as window_stats
 from .model import (
     CERTIFICATE_COLUMNS,
     FIELDS,
-    TOP_SPC,
     Record,
     RecordQuery,
     RecordRefused,
     certificate_rows,
-    check_window,
     iter_chunks,
     query_page,
 )
 from .pgschema import (
     DAY,
     MIGRATIONS,
+    ROLLUPS,
     check_version,
     create_partitions,
     day_of,
@@ -79,10 +80,13 @@ from .pgschema import (
     migrate,
     partition_day,
     partition_names,
+    runner,
     schema_version,
 )
 
 __all__ = ["MIGRATIONS", "PostgresRecordStore"]
+
+_T = TypeVar("_T")
 
 _LOCK_TIMEOUT = "5s"
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -206,6 +210,8 @@ class PostgresRecordStore:
         """The libpq connection string (may hold a password: do not log it)."""
         self._writer: psycopg.Connection[tuple[Any, ...]] | None = None
         self._migrated = migrated
+        self._rollups = True
+        """Whether the schema has its rollups (not before the service migrates it)."""
         self._partitions: set[int] = set()
         self._unsure: tuple[Sequence[Record], list[int]] | None = None
         """The last batch whose write failed after it took its ids, and those ids."""
@@ -252,7 +258,8 @@ class PostgresRecordStore:
                         " (the service creates it when it starts with this database)"
                     )
                 check_version(version)
-                store._migrated = True
+                store._migrated = version == len(MIGRATIONS)
+                store._rollups = version >= ROLLUPS
                 return store
         with store._lock:
             store._write_connection()
@@ -290,7 +297,7 @@ class PostgresRecordStore:
             try:
                 if not self._migrated:
                     migrate(conn)
-                    self._migrated = True
+                    self._migrated = self._rollups = True
             except BaseException:
                 conn.close()
                 raise
@@ -397,6 +404,11 @@ class PostgresRecordStore:
                 certificates = certificate_rows(records)
                 if certificates:  # a fingerprint's first chain stays
                     cur.executemany(_INSERT_CERTIFICATES, certificates)
+                rollup.write(
+                    records,
+                    rollup.POSTGRES,
+                    lambda text, args: cur.execute(text.replace("?", "%s").encode(), args),
+                )
 
     def prune(self, before: float) -> int:
         """Delete the records older than ``before`` (epoch seconds); return how many.
@@ -439,6 +451,8 @@ class PostgresRecordStore:
                         )
                     )
                     dropped.add(day)
+                if dropped:  # their rollups go in the same transaction
+                    rollup.cut(rollup.POSTGRES, runner(conn), (max(dropped) + 1) * DAY)
             self._partitions -= dropped
             with conn.transaction():
                 total += conn.execute("DELETE FROM records WHERE ts < %s", (before,)).rowcount
@@ -446,6 +460,7 @@ class PostgresRecordStore:
                 # A recorded chain was valid when its record was made: one expired before
                 # ``before`` belongs to pruned records only.
                 conn.execute("DELETE FROM certificates WHERE not_after < %s", (before,))
+                rollup.cut(rollup.POSTGRES, runner(conn), before)
         return total
 
     @staticmethod
@@ -487,62 +502,19 @@ class PostgresRecordStore:
         return iter_chunks(q, chunk, _select, self._reader, _row)
 
     def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
-        """Counts of the records in ``since <= ts < until`` (either bound may be None);
-        the same shape as :meth:`SqliteRecordStore.stats`, ties ordered bytewise as there.
+        """Counts of the records in ``since <= ts < until`` (:func:`.aggregate.stats`).
 
         Raises:
             ValueError: a bound is not finite, or since > until; the database cannot be
                 reached (also psycopg.Error).
         """
-        check_window(since, until)
-        where: list[sql.Composable] = []
-        args: list[float] = []
-        if since is not None:
-            where.append(sql.SQL("ts >= %s"))
-            args.append(since)
-        if until is not None:
-            where.append(sql.SQL("ts < %s"))
-            args.append(until)
-        window = sql.SQL(" AND ").join(where) if where else sql.SQL("TRUE")
+        return self._read(lambda run: window_stats(run, since, until, rollups=self._rollups))
 
-        def grouped(
-            conn: psycopg.Connection[tuple[Any, ...]], column: str, extra: LiteralString = ""
-        ) -> dict[str, int]:
-            name = sql.Identifier(column)
-            rows = conn.execute(
-                sql.SQL(
-                    "SELECT {name}, count(*) FROM records WHERE {window}{extra}"
-                    ' GROUP BY {name} ORDER BY count(*) DESC, {name} COLLATE "C"'
-                ).format(name=name, window=window, extra=sql.SQL(extra)),
-                args,
-            )
-            return {("none" if key is None else str(key)): count for key, count in rows}
-
-        with contextlib.closing(self._reader()) as conn, conn.transaction():  # one snapshot
+    def _read(self, query: Callable[[Run], _T]) -> _T:
+        """``query`` on one read connection, in one snapshot."""
+        with contextlib.closing(self._reader()) as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            row = conn.execute(
-                sql.SQL("SELECT count(*) FROM records WHERE {}").format(window), args
-            ).fetchone()
-            total = 0 if row is None else row[0]
-            by_attest = grouped(conn, "attest")
-            by_verstat = grouped(conn, "verstat")
-            by_reason = grouped(conn, "reason", " AND reason IS NOT NULL")
-            top = conn.execute(
-                sql.SQL(
-                    "SELECT spc, count(*) FROM record_spc WHERE {}"
-                    ' GROUP BY spc ORDER BY count(*) DESC, spc COLLATE "C" LIMIT %s'
-                ).format(window),
-                [*args, TOP_SPC],
-            ).fetchall()
-        return {
-            "since": since,
-            "until": until,
-            "total": total,
-            "by_attest": by_attest,
-            "by_verstat": by_verstat,
-            "by_reason": by_reason,
-            "top_spc": [{"spc": spc, "count": count} for spc, count in top],
-        }
+            return query(runner(conn))
 
     def console(
         self, since: float, until: float, bucket: float, spc: str | None = None
@@ -554,11 +526,11 @@ class PostgresRecordStore:
                 psycopg.Error).
         """
         check_bucket(since, until, bucket)
-        with contextlib.closing(self._reader()) as conn, conn.transaction():  # one snapshot
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return console_summary(
-                _runner(conn), "floor(r.ts / ?)::bigint", since, until, bucket, spc
+        return self._read(
+            lambda run: console_summary(
+                run, rollup.POSTGRES, since, until, bucket, spc, rollups=self._rollups
             )
+        )
 
     def providers(self, since: float, until: float) -> list[dict[str, Any]]:
         """One row per SPC seen in ``since <= ts < until`` (:func:`.aggregate.providers`).
@@ -566,9 +538,9 @@ class PostgresRecordStore:
         Raises:
             ValueError: a bad window; the database cannot be reached (also psycopg.Error).
         """
-        with contextlib.closing(self._reader()) as conn, conn.transaction():  # one snapshot
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            return provider_rows(_runner(conn), since, until)
+        return self._read(
+            lambda run: provider_rows(run, rollup.POSTGRES, since, until, rollups=self._rollups)
+        )
 
     def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
         """The recorded chain PEM of each of ``fingerprints`` that the store holds.
@@ -585,13 +557,3 @@ class PostgresRecordStore:
                 (wanted,),
             ).fetchall()
         return dict(rows)
-
-
-def _runner(conn: psycopg.Connection[tuple[Any, ...]]) -> Run:
-    """:mod:`.aggregate`'s SQL on ``conn``, its ``?`` parameters as psycopg's ``%s`` (fixed
-    texts; passed as bytes, psycopg's type for a query built at run time)."""
-
-    def run(text: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return conn.execute(text.replace("?", "%s").encode(), args).fetchall()
-
-    return run

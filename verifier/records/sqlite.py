@@ -20,31 +20,34 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .aggregate import check_bucket, console_summary
+from . import rollup
+from .aggregate import Run, check_bucket, console_summary
 from .aggregate import providers as provider_rows
+from .aggregate import stats as window_stats
 from .model import (
     CERTIFICATE_COLUMNS,
     FIELDS,
-    TOP_SPC,
     Record,
     RecordQuery,
     certificate_rows,
-    check_window,
     iter_chunks,
     query_page,
 )
 
 __all__ = ["DB_NAME", "SqliteRecordStore"]
 
+_T = TypeVar("_T")
+
 DB_NAME = "records.sqlite3"
 """The database file inside the data directory."""
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _PRUNE_CHUNK = 5000
+"""Records deleted in one transaction by retention, about (whole minutes)."""
 
 
 _SCHEMA = """
@@ -90,8 +93,62 @@ CREATE TABLE certificates (
 ) WITHOUT ROWID;
 CREATE INDEX certificates_not_after ON certificates (not_after);
 """
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA, 2: _CERTIFICATES}
+_KEY = """
+    verstat     TEXT NOT NULL,
+    attest      TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    sip_code    INTEGER NOT NULL,
+    action      TEXT NOT NULL,
+    label       TEXT NOT NULL,
+    x5u         TEXT NOT NULL,
+    nulls       INTEGER NOT NULL,
+"""
+_DIMS = ", ".join(rollup.DIMS)
+_ROLLUPS = f"""
+CREATE TABLE record_minutes (
+    minute      INTEGER NOT NULL,{_KEY}
+    calls       INTEGER NOT NULL,
+    PRIMARY KEY (minute, {_DIMS}, nulls)
+) WITHOUT ROWID;
+CREATE TABLE record_spc_minutes (
+    spc         TEXT NOT NULL,
+    minute      INTEGER NOT NULL,{_KEY}
+    calls       INTEGER NOT NULL,
+    PRIMARY KEY (spc, minute, {_DIMS}, nulls)
+) WITHOUT ROWID;
+CREATE TABLE provider_minutes (
+    minute      INTEGER NOT NULL,
+    spc         TEXT NOT NULL,
+    calls       INTEGER NOT NULL,
+    attest_a    INTEGER NOT NULL,
+    attest_b    INTEGER NOT NULL,
+    attest_c    INTEGER NOT NULL,
+    failures    INTEGER NOT NULL,
+    blocked     INTEGER NOT NULL,
+    first_ts    REAL NOT NULL,
+    last_ts     REAL NOT NULL,
+    fingerprint TEXT,
+    PRIMARY KEY (minute, spc)
+) WITHOUT ROWID;
+CREATE TABLE provider_hours (
+    hour        INTEGER NOT NULL,
+    spc         TEXT NOT NULL,
+    calls       INTEGER NOT NULL,
+    attest_a    INTEGER NOT NULL,
+    attest_b    INTEGER NOT NULL,
+    attest_c    INTEGER NOT NULL,
+    failures    INTEGER NOT NULL,
+    blocked     INTEGER NOT NULL,
+    first_ts    REAL NOT NULL,
+    last_ts     REAL NOT NULL,
+    fingerprint TEXT,
+    PRIMARY KEY (hour, spc)
+) WITHOUT ROWID;
+"""
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA, 2: _CERTIFICATES, 3: _ROLLUPS}
 """Script that brings the schema from version ``n - 1`` to ``n``."""
+_BACKFILL = 3
+"""The migration after whose script the rollups are counted from the records there."""
 
 _COLUMNS = ", ".join(f"r.{name}" for name in FIELDS)
 _INSERT = f"INSERT INTO records (id, {', '.join(FIELDS)}) VALUES "  # noqa: S608 - fixed names
@@ -175,9 +232,13 @@ class SqliteRecordStore:
     connection, so they run concurrently with writes, from any thread or process.
     """
 
-    def __init__(self, path: Path, writer: sqlite3.Connection | None) -> None:
+    def __init__(
+        self, path: Path, writer: sqlite3.Connection | None, *, rollups: bool = True
+    ) -> None:
         self.path = path
         self._writer = writer
+        self._rollups = rollups
+        """Whether the database has its rollups (not before the service migrates it)."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -202,7 +263,7 @@ class SqliteRecordStore:
                 raise FileNotFoundError(f"no record database {path}")
             store = cls(path, None)
             with contextlib.closing(store._reader()) as conn:
-                _check_version(conn, path)
+                store._rollups = _check_version(conn, path) >= _BACKFILL
             return store
         try:
             root.mkdir(mode=0o700, parents=True)
@@ -219,6 +280,20 @@ class SqliteRecordStore:
             path.chmod(0o600)
         return cls(path, _connect_writer(path))
 
+    def written(self, record: Record) -> bool:
+        """Whether a record of ``record``'s ts and request id is stored: a replayed batch
+        (one transaction) is stored whole if its first record is.
+
+        Raises:
+            sqlite3.Error, ValueError: the database cannot be read.
+        """
+        with contextlib.closing(self._reader()) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM records WHERE ts = ? AND request_id = ? LIMIT 1",
+                (record.ts, record.request_id),
+            ).fetchone()
+        return row is not None
+
     def _reader(self) -> sqlite3.Connection:
         try:
             return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
@@ -232,6 +307,7 @@ class SqliteRecordStore:
             raise RuntimeError("the record store is closed")
         if self._writer is None:
             self._writer = _connect_writer(self.path)
+            self._rollups = True
         return self._writer
 
     # -- writes ----------------------------------------------------------------------------
@@ -274,6 +350,7 @@ class SqliteRecordStore:
                 certificates = certificate_rows(records)
                 if certificates:  # a fingerprint's first chain stays
                     _insert_rows(conn, _INSERT_CERTIFICATES, certificates)
+                rollup.write(records, rollup.SQLITE, conn.execute)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -283,8 +360,10 @@ class SqliteRecordStore:
     def prune(self, before: float) -> int:
         """Delete the records older than ``before`` (epoch seconds); return how many.
 
-        Deletes in chunks, one transaction each, so writes go on in between; stops early
-        (returning the count so far) when the store is closed meanwhile.
+        Deletes oldest first in chunks of whole minutes (about 5,000 records), one
+        transaction each with their rollups, so writes go on in between and the rollups
+        stay exact; the minute ``before`` cuts is recounted. Stops early (returning the
+        count so far) when the store is closed meanwhile.
 
         Raises:
             sqlite3.Error: a delete failed (what was deleted before stays deleted).
@@ -298,25 +377,18 @@ class SqliteRecordStore:
                 conn = self._write_connection()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    deleted = conn.execute(
-                        "DELETE FROM records WHERE id IN"
-                        " (SELECT id FROM records WHERE ts < ? LIMIT ?)",
-                        (before, _PRUNE_CHUNK),
-                    ).rowcount
-                    spc_deleted = conn.execute(
-                        "DELETE FROM record_spc WHERE (spc, ts, record_id) IN"
-                        " (SELECT spc, ts, record_id FROM record_spc WHERE ts < ? LIMIT ?)",
-                        (before, _PRUNE_CHUNK),
-                    ).rowcount
-                    if deleted < _PRUNE_CHUNK and spc_deleted < _PRUNE_CHUNK:
+                    cut = _chunk_end(conn, before)
+                    total += conn.execute("DELETE FROM records WHERE ts < ?", (cut,)).rowcount
+                    conn.execute("DELETE FROM record_spc WHERE ts < ?", (cut,))
+                    rollup.cut(rollup.SQLITE, conn.execute, cut)
+                    if cut >= before:
                         _prune_certificates(conn, before)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            total += deleted
-            if deleted < _PRUNE_CHUNK and spc_deleted < _PRUNE_CHUNK:
+            if cut >= before:
                 return total
 
     @staticmethod
@@ -359,58 +431,21 @@ class SqliteRecordStore:
         return iter_chunks(q, chunk, _select, self._reader, _row)
 
     def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
-        """Counts of the records in ``since <= ts < until`` (either bound may be None).
-
-        ``by_attest`` counts a record without attestation under ``"none"``; ``by_reason``
-        counts failures only; ``top_spc`` lists the 20 SPCs with most records.
+        """Counts of the records in ``since <= ts < until`` (:func:`.aggregate.stats`).
 
         Raises:
             ValueError: a bound is not finite, or since > until; the database cannot be
                 read (also sqlite3.Error).
         """
-        check_window(since, until)
-        where: list[str] = []
-        args: list[float] = []
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("ts < ?")
-            args.append(until)
-        window = " AND ".join(where) or "1"
+        return self._read(lambda run: window_stats(run, since, until, rollups=self._rollups))
 
-        def grouped(conn: sqlite3.Connection, column: str, extra: str = "") -> dict[str, int]:
-            rows = conn.execute(
-                f"SELECT {column}, count(*) FROM records WHERE {window}{extra}"  # noqa: S608
-                f" GROUP BY {column} ORDER BY count(*) DESC, {column}",
-                args,
-            )
-            return {("none" if key is None else str(key)): count for key, count in rows}
-
+    def _read(self, query: Callable[[Run], _T]) -> _T:
+        """``query`` on one read connection, in one snapshot."""
         with contextlib.closing(self._reader()) as conn:
             conn.execute("BEGIN")  # one snapshot for every count
-            total = conn.execute(
-                f"SELECT count(*) FROM records WHERE {window}",  # noqa: S608
-                args,
-            ).fetchone()[0]
-            by_attest = grouped(conn, "attest")
-            by_verstat = grouped(conn, "verstat")
-            by_reason = grouped(conn, "reason", " AND reason IS NOT NULL")
-            top = conn.execute(
-                f"SELECT spc, count(*) FROM record_spc WHERE {window}"  # noqa: S608
-                " GROUP BY spc ORDER BY count(*) DESC, spc LIMIT ?",
-                [*args, TOP_SPC],
-            ).fetchall()
+            out = query(lambda sql, args: conn.execute(sql, args).fetchall())
             conn.execute("COMMIT")
-        return {
-            "since": since,
-            "until": until,
-            "total": total,
-            "by_attest": by_attest,
-            "by_verstat": by_verstat,
-            "by_reason": by_reason,
-            "top_spc": [{"spc": spc, "count": count} for spc, count in top],
-        }
+        return out
 
     def console(
         self, since: float, until: float, bucket: float, spc: str | None = None
@@ -422,18 +457,11 @@ class SqliteRecordStore:
                 sqlite3.Error).
         """
         check_bucket(since, until, bucket)
-        with contextlib.closing(self._reader()) as conn:
-            conn.execute("BEGIN")  # one snapshot for every count
-            out = console_summary(
-                lambda sql, args: conn.execute(sql, args).fetchall(),
-                "CAST(r.ts / ? AS INTEGER)",
-                since,
-                until,
-                bucket,
-                spc,
+        return self._read(
+            lambda run: console_summary(
+                run, rollup.SQLITE, since, until, bucket, spc, rollups=self._rollups
             )
-            conn.execute("COMMIT")
-        return out
+        )
 
     def providers(self, since: float, until: float) -> list[dict[str, Any]]:
         """One row per SPC seen in ``since <= ts < until`` (:func:`.aggregate.providers`).
@@ -441,11 +469,9 @@ class SqliteRecordStore:
         Raises:
             ValueError: a bad window; the database cannot be read (also sqlite3.Error).
         """
-        with contextlib.closing(self._reader()) as conn:
-            conn.execute("BEGIN")  # one snapshot for both queries
-            out = provider_rows(lambda sql, args: conn.execute(sql, args).fetchall(), since, until)
-            conn.execute("COMMIT")
-        return out
+        return self._read(
+            lambda run: provider_rows(run, rollup.SQLITE, since, until, rollups=self._rollups)
+        )
 
     def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
         """The recorded chain PEM of each of ``fingerprints`` that the store holds.
@@ -493,6 +519,8 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
             for statement in _MIGRATIONS[target].split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if target == _BACKFILL and version:  # an existing database: count its records
+                rollup.refill(rollup.SQLITE, conn.execute, None, None)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
@@ -504,6 +532,23 @@ def _connect_writer(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _chunk_end(conn: sqlite3.Connection, before: float) -> float:
+    """Where retention's next chunk ends: the start of the minute of the
+    :data:`_PRUNE_CHUNK`-th oldest record, or the end of the oldest record's minute when
+    that minute holds more, and at most ``before``."""
+    row = conn.execute(
+        "SELECT ts FROM records WHERE ts < ? ORDER BY ts LIMIT 1 OFFSET ?",
+        (before, _PRUNE_CHUNK - 1),
+    ).fetchone()
+    if row is None:
+        return before
+    oldest = conn.execute("SELECT min(ts) FROM records").fetchone()[0]
+    minute = rollup.minute_of(row[0])
+    if 60 * minute <= oldest:
+        minute += 1
+    return min(before, 60.0 * minute)
 
 
 def _not_a_database(exc: sqlite3.Error) -> bool:
