@@ -449,7 +449,7 @@ def test_wal_mode_and_schema_version(lite: SqliteRecordStore) -> None:
     conn = sqlite3.connect(lite.path)
     try:
         assert "wal" == conn.execute("PRAGMA journal_mode").fetchone()[0]
-        assert 2 == conn.execute("PRAGMA user_version").fetchone()[0]
+        assert 3 == conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     finally:
         conn.close()

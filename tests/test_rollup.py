@@ -225,7 +225,7 @@ def test_group_counts_a_batch_once_per_key_and_a_repeated_spc_once(kit: Kit) -> 
 
 
 def test_an_existing_database_gets_its_rollups_counted(tmp_path: Any, kit: Kit) -> None:
-    """A database of before the rollups (schema 1): read from the records until the
+    """A database of before the rollups (schema 2): read from the records until the
     service opens it, which adds the rollups and counts them from the records."""
     rng = random.Random(5)  # noqa: S311 - seeded test data
     data = tmp_path / "data"
@@ -235,7 +235,7 @@ def test_an_existing_database_gets_its_rollups_counted(tmp_path: Any, kit: Kit) 
     with contextlib.closing(sqlite3.connect(data / "records.sqlite3")) as conn:
         for table in (*TABLES, "provider_hours"):
             conn.execute(f"DROP TABLE {table}")
-        conn.execute("PRAGMA user_version = 1")
+        conn.execute("PRAGMA user_version = 2")
         conn.commit()
     reader = SqliteRecordStore.open(data, create=False)
     assert_same_answers(reader, rng)  # from the records: there are no rollups to read
@@ -243,7 +243,7 @@ def test_an_existing_database_gets_its_rollups_counted(tmp_path: Any, kit: Kit) 
     store = SqliteRecordStore.open(data)
     try:
         with contextlib.closing(sqlite3.connect(data / "records.sqlite3")) as conn:
-            assert 2 == conn.execute("PRAGMA user_version").fetchone()[0]
+            assert 3 == conn.execute("PRAGMA user_version").fetchone()[0]
             assert conn.execute("SELECT count(*) FROM provider_minutes").fetchone()[0] > 0
         assert_same_answers(store, rng)
     finally:
@@ -260,7 +260,7 @@ def test_an_existing_postgresql_schema_gets_its_rollups_counted(
     with psycopg.connect(store.conninfo, autocommit=True) as conn:
         for table in (*TABLES, "provider_hours"):
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
-        conn.execute("DELETE FROM verifier_schema_migrations WHERE version = 2")
+        conn.execute("DELETE FROM verifier_schema_migrations WHERE version = 3")
     reader = PostgresRecordStore.open(database_url, schema=schema, create=False)
     assert_same_answers(reader, rng)
     store = PostgresRecordStore.open(database_url, schema=schema)
