@@ -187,6 +187,20 @@ def test_reverify_reports_a_verdict_that_the_anchors_now_change(
     assert 0 == kit.run([*argv, "--trust-anchor", str(filled.root_pem), "--spc", "1234"])
 
 
+def test_reverify_with_the_anchors_alone_does_not_judge_the_x5u_port(
+    filled: Filled, kit: Kit, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The local repository's port is not in the default x5u ports (443, 8443); nothing is
+    fetched, so with only the anchors (the demo's case: no configuration file) the
+    recorded verdicts stand."""
+    argv = ["records", "--data-dir", str(filled.data_dir), "--reverify", "--json"]
+    assert 0 == kit.run([*argv, "--trust-anchor", str(filled.both_pem)])
+    counts = json.loads(capsys.readouterr().out)["counts"]
+    assert {"same": 3, "different": 0, "no_identity": 1, "no_chain": 2, "request_date": 0} == (
+        counts
+    )
+
+
 def test_reverify_usage_errors(filled: Filled, kit: Kit) -> None:
     where = ["records", "--data-dir", str(filled.data_dir)]
     assert 2 == kit.run([*where, "--reverify", "--csv"])
