@@ -201,6 +201,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "    if False:\n",
     ),
     Mutant(
+        "11-policy-oid-any-cp-version",
+        "11 the SHAKEN policy OID of any CP version counts (2.16.840.1.114569.1.1.N; issue 20)",
+        "verifier/core/certs.py",
+        "        shaken_policy = any(_SHAKEN_POLICY.fullmatch(oid) for oid in policies)\n",
+        "        shaken_policy = SHAKEN_POLICY_OID.dotted_string in policies\n",
+    ),
+    Mutant(
         "12-signature",
         "12 ES256 signature (438)",
         "verifier/core/passport.py",
