@@ -79,6 +79,11 @@ function time(ts) {
   return ts == null ? "" : new Date(ts * 1000).toISOString().replace(".000Z", "Z");
 }
 
+// A table cell's time: to the second, with a space where a narrow column may wrap.
+function cellTime(ts) {
+  return ts == null ? "" : `${time(ts).slice(0, 19).replace("T", " ")}Z`;
+}
+
 function table(columns, rows, options) {
   // columns: [{key, title, num, sort, render(row) -> node|text}]
   const head = el("tr", {});
@@ -245,8 +250,8 @@ function renderProviders() {
     { key: "calls", title: "Calls", num: true },
     { key: "mix", title: "A / B / C", sort: false, render: (r) => `${pct(r.attest.A, r.calls)} / ${pct(r.attest.B, r.calls)} / ${pct(r.attest.C, r.calls)}` },
     { key: "failure_rate", title: "Failure rate", num: true, render: (r) => pct(r.failures, r.calls) },
-    { key: "first_seen", title: "First seen", render: (r) => time(r.first_seen) },
-    { key: "last_seen", title: "Last seen", render: (r) => time(r.last_seen) },
+    { key: "first_seen", title: "First seen", render: (r) => cellTime(r.first_seen) },
+    { key: "last_seen", title: "Last seen", render: (r) => cellTime(r.last_seen) },
     { key: "not_after", title: "Certificate: issuer, expiry", wrap: true, render: certificate },
     { key: "policy", title: "Policy", wrap: true, render: (r) => el("span", { class: `status-${r.policy.status}` },
       r.policy.status + (r.policy.reference ? `: ${r.policy.reference}` : "")) },
