@@ -20,7 +20,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .model import TOP_SPC, check_window
-from .rollup import X5U_FETCH_FAILED, Dialect, decode, minute_of, minute_sql, whole_minutes
+from .rollup import (
+    X5U_FETCH_FAILED,
+    Dialect,
+    decode,
+    merge,
+    minute_of,
+    minute_sql,
+    span_sql,
+    whole_minutes,
+)
 
 __all__ = [
     "MAX_BUCKETS",
@@ -100,26 +109,6 @@ def _provider_spans(whole: tuple[int, int] | None) -> list[tuple[str, str, int, 
     return spans
 
 
-def _where(
-    pairs: Sequence[tuple[str, float | int | None, str]],
-) -> tuple[str, list[Any]]:
-    """``column op ?`` for each bound given, and their arguments."""
-    where, args = [], []
-    for column, value, op in pairs:
-        if value is not None:
-            where.append(f"{column} {op} ?")
-            args.append(value)
-    return " AND ".join(where) or "1 = 1", args
-
-
-def _minutes(span: tuple[int, int]) -> tuple[str, list[Any]]:
-    return _where([("minute", span[0], ">="), ("minute", span[1], "<")])
-
-
-def _ts(column: str, span: Span) -> tuple[str, list[Any]]:
-    return _where([(column, span[0], ">="), (column, span[1], "<")])
-
-
 def console_summary(
     run: Run,
     d: Dialect,
@@ -145,7 +134,7 @@ def console_summary(
         if whole is not None:
             base = minute_of(since) // k * k  # minute - base >= 0: SQL's `/` is floor's
             table = "record_spc_minutes" if spc is not None else "record_minutes"
-            span, args = _minutes(whole)
+            span, args = span_sql("minute", *whole)
             for b, *key, nulls, n in run(
                 f"SELECT (minute - ?) / ? AS b, {_DIMS}, nulls, sum(calls)"  # noqa: S608
                 f" FROM {table} WHERE {'spc = ? AND ' if spc is not None else ''}{span}"
@@ -154,7 +143,7 @@ def console_summary(
             ):
                 groups[(base // k + b, *decode(nulls, key))] += int(n)
         for edge in edges:  # by SPC: on record_spc's time, its partitions and key
-            window, args = _ts("s.ts" if spc is not None else "r.ts", edge)
+            window, args = span_sql("s.ts" if spc is not None else "r.ts", *edge)
             for minute, *dims, n in run(
                 f"SELECT {minute_sql(d)} AS m, {_RAW_DIMS}, count(*)"  # noqa: S608
                 f" FROM {source} WHERE {spc_where}{window} GROUP BY m, {_RAW_GROUP}",
@@ -162,7 +151,7 @@ def console_summary(
             ):
                 groups[(minute // k, *dims)] += n
     else:
-        window, args = _ts("r.ts", (since, until))
+        window, args = span_sql("r.ts", since, until)
         for b, *dims, n in run(
             f"SELECT {d.bucket_of} AS b, {_RAW_DIMS}, count(*)"  # noqa: S608
             f" FROM {source} WHERE {spc_where}{window} GROUP BY b, {_RAW_GROUP}",
@@ -214,40 +203,28 @@ def _ranked(counts: dict[Any, int], limit: int | None = None) -> list[tuple[Any,
 
 
 def providers(
-    run: Run, d: Dialect, since: float, until: float, *, rollups: bool = True
+    run: Run, since: float, until: float, *, rollups: bool = True
 ) -> list[dict[str, Any]]:
     """One row per SPC with records in ``since <= ts < until`` (the busiest
     :data:`MAX_PROVIDERS`, ties by SPC): calls, attestation counts, failures, blocked calls,
     first and last seen, and the certificate of its latest call that had one (fingerprint,
     issuer, expiry from the certificate table; None where the table has no chain for it)."""
     check_window(since, until)
-    # spc -> [calls, A, B, C, failures, blocked, first, last, fingerprint]
+    # spc -> [calls, A, B, C, failures, blocked, first, last]
     rows: dict[str, list[Any]] = {}
-
-    def add(spc: str, *values: Any) -> None:
-        counts, (first, last, fingerprint) = [int(v) for v in values[:6]], values[6:]
-        row = rows.get(spc)
-        if row is None:
-            rows[spc] = [*counts, first, last, fingerprint]
-            return
-        for i, n in enumerate(counts):
-            row[i] += n
-        row[6], row[7] = min(row[6], first), max(row[7], last)
-        if fingerprint is not None and (row[8] is None or fingerprint > row[8]):
-            row[8] = fingerprint
 
     whole, edges = _plan(since, until, rollups)
     for table, unit, lo, hi in _provider_spans(whole):
         for spc, *values in run(
             "SELECT spc, sum(calls), sum(attest_a), sum(attest_b), sum(attest_c),"  # noqa: S608
-            " sum(failures), sum(blocked), min(first_ts), max(last_ts),"
-            f" max(fingerprint{d.collate}) FROM {table} WHERE {unit} >= ? AND {unit} < ?"
+            f" sum(failures), sum(blocked), min(first_ts), max(last_ts) FROM {table}"
+            f" WHERE {unit} >= ? AND {unit} < ?"
             " GROUP BY spc",
             [lo, hi],
         ):
-            add(spc, *values)
+            merge(rows, spc, [*(int(v) for v in values[:6]), *values[6:]])
     for edge in edges:
-        window, args = _ts("s.ts", edge)
+        window, args = span_sql("s.ts", *edge)
         for spc, *values in run(
             "SELECT s.spc, count(*),"  # noqa: S608
             " count(*) FILTER (WHERE r.attest = 'A'),"
@@ -255,11 +232,10 @@ def providers(
             " count(*) FILTER (WHERE r.attest = 'C'),"
             " count(*) FILTER (WHERE r.reason IS NOT NULL),"
             " count(*) FILTER (WHERE r.action = 'block'),"
-            f" min(s.ts), max(s.ts), max(r.fingerprint{d.collate})"
-            f" FROM {_SPC_JOIN} WHERE {window} GROUP BY s.spc",
+            f" min(s.ts), max(s.ts) FROM {_SPC_JOIN} WHERE {window} GROUP BY s.spc",
             args,
         ):
-            add(spc, *values)
+            merge(rows, spc, [*(int(v) for v in values[:6]), *values[6:]])
     busiest = sorted(rows.items(), key=lambda kv: (-kv[1][0], kv[0]))[:MAX_PROVIDERS]
     certificates = _latest_certificates(run, [spc for spc, _ in busiest], since, until)
     return [
@@ -273,7 +249,7 @@ def providers(
             "last_seen": last,
             **certificates.get(spc, _NO_CERTIFICATE),
         }
-        for spc, (n, a, b, c, failures, blocked, first, last, _fingerprint) in busiest
+        for spc, (n, a, b, c, failures, blocked, first, last) in busiest
     ]
 
 
@@ -336,7 +312,7 @@ def stats(
     spcs: Counter[str] = Counter()
     whole, edges = _plan(since, until, rollups)
     if whole is not None:
-        span, args = _minutes(whole)
+        span, args = span_sql("minute", *whole)
         for *key, nulls, n in run(
             f"SELECT {_DIMS}, nulls, sum(calls) FROM record_minutes WHERE {span}"  # noqa: S608
             f" GROUP BY {_DIMS}, nulls",
@@ -351,7 +327,7 @@ def stats(
         ):
             spcs[spc] += int(n)
     for edge in edges:
-        window, args = _ts("ts", edge)
+        window, args = span_sql("ts", *edge)
         for *key, n in run(
             f"SELECT verstat, attest, reason, count(*) FROM records WHERE {window}"  # noqa: S608
             " GROUP BY verstat, attest, reason",

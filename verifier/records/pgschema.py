@@ -144,7 +144,6 @@ MIGRATIONS: tuple[LiteralString, ...] = (
         blocked     bigint NOT NULL,
         first_ts    double precision NOT NULL,
         last_ts     double precision NOT NULL,
-        fingerprint text,
         PRIMARY KEY (minute, spc)
     );
     CREATE TABLE provider_hours (
@@ -158,7 +157,6 @@ MIGRATIONS: tuple[LiteralString, ...] = (
         blocked     bigint NOT NULL,
         first_ts    double precision NOT NULL,
         last_ts     double precision NOT NULL,
-        fingerprint text,
         PRIMARY KEY (hour, spc)
     );
     """,

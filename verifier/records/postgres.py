@@ -538,9 +538,7 @@ class PostgresRecordStore:
         Raises:
             ValueError: a bad window; the database cannot be reached (also psycopg.Error).
         """
-        return self._read(
-            lambda run: provider_rows(run, rollup.POSTGRES, since, until, rollups=self._rollups)
-        )
+        return self._read(lambda run: provider_rows(run, since, until, rollups=self._rollups))
 
     def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
         """The recorded chain PEM of each of ``fingerprints`` that the store holds.

@@ -6,7 +6,7 @@ combination by the providers seen in a minute):
 - ``record_minutes (minute, <dims>) -> calls``: the overview and the statistics;
 - ``record_spc_minutes (spc, minute, <dims>) -> calls``: one provider's overview;
 - ``provider_minutes (minute, spc) -> calls, attest A/B/C, failures, blocked, first_ts,
-  last_ts, fingerprint``: the providers table, policy matches and the top SPCs, and
+  last_ts``: the providers table, policy matches and the top SPCs, and
   ``provider_hours (hour, spc)``, the same by hour: a busy day has a row per minute for
   every provider, too many to add up in time, and the whole hours of a window are read
   from here (its other whole minutes from ``provider_minutes``).
@@ -50,10 +50,12 @@ __all__ = [
     "decode",
     "dims_sql",
     "group",
+    "merge",
     "minute_of",
     "minute_sql",
     "refill",
     "refill_hours",
+    "span_sql",
     "upserts",
     "whole_minutes",
     "write",
@@ -175,7 +177,7 @@ def group(records: Iterable[Record]) -> tuple[list[tuple[Any, ...]], ...]:
             spc_minutes[(spc, minute, *key, nulls)] += 1
             row = providers.get((minute, spc))
             if row is None:
-                row = providers[minute, spc] = [0, 0, 0, 0, 0, 0, r.ts, r.ts, r.fingerprint]
+                row = providers[minute, spc] = [0, 0, 0, 0, 0, 0, r.ts, r.ts]
             row[0] += 1
             if r.attest in ("A", "B", "C"):
                 row[1 + "ABC".index(r.attest)] += 1
@@ -183,11 +185,9 @@ def group(records: Iterable[Record]) -> tuple[list[tuple[Any, ...]], ...]:
             row[5] += r.action == "block"
             row[6] = min(row[6], r.ts)
             row[7] = max(row[7], r.ts)
-            if r.fingerprint is not None and (row[8] is None or r.fingerprint > row[8]):
-                row[8] = r.fingerprint
     hours: dict[tuple[int, str], list[Any]] = {}
     for (minute, spc), row in providers.items():
-        _merge(hours, (minute // 60, spc), row)
+        merge(hours, (minute // 60, spc), row)
     return (
         [(*k, n) for k, n in sorted(minutes.items())],
         [(*k, n) for k, n in sorted(spc_minutes.items())],
@@ -196,8 +196,8 @@ def group(records: Iterable[Record]) -> tuple[list[tuple[Any, ...]], ...]:
     )
 
 
-def _merge(rows: dict[Any, list[Any]], key: Any, row: Sequence[Any]) -> None:
-    """Add a provider row (calls, A, B, C, failures, blocked, first, last, fingerprint)."""
+def merge(rows: dict[Any, list[Any]], key: Any, row: Sequence[Any]) -> None:
+    """Add a provider row (calls, A, B, C, failures, blocked, first, last)."""
     into = rows.get(key)
     if into is None:
         rows[key] = list(row)
@@ -205,8 +205,6 @@ def _merge(rows: dict[Any, list[Any]], key: Any, row: Sequence[Any]) -> None:
     for i in range(6):
         into[i] += row[i]
     into[6], into[7] = min(into[6], row[6]), max(into[7], row[7])
-    if row[8] is not None and (into[8] is None or row[8] > into[8]):
-        into[8] = row[8]
 
 
 def upserts(d: Dialect) -> tuple[str, ...]:
@@ -227,19 +225,14 @@ def upserts(d: Dialect) -> tuple[str, ...]:
 
 
 def _provider_upsert(d: Dialect, table: str, unit: str) -> str:
-    fingerprint = (
-        f"{d.greatest}(coalesce({table}.fingerprint, excluded.fingerprint){d.collate},"
-        f" coalesce(excluded.fingerprint, {table}.fingerprint))"
-    )
     sums = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in _PROVIDER_SUMS)
     return (
         f"INSERT INTO {table} ({unit}, spc, {', '.join(_PROVIDER_SUMS)},"  # noqa: S608
-        " first_ts, last_ts, fingerprint)"
-        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({unit}, spc) DO UPDATE SET"
+        " first_ts, last_ts)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT ({unit}, spc) DO UPDATE SET"
         f" {sums},"
         f" first_ts = {d.least}({table}.first_ts, excluded.first_ts),"
-        f" last_ts = {d.greatest}({table}.last_ts, excluded.last_ts),"
-        f" fingerprint = {fingerprint}"
+        f" last_ts = {d.greatest}({table}.last_ts, excluded.last_ts)"
     )
 
 
@@ -290,10 +283,10 @@ def refill(d: Dialect, run: Exec, lo: int | None, hi: int | None) -> None:
     everything; retention over the minute it cuts."""
     lo = FIRST_MINUTE if lo is None else max(lo, FIRST_MINUTE)
     hi = END_MINUTE if hi is None else min(hi, END_MINUTE)
-    span, args = _minute_range("minute", lo, hi)
+    span, args = span_sql("minute", lo, hi)
     for table in TABLES:
         run(f"DELETE FROM {table} WHERE {span}", args)  # noqa: S608 - fixed names
-    window, wargs = _ts_range("r.ts", 60.0 * lo, 60.0 * hi)
+    window, wargs = span_sql("r.ts", 60.0 * lo, 60.0 * hi)
     minute = minute_sql(d)
     keys, nulls = dims_sql()
     dims = ", ".join(DIMS)
@@ -316,9 +309,9 @@ def refill(d: Dialect, run: Exec, lo: int | None, hi: int | None) -> None:
 
 def refill_hours(d: Dialect, run: Exec, lo: int, hi: int) -> None:
     """Recount ``provider_hours`` of the hours ``lo <= h < hi`` from the records."""
-    span, args = _minute_range("hour", lo, hi)
+    span, args = span_sql("hour", lo, hi)
     run(f"DELETE FROM provider_hours WHERE {span}", args)  # noqa: S608 - fixed names
-    window, wargs = _ts_range("r.ts", 3600.0 * lo, 3600.0 * hi)
+    window, wargs = span_sql("r.ts", 3600.0 * lo, 3600.0 * hi)
     # minute - FIRST_MINUTE >= 0, a multiple of 60 apart: SQL's `/` is floor's
     hour = f"(({minute_sql(d)} - {FIRST_MINUTE}) / 60 + {FIRST_MINUTE // 60})"
     _refill_providers(d, run, "provider_hours", "hour", hour, window, wargs)
@@ -332,13 +325,13 @@ def _refill_providers(
 ) -> None:
     run(
         f"INSERT INTO {table} ({unit}, spc, {', '.join(_PROVIDER_SUMS)},"
-        " first_ts, last_ts, fingerprint)"
+        " first_ts, last_ts)"
         f" SELECT {unit_sql} AS u, s.spc, count(*),"
         " count(*) FILTER (WHERE r.attest = 'A'), count(*) FILTER (WHERE r.attest = 'B'),"
         " count(*) FILTER (WHERE r.attest = 'C'),"
         " count(*) FILTER (WHERE r.reason IS NOT NULL),"
         " count(*) FILTER (WHERE r.action = 'block'),"
-        f" min(r.ts), max(r.ts), max(r.fingerprint{d.collate}) {_SPC_JOIN}"
+        f" min(r.ts), max(r.ts) {_SPC_JOIN}"
         f" WHERE {window} GROUP BY u, s.spc",
         args,
     )
@@ -358,7 +351,8 @@ def cut(d: Dialect, run: Exec, before: float) -> None:
         refill_hours(d, run, hour, hour + 1)
 
 
-def _minute_range(column: str, lo: int | None, hi: int | None) -> tuple[str, list[int]]:
+def span_sql(column: str, lo: float | None, hi: float | None) -> tuple[str, list[float]]:
+    """``lo <= column < hi`` (a None bound: unbounded) as SQL with ``?``, and its arguments."""
     where, args = [], []
     if lo is not None:
         where.append(f"{column} >= ?")
@@ -366,15 +360,4 @@ def _minute_range(column: str, lo: int | None, hi: int | None) -> tuple[str, lis
     if hi is not None:
         where.append(f"{column} < ?")
         args.append(hi)
-    return " AND ".join(where) or "1 = 1", args
-
-
-def _ts_range(column: str, since: float | None, until: float | None) -> tuple[str, list[float]]:
-    where, args = [], []
-    if since is not None:
-        where.append(f"{column} >= ?")
-        args.append(since)
-    if until is not None:
-        where.append(f"{column} < ?")
-        args.append(until)
     return " AND ".join(where) or "1 = 1", args

@@ -103,6 +103,16 @@ _KEY = """
     x5u         TEXT NOT NULL,
     nulls       INTEGER NOT NULL,
 """
+_PROVIDER = """
+    spc         TEXT NOT NULL,
+    calls       INTEGER NOT NULL,
+    attest_a    INTEGER NOT NULL,
+    attest_b    INTEGER NOT NULL,
+    attest_c    INTEGER NOT NULL,
+    failures    INTEGER NOT NULL,
+    blocked     INTEGER NOT NULL,
+    first_ts    REAL NOT NULL,
+    last_ts     REAL NOT NULL,"""
 _DIMS = ", ".join(rollup.DIMS)
 _ROLLUPS = f"""
 CREATE TABLE record_minutes (
@@ -117,31 +127,11 @@ CREATE TABLE record_spc_minutes (
     PRIMARY KEY (spc, minute, {_DIMS}, nulls)
 ) WITHOUT ROWID;
 CREATE TABLE provider_minutes (
-    minute      INTEGER NOT NULL,
-    spc         TEXT NOT NULL,
-    calls       INTEGER NOT NULL,
-    attest_a    INTEGER NOT NULL,
-    attest_b    INTEGER NOT NULL,
-    attest_c    INTEGER NOT NULL,
-    failures    INTEGER NOT NULL,
-    blocked     INTEGER NOT NULL,
-    first_ts    REAL NOT NULL,
-    last_ts     REAL NOT NULL,
-    fingerprint TEXT,
+    minute      INTEGER NOT NULL,{_PROVIDER}
     PRIMARY KEY (minute, spc)
 ) WITHOUT ROWID;
 CREATE TABLE provider_hours (
-    hour        INTEGER NOT NULL,
-    spc         TEXT NOT NULL,
-    calls       INTEGER NOT NULL,
-    attest_a    INTEGER NOT NULL,
-    attest_b    INTEGER NOT NULL,
-    attest_c    INTEGER NOT NULL,
-    failures    INTEGER NOT NULL,
-    blocked     INTEGER NOT NULL,
-    first_ts    REAL NOT NULL,
-    last_ts     REAL NOT NULL,
-    fingerprint TEXT,
+    hour        INTEGER NOT NULL,{_PROVIDER}
     PRIMARY KEY (hour, spc)
 ) WITHOUT ROWID;
 """
@@ -469,9 +459,7 @@ class SqliteRecordStore:
         Raises:
             ValueError: a bad window; the database cannot be read (also sqlite3.Error).
         """
-        return self._read(
-            lambda run: provider_rows(run, rollup.SQLITE, since, until, rollups=self._rollups)
-        )
+        return self._read(lambda run: provider_rows(run, since, until, rollups=self._rollups))
 
     def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
         """The recorded chain PEM of each of ``fingerprints`` that the store holds.
