@@ -45,38 +45,23 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from bench_core import openssl_verify_per_s
+from bench_http import CLIENT_CPU, SERVER_CPU, _on_cpu
 
 from verifier.testing import Signer, TestPKI, free_port, pem
 from verifier.testing.repository import Repository
 
-SERVER_CPU, CLIENT_CPU = 0, 1
 MAX_SECONDS = 50  # PASSporTs are signed before the load: the run stays inside iat's 60 s
 PASSED = "TN-Validation-Passed"
 ORIG, DEST = "12155551212", "12155551213"
 
 
-@contextlib.contextmanager
-def _pinned(cpu: int | None) -> Iterator[None]:
-    """This process on ``cpu`` for the block (None: unchanged)."""
-    if cpu is None:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
 def _openssl(cpu: int | None) -> float:
-    with _pinned(cpu):
+    with _on_cpu(cpu):
         return openssl_verify_per_s(3)
 
 
@@ -139,7 +124,7 @@ class Service:
             start_new_session=True,
         )
 
-    def check_pinned(self) -> None:
+    def check_on_cpu(self) -> None:
         if self.cpu is not None and os.sched_getaffinity(self.proc.pid) != {self.cpu}:
             raise RuntimeError("the service is not pinned")
 
@@ -188,7 +173,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "forged_dir": args.forged_dir,
     }
     out["openssl_p256_verify_per_s"] = _openssl(SERVER_CPU if one_core else None)
-    with _pinned(CLIENT_CPU if one_core else None), tempfile.TemporaryDirectory() as tmp:
+    with _on_cpu(CLIENT_CPU if one_core else None), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         async with Repository.create(pki) as repo:
             count = int(args.seconds * args.legit) + 1
@@ -215,7 +200,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 timeout = aiohttp.ClientTimeout(total=10)
                 async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                     await _ready(session, base, service)
-                    service.check_pinned()
+                    service.check_on_cpu()
                     url = base + "/stir/v1/verification"
                     warm = Tally()
                     await _call(session, url, _body(legit[0]), warm)
