@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -62,10 +60,9 @@ from verifier.records import (
     RecordWriter,
     SqliteRecordStore,
 )
-from verifier.records.aggregate import Run, console_summary
-from verifier.records.pgschema import runner
+from verifier.records.aggregate import console_summary
 from verifier.records.postgres import PostgresRecordStore
-from verifier.records.rollup import POSTGRES, SQLITE, Dialect
+from verifier.testing.stores import from_records
 
 T0 = 1_800_000_000.0
 
@@ -181,21 +178,6 @@ def timed_ms(call: Callable[[], object], runs: int) -> dict[str, float]:
         call()
         times.append((time.perf_counter() - started) * 1000)
     return {"p50": round(statistics.median(times), 1), "max": round(max(times), 1)}
-
-
-@contextlib.contextmanager
-def from_records(store: RecordStore) -> Iterator[tuple[Run, Dialect]]:
-    """A reader of ``store``'s database that reads the records only (the reference)."""
-    if isinstance(store, SqliteRecordStore):
-        conn = sqlite3.connect(store.path)
-        try:
-            yield (lambda text, args: conn.execute(text, args).fetchall()), SQLITE
-        finally:
-            conn.close()
-    else:
-        assert isinstance(store, PostgresRecordStore)
-        with psycopg.connect(store.conninfo, autocommit=True) as pg:
-            yield runner(pg), POSTGRES
 
 
 def store_bytes(store: RecordStore) -> int:

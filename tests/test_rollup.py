@@ -17,7 +17,6 @@ import contextlib
 import math
 import random
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,19 +24,16 @@ import psycopg
 from psycopg import sql
 
 from verifier.records import Record, RecordStore, SqliteRecordStore
-from verifier.records.aggregate import MAX_BUCKETS, Run, console_summary, providers, stats
-from verifier.records.pgschema import runner
+from verifier.records.aggregate import MAX_BUCKETS, console_summary, providers, stats
 from verifier.records.postgres import PostgresRecordStore
 from verifier.records.rollup import (
-    POSTGRES,
-    SQLITE,
     TABLES,
-    Dialect,
     decode,
     group,
     minute_of,
     whole_minutes,
 )
+from verifier.testing.stores import from_records
 
 if TYPE_CHECKING:
     from conftest import RecordKit
@@ -93,21 +89,6 @@ def fill(store: RecordStore, records: list[Record], rng: random.Random) -> None:
         size = rng.randrange(1, 60)
         store.insert_many(records[start : start + size])
         start += size
-
-
-@contextlib.contextmanager
-def from_records(store: RecordStore) -> Iterator[tuple[Run, Dialect]]:
-    """A reader of ``store``'s database of the test's own, and its dialect."""
-    if isinstance(store, SqliteRecordStore):
-        conn = sqlite3.connect(store.path)
-        try:
-            yield (lambda sql, args: conn.execute(sql, args).fetchall()), SQLITE
-        finally:
-            conn.close()
-    else:
-        assert isinstance(store, PostgresRecordStore)
-        with psycopg.connect(store.conninfo, autocommit=True) as pg:
-            yield runner(pg), POSTGRES
 
 
 def windows(rng: random.Random) -> list[tuple[float, float]]:
