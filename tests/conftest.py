@@ -71,9 +71,11 @@ def ca_file(repo: Repository, tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def now() -> int:
-    """The verification moment: fixed for the session, inside every test certificate."""
+    """The verification moment: this test's start on the wall clock, inside every test
+    certificate (a service on the real clock judges an iat against its own clock, so a
+    session-wide moment would be stale late in a slow run)."""
     return int(time.time())
 
 
@@ -85,7 +87,7 @@ def conformance_dir() -> Path:
 Check = Callable[..., Result]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def check(signer: Signer, trust: TrustStore, now: int) -> Check:
     """``check(values, call=..., options=..., at=..., signer=..., trust=..., bare=...)``:
     verify_offline with a signer's chain (default: the PKI's) against ``trust``."""

@@ -10,7 +10,6 @@ import asyncio
 import csv
 import io
 import shutil
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,13 +48,6 @@ BLOCKED = 20
 STALE = 40  # iat an hour old: 403 iat_too_old, the top failure reason
 UNFETCHABLE = 15  # x5u answers 404: 436
 FORGED = 10  # signature of another key: 438
-
-
-@pytest.fixture
-def now() -> int:
-    """The wall clock at this test's start: the running service judges iat by its own clock,
-    and conftest's session-wide ``now`` is minutes old late in a slow run."""
-    return int(time.time())
 
 
 @dataclass

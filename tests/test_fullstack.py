@@ -3,7 +3,6 @@ repository on 127.0.0.1, every answer through a real socket."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,6 @@ from verifier.testing.repository import Repository
 
 LOGO = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 ORIG, DEST = "12155551212", "12155551213"
-
-
-@pytest.fixture
-def now() -> int:
-    """These calls go to a service on the real clock with no request time: sign them now,
-    not at the session's start (a stale iat would be refused before any fetch)."""
-    return int(time.time())
 
 
 @dataclass

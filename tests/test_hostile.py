@@ -32,13 +32,6 @@ from verifier.testing.repository import Repository
 BOUND = 1.0  # the fetch timeout in these tests, seconds
 
 
-@pytest.fixture
-def now() -> int:
-    """The wall clock at this test's start: the running service judges iat by its own clock,
-    and conftest's session-wide ``now`` is minutes old late in a slow run."""
-    return int(time.time())
-
-
 @pytest.fixture(scope="module")
 def pki() -> TestPKI:
     return TestPKI.create()
@@ -175,7 +168,7 @@ async def test_x5u_serving_another_providers_chain(
 
 
 async def test_the_service_stays_healthy_after_hostile_repositories(
-    aiohttp_client: AiohttpClient, repo: Repository, pki: TestPKI, tmp_path: Path
+    aiohttp_client: AiohttpClient, repo: Repository, pki: TestPKI, tmp_path: Path, now: int
 ) -> None:
     settings = repo.service_settings(
         pki, tmp_path, {"http_client.timeout": BOUND, "records.enabled": False}
@@ -191,13 +184,11 @@ async def test_the_service_stays_healthy_after_hostile_repositories(
     answers = []
     for path, how in hostile.items():
         signer.x5u = repo.put(path, **how)  # type: ignore[arg-type]
-        body = {"identity": signer.identity(iat=int(time.time())), "from": "12155551212"}
+        body = {"identity": signer.identity(iat=now), "from": "12155551212"}
         async with client.post("/v1/verify", json=body) as resp:
             answers.append((resp.status, (await resp.json())["reason"]["sip_code"]))
     signer.x5u = repo.put("/sp.pem", signer.chain_pem())
-    async with client.post(
-        "/v1/verify", json={"identity": signer.identity(iat=int(time.time()))}
-    ) as resp:
+    async with client.post("/v1/verify", json={"identity": signer.identity(iat=now)}) as resp:
         good = await resp.json()
     async with client.get("/readyz") as resp:
         ready = resp.status

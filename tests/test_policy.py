@@ -27,7 +27,7 @@ def other() -> TestPKI:
     return TestPKI.create(spc="567J", x5u="https://cr.partner.example.com/sp.pem")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def passed(signer: Signer, trust: TrustStore, now: int) -> Result:
     result = verdict(signer, trust, now)
     assert result.passed

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,6 @@ if TYPE_CHECKING:  # the kit fixture's type; pytest imports conftest itself
 
 ORIG, DEST = "12155551212", "12155551213"
 TOKEN = "reverify-test-token-0123456789"
-
-
-@pytest.fixture
-def now() -> int:
-    """The wall clock at this test's start: the running service judges iat by its own clock,
-    and conftest's session-wide ``now`` is minutes old late in a slow run."""
-    return int(time.time())
 
 
 @dataclass

@@ -808,7 +808,7 @@ BASES = {
 Scenario = Callable[[], Result]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def scenarios(
     pki: TestPKI, signer: Signer, trust: TrustStore, now: int, raw_jws: RawJws
 ) -> dict[type[VerificationError], Scenario]:
