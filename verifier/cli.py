@@ -393,9 +393,6 @@ def cmd_records(args: argparse.Namespace) -> int:
     return 0
 
 
-_ANY_PORT = frozenset(range(1, 65536))
-
-
 def _reverify(args: argparse.Namespace, store: RecordStore, query: RecordQuery) -> int:
     """``records --reverify``: every matching record verified again from the store alone;
     exit status 1 when any verdict differs."""
@@ -412,7 +409,7 @@ def _reverify(args: argparse.Namespace, store: RecordStore, query: RecordQuery) 
         trust = _configured_trust(settings)
     # Nothing is fetched: the x5u port allow-list guards fetches, and a recorded chain's x5u
     # passed the service's own list when it was fetched.
-    options = dataclasses.replace(settings.options, x5u_ports=_ANY_PORT)
+    options = dataclasses.replace(settings.options, x5u_ports=frozenset(range(1, 65536)))
     counts = {"same": 0, "different": 0, "no_identity": 0, "no_chain": 0, "request_date": 0}
     results = []
     for chunk in store.iter_query(query):
