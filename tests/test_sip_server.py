@@ -395,6 +395,29 @@ async def test_sources_outside_allow_are_dropped_on_udp_and_closed_on_tcp(start:
     assert b'verifier_sip_messages_total{kind="denied"} 2.0' in server.service.metrics.render()
 
 
+def test_allow_verdicts_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each source is judged once (the verdict is the CIDR list's) and no more than
+    JUDGED_SOURCES verdicts are held, however many sources send."""
+    monkeypatch.setattr(sip_server, "JUDGED_SOURCES", 8)
+    server = SipServer(
+        cast(Service, _MetricsOnly()), SipSettings(allow=("10.0.0.0/8", "::ffff:192.0.2.0/120"))
+    )
+    hosts = [f"10.0.0.{i}" for i in range(20)] + [f"11.0.0.{i}" for i in range(20)]
+    for _ in range(2):
+        assert [True] * 20 + [False] * 20 == [server.allowed(h) for h in hosts]
+        assert len(server._judged) <= 8
+    assert server.allowed("::ffff:10.1.2.3")  # an IPv4-mapped source is judged as IPv4
+    assert not server.allowed("not-an-address")
+    assert not server.allowed("fe80::1%eth0")
+
+
+class _MetricsOnly:
+    """All SipServer's constructor reads of a service."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics.create()
+
+
 _methods = st.sampled_from(["INVITE", "ACK", "CANCEL", "OPTIONS", "BYE", "X"])
 _lines = st.lists(
     st.one_of(

@@ -60,6 +60,8 @@ RECEIVE_BUFFER = 4 * 1024 * 1024
 TICK = 0.05
 """The timer wheel's resolution: Timers G, H and I fire up to this late."""
 ALLOW = "INVITE, ACK, CANCEL, OPTIONS"
+JUDGED_SOURCES = 4096
+"""Source hosts whose allow verdict is remembered (then forgotten all at once)."""
 _URI = re.compile(r"(?:sips?|tel):[^<>\"\s]+", re.IGNORECASE)
 
 Send = Callable[[bytes], None]
@@ -108,6 +110,8 @@ class SipServer:
         self.addresses: list[tuple[str, str, int]] = []
         """(transport, host, port) of each listener once open (the port 0 picked)."""
         self._allow = [ipaddress.ip_network(c, strict=False) for c in settings.allow]
+        self._judged: dict[str, bool] = {}
+        """Source host -> allowed: a datagram's source is judged once, not parsed each time."""
         self._transactions: OrderedDict[tuple[str, str], _Transaction] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closers: list[Callable[[], None]] = []
@@ -198,6 +202,14 @@ class SipServer:
     # -- receiving ------------------------------------------------------------------------
 
     def allowed(self, host: str) -> bool:
+        verdict = self._judged.get(host)
+        if verdict is None:
+            if len(self._judged) >= JUDGED_SOURCES:
+                self._judged.clear()  # a flood of sources costs their judging again, not memory
+            verdict = self._judged[host] = self._judge(host)
+        return verdict
+
+    def _judge(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host.partition("%")[0])
         except ValueError:
