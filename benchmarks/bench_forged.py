@@ -34,14 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -50,7 +45,7 @@ from typing import Any
 
 import aiohttp
 from bench_core import openssl_verify_per_s
-from bench_http import CLIENT_CPU, SERVER_CPU, _on_cpu
+from bench_http import CLIENT_CPU, SERVER_CPU, Served, _on_cpu, ready
 
 from verifier.testing import Signer, TestPKI, free_port, pem
 from verifier.testing.repository import Repository
@@ -110,46 +105,6 @@ async def _call(session: aiohttp.ClientSession, url: str, body: bytes, tally: Ta
     tally.answers[f"{verstat} {verdict.get('reasoncode', '')}".strip()] += 1
 
 
-class Service:
-    """`verifier serve` in a session of its own, pinned to ``cpu`` (its children too)."""
-
-    def __init__(self, config: Path, cpu: int | None) -> None:
-        pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
-        self.cpu = cpu
-        self.proc = subprocess.Popen(
-            [*pin, sys.executable, "-m", "verifier", "serve", "--config", str(config)],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def check_on_cpu(self) -> None:
-        if self.cpu is not None and os.sched_getaffinity(self.proc.pid) != {self.cpu}:
-            raise RuntimeError("the service is not pinned")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-
-async def _ready(session: aiohttp.ClientSession, base: str, service: Service) -> None:
-    for _ in range(300):
-        if service.proc.poll() is not None:
-            raise SystemExit("the service exited")
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(base + "/readyz") as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise SystemExit("the service did not become ready")
-
-
 async def _refused(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
     async with session.get(base + "/metrics") as resp:
         text = await resp.text()
@@ -194,13 +149,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "[x5u]\ncrl_check = false\n[records]\nenabled = false\n"
             )
             calls = _schedule(pki.signer, legit[1:], repo, args)
-            service = Service(work / "v.toml", SERVER_CPU if one_core else None)
+            service = Served(work / "v.toml", SERVER_CPU if one_core else None)
             try:
                 connector = aiohttp.TCPConnector(limit=512)
                 timeout = aiohttp.ClientTimeout(total=10)
                 async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                    await _ready(session, base, service)
-                    service.check_on_cpu()
+                    await ready(session, base, service.proc.poll)
+                    if service.cpu is not None:
+                        service.check_pinned()
                     url = base + "/stir/v1/verification"
                     warm = Tally()
                     await _call(session, url, _body(legit[0]), warm)

@@ -36,6 +36,7 @@ within a time limit (the service, its children included).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -53,6 +54,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from bench_core import openssl_verify_per_s
 
 from verifier.settings import ApiSettings
@@ -164,50 +166,49 @@ def _on_cpu(cpu: int | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-class _Service:
-    """`verifier serve` (one worker) in a subprocess and a session of its own, on the run's
-    PKI; ``cpu``: started under ``taskset -c cpu`` (its children inherit it); ``extra``:
-    TOML tables added to its configuration; ``data``: its records directory in ``work``."""
+async def ready(
+    session: aiohttp.ClientSession, base: str, exited: Callable[[], int | None]
+) -> dict[str, Any]:
+    """Wait (30 s at most) until the service at ``base`` answers ``/readyz`` with 200; its
+    body. ``exited``: the service's exit status, None while it runs (SystemExit once it has
+    one)."""
+    for _ in range(300):
+        if exited() is not None:
+            raise SystemExit("the service exited")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(base + "/readyz") as resp:
+                if resp.status == 200:
+                    body: dict[str, Any] = await resp.json()
+                    return body
+        await asyncio.sleep(0.1)
+    raise SystemExit("the service did not become ready")
 
-    def __init__(
-        self,
-        work: Path,
-        *,
-        records: bool,
-        log: bool,
-        fast: bool,
-        cpu: int | None,
-        extra: str = "",
-        data: str = "data",
-    ) -> None:
-        self.port = free_port()
+
+def serve_command(config: Path, cpu: int | None) -> list[str]:
+    """`verifier serve` on ``config``; ``cpu``: under ``taskset -c cpu`` (its children
+    inherit it). Run it with :func:`serve_env`."""
+    pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
+    return [*pin, sys.executable, "-m", "verifier", "serve", "--config", str(config)]
+
+
+def serve_env() -> dict[str, str]:
+    """The environment of :func:`serve_command`: this process's, as it is now."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+class Served:
+    """`verifier serve` on ``config`` (:func:`serve_command`) in a subprocess and a session
+    of its own, its output dropped."""
+
+    def __init__(self, config: Path, cpu: int | None) -> None:
         self.cpu = cpu
-        config = work / f"verifier-{'rec' if records else 'norec'}.toml"
-        fast_line = f"fast_path = {'true' if fast else 'false'}\n" if _has_fast_path() else ""
-        config.write_text(
-            f'host = "127.0.0.1"\nport = {self.port}\n'
-            f'trust_anchors = ["{work / "root.pem"}"]\nlog_level = "INFO"\n'
-            f'[x5u]\npreload_dir = "{work / "preload"}"\ncrl_check = false\n'
-            f"[api]\nlog_verifications = {'true' if log else 'false'}\n"
-            f"{fast_line}"
-            f"[records]\nenabled = {'true' if records else 'false'}\n"
-            f'data_dir = "{work / data}"\n'
-            f"{extra}"
-        )
-        pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
         self.proc = subprocess.Popen(
-            [*pin, sys.executable, "-m", "verifier", "serve", "--config", str(config)],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            serve_command(config, cpu),
+            env=serve_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        self.base = f"http://127.0.0.1:{self.port}"
-        try:
-            _wait_ready(self.base + "/readyz")
-        except BaseException:
-            self.stop()
-            raise
 
     def processes(self) -> list[int]:
         """The service's process and its children: every process of its session."""
@@ -243,6 +244,44 @@ class _Service:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=STOP_WAIT)
+
+
+class _Service(Served):
+    """`verifier serve` (one worker) on the run's PKI, ready (:class:`Served`); ``cpu``:
+    started under ``taskset -c cpu``; ``extra``: TOML tables added to its configuration;
+    ``data``: its records directory in ``work``."""
+
+    def __init__(
+        self,
+        work: Path,
+        *,
+        records: bool,
+        log: bool,
+        fast: bool,
+        cpu: int | None,
+        extra: str = "",
+        data: str = "data",
+    ) -> None:
+        self.port = free_port()
+        config = work / f"verifier-{'rec' if records else 'norec'}.toml"
+        fast_line = f"fast_path = {'true' if fast else 'false'}\n" if _has_fast_path() else ""
+        config.write_text(
+            f'host = "127.0.0.1"\nport = {self.port}\n'
+            f'trust_anchors = ["{work / "root.pem"}"]\nlog_level = "INFO"\n'
+            f'[x5u]\npreload_dir = "{work / "preload"}"\ncrl_check = false\n'
+            f"[api]\nlog_verifications = {'true' if log else 'false'}\n"
+            f"{fast_line}"
+            f"[records]\nenabled = {'true' if records else 'false'}\n"
+            f'data_dir = "{work / data}"\n'
+            f"{extra}"
+        )
+        super().__init__(config, cpu)
+        self.base = f"http://127.0.0.1:{self.port}"
+        try:
+            _wait_ready(self.base + "/readyz")
+        except BaseException:
+            self.stop()
+            raise
 
 
 def _bodies(work: Path, pki: TestPKI, per_batch: int) -> tuple[Path, Path]:

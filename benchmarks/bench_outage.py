@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -42,7 +41,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import psycopg
 from bench_core import openssl_verify_per_s
-from bench_http import CLIENT_CPU, SERVER_CPU
+from bench_http import CLIENT_CPU, SERVER_CPU, ready, serve_command, serve_env
 from psycopg import sql
 
 from verifier.testing import TestPKI, free_port, pem, write_preload
@@ -105,24 +104,9 @@ def _stored(database_url: str, schema: str) -> list[str]:
         return [row[0] for row in conn.execute("SELECT request_id FROM records")]
 
 
-async def _ready(session: aiohttp.ClientSession, base: str, server: Any) -> dict[str, Any]:
-    for _ in range(300):
-        if server.returncode is not None:
-            raise SystemExit("the service exited")
-        try:
-            async with session.get(base + "/readyz") as resp:
-                if resp.status == 200:
-                    body: dict[str, Any] = await resp.json()
-                    return body
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit("the service did not become ready")
-
-
 async def _journal_empty(session: aiohttp.ClientSession, base: str, server: Any) -> None:
     for _ in range(1200):
-        body = await _ready(session, base, server)
+        body = await ready(session, base, lambda: server.returncode)
         async with session.get(base + "/metrics") as resp:
             text = await resp.text()
         waiting = [
@@ -170,26 +154,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"[records]\ndata_dir = '{work / 'data'}'\ndatabase_url = '{url}'\n"
             )
 
-            pin = ["taskset", "-c", str(SERVER_CPU)] if args.one_core else []
+            command = serve_command(work / "v.toml", SERVER_CPU if args.one_core else None)
 
             async def serve() -> Any:
                 return await asyncio.create_subprocess_exec(
-                    *pin,
-                    sys.executable,
-                    "-m",
-                    "verifier",
-                    "serve",
-                    "--config",
-                    str(work / "v.toml"),
+                    *command,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env=serve_env(),
                 )
 
             server = await serve()
             connector = aiohttp.TCPConnector(limit=256)
             async with aiohttp.ClientSession(connector=connector) as session:
-                await _ready(session, base, server)
+                await ready(session, base, lambda: server.returncode)
                 healthy = Load(base, body, args.rate)
                 await healthy.run(session, "healthy", args.healthy)
                 proxy.cut()
@@ -228,7 +206,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await server.wait()
                 proxy.restore()
                 server = await serve()
-                await _ready(session, base, server)
+                await ready(session, base, lambda: server.returncode)
                 await _journal_empty(session, base, server)
                 got = _stored(database_url, schema)
                 lost = set(doomed.answered) - set(got)

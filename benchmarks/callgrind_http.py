@@ -17,6 +17,7 @@ Each service run takes about half a minute; everything talks to 127.0.0.1 and en
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench_http import _bodies, _wait_ready
@@ -149,8 +150,9 @@ def verify_run(work: Path, verifies: int) -> int:
     return _instructions(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, int, int]:
+    """``parser`` with ``--requests N1 N2`` and ``--json``, parsed; its arguments, N1 and
+    N2 (exits on bad counts, or when valgrind is not installed)."""
     parser.add_argument("--requests", type=int, nargs=2, default=(100, 400), metavar="N")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -159,16 +161,30 @@ def main() -> None:
         sys.exit("--requests N1 N2: 0 < N1 < N2 <= 5000")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed: apt-get install valgrind")
-    work = Path(tempfile.mkdtemp(prefix="callgrind-http-"))
-    started = time.monotonic()
+    return args, low, high
+
+
+@contextlib.contextmanager
+def preloaded(prefix: str) -> Iterator[tuple[Path, TestPKI]]:
+    """A work directory (removed afterwards) and the run's test PKI, its root in
+    ``root.pem`` and its signer's certificate in ``preload/`` (what :func:`serve_counted`
+    reads)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
         write_preload(work / "preload", [pki.signer])
         (work / "root.pem").write_bytes(pem(pki.root.cert))
-        per_request = (_service_run(work, pki, high) - _service_run(work, pki, low)) / (high - low)
-        per_verify = (verify_run(work, high) - verify_run(work, low)) / (high - low)
+        yield work, pki
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    args, low, high = arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    started = time.monotonic()
+    with preloaded("callgrind-http-") as (work, pki):
+        per_request = (_service_run(work, pki, high) - _service_run(work, pki, low)) / (high - low)
+        per_verify = (verify_run(work, high) - verify_run(work, low)) / (high - low)
     figures = {
         "instructions_per_atis_request": round(per_request),
         "instructions_per_p256_verify": round(per_verify),

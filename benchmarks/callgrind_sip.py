@@ -23,14 +23,19 @@ import argparse
 import json
 import shutil
 import socket
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from callgrind_http import TIMEOUT, _service_run, serve_counted, verify_run
+from callgrind_http import (
+    TIMEOUT,
+    _service_run,
+    arguments,
+    preloaded,
+    serve_counted,
+    verify_run,
+)
 
-from verifier.testing import TestPKI, free_port, pem, write_preload
+from verifier.testing import TestPKI, free_port
 from verifier.testing.sip import invite
 
 
@@ -83,21 +88,10 @@ def _sip_run(work: Path, pki: TestPKI, calls: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, nargs=2, default=(100, 400), metavar="N")
     parser.add_argument("--keep", type=Path, help="keep the callgrind output files here")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    low, high = args.requests
-    if not 0 < low < high <= 5000:
-        sys.exit("--requests N1 N2: 0 < N1 < N2 <= 5000")
-    if shutil.which("valgrind") is None:
-        sys.exit("valgrind is not installed: apt-get install valgrind")
-    work = Path(tempfile.mkdtemp(prefix="callgrind-sip-"))
+    args, low, high = arguments(parser)
     started = time.monotonic()
-    try:
-        pki = TestPKI.create(x5u="https://certs.example.net/sp.pem")
-        write_preload(work / "preload", [pki.signer])
-        (work / "root.pem").write_bytes(pem(pki.root.cert))
+    with preloaded("callgrind-sip-") as (work, pki):
         per_call = (_sip_run(work, pki, high) - _sip_run(work, pki, low)) / (high - low)
         per_request = (_service_run(work, pki, high) - _service_run(work, pki, low)) / (high - low)
         per_verify = (verify_run(work, high) - verify_run(work, low)) / (high - low)
@@ -105,8 +99,6 @@ def main() -> None:
             args.keep.mkdir(parents=True, exist_ok=True)
             for out in work.glob("callgrind.*"):
                 shutil.copy(out, args.keep / out.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     figures = {
         "instructions_per_sip_call": round(per_call),
         "instructions_per_atis_request": round(per_request),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import shutil
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_http import ready, serve_command, serve_env
 
 from verifier.testing import Signer, TestPKI, free_port, pem
 from verifier.testing.repository import Repository
@@ -157,19 +157,14 @@ async def soak(seconds: float, report: float) -> dict[str, Any]:
                 f"[tuning]\nwriter_queue_size = {QUEUE_SIZE}\n"
             )
             server = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "verifier",
-                "serve",
-                "--config",
-                str(work / "v.toml"),
+                *serve_command(work / "v.toml", None),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=serve_env(),
             )
             base = f"http://127.0.0.1:{port}"
             try:
-                return await _drive(base, server.pid, Traffic(pki, repo), seconds, report)
+                return await _drive(base, server, Traffic(pki, repo), seconds, report)
             finally:
                 server.terminate()
                 await asyncio.wait_for(server.wait(), 30)
@@ -178,21 +173,19 @@ async def soak(seconds: float, report: float) -> dict[str, Any]:
 
 
 async def _drive(
-    base: str, pid: int, traffic: Traffic, seconds: float, report: float
+    base: str,
+    server: asyncio.subprocess.Process,
+    traffic: Traffic,
+    seconds: float,
+    report: float,
 ) -> dict[str, Any]:
+    pid = server.pid
     connector = aiohttp.TCPConnector(limit=32)
     async with (
         aiohttp.ClientSession(connector=connector) as session,
         aiohttp.ClientSession() as monitor,  # its own connections: the clients hold all 32
     ):
-        for _ in range(200):
-            try:
-                async with monitor.get(base + "/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+        await ready(monitor, base, lambda: server.returncode)
         rss_start = _rss_kib(pid)
         windows = [Window(time.monotonic())]
         end = time.monotonic() + seconds

@@ -748,6 +748,20 @@ async def loaded(loads: list[str], count: int) -> None:
     raise AssertionError(f"{len(loads)} loads, not {count}")
 
 
+async def stale_serving(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, **settings: Any
+) -> tuple[str, list[str], CertificateFetcher]:
+    """The signer's chain at ``/sp.pem`` (``max-age=60``) and a fetcher that keeps it 60 s,
+    then serves it stale for 600 s more (``settings``: more of the fetcher's): its URL, the
+    outcome of each load the fetcher's ``on_load`` is told of, and the fetcher."""
+    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
+    loads: list[str] = []
+    fetcher = await make_fetcher(
+        min_ttl=60, stale_grace=600, on_load=lambda o, _: loads.append(o), **settings
+    )
+    return url, loads, fetcher
+
+
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
@@ -789,11 +803,7 @@ async def test_lifetime_never_past_not_after(
 async def test_stale_while_revalidate(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
 ) -> None:
-    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
-    loads: list[str] = []
-    fetcher = await make_fetcher(
-        min_ttl=60, stale_grace=600, failure_ttl=30, on_load=lambda o, _: loads.append(o)
-    )
+    url, loads, fetcher = await stale_serving(pki, repo, make_fetcher, failure_ttl=30)
     first = await fetcher.get(url, now=time.time())
     clock.advance(61)
     # past its lifetime: served at once, one refresh in the background
@@ -809,11 +819,7 @@ async def test_stale_while_revalidate(
 async def test_grace_keeps_calls_verifying_while_the_repository_is_down(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
 ) -> None:
-    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
-    loads: list[str] = []
-    fetcher = await make_fetcher(
-        min_ttl=60, stale_grace=600, failure_ttl=30, on_load=lambda o, _: loads.append(o)
-    )
+    url, loads, fetcher = await stale_serving(pki, repo, make_fetcher, failure_ttl=30)
     first = await fetcher.get(url, now=time.time())
     repo.put("/sp.pem", b"down", status=503)
     for _ in range(10):  # 61 .. 331 s: stale, refreshes fail, calls still verify
@@ -830,9 +836,7 @@ async def test_grace_keeps_calls_verifying_while_the_repository_is_down(
 async def test_refresh_finding_a_bad_chain_ends_stale_serving(
     pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, clock: Clock
 ) -> None:
-    url = repo.put("/sp.pem", pki.signer.chain_pem(), headers={"Cache-Control": "max-age=60"})
-    loads: list[str] = []
-    fetcher = await make_fetcher(min_ttl=60, stale_grace=600, on_load=lambda o, _: loads.append(o))
+    url, loads, fetcher = await stale_serving(pki, repo, make_fetcher)
     await fetcher.get(url, now=time.time())
     repo.put("/sp.pem", pki.untrusted_root().issue_leaf().chain_pem())
     clock.advance(61)

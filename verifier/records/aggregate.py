@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .model import TOP_SPC, check_window
 from .rollup import (
@@ -36,6 +36,7 @@ __all__ = [
     "MAX_PROVIDERS",
     "TOP_REASONS",
     "Run",
+    "StoreQueries",
     "console_summary",
     "providers",
     "stats",
@@ -356,3 +357,53 @@ def stats(
         "by_reason": reason,
         "top_spc": [{"spc": spc, "count": n} for spc, n in _ranked(spcs, TOP_SPC)],
     }
+
+
+_T = TypeVar("_T")
+
+
+class StoreQueries:
+    """A store's ``stats``, ``console`` and ``providers``: the functions above, each in one
+    snapshot. The store gives its :class:`~.rollup.Dialect` (``_dialect``), whether it has
+    its rollups (``_rollups``) and :meth:`_read`."""
+
+    _dialect: Dialect
+    _rollups: bool
+
+    def _read(self, query: Callable[[Run], _T]) -> _T:
+        """``query`` on one read connection, in one snapshot."""
+        raise NotImplementedError
+
+    def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
+        """Counts of the records in ``since <= ts < until`` (:func:`.aggregate.stats`).
+
+        Raises:
+            ValueError: a bound is not finite, or since > until; the database cannot be
+                read (also the driver's error: sqlite3.Error, psycopg.Error).
+        """
+        return self._read(lambda run: stats(run, since, until, rollups=self._rollups))
+
+    def console(
+        self, since: float, until: float, bucket: float, spc: str | None = None
+    ) -> dict[str, Any]:
+        """The console's overview of ``since <= ts < until`` (:func:`.aggregate.console_summary`).
+
+        Raises:
+            ValueError: a bad window or bucket; the database cannot be read (also the
+                driver's error: sqlite3.Error, psycopg.Error).
+        """
+        check_bucket(since, until, bucket)
+        return self._read(
+            lambda run: console_summary(
+                run, self._dialect, since, until, bucket, spc, rollups=self._rollups
+            )
+        )
+
+    def providers(self, since: float, until: float) -> list[dict[str, Any]]:
+        """One row per SPC seen in ``since <= ts < until`` (:func:`.aggregate.providers`).
+
+        Raises:
+            ValueError: a bad window; the database cannot be read (also the driver's
+                error: sqlite3.Error, psycopg.Error).
+        """
+        return self._read(lambda run: providers(run, since, until, rollups=self._rollups))

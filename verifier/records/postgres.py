@@ -56,9 +56,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from . import rollup
-from .aggregate import Run, check_bucket, console_summary
-from .aggregate import providers as provider_rows
-from .aggregate import stats as window_stats
+from .aggregate import Run, StoreQueries
 from .model import (
     CERTIFICATE_COLUMNS,
     FIELDS,
@@ -197,13 +195,15 @@ def _row(row: Sequence[Any]) -> Record:
     return Record(**values)
 
 
-class PostgresRecordStore:
+class PostgresRecordStore(StoreQueries):
     """Records in PostgreSQL: one write connection, a short-lived connection per read.
 
     You get one from :meth:`PostgresRecordStore.open`. Thread-safe: writes (``insert_many``,
     ``prune``) take a lock around the write connection; reads use their own connections,
     so they run concurrently with writes, from any thread, process or instance.
     """
+
+    _dialect = rollup.POSTGRES
 
     def __init__(self, conninfo: str, *, migrated: bool) -> None:
         self.conninfo = conninfo
@@ -501,44 +501,11 @@ class PostgresRecordStore:
         """
         return iter_chunks(q, chunk, _select, self._reader, _row)
 
-    def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
-        """Counts of the records in ``since <= ts < until`` (:func:`.aggregate.stats`).
-
-        Raises:
-            ValueError: a bound is not finite, or since > until; the database cannot be
-                reached (also psycopg.Error).
-        """
-        return self._read(lambda run: window_stats(run, since, until, rollups=self._rollups))
-
     def _read(self, query: Callable[[Run], _T]) -> _T:
         """``query`` on one read connection, in one snapshot."""
         with contextlib.closing(self._reader()) as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             return query(runner(conn))
-
-    def console(
-        self, since: float, until: float, bucket: float, spc: str | None = None
-    ) -> dict[str, Any]:
-        """The console's overview of ``since <= ts < until`` (:func:`.aggregate.console_summary`).
-
-        Raises:
-            ValueError: a bad window or bucket; the database cannot be reached (also
-                psycopg.Error).
-        """
-        check_bucket(since, until, bucket)
-        return self._read(
-            lambda run: console_summary(
-                run, rollup.POSTGRES, since, until, bucket, spc, rollups=self._rollups
-            )
-        )
-
-    def providers(self, since: float, until: float) -> list[dict[str, Any]]:
-        """One row per SPC seen in ``since <= ts < until`` (:func:`.aggregate.providers`).
-
-        Raises:
-            ValueError: a bad window; the database cannot be reached (also psycopg.Error).
-        """
-        return self._read(lambda run: provider_rows(run, since, until, rollups=self._rollups))
 
     def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
         """The recorded chain PEM of each of ``fingerprints`` that the store holds.

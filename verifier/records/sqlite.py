@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import rollup
-from .aggregate import Run, check_bucket, console_summary
-from .aggregate import providers as provider_rows
-from .aggregate import stats as window_stats
+from .aggregate import Run, StoreQueries
 from .model import (
     CERTIFICATE_COLUMNS,
     FIELDS,
@@ -214,13 +212,15 @@ def _select(
     return sql, args
 
 
-class SqliteRecordStore:
+class SqliteRecordStore(StoreQueries):
     """Records in SQLite (WAL mode): one write connection, a fresh read connection per read.
 
     You get one from :meth:`SqliteRecordStore.open`. Thread-safe: writes (``insert_many``,
     ``prune``) take a lock around the write connection; reads open their own read-only
     connection, so they run concurrently with writes, from any thread or process.
     """
+
+    _dialect = rollup.SQLITE
 
     def __init__(
         self, path: Path, writer: sqlite3.Connection | None, *, rollups: bool = True
@@ -420,15 +420,6 @@ class SqliteRecordStore:
         """
         return iter_chunks(q, chunk, _select, self._reader, _row)
 
-    def stats(self, since: float | None, until: float | None) -> dict[str, Any]:
-        """Counts of the records in ``since <= ts < until`` (:func:`.aggregate.stats`).
-
-        Raises:
-            ValueError: a bound is not finite, or since > until; the database cannot be
-                read (also sqlite3.Error).
-        """
-        return self._read(lambda run: window_stats(run, since, until, rollups=self._rollups))
-
     def _read(self, query: Callable[[Run], _T]) -> _T:
         """``query`` on one read connection, in one snapshot."""
         with contextlib.closing(self._reader()) as conn:
@@ -436,30 +427,6 @@ class SqliteRecordStore:
             out = query(lambda sql, args: conn.execute(sql, args).fetchall())
             conn.execute("COMMIT")
         return out
-
-    def console(
-        self, since: float, until: float, bucket: float, spc: str | None = None
-    ) -> dict[str, Any]:
-        """The console's overview of ``since <= ts < until`` (:func:`.aggregate.console_summary`).
-
-        Raises:
-            ValueError: a bad window or bucket; the database cannot be read (also
-                sqlite3.Error).
-        """
-        check_bucket(since, until, bucket)
-        return self._read(
-            lambda run: console_summary(
-                run, rollup.SQLITE, since, until, bucket, spc, rollups=self._rollups
-            )
-        )
-
-    def providers(self, since: float, until: float) -> list[dict[str, Any]]:
-        """One row per SPC seen in ``since <= ts < until`` (:func:`.aggregate.providers`).
-
-        Raises:
-            ValueError: a bad window; the database cannot be read (also sqlite3.Error).
-        """
-        return self._read(lambda run: provider_rows(run, since, until, rollups=self._rollups))
 
     def chains(self, fingerprints: Iterable[str]) -> dict[str, str]:
         """The recorded chain PEM of each of ``fingerprints`` that the store holds.
