@@ -15,15 +15,7 @@ A, B, C, D, E, F = (f"1215555{n:04d}" for n in range(2001, 2007))
 
 
 def div_header(signer: Signer, now: int, diverted_from: str, to: str, orig: str = ORIG) -> str:
-    token = signer.passport(
-        iat=now,
-        orig=orig,
-        dest=to,
-        header={"ppt": "div"},
-        claims={"div": {"tn": diverted_from}},
-        drop=["attest", "origid"],
-    )
-    return identity_header(token, signer.x5u, ppt="div")
+    return signer.div_identity(iat=now, orig=orig, div=diverted_from, dest=to)
 
 
 def verify(

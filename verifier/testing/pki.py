@@ -312,6 +312,21 @@ class Signer:
         token = self.passport(**kwargs)
         return identity_header(token, self.x5u) if params is None else token + params
 
+    def div_identity(
+        self, *, div: str, dest: str, orig: str = "12155551212", iat: int | None = None
+    ) -> str:
+        """A div PASSporT (RFC 8946) as a full Identity header: the call from ``orig`` for
+        ``div`` went on to ``dest``."""
+        token = self.passport(
+            iat=iat,
+            orig=orig,
+            dest=dest,
+            header={"ppt": "div"},
+            claims={"div": {"tn": div}},
+            drop=["attest", "origid"],
+        )
+        return identity_header(token, self.x5u, ppt="div")
+
 
 class ChainSource:
     """A credential source (``await get(x5u, now=...)``) for tests: the known signers'
