@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from verifier.core.certs import TrustStore
-from verifier.core.verify import CallInfo, Result, Verification, VerifyOptions
+from verifier.core.verify import CallInfo, Result, Verification, VerifyOptions, verify_offline
 from verifier.testing import Signer, TestPKI, identity_header
 
 ORIG = "12155551212"
@@ -201,3 +201,27 @@ def test_malformed_div_claims(
     assert result.diversion is not None
     assert "invalid_claims" == result.diversion["reason"]["slug"]
     assert "div" in result.diversion["reason"]["detail"]
+
+
+def test_offline_each_x5u_is_verified_with_its_own_chain(
+    signer: Signer, forwarder: Signer, trust: TrustStore, now: int
+) -> None:
+    """``verify_offline(chains=...)`` (a recorded diverted call verified again): each
+    PASSporT under its own signer's certificate; one chain for all fails the other
+    provider's div hop, and an x5u without a chain fails as an unreachable one would."""
+    values = chain_of(signer, forwarder, now, 1)
+    call = CallInfo(from_=ORIG, to=B)
+    chains = {signer.x5u: list(signer.chain), forwarder.x5u: list(forwarder.chain)}
+    both = verify_offline(values, now=now, call=call, chains=chains, trust=trust)
+    assert both.passed, both.reason
+    spcs = [h.certificate.spc if h.certificate else None for h in both.identities]
+    assert [spcs[0], ("5678",)] == spcs and spcs[0] != ("5678",)
+    one = verify_offline(values, now=now, call=call, chain=list(signer.chain), trust=trust)
+    assert "dest_mismatch" == (one.reason.slug if one.reason else None)
+    del chains[forwarder.x5u]
+    lacking = verify_offline(values, now=now, call=call, chains=chains, trust=trust)
+    assert ["dest_mismatch", "x5u_fetch_failed"] == [
+        h.reason.slug if h.reason else h.status for h in lacking.identities
+    ]
+    with pytest.raises(ValueError, match="exactly one"):
+        verify_offline(values, now=now, chain=list(signer.chain), chains=chains, trust=trust)

@@ -57,6 +57,9 @@ class HeaderResult:
     ppi: str | None = None
     payload: dict[str, Any] | None = field(default=None, repr=False)
     """The decoded claims (whatever the status; the 3GPP API answers them on a pass)."""
+    certificate: CertificateInfo | None = field(default=None, repr=False)
+    """The certificate of the chain validated for ``x5u`` (steps 10-11), whether or not
+    the header then passed; None when no chain validated (the records keep its chain)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {

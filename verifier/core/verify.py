@@ -301,6 +301,7 @@ class Verification:
         ``signature_ok`` is the outcome of step 12 when the caller ran it elsewhere (on a
         signature thread); None runs it here.
         """
+        entry.result.certificate = credential.certificate
         try:
             credential.check_time(self.now)
             if signature_ok is False:
@@ -412,6 +413,7 @@ def verify_offline(
     call: CallInfo | None = None,
     options: VerifyOptions | None = None,
     chain: Sequence[x509.Certificate] | None = None,
+    chains: Mapping[str, Sequence[x509.Certificate]] | None = None,
     public_key: Any = None,
     trust: TrustStore | None = None,
     bare: bool = False,
@@ -419,18 +421,21 @@ def verify_offline(
     """Verify with the signer's certificate chain (or a bare public key) supplied by the caller.
 
     ``chain`` (leaf first) is validated against ``trust`` at ``now``; ``public_key`` skips
-    every certificate check (the result warns). Exactly one of them must be given.
+    every certificate check (the result warns). ``chains`` gives each x5u its own chain
+    (PASSporTs of several signers: a diverted call), looked up as a fetch would be, in the
+    online order of the steps. Exactly one of the three must be given.
     ``bare`` takes each value as a bare PASSporT (JWS) rather than an Identity header.
     """
-    if (chain is None) == (public_key is None):
-        raise ValueError("give exactly one of chain and public_key")
+    if sum(given is not None for given in (chain, chains, public_key)) != 1:
+        raise ValueError("give exactly one of chain, chains and public_key")
     options = options or VerifyOptions()
+    key_cred: Credential | None = None
     try:
         if chain is not None:
             if not chain:
                 raise errors.CertificateInvalid("no certificate supplied")
             key_cred = credential_from_public_key(chain[0].public_key())
-        else:
+        elif public_key is not None:
             key_cred = credential_from_public_key(public_key)
     except VerificationError as exc:
         verification = Verification(values, now=now, call=call, options=options, bare=bare)
@@ -441,14 +446,18 @@ def verify_offline(
         values, now=now, call=call, options=options, bare=bare, signature_key=key_cred
     )
     for entry in verification.pending():
+        x5u = Verification.x5u_of(entry)
         try:
-            check_x5u_url(Verification.x5u_of(entry), options.x5u_ports)
-            if chain is not None:
+            check_x5u_url(x5u, options.x5u_ports)
+            given = chain if chains is None else chains.get(x5u)
+            if given is None and key_cred is not None:
+                credential = key_cred  # a bare public key
+            else:
+                if not given:  # an x5u that ``chains`` lacks: as if it could not be fetched
+                    raise errors.X5uFetchFailed("no certificate chain given for this x5u")
                 if trust is None:
                     raise errors.CertificateNotTrusted("no trust anchors configured")
-                credential = trust.validate(chain, now)
-            else:
-                credential = key_cred
+                credential = trust.validate(given, now)
         except VerificationError as exc:
             verification.fail(entry, exc)
             continue
