@@ -61,7 +61,15 @@ async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
 
 def test_records_come_back_as_they_went_in_oldest_first(tmp_path: Path, kit: Kit) -> None:
     journal = Journal.open(tmp_path, 1 << 20)
-    odd = kit.rec(1, origid="lone \ud800 surrogate", spc=("A", "B"), sip_code=438)
+    odd = kit.rec(
+        1,
+        origid="lone \ud800 surrogate",
+        spc=("A", "B"),
+        sip_code=438,
+        chain="the signer's PEM",
+        signers={"https://x/\ud800.pem": "cd" * 32},
+        chains={"cd" * 32: "another PEM"},
+    )
     for record in (kit.rec(0), odd, kit.rec(2)):
         assert journal.append(record)
     assert not journal.empty

@@ -36,6 +36,7 @@ from verifier.records import (
 )
 from verifier.records.child import ChildWriterStore
 from verifier.records.journal import Journal
+from verifier.records.pgschema import create_partitions, day_of
 from verifier.records.postgres import MIGRATIONS, PostgresRecordStore
 from verifier.testing.faults import TcpProxy
 
@@ -76,6 +77,26 @@ def partitions(database_url: str, schema: str, parent: str) -> list[str]:
 
 
 # -- schema and migrations ---------------------------------------------------------------------
+
+
+def old_schema(database_url: str, schema: str, version: int, ts: float) -> None:
+    """``schema`` as a verifier of schema ``version`` left it (its first ``version``
+    migrations), with one record, ``old``, at ``ts``."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+        conn.execute(
+            "CREATE TABLE verifier_schema_migrations (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for made, migration in enumerate(MIGRATIONS[:version], 1):
+            conn.execute(migration)
+            conn.execute("INSERT INTO verifier_schema_migrations (version) VALUES (%s)", (made,))
+        create_partitions(conn, [day_of(ts)])
+        conn.execute(
+            "INSERT INTO records (ts, request_id, endpoint, verstat, spc)"
+            " VALUES (%s, 'old', 'atis', 'TN-Validation-Passed', '{}')",
+            (ts,),
+        )
 
 
 def test_schema_tables_and_indexes(
@@ -129,20 +150,7 @@ def test_a_version_1_schema_is_migrated_and_keeps_its_records(
 ) -> None:
     """The Identity column and the certificate table (migration 2) come to a database made
     by the previous version, whose records stay readable."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
-        conn.execute(
-            "CREATE TABLE verifier_schema_migrations (version integer PRIMARY KEY,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        conn.execute(MIGRATIONS[0])
-        conn.execute("INSERT INTO verifier_schema_migrations (version) VALUES (1)")
-        conn.execute("CREATE TABLE records_old PARTITION OF records FOR VALUES FROM (0) TO (1e10)")
-        conn.execute(
-            "INSERT INTO records (ts, request_id, endpoint, verstat, spc)"
-            " VALUES (%s, 'old', 'atis', 'TN-Validation-Passed', '{}')",
-            (kit.T0,),
-        )
+    old_schema(database_url, schema, 1, kit.T0)
     store = PostgresRecordStore.open(database_url, schema=schema)
     try:
         assert [("old", None)] == [(r.request_id, r.identity) for r in kit.every(store)]
@@ -152,6 +160,20 @@ def test_a_version_1_schema_is_migrated_and_keeps_its_records(
     assert [(v,) for v in range(1, len(MIGRATIONS) + 1)] == fetch(
         database_url, schema, "SELECT version FROM verifier_schema_migrations"
     )
+
+
+def test_a_version_3_schema_gets_the_signers_column_in_place(
+    database_url: str, schema: str, kit: Kit
+) -> None:
+    """Migration 4 adds ``signers`` to a schema of the previous version: its records stay,
+    without signers; new records carry theirs."""
+    old_schema(database_url, schema, 3, kit.T0)
+    with contextlib.closing(PostgresRecordStore.open(database_url, schema=schema)) as store:
+        store.insert_many([kit.rec(1, signers={"https://x/div.pem": "ab" * 32})])
+        got = {r.request_id: r.signers for r in kit.every(store)}
+    assert {"old": None, "req-1": {"https://x/div.pem": "ab" * 32}} == got
+    versions = fetch(database_url, schema, "SELECT max(version) FROM verifier_schema_migrations")
+    assert [(len(MIGRATIONS),)] == versions
 
 
 def test_concurrent_opens_migrate_once(database_url: str, schema: str) -> None:

@@ -15,6 +15,7 @@ Real databases throughout.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import io
 import json
@@ -244,6 +245,7 @@ def test_record_round_trips_and_to_dict(store: RecordStore, kit: Kit) -> None:
         "action": "accept",
         "label": "spam?",
         "identity": None,
+        "signers": None,
     } == failed.to_dict()
     json.dumps(failed.to_dict())
 
@@ -449,7 +451,7 @@ def test_wal_mode_and_schema_version(lite: SqliteRecordStore) -> None:
     conn = sqlite3.connect(lite.path)
     try:
         assert "wal" == conn.execute("PRAGMA journal_mode").fetchone()[0]
-        assert 3 == conn.execute("PRAGMA user_version").fetchone()[0]
+        assert 4 == conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     finally:
         conn.close()
@@ -578,6 +580,23 @@ def test_identity_and_chain_are_stored(store: RecordStore, kit: Kit) -> None:
     assert {} == store.chains([])
 
 
+def test_the_other_signers_and_their_chains_are_stored(store: RecordStore, kit: Kit) -> None:
+    """A diverted call's div PASSporT of another provider: its x5u and fingerprint in the
+    record, its chain once in the certificate table beside the signer's."""
+    fp, chain, _ = _chain("AAAA")
+    div_fp, div_chain, _ = _chain("BBBB")
+    signers = {'https://cr.forwarder.example/sp.pem?\u00e9="': div_fp}
+    diverted = kit.rec(0, fingerprint=fp, chain=chain, signers=signers, chains={div_fp: div_chain})
+    again = kit.rec(1, fingerprint=fp, signers=signers)  # the chains went with the first
+    store.insert_many([diverted, again])
+    got = {r.request_id: r for r in kit.every(store)}
+    assert (signers, signers) == (got["req-0"].signers, got["req-1"].signers)
+    assert (None, None) == (got["req-0"].chains, got["req-0"].chain)
+    assert {fp: chain, div_fp: div_chain} == store.chains([fp, div_fp])
+    assert signers == got["req-0"].to_dict()["signers"]
+    assert "chains" not in got["req-0"].to_dict()
+
+
 def test_providers_name_the_latest_certificate_of_each_spc(store: RecordStore, kit: Kit) -> None:
     old_fp, old_chain, _ = _chain("AAAA")
     new_fp, new_chain, new_leaf = _chain("AAAA")
@@ -640,3 +659,59 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_records(tmp_path: Path, k
     finally:
         store.close()
     assert {"old": None, "req-1": "eyJ.eyJ.sig"} == got
+
+
+def test_a_schema_3_database_is_upgraded_in_place_and_its_records_reverified(
+    tmp_path: Path, kit: Kit, now: int
+) -> None:
+    """Schema 4 adds ``signers`` to a database of the previous version. Its records stay,
+    without signers, and are re-verified as before (the signer's chain for the PASSporT);
+    new records carry their signers."""
+    from verifier.core.certs import TrustStore
+    from verifier.core.verify import VerifyOptions
+    from verifier.records.reverify import reverify
+    from verifier.records.sqlite import _MIGRATIONS
+
+    pki = TestPKI.create()
+    pki.signer.x5u = "https://cr.example.com/sp.pem"
+    trust = TrustStore([pki.root.cert])
+    info = trust.validate(list(pki.signer.chain), now).certificate
+    assert info is not None
+    fp, identity = info.fingerprint_sha256, pki.signer.identity(iat=now)
+    chain = (pki.signer.chain_pem() + pem(pki.root.cert)).decode("ascii")
+    tmp_path.joinpath("data").mkdir()
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / DB_NAME)) as conn:
+        for version in (1, 2, 3):
+            conn.executescript(_MIGRATIONS[version])
+        conn.execute(
+            "INSERT INTO records (ts, request_id, endpoint, orig, dest, verstat, spc, x5u,"
+            " fingerprint, identity) VALUES (?, 'old', 'atis', ?, ?, ?, '[]', ?, ?, ?)",
+            (
+                now,
+                "12155551212",
+                "12155551213",
+                "TN-Validation-Passed",
+                pki.signer.x5u,
+                fp,
+                identity,
+            ),
+        )
+        conn.execute(
+            "INSERT INTO certificates VALUES (?, ?, 'CN=a', 'CN=b', ?, ?)",
+            (fp, now, info.certificates[0].not_valid_after_utc.timestamp(), chain),
+        )
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    store = SqliteRecordStore.open(tmp_path / "data")
+    try:
+        store.insert_many([kit.rec(1, signers={"https://x/div.pem": fp})])
+        got = {r.request_id: r for r in kit.every(store)}
+        chains = store.chains([fp])
+    finally:
+        store.close()
+    assert (identity, None) == (got["old"].identity, got["old"].signers)
+    assert {"https://x/div.pem": fp} == got["req-1"].signers
+    [item] = reverify([got["old"]], chains, trust, VerifyOptions())
+    assert ("same", "TN-Validation-Passed") == (item.status, item.verstat)
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / DB_NAME)) as conn:
+        assert 4 == conn.execute("PRAGMA user_version").fetchone()[0]

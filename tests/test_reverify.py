@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -20,7 +21,8 @@ from pytest_aiohttp import AiohttpServer
 
 from verifier.http.app import create_app
 from verifier.records import RecordQuery, SqliteRecordStore
-from verifier.testing import TestPKI
+from verifier.settings import Settings
+from verifier.testing import Signer, TestPKI
 from verifier.testing.pki import pem
 from verifier.testing.repository import Repository
 
@@ -47,7 +49,7 @@ class Filled:
 
 
 async def _call(
-    session: aiohttp.ClientSession, url: str, identity: str | None, request_id: str
+    session: aiohttp.ClientSession, url: str, identity: str | list[str] | None, request_id: str
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"from": ORIG, "to": DEST}
     if identity is not None:
@@ -58,6 +60,25 @@ async def _call(
         assert 200 == resp.status
         answer: dict[str, Any] = await resp.json()
         return answer
+
+
+async def _record_calls(
+    aiohttp_server: AiohttpServer, settings: Settings, calls: dict[str, str | list[str] | None]
+) -> None:
+    """``calls`` (request id -> Identity value(s)) made to a real service with ``settings``
+    (its admin token ``TOKEN``), once the writer has stored them all, the service closed."""
+    server = await aiohttp_server(create_app(settings))
+    url = str(server.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        for request_id, identity in calls.items():
+            await _call(session, url, identity, request_id)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        for _ in range(500):  # the writer flushes every 10 ms
+            async with session.get(f"{url}/v1/stats", headers=headers) as resp:
+                if (await resp.json())["total"] == len(calls):
+                    break
+            await asyncio.sleep(0.02)
+    await server.close()  # the writer drains, the store closes
 
 
 @pytest.fixture
@@ -82,27 +103,15 @@ async def filled(aiohttp_server: AiohttpServer, tmp_path: Path, now: int) -> Asy
                 "api.admin_token": TOKEN,
             },
         )
-        calls = {
+        calls: dict[str, str | list[str] | None] = {
             "pass-1": pki.signer.identity(iat=now, attest="A"),
             "pass-2": pki.signer.identity(iat=now, attest="B"),
-            "forged": forger.identity(iat=now),  # 438 invalid_signature: no certificate
+            "forged": forger.identity(iat=now),  # 438 invalid_signature: its x5u's chain
             "other": other.signer.identity(iat=now),  # its anchor is dropped below
             "stale": pki.signer.identity(iat=now - 3600),  # 403 before any chain
             "none": None,  # 428: no Identity header at all
         }
-        app = create_app(settings)
-        server = await aiohttp_server(app)
-        url = str(server.make_url("")).rstrip("/")
-        async with aiohttp.ClientSession() as session:
-            for request_id, identity in calls.items():
-                await _call(session, url, identity, request_id)
-            headers = {"Authorization": f"Bearer {TOKEN}"}
-            for _ in range(500):  # the writer flushes every 10 ms
-                async with session.get(f"{url}/v1/stats", headers=headers) as resp:
-                    if (await resp.json())["total"] == len(calls):
-                        break
-                await asyncio.sleep(0.02)
-        await server.close()  # the writer drains, the store closes
+        await _record_calls(aiohttp_server, settings, calls)
         config = tmp_path / "verifier.toml"
         config.write_text(
             f'trust_anchors = ["{both}"]\n[http_client]\nports = [{repo.port}]\n', encoding="utf-8"
@@ -127,7 +136,9 @@ async def test_the_service_records_identity_and_one_chain_per_signer(filled: Fil
     assert records["pass-1"].identity is not None
     assert records["pass-1"].identity.count(".") >= 2  # the JWS as received
     assert records["pass-1"].fingerprint == records["pass-2"].fingerprint
-    assert None is records["forged"].fingerprint
+    assert None is records["forged"].fingerprint  # not the signer's: the signature failed
+    assert {records["forged"].x5u: records["pass-1"].fingerprint} == records["forged"].signers
+    assert None is records["pass-1"].signers
     store = SqliteRecordStore.open(filled.data_dir, create=False)
     try:
         chains = store.chains(r.fingerprint for r in records.values() if r.fingerprint)
@@ -147,13 +158,15 @@ def test_reverify_with_the_same_anchors_finds_the_same_verdicts(
     assert {
         "pass-1": "same",
         "pass-2": "same",
-        "forged": "no_chain",
+        "forged": "same",
         "other": "same",
         "stale": "no_chain",
         "none": "no_identity",
     } == {k: v["status"] for k, v in by_id.items()}
     assert {"verstat": "TN-Validation-Passed", "reason": None} == by_id["other"]["reverified"]
-    assert {"same": 3, "different": 0, "no_identity": 1, "no_chain": 2, "request_date": 0} == (
+    forged = {"verstat": "TN-Validation-Failed", "reason": "invalid_signature"}
+    assert (forged, forged) == (by_id["forged"]["recorded"], by_id["forged"]["reverified"])
+    assert {"same": 4, "different": 0, "no_identity": 1, "no_chain": 1, "request_date": 0} == (
         body["counts"]
     )
 
@@ -173,8 +186,8 @@ def test_reverify_reports_a_verdict_that_the_anchors_now_change(
     assert by_id["pass-1"].endswith(" same")
     assert by_id["none"].endswith("/no_identity -> no Identity header recorded")
     assert by_id["stale"].endswith("no certificate chain recorded")
-    assert by_id["forged"].endswith("no certificate chain recorded")
-    assert "same=2 different=1 no_identity=1 no_chain=2 request_date=0" == lines[-1]
+    assert by_id["forged"].endswith(" same")
+    assert "same=3 different=1 no_identity=1 no_chain=1 request_date=0" == lines[-1]
     # The usual filters choose the records: the changed one alone.
     assert 0 == kit.run([*argv, "--trust-anchor", str(filled.root_pem), "--spc", "1234"])
 
@@ -188,7 +201,7 @@ def test_reverify_with_the_anchors_alone_does_not_judge_the_x5u_port(
     argv = ["records", "--data-dir", str(filled.data_dir), "--reverify", "--json"]
     assert 0 == kit.run([*argv, "--trust-anchor", str(filled.both_pem)])
     counts = json.loads(capsys.readouterr().out)["counts"]
-    assert {"same": 3, "different": 0, "no_identity": 1, "no_chain": 2, "request_date": 0} == (
+    assert {"same": 4, "different": 0, "no_identity": 1, "no_chain": 1, "request_date": 0} == (
         counts
     )
 
@@ -197,6 +210,72 @@ def test_reverify_usage_errors(filled: Filled, kit: Kit) -> None:
     where = ["records", "--data-dir", str(filled.data_dir)]
     assert 2 == kit.run([*where, "--reverify", "--csv"])
     assert 2 == kit.run([*where, "--trust-anchor", str(filled.root_pem)])
+
+
+# -- a call diverted by another provider (RFC 8946) --------------------------------------------
+
+FIRST = "12155551299"
+"""The number first called (the SHAKEN dest), diverted on to ``DEST``."""
+
+
+@dataclass
+class Diverted:
+    """A store (``verifier records`` arguments) filled by a real service."""
+
+    where: list[str]
+    anchor: Path
+    forwarder: Signer
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def diverted(
+    request: pytest.FixtureRequest, aiohttp_server: AiohttpServer, tmp_path: Path, now: int
+) -> AsyncIterator[Diverted]:
+    """Calls recorded in each store: one diverted by another provider (its SHAKEN PASSporT
+    signed by one SP, its div PASSporT by another SP under a certificate of its own; both
+    valid), and one that was not diverted."""
+    records: dict[str, Any] = {"records.data_dir": str(tmp_path / "records")}
+    where = ["--data-dir", str(tmp_path / "records")]
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("schema_url")
+        records["records.database_url"] = url
+        where = ["--database-url", url]
+    pki = TestPKI.create()
+    async with Repository.create(pki) as repo:
+        pki.signer.x5u = repo.url("/sp.pem")
+        forwarder = pki.ca.issue_leaf("5678", x5u=repo.url("/forwarder.pem"))
+        for signer in (pki.signer, forwarder):
+            repo.put(urlsplit(signer.x5u).path, signer.chain_pem())
+        overrides = {"tuning.writer_flush_interval": 0.01, "api.admin_token": TOKEN, **records}
+        calls: dict[str, str | list[str] | None] = {
+            "diverted": [
+                pki.signer.identity(iat=now, dest=FIRST),
+                forwarder.div_identity(iat=now, orig=ORIG, div=FIRST, dest=DEST),
+            ],
+            "direct": pki.signer.identity(iat=now),
+        }
+        await _record_calls(aiohttp_server, repo.service_settings(pki, tmp_path, overrides), calls)
+        yield Diverted(where=where, anchor=tmp_path / "root.pem", forwarder=forwarder)
+
+
+def test_reverify_checks_each_passport_with_the_chain_recorded_for_its_x5u(
+    diverted: Diverted, kit: Kit, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["records", *diverted.where, "--json"]
+    assert 0 == kit.run(argv)
+    records = {r["request_id"]: r for r in json.loads(capsys.readouterr().out)["records"]}
+    [(x5u, fingerprint)] = records["diverted"]["signers"].items()
+    assert diverted.forwarder.x5u == x5u
+    assert fingerprint != records["diverted"]["fingerprint"]
+    assert None is records["direct"]["signers"]
+    argv += ["--reverify", "--trust-anchor", str(diverted.anchor)]
+    assert 0 == kit.run(argv)
+    by_id = {r["request_id"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    passed = {"verstat": "TN-Validation-Passed", "reason": None}
+    assert {
+        "diverted": ("same", passed, passed),
+        "direct": ("same", passed, passed),
+    } == {k: (v["status"], v["recorded"], v["reverified"]) for k, v in by_id.items()}
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from verifier.records.rollup import (
     minute_of,
     whole_minutes,
 )
+from verifier.records.sqlite import SCHEMA_VERSION
 from verifier.testing.stores import from_records
 
 if TYPE_CHECKING:
@@ -216,6 +217,7 @@ def test_an_existing_database_gets_its_rollups_counted(tmp_path: Any, kit: Kit) 
     with contextlib.closing(sqlite3.connect(data / "records.sqlite3")) as conn:
         for table in (*TABLES, "provider_hours"):
             conn.execute(f"DROP TABLE {table}")
+        conn.execute("ALTER TABLE records DROP COLUMN signers")  # schema 4's
         conn.execute("PRAGMA user_version = 2")
         conn.commit()
     reader = SqliteRecordStore.open(data, create=False)
@@ -224,7 +226,7 @@ def test_an_existing_database_gets_its_rollups_counted(tmp_path: Any, kit: Kit) 
     store = SqliteRecordStore.open(data)
     try:
         with contextlib.closing(sqlite3.connect(data / "records.sqlite3")) as conn:
-            assert 3 == conn.execute("PRAGMA user_version").fetchone()[0]
+            assert SCHEMA_VERSION == conn.execute("PRAGMA user_version").fetchone()[0]
             assert conn.execute("SELECT count(*) FROM provider_minutes").fetchone()[0] > 0
         assert_same_answers(store, rng)
     finally:
@@ -241,7 +243,8 @@ def test_an_existing_postgresql_schema_gets_its_rollups_counted(
     with psycopg.connect(store.conninfo, autocommit=True) as conn:
         for table in (*TABLES, "provider_hours"):
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
-        conn.execute("DELETE FROM verifier_schema_migrations WHERE version = 3")
+        conn.execute("ALTER TABLE records DROP COLUMN signers")  # migration 4's
+        conn.execute("DELETE FROM verifier_schema_migrations WHERE version >= 3")
     reader = PostgresRecordStore.open(database_url, schema=schema, create=False)
     assert_same_answers(reader, rng)
     store = PostgresRecordStore.open(database_url, schema=schema)

@@ -413,7 +413,13 @@ def _reverify(args: argparse.Namespace, store: RecordStore, query: RecordQuery) 
     counts = {"same": 0, "different": 0, "no_identity": 0, "no_chain": 0, "request_date": 0}
     results = []
     for chunk in store.iter_query(query):
-        chains = store.chains(r.fingerprint for r in chunk if r.fingerprint and r.identity)
+        chains = store.chains(
+            fingerprint
+            for r in chunk
+            if r.identity
+            for fingerprint in (r.fingerprint, *(r.signers or {}).values())
+            if fingerprint
+        )
         for item in reverify(chunk, chains, trust, options):
             counts[item.status] += 1
             if args.json:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .accel import es256
 from .accel.batcher import SignatureBatcher
-from .core.certs import TrustStore
+from .core.certs import CertificateInfo, TrustStore
 from .core.errors import NoIdentity, RequestDateStale, VerificationError
 from .core.policy import Disposition, Policy, PolicyError
 from .core.replay import ReplayCache
@@ -83,8 +83,10 @@ def _record(
     item: VerifyRequest,
     result: Result,
     disposition: Disposition,
+    signers: dict[str, CertificateInfo] | None,
     identity: str | None = None,
     chain: str | None = None,
+    chains: dict[str, str] | None = None,
 ) -> Record:
     """The traceback record: the numbers the switch gave (canonical), else the claims'."""
     call = item.call
@@ -115,7 +117,27 @@ def _record(
         label=disposition.label,
         identity=identity,
         chain=chain,
+        signers=(
+            None if signers is None else {x5u: c.fingerprint_sha256 for x5u, c in signers.items()}
+        ),
+        chains=chains,
     )
+
+
+def _signers(result: Result) -> dict[str, CertificateInfo] | None:
+    """x5u -> validated certificate of each Identity header whose chain validated, but the
+    verdict's own signer (``result.x5u`` and ``result.certificate``); None when none."""
+    signers: dict[str, CertificateInfo] | None = None
+    own = (result.x5u, result.certificate.fingerprint_sha256) if result.certificate else None
+    for header in result.identities:
+        certificate = header.certificate
+        if certificate is None or header.x5u is None:
+            continue
+        if (header.x5u, certificate.fingerprint_sha256) != own:
+            if signers is None:
+                signers = {}
+            signers[header.x5u] = certificate
+    return signers
 
 
 def _tn(value: Any) -> str | None:
@@ -337,8 +359,9 @@ class Service:
             result, item.call, now=now, nanp_national_match=self.options.nanp_national_match
         )
         self.metrics.observe(endpoint, result, disposition.action, disposition.label)
+        signers = _signers(result)
         if self.records is None:
-            record = _record(now, endpoint, request_id, item, result, disposition)
+            record = _record(now, endpoint, request_id, item, result, disposition, signers)
         else:
             record = _record(
                 now,
@@ -347,8 +370,10 @@ class Service:
                 item,
                 result,
                 disposition,
+                signers,
                 self._kept_identity(item),
-                self._new_chain(result),
+                self._new_chain(result.certificate),
+                self._new_chains(signers),
             )
         if self._log_verifications:
             self._log(record)
@@ -369,10 +394,20 @@ class Service:
             return None
         return text
 
-    def _new_chain(self, result: Result) -> str | None:
-        """The signer's validated chain as PEM, for the first record of a fingerprint this
+    def _new_chains(self, signers: dict[str, CertificateInfo] | None) -> dict[str, str] | None:
+        """Fingerprint -> chain PEM of the record's other ``signers``, as :meth:`_new_chain`."""
+        if signers is None:
+            return None
+        chains = {
+            certificate.fingerprint_sha256: chain
+            for certificate in signers.values()
+            if (chain := self._new_chain(certificate)) is not None
+        }
+        return chains or None
+
+    def _new_chain(self, certificate: CertificateInfo | None) -> str | None:
+        """A signer's validated chain as PEM, for the first record of a fingerprint this
         process has not recorded lately; the store keeps one copy per fingerprint."""
-        certificate = result.certificate
         if certificate is None or not certificate.certificates:
             return None
         fingerprint = certificate.fingerprint_sha256

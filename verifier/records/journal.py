@@ -59,11 +59,13 @@ def _encode(record: Record) -> bytes:
     values = record.to_dict()
     if record.chain is not None:
         values["chain"] = record.chain
+    if record.chains is not None:
+        values["chains"] = record.chains
     # ensure_ascii: lone surrogates travel as escapes and come back as they were.
     return json.dumps(values, separators=(",", ":"), allow_nan=True).encode() + b"\n"
 
 
-_ADDED = {"identity", "chain"}
+_ADDED = {"identity", "chain", "signers", "chains"}
 """Fields that a journal written by an earlier version lacks (they default to None)."""
 
 

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import json
 import math
 import re
 import struct
@@ -45,6 +46,7 @@ __all__ = [
     "csv_header",
     "iter_chunks",
     "query_page",
+    "signers_of",
     "to_csv_rows",
 ]
 
@@ -101,6 +103,13 @@ class Record:
     """The signer's validated chain as PEM (leaf first), on the first record of a
     fingerprint the service has not recorded lately: the store keeps it once, in its
     certificate table, not in the record's row, and reads never return it."""
+    signers: dict[str, str] | None = None
+    """x5u -> certificate fingerprint of every other Identity header whose chain validated
+    (a div PASSporT of another provider, or the SHAKEN one that then failed), so that each
+    is verified again with its own chain; None when there is none (the usual call)."""
+    chains: dict[str, str] | None = None
+    """Fingerprint -> chain PEM for ``signers``' certificates, as ``chain`` (kept once,
+    never returned by reads)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in FIELDS}
@@ -154,6 +163,7 @@ class Record:
             self.action,
             self.label,
             self.identity,
+            None if self.signers is None else json.dumps(self.signers, sort_keys=True),
         )
 
 
@@ -174,9 +184,11 @@ FIELDS = (
     "action",
     "label",
     "identity",
+    "signers",
 )
-"""A record's fields in the stores' column order (:meth:`Record.row`); ``chain`` is not one."""
-_TEXT_FIELDS = tuple(name for name in FIELDS if name not in ("ts", "sip_code", "spc"))
+"""A record's fields in the stores' column order (:meth:`Record.row`); ``chain`` and
+``chains`` are not. ``signers`` is stored as a JSON text (ASCII: any store holds it)."""
+_TEXT_FIELDS = tuple(name for name in FIELDS if name not in ("ts", "sip_code", "spc", "signers"))
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_OR_NUL = re.compile("[\x00\ud800-\udfff]")
 
@@ -186,25 +198,37 @@ CERTIFICATE_COLUMNS = ("fingerprint", "first_seen", "subject", "issuer", "not_af
 
 
 def certificate_rows(records: Iterable[Record]) -> list[tuple[str, float, str, str, float, str]]:
-    """The certificate table's rows for the records that carry a chain (one per
-    fingerprint): the leaf's subject and issuer (RFC 4514) and its expiry (epoch seconds)."""
+    """The certificate table's rows for the chains the records carry (``chain`` and
+    ``chains``; one per fingerprint): the leaf's subject and issuer (RFC 4514) and its
+    expiry (epoch seconds)."""
     rows: dict[str, tuple[str, float, str, str, float, str]] = {}
     for r in records:
-        if r.chain is None or r.fingerprint is None or r.fingerprint in rows:
+        if r.chain is None and r.chains is None:  # nearly every record
             continue
-        try:
-            leaf = x509.load_pem_x509_certificates(r.chain.encode("ascii"))[0]
-        except ValueError:  # the service's own PEM; were it not, the record still goes in
-            continue
-        rows[r.fingerprint] = (
-            r.fingerprint,
-            r.ts,
-            leaf.subject.rfc4514_string(),
-            leaf.issuer.rfc4514_string(),
-            leaf.not_valid_after_utc.timestamp(),
-            r.chain,
-        )
+        carried = [] if r.chain is None or r.fingerprint is None else [(r.fingerprint, r.chain)]
+        if r.chains:
+            carried.extend(r.chains.items())
+        for fingerprint, chain in carried:
+            if fingerprint in rows:
+                continue
+            try:
+                leaf = x509.load_pem_x509_certificates(chain.encode("ascii"))[0]
+            except ValueError:  # the service's own PEM; were it not, the record still goes in
+                continue
+            rows[fingerprint] = (
+                fingerprint,
+                r.ts,
+                leaf.subject.rfc4514_string(),
+                leaf.issuer.rfc4514_string(),
+                leaf.not_valid_after_utc.timestamp(),
+                chain,
+            )
     return list(rows.values())
+
+
+def signers_of(text: str | None) -> dict[str, str] | None:
+    """A record's ``signers`` from the JSON text of its column (:meth:`Record.row`)."""
+    return None if text is None else dict(json.loads(text))
 
 
 # -- queries and cursors -----------------------------------------------------------------------
@@ -472,10 +496,10 @@ class RecordStore(Protocol):
 
 # -- CSV ---------------------------------------------------------------------------------------
 
-CSV_COLUMNS: tuple[str, ...] = ("ts", "time", *FIELDS[1:-1])
+CSV_COLUMNS: tuple[str, ...] = ("ts", "time", *FIELDS[1:-2])
 """CSV header order: the record's fields, with ``time`` (RFC 3339, UTC) after ``ts``. The
-Identity header is left out: a JWS of up to 8 KiB in a cell serves no spreadsheet, and the
-JSON export carries it."""
+Identity header and ``signers`` are left out: a JWS of up to 8 KiB or a JSON object in a
+cell serves no spreadsheet, and the JSON export carries them."""
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -160,12 +160,17 @@ MIGRATIONS: tuple[LiteralString, ...] = (
         PRIMARY KEY (hour, spc)
     );
     """,
+    """
+    ALTER TABLE records ADD COLUMN signers text;
+    """,
 )
 """Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``; append only.
 
 Migration 2 adds the Identity column and the certificate table; migration 3 the
 per-minute rollups (:mod:`.rollup`), not partitioned: they are small
-beside the records, and retention deletes their old minutes with the days it drops."""
+beside the records, and retention deletes their old minutes with the days it drops;
+migration 4 the ``signers`` column (x5u -> fingerprint of a record's other PASSporTs, as
+JSON text: the writer COPYs it as it comes, and a ``text`` holds what ``jsonb`` refuses)."""
 ROLLUPS = 3
 """The migration after which the rollups are counted from the records already there."""
 

@@ -66,6 +66,7 @@ from .model import (
     certificate_rows,
     iter_chunks,
     query_page,
+    signers_of,
 )
 from .pgschema import (
     DAY,
@@ -118,6 +119,7 @@ _RECORD_TYPES = [
     "text",  # action
     "text",  # label
     "text",  # identity
+    "text",  # signers (JSON)
 ]
 _INSERT_CERTIFICATES = sql.SQL(
     "INSERT INTO certificates ({}) VALUES ({}) ON CONFLICT (fingerprint) DO NOTHING"
@@ -192,6 +194,7 @@ def _row(row: Sequence[Any]) -> Record:
     """A Record from ``SELECT r.id, <columns>``."""
     values = dict(zip(FIELDS, row[1:], strict=True))
     values["spc"] = tuple(values["spc"])
+    values["signers"] = signers_of(values["signers"])
     return Record(**values)
 
 

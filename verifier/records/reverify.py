@@ -1,5 +1,6 @@
-"""Re-verify recorded calls from the store alone: each record's Identity header(s) against
-the chain recorded for its certificate fingerprint, as of the record's own time (``verify
+"""Re-verify recorded calls from the store alone: each record's Identity header(s), each
+PASSporT with the chain recorded for its x5u (the signer's fingerprint, and ``signers`` for
+the others: a div PASSporT of another provider), as of the record's own time (``verify
 --at``), with the trust anchors and options given now. No network: the x5u is not fetched.
 
 What is compared: the verstat and the failure's slug. The policy is not applied again (a
@@ -8,8 +9,10 @@ re-verification is one by design).
 
 A record that cannot be re-verified says why instead: no Identity header kept
 (``keep_identity`` off, over ``identity_max_bytes``, or none received), no chain in the
-store (its verification stopped before a chain validated, or the chain was pruned), or a
-verdict about the request's own date (the request time is not recorded).
+store for its x5u (its verification stopped before a chain validated, or the chain was
+pruned), or a verdict about the request's own date (the request time is not recorded).
+A record made before ``signers`` was recorded has its signer's chain alone, for every
+PASSporT, as then.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def reverify(
     trust: TrustStore,
     options: VerifyOptions,
 ) -> Iterator[Reverified]:
-    """Each of ``records`` re-verified as of its ``ts``, its chain from ``chains``
+    """Each of ``records`` re-verified as of its ``ts``, its chains from ``chains``
     (fingerprint -> PEM, :meth:`~verifier.records.RecordStore.chains`)."""
     for record in records:
         if record.identity is None:
@@ -84,7 +87,13 @@ def reverify(
             yield Reverified(record=record, status="request_date")
             continue
         pem = chains.get(record.fingerprint) if record.fingerprint else None
-        if pem is None:
+        one: list[x509.Certificate] | None = None
+        by_x5u: dict[str, list[x509.Certificate]] | None = None
+        if record.signers is None:  # one signer (or a record from before ``signers``)
+            one = None if pem is None else _certificates(pem)
+        else:
+            by_x5u = _by_x5u(record, record.signers, pem, chains)
+        if one is None and by_x5u is None:
             yield Reverified(record=record, status="no_chain")
             continue
         result = verify_offline(
@@ -92,7 +101,8 @@ def reverify(
             now=record.ts,
             call=CallInfo(from_=record.orig, to=record.dest),
             options=options,
-            chain=x509.load_pem_x509_certificates(pem.encode("ascii")),
+            chain=one,
+            chains=by_x5u,
             trust=trust,
         )
         reason = result.reason.slug if result.reason else None
@@ -103,3 +113,18 @@ def reverify(
             verstat=result.verstat,
             reason=reason,
         )
+
+
+def _by_x5u(
+    record: Record, signers: Mapping[str, str], pem: str | None, chains: Mapping[str, str]
+) -> dict[str, list[x509.Certificate]] | None:
+    """x5u -> chain for each of ``record``'s signers whose chain the store holds, its own
+    signer's (``pem``) included; None when there is none for the record's own x5u."""
+    by_x5u = {x5u: _certificates(chains[fp]) for x5u, fp in signers.items() if fp in chains}
+    if pem is not None and record.x5u is not None:
+        by_x5u[record.x5u] = _certificates(pem)
+    return by_x5u if record.x5u in by_x5u else None
+
+
+def _certificates(pem: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(pem.encode("ascii"))

@@ -35,6 +35,7 @@ from .model import (
     certificate_rows,
     iter_chunks,
     query_page,
+    signers_of,
 )
 
 __all__ = ["DB_NAME", "SqliteRecordStore"]
@@ -43,7 +44,7 @@ _T = TypeVar("_T")
 
 DB_NAME = "records.sqlite3"
 """The database file inside the data directory."""
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _PRUNE_CHUNK = 5000
 """Records deleted in one transaction by retention, about (whole minutes)."""
 
@@ -133,7 +134,8 @@ CREATE TABLE provider_hours (
     PRIMARY KEY (hour, spc)
 ) WITHOUT ROWID;
 """
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA, 2: _CERTIFICATES, 3: _ROLLUPS}
+_SIGNERS = "ALTER TABLE records ADD COLUMN signers TEXT;"
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA, 2: _CERTIFICATES, 3: _ROLLUPS, 4: _SIGNERS}
 """Script that brings the schema from version ``n - 1`` to ``n``."""
 _BACKFILL = 3
 """The migration after whose script the rollups are counted from the records there."""
@@ -145,7 +147,7 @@ _INSERT_CERTIFICATES = (
     f"INSERT OR IGNORE INTO certificates ({', '.join(CERTIFICATE_COLUMNS)}) VALUES "  # noqa: S608
 )
 _ROWS_PER_INSERT = 200
-"""Rows in one multi-row INSERT (at most 1,900: 17 parameters each stay under SQLite's
+"""Rows in one multi-row INSERT (at most 1,800: 18 parameters each stay under SQLite's
 32766). Binding them holds the GIL, so a statement stays small enough not to keep the
 event loop waiting for the writer thread."""
 
@@ -172,6 +174,7 @@ def _row(row: Sequence[Any]) -> Record:
     """A Record from ``SELECT r.id, <_COLUMNS>``."""
     values = dict(zip(FIELDS, row[1:], strict=True))
     values["spc"] = tuple(json.loads(values["spc"]))
+    values["signers"] = signers_of(values["signers"])
     return Record(**values)
 
 
