@@ -44,6 +44,9 @@ class ValidateEveryCall:
     async def get(self, x5u: str, *, now: float) -> Credential:
         return self.trust.validate(load_chain(self.body), now)
 
+    def vouched(self, x5u: str) -> None:
+        """Nothing is held apart here: nothing to do."""
+
 
 def _values(signer: Signer, count: int, now: float) -> list[str]:
     return [

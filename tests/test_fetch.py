@@ -605,15 +605,22 @@ def _forged(repo: Repository, count: int, directory: str = "/") -> list[str]:
     return [repo.url(f"{directory}{i:016x}{i * 7919:08x}.pem") for i in range(count)]
 
 
-async def _outcomes(fetcher: CertificateFetcher, urls: list[str]) -> list[str]:
-    """Ask for each x5u in turn: "ok", "busy" (refused, no request) or "404"."""
+async def _outcomes(
+    fetcher: CertificateFetcher, urls: list[str], *, signed: bool = True
+) -> list[str]:
+    """Ask for each x5u in turn, as a call would: "ok", "busy" (refused, no request) or
+    "404". ``signed``: each call's signature then verifies under the chain it got (the
+    pipeline vouches for the x5u), as a legitimate call's does; not a forger's."""
     out = []
     for url in urls:
         try:
             await fetcher.get(url, now=time.time())
-            out.append("ok")
         except errors.X5uFetchFailed as exc:
             out.append("busy" if "busy" in exc.detail else "404" if "404" in exc.detail else "?")
+            continue
+        out.append("ok")
+        if signed:
+            fetcher.vouched(url)
     return out
 
 
@@ -645,6 +652,48 @@ async def test_valid_chains_do_not_spend_the_budget(
     assert ["ok"] * 10 == await _outcomes(fetcher, legit)
     assert ["404", "404", "busy"] == await _outcomes(fetcher, _forged(repo, 3))
     assert 12 == repo.requests
+
+
+async def test_copies_of_a_valid_chain_no_signature_uses_spend_the_budget(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    # a forger serves a copy of a real chain at paths of its own: each is a valid chain, but
+    # no call's signature verifies under it, so each fetch spends the host's budget
+    fetcher = await make_fetcher(cold_fetch_rate=0.001, cold_fetch_burst=5)
+    copies = [repo.put(f"/copies/{i:08x}.pem", pki.signer.chain_pem()) for i in range(20)]
+    assert ["ok"] * 5 + ["busy"] * 15 == await _outcomes(fetcher, copies, signed=False)
+    assert 5 == repo.requests
+    assert 15 == fetcher.stats()["fetch_rate_limited"]
+
+
+async def test_chains_no_signature_uses_do_not_push_out_the_ones_calls_use(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    fetcher = await make_fetcher(cache_size=20, cold_fetch_rate=0)
+    used = [repo.put(f"/sp{i}.pem", pki.signer.chain_pem()) for i in range(10)]
+    assert ["ok"] * 10 == await _outcomes(fetcher, used)
+    copies = [repo.put(f"/copies/{i:08x}.pem", pki.signer.chain_pem()) for i in range(50)]
+    assert ["ok"] * 50 == await _outcomes(fetcher, copies, signed=False)
+    assert ["ok"] * 10 == await _outcomes(fetcher, used)
+    assert [1] * 10 == [repo.counts[URL(u).path] for u in used]  # none fetched again
+    assert 10 + 2 == fetcher.stats()["cache_size"]  # the copies churned their tenth only
+
+
+async def test_a_fetched_chain_is_stored_once_a_signature_vouches_for_it(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher, tmp_path: Path
+) -> None:
+    warm = str(tmp_path / "warm")
+    copy = repo.put("/copy.pem", pki.signer.chain_pem())
+    used = repo.put("/sp.pem", pki.signer.chain_pem())
+    first = await make_fetcher(warm_cache_dir=warm)
+    assert ["ok", "ok"] == await _outcomes(first, [copy], signed=False) + await _outcomes(
+        first, [used]
+    )
+    await first.close()  # its stores' writes finish
+    second = await make_fetcher(warm_cache_dir=warm)
+    assert ["ok", "ok"] == await _outcomes(second, [copy, used])
+    assert (2, 1) == (repo.counts["/copy.pem"], repo.counts["/sp.pem"])
+    assert 1 == second.stats()["store_hits"]
 
 
 async def test_a_legitimate_new_x5u_passes_among_a_flood_of_random_paths(
@@ -914,6 +963,7 @@ async def test_warm_cache_survives_a_restart(
     warm = str(tmp_path / "warm")
     first = await make_fetcher(warm_cache_dir=warm)
     await first.get(url, now=time.time())
+    first.vouched(url)  # a call's signature verified under it: the warm cache keeps it
     await first.close()
     second = await make_fetcher(warm_cache_dir=warm)
     credential = await second.get(url, now=time.time())

@@ -3,6 +3,7 @@ repository on 127.0.0.1, every answer through a real socket."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +174,41 @@ async def test_admin_reload_keeps_cached_chains(
         assert True is (await reload())["ok"]
         assert ["TN-Validation-Passed"] * 3 == await verdicts()
         assert 3 == repo.requests
+
+
+async def test_copies_of_a_real_chain_cost_a_forger_the_hosts_budget(
+    aiohttp_client: AiohttpClient, tmp_path: Path, now: int
+) -> None:
+    """A forger serves a copy of a real provider's chain at paths of its own and signs with
+    its own key: each copy validates, no signature verifies under it, so each spends the
+    host's budget of cold fetches; the real provider's calls pass all along."""
+    pki = TestPKI.create()
+    forger = pki.ca.issue_leaf("666X")
+    async with Repository.create(pki) as repo:
+        pki.signer.x5u = repo.put("/sp.pem", pki.signer.chain_pem())
+        copies = [repo.put(f"/copies/{i:08x}.pem", pki.signer.chain_pem()) for i in range(10)]
+        settings = repo.service_settings(
+            pki,
+            tmp_path,
+            {
+                "records.enabled": False,
+                "x5u.cold_fetch_rate": 0.001,
+                "x5u.cold_fetch_burst": 3,
+                "x5u.warm_cache_dir": str(tmp_path / "warm"),
+            },
+        )
+        client = await aiohttp_client(create_app(settings))
+
+        async def call(signer: Signer) -> tuple[str, int | None]:
+            body = {"identity": signer.identity(iat=now), "from": ORIG, "to": DEST}
+            async with client.post("/v1/verify", json=body) as resp:
+                answer = await resp.json()
+            return answer["verstat"], (answer.get("reason") or {}).get("sip_code")
+
+        assert ("TN-Validation-Passed", None) == await call(pki.signer)
+        forged = [await call(dataclasses.replace(forger, x5u=copy)) for copy in copies]
+        assert [("TN-Validation-Failed", 438)] * 3 + [("No-TN-Validation", 436)] * 7 == forged
+        assert [1] * 3 + [0] * 7 == [repo.counts[f"/copies/{i:08x}.pem"] for i in range(10)]
+        assert ("TN-Validation-Passed", None) == await call(pki.signer)
+        kept = list((tmp_path / "warm").glob("*.pem"))  # the warm cache holds only the used one
+        assert 1 == len(kept) and kept[0].read_bytes() == pki.signer.chain_pem()

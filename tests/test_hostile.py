@@ -265,6 +265,9 @@ class GatedSource:
         await self.gate.wait()
         return await self.source.get(x5u, now=now)
 
+    def vouched(self, x5u: str) -> None:
+        self.source.vouched(x5u)
+
 
 @contextlib.asynccontextmanager
 async def serving(
@@ -519,6 +522,9 @@ class ResetSource:
 
     async def get(self, x5u: str, *, now: float) -> Credential:
         raise ConnectionResetError("the repository reset its connection")
+
+    def vouched(self, x5u: str) -> None:
+        raise AssertionError("no PASSporT can pass under this source")
 
 
 async def test_a_reset_that_is_not_the_clients_is_an_internal_error(

@@ -164,6 +164,24 @@ async def test_second_instance_finds_the_chain_in_redis(
     assert 1 == fleet.tier(b).counters.hits
 
 
+async def test_a_chain_is_shared_for_its_lifetime_once_a_signature_vouches_for_it(
+    pki: TestPKI, repo: Repository, fleet: Fleet
+) -> None:
+    url = repo.put("/sp-new.pem", pki.signer.chain_pem())
+    a = await fleet.fetcher(fleet.link(), failure_ttl=30.0, default_ttl=3600.0)
+    await a.get(url, now=time.time())
+    brief = await fleet.tier(a).load(url)  # the fleet's waiters have it, but not for long
+    assert isinstance(brief, StoredChain) and brief.expires_at <= time.time() + 30
+    a.vouched(url)  # a call's signature verified under it
+    for _ in range(200):
+        shared = await fleet.tier(a).load(url)
+        if isinstance(shared, StoredChain) and shared.expires_at > time.time() + 3000:
+            break
+        await asyncio.sleep(0.01)
+    assert isinstance(shared, StoredChain) and shared.expires_at > time.time() + 3000
+    assert 1 == repo.counts["/sp-new.pem"]
+
+
 async def test_shared_chain_is_validated_locally(
     pki: TestPKI, repo: Repository, fleet: Fleet, accepted: Accepted
 ) -> None:

@@ -621,6 +621,9 @@ async def test_internal_error_is_500_in_the_ts_shape(
         async def get(self, x5u: str, *, now: float) -> Credential:
             raise RuntimeError("repository client broke")
 
+        def vouched(self, x5u: str) -> None:
+            raise AssertionError("no PASSporT can pass under this source")
+
     app = create_app(
         Settings(records=RecordSettings(enabled=False)),
         trust=TrustStore([pki.root.cert]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -501,6 +502,7 @@ class _Source:
     def __init__(self, trust: TrustStore, chain: Any, error: VerificationError | None = None):
         self.trust, self.chain, self.error = trust, chain, error
         self.calls: list[str] = []
+        self.vouches: list[str] = []
 
     async def get(self, x5u: str, *, now: float) -> Credential:
         self.calls.append(x5u)
@@ -508,14 +510,36 @@ class _Source:
             raise self.error
         return self.trust.validate(self.chain, now)
 
+    def vouched(self, x5u: str) -> None:
+        self.vouches.append(x5u)
+
 
 async def test_verify_online(signer: Signer, trust: TrustStore, now: int) -> None:
     source = _Source(trust, signer.chain)
     result = await verify(signer.identity(iat=now), now=now, credentials=source)
     assert result.passed
-    assert [signer.x5u] == source.calls
+    assert ([signer.x5u], [signer.x5u]) == (source.calls, source.vouches)
     tampered = await verify(_tamper(signer.identity(iat=now)), now=now, credentials=source)
     _fails(tampered, errors.InvalidSignature)
+    assert [signer.x5u] == source.vouches  # a signature that fails vouches for nothing
+
+
+async def test_a_forgers_copy_of_a_chain_is_never_vouched_for(
+    pki: TestPKI, signer: Signer, trust: TrustStore, now: int
+) -> None:
+    # the forger's x5u serves the signer's real chain; the PASSporT is signed by another key
+    forger = dataclasses.replace(pki.ca.issue_leaf(), x5u="https://forger.example/copy.pem")
+    source = _Source(trust, signer.chain)
+    _fails(
+        await verify(forger.identity(iat=now), now=now, credentials=source), errors.InvalidSignature
+    )
+    batch = await verify_many(
+        [(forger.identity(iat=now), None), (signer.identity(iat=now), None)],
+        now=now,
+        credentials=source,
+    )
+    assert [False, True] == [r.passed for r in batch]
+    assert [signer.x5u] == source.vouches
 
 
 async def test_verify_online_fetch_failure(signer: Signer, trust: TrustStore, now: int) -> None:
@@ -583,6 +607,7 @@ async def test_verify_many_one_bad_signature_among_good_ones(
     )
     _only_the_bad_one_failed(results, size)
     assert [signer.x5u] == source.asked  # one lookup for the shared x5u
+    assert [signer.x5u] == source.vouches  # once, whatever the number of passes
     assert size == sum(batches)  # every signature went through the batch check
 
 

@@ -480,6 +480,12 @@ class CredentialSource(Protocol):
         """
         ...
 
+    def vouched(self, x5u: str) -> None:
+        """A PASSporT naming ``x5u`` passed under the credential :meth:`get` gave: its
+        signature verified, so the chain is its signer's (a source may hold new chains
+        apart until then: anyone can serve a copy of a real chain at a URL of their own)."""
+        ...
+
 
 SignatureCheck = Callable[[ES256Key, bytes, bytes], Awaitable[bool]]
 
@@ -512,6 +518,8 @@ async def verify(
         else:
             ok = await signatures(credential.es256, entry.signing_input, entry.signature)
             verification.settle(entry, credential, signature_ok=ok)
+        if entry.result.status == "passed":
+            credentials.vouched(Verification.x5u_of(entry))
     return verification.result()
 
 
@@ -575,4 +583,8 @@ async def verify_many(
         await asyncio.gather(*(asyncio.to_thread(settle, share) for share in shares))
     else:
         settle(verifications)
-    return [v.result() for v in verifications]
+    results = [v.result() for v in verifications]
+    passed = {h.x5u for r in results for h in r.identities if h.status == "passed" and h.x5u}
+    for x5u in passed:
+        credentials.vouched(x5u)  # here, on the loop: settle may have run on threads
+    return results

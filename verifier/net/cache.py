@@ -114,7 +114,8 @@ class CacheEntry:
 
     Fresh until ``fresh_until``; from then until ``stale_until`` it may be served while one
     refresh runs (stale-while-revalidate), no more often than ``next_refresh`` allows.
-    ``generation`` is the trust store it was validated against.
+    ``generation`` is the trust store it was validated against. ``unsaved`` is the fetched
+    chain the stores get once a PASSporT's signature has verified under it.
     """
 
     credential: Credential
@@ -124,34 +125,69 @@ class CacheEntry:
     generation: int
     next_refresh: float = 0.0
     source: str = "network"
+    unsaved: StoredChain | None = None
 
 
 class MemoryTier:
-    """Bounded LRU of validated entries, keyed by x5u. The first tier; never shared."""
+    """Bounded LRU of validated entries, keyed by x5u. The first tier; never shared.
 
-    __slots__ = ("_data",)
+    Two segments: entries a PASSporT's signature has verified under (``maxsize``), and
+    entries fetched but not yet used so (``probation``, a tenth of ``maxsize`` unless
+    given), which :meth:`promote` moves over. Anyone can serve a copy of a real chain at
+    as many URLs as they like: a flood of such x5u churns the probation segment only, and
+    never pushes out the chains that calls are signed with.
+    """
 
-    def __init__(self, maxsize: int) -> None:
+    __slots__ = ("_data", "_probation")
+
+    def __init__(self, maxsize: int, probation: int | None = None) -> None:
         self._data: LRUCache[str, CacheEntry] = LRUCache(maxsize=maxsize)
+        self._probation: LRUCache[str, CacheEntry] = LRUCache(
+            maxsize=probation if probation is not None else max(1, maxsize // 10)
+        )
 
     def get(self, x5u: str) -> CacheEntry | None:
-        return self._data.get(x5u)
+        entry = self._data.get(x5u)
+        return entry if entry is not None else self._probation.get(x5u)
 
-    def put(self, x5u: str, entry: CacheEntry) -> None:
-        self._data[x5u] = entry
+    def put(self, x5u: str, entry: CacheEntry, *, vouched: bool = True) -> None:
+        """Hold ``entry``: in the main segment if ``vouched`` (a signature verified under
+        its x5u, or it came from a store that holds only such chains), else on probation."""
+        if vouched:
+            self._probation.pop(x5u, None)
+            self._data[x5u] = entry
+        else:
+            self._data.pop(x5u, None)
+            self._probation[x5u] = entry
+
+    def vouched(self, x5u: str) -> bool:
+        """Whether ``x5u`` is held in the main segment."""
+        return x5u in self._data
+
+    def promote(self, x5u: str) -> CacheEntry | None:
+        """Move ``x5u``'s entry from probation to the main segment; the entry if it was on
+        probation, else None."""
+        entry = self._probation.pop(x5u, None)
+        if entry is not None:
+            self._data[x5u] = entry
+        return entry
 
     def delete(self, x5u: str) -> None:
         self._data.pop(x5u, None)
+        self._probation.pop(x5u, None)
 
     def entries(self) -> list[CacheEntry]:
-        """The entries held now (a copy)."""
+        """The main segment's entries now (a copy): probation holds chains no call has
+        been signed with, which say nothing about the providers calls come from."""
         return list(self._data.values())
 
     def clear(self) -> None:
         self._data.clear()
+        self._probation.clear()
 
     def __len__(self) -> int:
-        return len(self._data)
+        """Entries held in both segments."""
+        return len(self._data) + len(self._probation)
 
 
 # ------------------------------------------------------------------------------------- stores

@@ -6,8 +6,10 @@ the verifier send, without starving the legitimate new x5u of the same host:
 
 - **A budget per host** (token buckets: ``cold_fetch_rate`` per second, up to
   ``cold_fetch_burst``). Each network fetch of an x5u takes one token when it starts; a fetch
-  that brings a valid chain gives it back, so only failures (404s, HTML, bad chains) spend
-  the budget, and a cold start on legitimate x5u is never slowed by it. With no token the
+  whose chain a PASSporT's signature then verifies under gives it back (the fetcher's
+  vouching), so only useless fetches (404s, HTML, bad chains, and copies of real chains
+  that no signature verifies under) spend the budget, and a cold start on legitimate x5u
+  is never slowed by it. With no token the
   fetch is refused at once, 436 "busy" (caused by :class:`OverBudget`, a
   :class:`~verifier.net.transport.HostBusy`): nothing is sent, the host is not blamed, and
   the refusal is not remembered as the URL's failure.
@@ -127,9 +129,9 @@ class ColdFetchBudget:
         raise X5uFetchFailed(detail) from OverBudget(detail)
 
     def served(self, url: URL, *, fetched: bool) -> None:
-        """``url`` brought a valid chain (from the network after :meth:`take` if ``fetched``,
-        else from a store or the fleet's tier): its directory is known to serve chains from
-        now on, and a fetch's token comes back."""
+        """``url``'s chain was vouched for by a signature (fetched from the network after
+        :meth:`take` if ``fetched``, else from a store or the fleet's tier): its directory
+        is known to serve chains from now on, and a fetch's token comes back."""
         host = url.host
         if not host:
             return

@@ -28,6 +28,14 @@
    the loads take turns: one chain per event-loop turn (:class:`_Turnstile`), and a flood of
    new x5u cannot hold up, for more than one validation at a time, the calls whose chain
    is cached.
+6. **Vouching.** A chain fetched from the network (or from the fleet's tier) waits on
+   probation in the memory tier until a PASSporT's signature verifies under it (the
+   pipeline calls :meth:`CertificateFetcher.vouched`): anyone can serve a copy of a real
+   chain at URLs of their own, and only its signer can make a signature verify under it.
+   Vouched, it joins the main cache, the stores get it (the fleet's tier for its whole
+   lifetime: until then only for ``failure_ttl``, for the instances waiting on the fetch),
+   and the host's cold-fetch token comes back. A copy no signature uses keeps its token
+   spent, churns only the probation segment and is never written to disk.
 
 Use it as ``async with CertificateFetcher(trust, settings, client=http_client) as fetcher:``
 (it opens and closes its own ``aiohttp.ClientSession``), or pass a ``session`` that the
@@ -78,6 +86,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _ACCEPT = "application/pem-certificate-chain, application/x-pem-file, application/pkix-cert"
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_UNVOUCHED = frozenset({"network", "shared"})
+"""Where a chain comes from that no signature has yet verified under, here."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,17 +115,20 @@ class FetchSettings:
     not_found_size: int = 10_000
     """Most x5u answered 404 or 410 remembered (the least recently asked are forgotten)."""
     cold_fetch_rate: float = 5.0
-    """New x5u per second that one host may fail to serve (404, HTML, bad chain) before
-    more are refused 436 "busy" without a request: a fetch that brings a valid chain costs
-    nothing. Paths in a directory that has served a valid chain have a budget of their own
-    of the same size; 0: no limit."""
+    """New x5u per second that one host may fail to serve (404, HTML, bad chain, a chain no
+    signature verifies under) before more are refused 436 "busy" without a request: a
+    fetch whose chain a call's signature verifies under costs nothing. Paths in a directory
+    that has served such a chain have a budget of their own of the same size; 0: no
+    limit."""
     cold_fetch_burst: int = 100
     """New x5u of one host that may be in flight or have failed at once before
     ``cold_fetch_rate`` applies."""
     stale_grace: float = 3600.0
     """How long past its lifetime an entry may be served while a refresh runs."""
     cache_size: int = 10_000
-    """Most x5u entries held in memory (and failures remembered, and breakers)."""
+    """Most x5u entries held in memory that a call's signature has verified under, besides
+    a tenth as many newly fetched ones on probation (and failures remembered, and
+    breakers)."""
     host_allow: tuple[str, ...] = ()
     """If not empty, the only x5u hosts (exact or ``.suffix``) that are fetched."""
     host_deny: tuple[str, ...] = ()
@@ -327,13 +340,17 @@ class CertificateFetcher(SessionUser):
         )
         self._published: tuple[x509.CertificateRevocationList, ...] = ()
         self._turns = _Turnstile()
+        self._saving: set[asyncio.Task[None]] = set()
         self.counters = FetchStats()
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def _close_more(self) -> None:
-        """Loads and refreshes are cancelled by :meth:`close`; then the CRL checker."""
+        """Loads and refreshes are cancelled by :meth:`close`; then the stores' writes
+        finish, then the CRL checker closes."""
+        if self._saving:
+            await asyncio.gather(*self._saving, return_exceptions=True)
         if self._crl is not None:
             await self._crl.close()
 
@@ -477,11 +494,38 @@ class CertificateFetcher(SessionUser):
             return exc
         if self._on_load is not None:
             self._on_load("ok", time.perf_counter() - started)
-        self._budget.served(URL(x5u, encoded=True), fetched=entry.source == "network")
+        # A chain fetched (or shared by the fleet) is vouched for by the first PASSporT whose
+        # signature verifies under it (:meth:`vouched`); until then it is on probation.
+        vouched = entry.source not in _UNVOUCHED or self._memory.vouched(x5u)
         if generation == self._generation and entry.fresh_until > self._clock():
-            self._memory.put(x5u, entry)
+            self._memory.put(x5u, entry, vouched=vouched)
             self._negative.pop(x5u, None)
+        if vouched:
+            self._credit(x5u, entry)
         return entry
+
+    def vouched(self, x5u: str) -> None:
+        """A PASSporT naming ``x5u`` verified under its credential: a chain on probation
+        joins the main cache, the stores get it (the fleet's tier for its whole lifetime),
+        and the host's cold-fetch token comes back. Anyone can serve a copy of a real chain
+        at a URL of their own; only its signer can make a signature verify under it."""
+        entry = self._memory.promote(x5u)
+        if entry is not None:
+            self._credit(x5u, entry)
+
+    def _credit(self, x5u: str, entry: CacheEntry) -> None:
+        self._budget.served(URL(x5u, encoded=True), fetched=entry.source == "network")
+        stored, entry.unsaved = entry.unsaved, None
+        if stored is not None and not self._closed:
+            task = asyncio.create_task(self._save(x5u, stored))
+            self._saving.add(task)
+            task.add_done_callback(self._saving.discard)
+
+    async def _save(self, x5u: str, stored: StoredChain) -> None:
+        for store in self._stores:
+            await store.save(x5u, stored)
+        if self._shared is not None:
+            await self._shared.save(x5u, stored)
 
     async def _obtain(self, x5u: str, now: float, generation: int) -> CacheEntry:
         target = check_x5u_url(x5u, self.client.ports)
@@ -560,11 +604,12 @@ class CertificateFetcher(SessionUser):
         entry = self._entry(credential, revocation, clock + lifetime, generation, "network")
         no_store = "no-store" in answer.headers.get("Cache-Control", "").lower()
         if not no_store and entry.fresh_until > clock:
-            stored = StoredChain(body=answer.body, fetched_at=clock, expires_at=entry.fresh_until)
-            for store in self._stores:
-                await store.save(x5u, stored)
-            if self._shared is not None:
-                await self._shared.save(x5u, stored)
+            entry.unsaved = StoredChain(
+                body=answer.body, fetched_at=clock, expires_at=entry.fresh_until
+            )
+            if self._shared is not None:  # the fleet's waiters get it now, briefly until vouched
+                briefly = min(entry.fresh_until, clock + settings.failure_ttl)
+                await self._shared.save(x5u, dataclasses.replace(entry.unsaved, expires_at=briefly))
         return entry
 
     async def _validate(self, body: bytes, now: float) -> tuple[Credential, Revocation]:

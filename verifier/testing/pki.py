@@ -333,15 +333,19 @@ class ChainSource:
     chains by x5u, validated against ``trust`` at ``now``; any other x5u fails as an
     unreachable one would (436). ``delay`` seconds pass before each answer (a slow
     repository); ``asked`` lists the x5u asked for, in order; ``called`` is set at the
-    first."""
+    first; ``vouches`` lists the x5u the pipeline said a PASSporT passed under."""
 
     def __init__(self, trust: TrustStore, signers: Iterable[Signer], delay: float = 0.0) -> None:
         self.trust = trust
         self.chains = {s.x5u: s.chain for s in signers}
         self.delay = delay
         self.asked: list[str] = []
+        self.vouches: list[str] = []
         self.called = asyncio.Event()
         """Set at the first ``get``."""
+
+    def vouched(self, x5u: str) -> None:
+        self.vouches.append(x5u)
 
     async def get(self, x5u: str, *, now: float) -> Credential:
         self.asked.append(x5u)
