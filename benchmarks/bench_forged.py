@@ -9,6 +9,8 @@ repository is one the service has fetched from before. Then, open loop for ``--s
 - ``--forged`` calls/s (default 120), each a PASSporT naming its own random path on the
   repository (``--forged-dir``/<random>.pem, answered 404): the forger cannot know a
   certificate that is not published, so its x5u is fetched before its signature can fail;
+  with ``--copies``, each such path serves instead a copy of the carrier's chain in use
+  (anyone can download it): each copy validates, and the forger's signature fails under it;
 - ``--legit`` new x5u/s (default 1): a new certificate of the carrier at
   ``/certs/sp-<n>.pem``, ``--legit-calls`` calls each (default 1), which must pass.
 
@@ -27,7 +29,7 @@ in the carrier's own directory (both budgets of the host apply; see the README's
 x5u"). The figure is that of one run on a shared machine: repeat it on a quiet one.
 
     .venv/bin/python benchmarks/bench_forged.py [--seconds 30] [--forged 120] [--legit 1]
-        [--forged-dir /] [--two-core]
+        [--forged-dir /] [--copies] [--two-core]
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "legit_new_x5u_per_s": args.legit,
         "calls_per_legit_x5u": args.legit_calls,
         "forged_dir": args.forged_dir,
+        "forged_paths_serve": "a copy of the carrier's chain" if args.copies else "404",
     }
     out["openssl_p256_verify_per_s"] = _openssl(SERVER_CPU if one_core else None)
     with _on_cpu(CLIENT_CPU if one_core else None), tempfile.TemporaryDirectory() as tmp:
@@ -148,7 +151,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 'private_allow = ["127.0.0.1"]\n'
                 "[x5u]\ncrl_check = false\n[records]\nenabled = false\n"
             )
-            calls = _schedule(pki.signer, legit[1:], repo, args)
+            calls = _schedule(pki.signer, legit, repo, args)
             service = Served(work / "v.toml", SERVER_CPU if one_core else None)
             try:
                 connector = aiohttp.TCPConnector(limit=512)
@@ -196,11 +199,14 @@ def _schedule(
     """(send at, legitimate?, body) of every call, signed before the load starts (signing
     1,200 calls/s would otherwise be this script's bottleneck, not the service's)."""
     calls = []
+    copy = legit[0].chain_pem() if args.copies else None
     for n in range(int(args.seconds * args.forged)):
         path = f"{args.forged_dir}{secrets.token_hex(12)}.pem"
+        if copy is not None:
+            repo.put(path, copy)
         forged = dataclasses.replace(forger, x5u=repo.url(path))
         calls.append((n / args.forged, False, _body(forged)))
-    for n, signer in enumerate(legit):
+    for n, signer in enumerate(legit[1:]):  # legit[0] is in use already
         for k in range(args.legit_calls):  # spread over the x5u's own 1/legit s
             calls.append(((n + k / args.legit_calls) / args.legit, True, _body(signer)))
     return sorted(calls, key=lambda call: call[0])
@@ -233,6 +239,9 @@ def main() -> None:
     parser.add_argument("--legit", type=float, default=1.0, help="legitimate new x5u per second")
     parser.add_argument("--legit-calls", type=int, default=1, help="calls per legitimate x5u")
     parser.add_argument("--forged-dir", default="/", help="directory of the forged paths")
+    parser.add_argument(
+        "--copies", action="store_true", help="forged paths serve a copy of the carrier's chain"
+    )
     parser.add_argument("--two-core", action="store_true", help="pin nothing")
     args = parser.parse_args()
     if not 0 < args.seconds <= MAX_SECONDS:
