@@ -64,7 +64,7 @@ def tn_from_uri(value: str) -> str | None:
     if CANONICAL_TN.fullmatch(value):
         return value
     text = value.strip()
-    match = _NAME_ADDR.match(text)
+    match = _NAME_ADDR.match(text) if "<" in text else None  # a bare URI: no scan for "<"
     if match:
         text = match.group(1).strip()
     lower = text[:5].lower()
