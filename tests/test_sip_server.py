@@ -22,7 +22,14 @@ from verifier.service import Service
 from verifier.settings import Settings
 from verifier.sip import server as sip_server
 from verifier.sip.config import SipSettings
-from verifier.sip.message import MAX_HEADERS, MAX_LINE
+from verifier.sip.message import (
+    MAX_HEADERS,
+    MAX_LINE,
+    BadRequest,
+    Dropped,
+    ack_key,
+    parse_request,
+)
 from verifier.sip.server import RECEIVE_BUFFER, SipServer
 from verifier.testing import ChainSource, Signer, identity_header
 from verifier.testing.sip import RURI, invite
@@ -524,6 +531,57 @@ async def test_a_malformed_ack_is_counted_but_never_answered(start: Start) -> No
     ack = invite(5060, method="ACK", cseq_method="INVITE")
     server.receive(ack, ("127.0.0.1", 5060), sent.append, udp=True)
     assert ([], 1) == (sent, server.stats["bad"])
+
+
+def test_the_ack_key_is_the_transaction_the_whole_reading_finds() -> None:
+    """An ACK is matched to its transaction from its top Via line alone (RFC 3261 17.2.3);
+    whatever that quick reading finds, reading the whole message finds too."""
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(lines=_lines, tail=st.binary(max_size=40))
+    def same(lines: list[str], tail: bytes) -> None:
+        data = (
+            "\r\n".join([f"ACK {RURI} SIP/2.0", *lines, "", ""]).encode("utf-8", "surrogatepass")
+            + tail
+        )
+        key = ack_key(data)
+        if key is None:
+            return
+        try:
+            request = parse_request(data)
+        except BadRequest as exc:
+            request = exc.request
+        except Dropped as exc:  # dropped for something else (no Call-ID, a NUL...): fine
+            assert "no Via with a branch" != str(exc), f"{data!r}: a key {key}"
+            return
+        assert key == (request.branch, request.sent_by)
+
+    same()
+    ack = invite(5060, method="ACK", branch="z9hG4bK-Ab")
+    assert ("z9hG4bK-Ab", "127.0.0.1:5060") == ack_key(ack)
+    assert ack_key(ack.replace(b"Via: ", b"v:  ")) == ack_key(ack)
+    assert ack_key(invite(5060, branch="z9hG4bK-Ab")) is None  # not an ACK
+    assert ack_key(ack.replace(b";branch=", b"\r\n ;branch=")) is None  # folded: read whole
+    assert ack_key(ack[: ack.index(b"\r\n\r\n")]) is None  # no end of the header block
+
+
+async def test_an_ack_of_a_held_final_response_is_absorbed_from_its_via_alone(
+    start: Start,
+) -> None:
+    # the ACK stops the 302's retransmissions whatever else it holds: the transaction layer
+    # matches it on its top Via (RFC 3261 17.2.3); an ACK matching nothing is read whole
+    server, _, _, _ = await start()
+    sent: list[bytes] = []
+    branch = "z9hG4bK-held"
+    server.receive(invite(5060, branch=branch), ("127.0.0.1", 5060), sent.append, udp=True)
+    await server.settled()
+    assert [302] == [headers(d)[0] for d in sent]
+    broken = invite(5060, method="ACK", branch=branch, cseq_method="INVITE")  # CSeq wrong
+    server.receive(broken, ("127.0.0.1", 5060), sent.append, udp=True)
+    assert 0 == server.stats["bad"]
+    server.receive(broken, ("127.0.0.1", 5060), sent.append, udp=True)  # acknowledged already
+    assert 1 == server.stats["bad"]
+    assert [302] == [headers(d)[0] for d in sent]
 
 
 def _rmem_max() -> int:

@@ -21,6 +21,7 @@ __all__ = [
     "Dropped",
     "Oversize",
     "Request",
+    "ack_key",
     "frame",
     "parse_request",
     "readable_head",
@@ -39,6 +40,8 @@ _CSEQ = re.compile(r"([0-9]{1,10})\s+([A-Za-z][A-Za-z0-9.!%*_+`'~-]*)")
 _BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.IGNORECASE)
 _SENT_BY = re.compile(r"SIP\s*/\s*2\.0\s*/\s*[A-Za-z]+\s+([^;,\s]+)", re.IGNORECASE)
 _TAG = re.compile(r";\s*tag\s*=", re.IGNORECASE)
+# The first Via header line of a message and what follows its line end.
+_TOP_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)\r\n(.?)", re.IGNORECASE | re.DOTALL)
 
 
 class Dropped(VerifierError, ValueError):
@@ -162,17 +165,35 @@ def parse_request(data: bytes, *, stream: bool = False) -> Request:
             problem = problem or "a header line over the length limit"
     via = by_name.get("via")
     if via:
-        top = via[0]
-        branch = _BRANCH.search(top.split(",", 1)[0])
-        sent_by = _SENT_BY.match(top)
-        request.branch = branch.group(1) if branch else ""
-        request.sent_by = sent_by.group(1).lower() if sent_by else ""
+        request.branch, request.sent_by = _transaction_key(via[0])
     if not request.branch or not request.sent_by:
         raise Dropped("no Via with a branch")
     for name in ("from", "to", "call-id", "cseq"):
         if len(request.values(name)) != 1:
             problem = problem or f"not exactly one {name} header"
     return _checked(request, problem, body, stream=stream)
+
+
+def _transaction_key(via: str) -> tuple[str, str]:
+    """(branch, sent-by in lower case) of a Via value's first entry; "" where unreadable."""
+    branch = _BRANCH.search(via.split(",", 1)[0])
+    sent_by = _SENT_BY.match(via)
+    return (branch.group(1) if branch else "", sent_by.group(1).lower() if sent_by else "")
+
+
+def ack_key(data: bytes) -> tuple[str, str] | None:
+    """The transaction an ACK in ``data`` names (RFC 3261 section 17.2.3: its top Via's
+    branch and sent-by), read from that one header line; None when it cannot be read so
+    (then :func:`parse_request` reads the whole message). Enough to absorb the ACK of a
+    final response without reading the rest: a server transaction matches on these alone."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or not data.startswith(b"ACK "):
+        return None
+    found = _TOP_VIA.search(data, 0, end + 2)
+    if found is None or found.group(2)[:1] in (b" ", b"\t"):  # folded: read it whole
+        return None
+    branch, sent_by = _transaction_key(found.group(1).decode("latin-1"))
+    return (branch, sent_by) if branch and sent_by else None
 
 
 def readable_head(data: bytes | bytearray, limit: int) -> Request | None:

@@ -36,6 +36,7 @@ from .message import (
     Dropped,
     Oversize,
     Request,
+    ack_key,
     frame,
     parse_request,
     readable_head,
@@ -223,6 +224,9 @@ class SipServer:
         if len(data) > self.settings.max_message:
             self.oversize(data, source, send)
             return
+        key = ack_key(data)
+        if key is not None and self._ack(key):
+            return  # the ACK of a final response held: nothing else in it is read
         try:
             request = parse_request(data, stream=not udp)
         except BadRequest as exc:
@@ -239,7 +243,7 @@ class SipServer:
         if method == "INVITE":
             self._invite(request, source, send, udp=udp)
         elif method == "ACK":
-            self._ack(request)
+            self._ack((request.branch, request.sent_by))
         elif method == "CANCEL":
             self._cancel(request, source, send)
         elif method == "OPTIONS":
@@ -420,15 +424,17 @@ class SipServer:
         if self._transactions.get(txn.key) is txn:
             del self._transactions[txn.key]
 
-    def _ack(self, request: Request) -> None:
-        txn = self._transactions.get((request.branch, request.sent_by))
+    def _ack(self, key: tuple[str, str]) -> bool:
+        """Absorb the ACK of transaction ``key``'s final response: whether one was waiting."""
+        txn = self._transactions.get(key)
         if txn is None or txn.final is None or txn.acked:
-            return
+            return False
         txn.acked = True
         if txn.udp:
             self._schedule(txn, asyncio.get_running_loop().time() + TIMER_I)
         else:
             self._forget(txn)
+        return True
 
     def _cancel(self, request: Request, source: tuple[str, int], send: Send) -> None:
         """RFC 3261 section 9.2 to the letter: a CANCEL matching a transaction held is
