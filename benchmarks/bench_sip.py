@@ -3,7 +3,7 @@
 
 Starts `verifier serve` (one worker, records on, its certificate preloaded so every call
 is a certificate cache hit) under ``taskset -c 0`` with ``[sip] listen`` on UDP; SIPp and
-wrk run on CPU 1, openssl on CPU 0. Each round, on a fresh service:
+wrk run on CPU 1, openssl on CPU 0. Each round, on a fresh service and records store:
   1. ATIS: POST /stir/v1/verification with distinct valid Identity headers (wrk, 32
      connections): req/s, the baseline;
   2. SIP saturation: SIPp INVITEs with distinct Identity headers, as fast as the service
@@ -68,13 +68,14 @@ SATURATION_RATE = 100_000  # calls/s asked of SIPp: more than the service answer
 
 
 class _SipService(_Service):
-    """`verifier serve` as bench_http starts it, with ``--sip-listen`` on UDP."""
+    """`verifier serve` as bench_http starts it, with ``--sip-listen`` on UDP; ``data``:
+    its records directory in ``work``."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, data: str) -> None:
         self.sip_port = free_port()
         os.environ["VERIFIER_SIP_LISTEN"] = f"udp:127.0.0.1:{self.sip_port}"
         try:
-            super().__init__(work, records=True, log=True, fast=True, cpu=SERVER_CPU)
+            super().__init__(work, records=True, log=True, fast=True, cpu=SERVER_CPU, data=data)
         finally:
             del os.environ["VERIFIER_SIP_LISTEN"]
 
@@ -244,7 +245,7 @@ def main() -> None:
         for _ in range(args.rounds):
             with _on_cpu(SERVER_CPU):
                 openssl = openssl_verify_per_s(2)
-            service = _SipService(work)
+            service = _SipService(work, f"d{len(rounds)}")  # each round its own records
             try:
                 atis, _ = _bodies(work, pki, 100)
                 _wrk(service.base + "/stir/v1/verification", atis, 1, script)  # warm up
