@@ -16,6 +16,9 @@ down); every round is printed. A call that gets no 302 with verstat passed withi
 (SIPp's ``-recv_timeout``) is a failed call, counted and printed.
 
 How it measures, and what each run prints beside its figure so a wrong measurement shows:
+  - each measured phase starts once the service has written every record of the phase
+    before (its ``verifier_records_queue_depth`` is 0): the record writer shares CPU 0, and
+    a phase must not pay for its predecessor's records; the time waited is printed;
   - calls/s is counted over the middle 80% of the answers (by the time each 302 came
     back), not from the first to the last: the first calls build the key's tables and the
     last ones drain with fewer than ``LIMIT`` open, neither is the steady rate;
@@ -45,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,7 @@ from verifier.testing.sip import sipp_scenario
 
 LIMIT = 64  # SIPp calls open at once at saturation
 SATURATION_RATE = 100_000  # calls/s asked of SIPp: more than the service answers
+DRAIN_WAIT = 60.0  # seconds a phase waits, at most, for the records of the one before
 
 
 class _SipService(_Service):
@@ -99,6 +104,22 @@ def _scenario(work: Path, x5u: str) -> Path:
     path = work / "invite.xml"
     path.write_text(text, encoding="latin-1")
     return path
+
+
+def _drained(base: str) -> float:
+    """Wait until the service has written every record it accepted (its records queue is
+    empty), so that no phase pays for the one before; the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < DRAIN_WAIT:
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:  # noqa: S310
+            text = answer.read().decode()
+        depth = re.search(r"^verifier_records_queue_depth (\S+)$", text, re.MULTILINE)
+        if depth is None:
+            raise RuntimeError("no verifier_records_queue_depth in /metrics")
+        if float(depth.group(1)) == 0:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise RuntimeError(f"records still queued after {DRAIN_WAIT} s")
 
 
 def _udp_receive_drops() -> int:
@@ -249,17 +270,20 @@ def main() -> None:
             try:
                 atis, _ = _bodies(work, pki, 100)
                 _wrk(service.base + "/stir/v1/verification", atis, 1, script)  # warm up
+                waited = _drained(service.base)
                 http = _wrk(service.base + "/stir/v1/verification", atis, args.seconds, script)
                 # as many calls as the ATIS rate would answer in --seconds, and a half
                 count = min(40_000, int(1.5 * http["req_per_s"] * args.seconds))
                 inf = _identities(work, pki, count)
                 server = service.processes()
+                waited += _drained(service.base)
                 saturated = _sipp(
                     work, service.sip_port, scenario, inf,
                     rate=SATURATION_RATE, limit=LIMIT, calls=count, server=server,
                 )  # fmt: skip
                 rate = max(1, int(0.8 * saturated["calls_per_s"]))
                 inf = _identities(work, pki, rate * args.seconds)
+                waited += _drained(service.base)
                 fixed = _sipp(
                     work, service.sip_port, scenario, inf,
                     rate=rate, limit=10 * LIMIT, calls=rate * args.seconds, server=server,
@@ -289,6 +313,7 @@ def main() -> None:
                     "sip_fixed_p99_ms": round(_pct(fixed["ms"], 99), 3),
                     "sip_fixed_max_ms": round(max(fixed["ms"], default=0.0), 3),
                     "server_processes": pinned,
+                    "drain_wait_s": round(waited, 1),
                 }
             )
     finally:
@@ -323,7 +348,7 @@ def main() -> None:
             f" {r['sip_server_cpu_wait']:.0%}; SIPp CPU"
             f" {r['sip_sipp_cpu']:.0%}; INVITE retransmissions {r['sip_retransmissions']}"
             f" + {r['sip_fixed_retransmissions']}; kernel UDP drops {r['sip_udp_drops']}"
-            f" + {r['sip_fixed_udp_drops']}"
+            f" + {r['sip_fixed_udp_drops']}; waited {r['drain_wait_s']} s for records"
         )
     print(
         f"SIP 302 (best round): {figures['sip_calls_per_s']:.1f} calls/s;"
