@@ -643,27 +643,30 @@ async def test_a_flood_of_missing_paths_is_refused_beyond_the_budget_without_a_r
     assert (1, 1, 0) == tuple(repo.counts[URL(u).path] for u in forged[5:8])
 
 
-async def test_valid_chains_do_not_spend_the_budget(
-    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+@pytest.mark.parametrize(
+    ("signed", "chains", "then"),
+    [
+        (True, ["ok"] * 10, ["404", "404", "busy"]),  # each token came back
+        (False, ["ok"] * 2 + ["busy"] * 8, ["busy"] * 3),  # copies a forger serves
+    ],
+    ids=["signed", "copies"],
+)
+async def test_a_fetch_costs_nothing_once_a_signature_verifies_under_its_chain(
+    pki: TestPKI,
+    repo: Repository,
+    make_fetcher: MakeFetcher,
+    signed: bool,
+    chains: list[str],
+    then: list[str],
 ) -> None:
+    # ten valid chains, each in a directory never seen: a call's signature verifies under
+    # each (signed), or none does (a forger serving copies of a real chain at paths of its
+    # own, signing with its own key): then each fetch spends the host's budget
     fetcher = await make_fetcher(cold_fetch_rate=0.001, cold_fetch_burst=2)
-    # ten new certificates, each in a directory never seen: each token comes back
-    legit = [repo.put(f"/sp{i}/cert.pem", pki.signer.chain_pem()) for i in range(10)]
-    assert ["ok"] * 10 == await _outcomes(fetcher, legit)
-    assert ["404", "404", "busy"] == await _outcomes(fetcher, _forged(repo, 3))
-    assert 12 == repo.requests
-
-
-async def test_copies_of_a_valid_chain_no_signature_uses_spend_the_budget(
-    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
-) -> None:
-    # a forger serves a copy of a real chain at paths of its own: each is a valid chain, but
-    # no call's signature verifies under it, so each fetch spends the host's budget
-    fetcher = await make_fetcher(cold_fetch_rate=0.001, cold_fetch_burst=5)
-    copies = [repo.put(f"/copies/{i:08x}.pem", pki.signer.chain_pem()) for i in range(20)]
-    assert ["ok"] * 5 + ["busy"] * 15 == await _outcomes(fetcher, copies, signed=False)
-    assert 5 == repo.requests
-    assert 15 == fetcher.stats()["fetch_rate_limited"]
+    urls = [repo.put(f"/sp{i}/cert.pem", pki.signer.chain_pem()) for i in range(10)]
+    assert chains == await _outcomes(fetcher, urls, signed=signed)
+    assert then == await _outcomes(fetcher, _forged(repo, 3))
+    assert chains.count("ok") + then.count("404") == repo.requests
 
 
 async def test_chains_no_signature_uses_do_not_push_out_the_ones_calls_use(
