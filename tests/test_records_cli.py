@@ -176,3 +176,60 @@ def test_cli_reads_a_directory_it_cannot_write(
     finally:
         os.chmod(data_dir, 0o700)
     assert 5 == len(json.loads(capsys.readouterr().out)["records"])
+
+
+@pytest.mark.parametrize(("backend", "version"), [("sqlite", 3), ("sqlite", 1), ("postgres", 3)])
+def test_cli_reads_a_store_the_service_has_not_upgraded_yet(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    kit: Kit,
+    capsys: pytest.CaptureFixture[str],
+    backend: str,
+    version: int,
+) -> None:
+    """After an upgrade of the package, before the service restarts and migrates its store,
+    `verifier records` reads the old schema: the columns it lacks read as empty."""
+    absent = ["signers"] + (["identity"] if version < 2 else [])
+    if backend == "postgres":
+        import psycopg
+
+        from verifier.records.postgres import PostgresRecordStore
+
+        url: str = request.getfixturevalue("schema_url")
+        store: RecordStore = PostgresRecordStore.open(url)
+        kit.fill_mixed(store)
+        store.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            for column in absent:
+                conn.execute(f"ALTER TABLE records DROP COLUMN {column}")
+            conn.execute("DELETE FROM verifier_schema_migrations WHERE version > %s", (version,))
+        where = ["--database-url", url]
+    else:
+        import sqlite3
+
+        store = SqliteRecordStore.open(tmp_path / "data")
+        kit.fill_mixed(store)
+        store.close()
+        with sqlite3.connect(tmp_path / "data" / "records.sqlite3") as conn:
+            for column in absent:
+                conn.execute(f"ALTER TABLE records DROP COLUMN {column}")
+            conn.execute(f"PRAGMA user_version = {version}")
+        where = ["--data-dir", str(tmp_path / "data")]
+    assert 0 == kit.run(["records", *where, "--json"])
+    records = json.loads(capsys.readouterr().out)["records"]
+    assert [f"req-{i}" for i in range(4, -1, -1)] == [r["request_id"] for r in records]
+
+
+def test_cli_says_in_one_line_when_the_records_cannot_be_read(
+    tmp_path: Path, kit: Kit, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    store = SqliteRecordStore.open(tmp_path / "data")
+    store.close()
+    with sqlite3.connect(tmp_path / "data" / "records.sqlite3") as conn:
+        conn.execute("DROP TABLE records")  # a damaged store
+    assert 1 == kit.run(["records", "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert "verifier: error: the records could not be read: no such table" in err
+    assert "Traceback" not in err and 1 == len(err.splitlines())

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -348,9 +349,13 @@ def cmd_records(args: argparse.Namespace) -> int:
         cursor=args.cursor,
     )
     store: RecordStore
+    unreadable: tuple[type[Exception], ...] = (sqlite3.Error,)
     if args.database_url is not None:
+        import psycopg
+
         from .records.postgres import PostgresRecordStore
 
+        unreadable = (psycopg.Error,)
         store = PostgresRecordStore.open(args.database_url, create=False)
     else:
         try:
@@ -388,6 +393,9 @@ def cmd_records(args: argparse.Namespace) -> int:
                     print(line)
                 if cursor is not None:
                     print(f"next cursor: {cursor}")
+    except unreadable as exc:  # a locked, damaged or unreachable store: one line, no traceback
+        print(f"verifier: error: the records could not be read: {exc}", file=sys.stderr)
+        return 1
     finally:
         store.close()
     return 0

@@ -32,6 +32,7 @@ from cryptography import x509
 from ..core.errors import VerifierError
 
 __all__ = [
+    "ADDED_IN",
     "CSV_COLUMNS",
     "FIELDS",
     "MAX_LIMIT",
@@ -41,6 +42,7 @@ __all__ = [
     "RecordRefused",
     "RecordSettings",
     "RecordStore",
+    "absent_columns",
     "certificate_rows",
     "check_window",
     "csv_header",
@@ -188,6 +190,17 @@ FIELDS = (
 )
 """A record's fields in the stores' column order (:meth:`Record.row`); ``chain`` and
 ``chains`` are not. ``signers`` is stored as a JSON text (ASCII: any store holds it)."""
+ADDED_IN: dict[str, int] = {"identity": 2, "signers": 4}
+"""Record columns added after the first schema, by the schema version that added them (in
+both stores): a store read (``verifier records``) before the service upgrades its schema
+reads them as NULL."""
+
+
+def absent_columns(version: int) -> frozenset[str]:
+    """The record columns that a schema of ``version`` does not have yet."""
+    return frozenset(name for name, added in ADDED_IN.items() if added > version)
+
+
 _TEXT_FIELDS = tuple(name for name in FIELDS if name not in ("ts", "sip_code", "spc", "signers"))
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_OR_NUL = re.compile("[\x00\ud800-\udfff]")

@@ -45,6 +45,7 @@ server meets the primary key (``ts, id``), fails and is retried again, and then 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import threading
@@ -63,6 +64,8 @@ from .model import (
     Record,
     RecordQuery,
     RecordRefused,
+    Select,
+    absent_columns,
     certificate_rows,
     iter_chunks,
     query_page,
@@ -97,7 +100,19 @@ _CONNECT_DEFAULTS = {
     "keepalives_interval": "10",
     "keepalives_count": "3",
 }
-_COLUMNS = sql.SQL(", ").join(sql.Identifier("r", name) for name in FIELDS)
+
+
+def _columns(absent: frozenset[str] = frozenset()) -> sql.Composed:
+    """The record columns to select: NULL for those an older schema lacks."""
+    return sql.SQL(", ").join(
+        sql.SQL("NULL AS {}").format(sql.Identifier(name))
+        if name in absent
+        else sql.Identifier("r", name)
+        for name in FIELDS
+    )
+
+
+_COLUMNS = _columns()
 _COPY_RECORDS = sql.SQL("COPY records (id, {}) FROM STDIN (FORMAT BINARY)").format(
     sql.SQL(", ").join(sql.Identifier(name) for name in FIELDS)
 )
@@ -139,7 +154,10 @@ def _redacted(conninfo: str) -> str:
 
 
 def _select(
-    q: RecordQuery, position: tuple[float, int] | None, limit: int
+    q: RecordQuery,
+    position: tuple[float, int] | None,
+    limit: int,
+    columns: sql.Composed = _COLUMNS,
 ) -> tuple[sql.Composed, list[Any]]:
     """The SQL of one page of ``q`` after ``position``, and its parameters.
 
@@ -185,7 +203,7 @@ def _select(
     condition = sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
     args.append(limit)
     query = sql.SQL("SELECT r.id, {columns} FROM {source} {condition} {order}").format(
-        columns=_COLUMNS, source=source, condition=condition, order=order
+        columns=columns, source=source, condition=condition, order=order
     )
     return query, args
 
@@ -215,6 +233,8 @@ class PostgresRecordStore(StoreQueries):
         self._migrated = migrated
         self._rollups = True
         """Whether the schema has its rollups (not before the service migrates it)."""
+        self._select: Select = _select
+        """The page query (with NULL for the record columns an older schema lacks)."""
         self._partitions: set[int] = set()
         self._unsure: tuple[Sequence[Record], list[int]] | None = None
         """The last batch whose write failed after it took its ids, and those ids."""
@@ -263,6 +283,8 @@ class PostgresRecordStore(StoreQueries):
                 check_version(version)
                 store._migrated = version == len(MIGRATIONS)
                 store._rollups = version >= ROLLUPS
+                if absent := absent_columns(version):  # read before the service upgrades it
+                    store._select = functools.partial(_select, columns=_columns(absent))
                 return store
         with store._lock:
             store._write_connection()
@@ -491,7 +513,7 @@ class PostgresRecordStore(StoreQueries):
         Raises:
             ValueError: the database cannot be reached; psycopg.Error: a read failed.
         """
-        return query_page(q, _select, self._reader, _row)
+        return query_page(q, self._select, self._reader, _row)
 
     def iter_query(self, q: RecordQuery, chunk: int = 1000) -> Iterator[list[Record]]:
         """Every record matching ``q`` (its ``limit`` is ignored; a cursor is a start),
@@ -502,7 +524,7 @@ class PostgresRecordStore(StoreQueries):
             ValueError: ``chunk`` < 1; or the database cannot be reached (also
                 psycopg.Error).
         """
-        return iter_chunks(q, chunk, _select, self._reader, _row)
+        return iter_chunks(q, chunk, self._select, self._reader, _row)
 
     def _read(self, query: Callable[[Run], _T]) -> _T:
         """``query`` on one read connection, in one snapshot."""

@@ -16,6 +16,7 @@ group that table directly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -32,6 +33,8 @@ from .model import (
     FIELDS,
     Record,
     RecordQuery,
+    Select,
+    absent_columns,
     certificate_rows,
     iter_chunks,
     query_page,
@@ -140,7 +143,13 @@ _MIGRATIONS: dict[int, str] = {1: _SCHEMA, 2: _CERTIFICATES, 3: _ROLLUPS, 4: _SI
 _BACKFILL = 3
 """The migration after whose script the rollups are counted from the records there."""
 
-_COLUMNS = ", ".join(f"r.{name}" for name in FIELDS)
+
+def _columns(absent: frozenset[str] = frozenset()) -> str:
+    """The record columns to select: NULL for those an older schema lacks."""
+    return ", ".join(f"NULL AS {name}" if name in absent else f"r.{name}" for name in FIELDS)
+
+
+_COLUMNS = _columns()
 _INSERT = f"INSERT INTO records (id, {', '.join(FIELDS)}) VALUES "  # noqa: S608 - fixed names
 _INSERT_SPC = "INSERT OR IGNORE INTO record_spc (spc, ts, record_id) VALUES "
 _INSERT_CERTIFICATES = (
@@ -179,7 +188,7 @@ def _row(row: Sequence[Any]) -> Record:
 
 
 def _select(
-    q: RecordQuery, position: tuple[float, int] | None, limit: int
+    q: RecordQuery, position: tuple[float, int] | None, limit: int, columns: str = _COLUMNS
 ) -> tuple[str, list[Any]]:
     """The SQL of one page of ``q`` after ``position``, and its parameters."""
     args: list[Any] = []
@@ -209,7 +218,7 @@ def _select(
     args.append(limit)
     # Only fixed column names are formatted in; every value is a parameter.
     sql = (
-        f"SELECT r.id, {_COLUMNS} FROM {source} {condition}"  # noqa: S608
+        f"SELECT r.id, {columns} FROM {source} {condition}"  # noqa: S608
         f" ORDER BY {ts} DESC, {row_id} DESC LIMIT ?"
     )
     return sql, args
@@ -232,6 +241,8 @@ class SqliteRecordStore(StoreQueries):
         self._writer = writer
         self._rollups = rollups
         """Whether the database has its rollups (not before the service migrates it)."""
+        self._select: Select = _select
+        """The page query (with NULL for the record columns an older schema lacks)."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -256,7 +267,10 @@ class SqliteRecordStore(StoreQueries):
                 raise FileNotFoundError(f"no record database {path}")
             store = cls(path, None)
             with contextlib.closing(store._reader()) as conn:
-                store._rollups = _check_version(conn, path) >= _BACKFILL
+                version = _check_version(conn, path)
+            store._rollups = version >= _BACKFILL
+            if absent := absent_columns(version):  # read before the service upgrades it
+                store._select = functools.partial(_select, columns=_columns(absent))
             return store
         try:
             root.mkdir(mode=0o700, parents=True)
@@ -411,7 +425,7 @@ class SqliteRecordStore(StoreQueries):
         Raises:
             sqlite3.Error, ValueError: the database cannot be read.
         """
-        return query_page(q, _select, self._reader, _row)
+        return query_page(q, self._select, self._reader, _row)
 
     def iter_query(self, q: RecordQuery, chunk: int = 1000) -> Iterator[list[Record]]:
         """Every record matching ``q`` (its ``limit`` is ignored; a cursor is a start),
@@ -421,7 +435,7 @@ class SqliteRecordStore(StoreQueries):
         Raises:
             ValueError: ``chunk`` < 1; or the database cannot be read (also sqlite3.Error).
         """
-        return iter_chunks(q, chunk, _select, self._reader, _row)
+        return iter_chunks(q, chunk, self._select, self._reader, _row)
 
     def _read(self, query: Callable[[Run], _T]) -> _T:
         """``query`` on one read connection, in one snapshot."""
