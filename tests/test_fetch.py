@@ -25,6 +25,7 @@ from yarl import URL
 from verifier.core import errors
 from verifier.core.certs import TrustStore
 from verifier.core.verify import CallInfo, verify
+from verifier.net.coldfetch import ColdFetchBudget
 from verifier.net.fetch import CertificateFetcher, FetchSettings
 from verifier.net.transport import HttpClientSettings
 from verifier.testing import TestPKI, pem
@@ -667,6 +668,60 @@ async def test_a_fetch_costs_nothing_once_a_signature_verifies_under_its_chain(
     assert chains == await _outcomes(fetcher, urls, signed=signed)
     assert then == await _outcomes(fetcher, _forged(repo, 3))
     assert chains.count("ok") + then.count("404") == repo.requests
+
+
+def test_unknown_hosts_share_one_budget_and_known_hosts_never_wait_on_it(clock: Clock) -> None:
+    budget = ColdFetchBudget(
+        rate=0.001,
+        burst=100,
+        not_found_ttl=300,
+        not_found_size=10,
+        size=100,
+        clock=clock,
+        unknown_hosts_rate=0.001,
+        unknown_hosts_burst=3,
+    )
+
+    def outcomes(hosts: list[str]) -> list[str]:
+        out = []
+        for host in hosts:
+            try:
+                budget.take(URL(f"https://{host}/x.pem"))
+                out.append("ok")
+            except errors.X5uFetchFailed as exc:
+                out.append("unknown" if "unknown hosts" in exc.detail else "host")
+        return out
+
+    forger = [f"h{i}.forger.example" for i in range(6)]  # a forger's hosts: 3 fetches in all
+    assert ["ok"] * 3 + ["unknown"] * 3 == outcomes(forger)
+    budget.served(URL("https://cr.carrier.example/sp.pem"), fetched=False)  # from a store
+    assert ["ok"] * 5 == outcomes(["cr.carrier.example"] * 5)  # known: its own budget only
+    budget.served(URL(f"https://{forger[0]}/x.pem"), fetched=True)  # a signature vouched:
+    # that host is known from now on, and its fetch's token of the shared budget is back
+    assert ["ok", "ok", "ok", "unknown"] == outcomes([forger[0], forger[0], forger[1], forger[2]])
+    clock.advance(1000)  # one token of each kind
+    assert ["ok", "unknown"] == outcomes(forger[2:4])
+
+
+async def test_a_forgers_hosts_share_the_unknown_hosts_budget(
+    pki: TestPKI, repo: Repository, make_fetcher: MakeFetcher
+) -> None:
+    # two hosts of one repository (127.0.0.1 and localhost): copies on either spend one
+    # budget; once a call is signed under a chain of 127.0.0.1, that host no longer waits
+    fetcher = await make_fetcher(
+        cold_fetch_unknown_hosts_rate=0.001, cold_fetch_unknown_hosts_burst=2
+    )
+    copies = [repo.put(f"/copies/{i}.pem", pki.signer.chain_pem()) for i in range(4)]
+    by_name = [url.replace("127.0.0.1", "localhost") for url in copies]
+    assert ["ok", "ok", "busy", "busy"] == await _outcomes(
+        fetcher, [copies[0], by_name[1], copies[2], by_name[3]], signed=False
+    )
+    used = repo.put("/sp.pem", pki.signer.chain_pem())
+    assert ["busy"] == await _outcomes(fetcher, [used])  # an unknown host's first chain waits
+    fetcher.vouched(copies[0])  # a call's signature verified under a chain of 127.0.0.1:
+    # 127.0.0.1 is known from now on, and the token its copy took is back for localhost
+    assert ["ok", "ok"] == await _outcomes(fetcher, [used, copies[2]])
+    assert ["ok", "busy"] == await _outcomes(fetcher, by_name[2:], signed=False)
 
 
 async def test_chains_no_signature_uses_do_not_push_out_the_ones_calls_use(

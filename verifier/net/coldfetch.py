@@ -13,6 +13,11 @@ the verifier send, without starving the legitimate new x5u of the same host:
   fetch is refused at once, 436 "busy" (caused by :class:`OverBudget`, a
   :class:`~verifier.net.transport.HostBusy`): nothing is sent, the host is not blamed, and
   the refusal is not remembered as the URL's failure.
+- **A budget for unknown hosts together** (``unknown_hosts_rate``, ``unknown_hosts_burst``):
+  a fetch from a host that has never served a chain a call's signature verified under also
+  takes a token from one bucket that all such hosts share, given back in the same way. A
+  forger with hosts of its own cannot multiply its budget by the number of its hosts; the
+  repositories calls are signed from are known hosts, and never wait on it.
 - **A share for known paths.** Paths in a directory of the host that has served a valid
   chain draw on a second budget of the same size, which paths elsewhere cannot spend: a
   flood of random paths outside the repository's directories leaves it whole for the
@@ -31,6 +36,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from cachetools import LRUCache
 from yarl import URL
@@ -77,9 +83,15 @@ class ColdFetchBudget:
         not_found_size: int,
         size: int,
         clock: Callable[[], float],
+        unknown_hosts_rate: float = 0.0,
+        unknown_hosts_burst: int = 1,
     ) -> None:
         self._rate = rate
         self._burst = float(burst)
+        self._unknown_rate = unknown_hosts_rate
+        self._unknown_burst = float(unknown_hosts_burst)
+        self._unknown = _Bucket(self._unknown_burst, clock())
+        self._known_hosts: LRUCache[str, bool] = LRUCache(maxsize=size)
         self._not_found_ttl = not_found_ttl
         self._clock = clock
         self._hosts: LRUCache[str, _Host] = LRUCache(maxsize=size)
@@ -101,31 +113,40 @@ class ColdFetchBudget:
             )
         return budgets.known if (host, directory) in self._known else budgets.unknown
 
-    def _refill(self, bucket: _Bucket) -> None:
+    def _refill(self, bucket: _Bucket, rate: float, burst: float) -> None:
         now = self._clock()
         elapsed = max(0.0, now - bucket.at)
-        bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
+        bucket.tokens = min(burst, bucket.tokens + elapsed * rate)
         bucket.at = now
 
     def take(self, url: URL) -> None:
-        """Take a token of ``url``'s host for a fetch about to start.
+        """Take a token of ``url``'s host for a fetch about to start, and one of the unknown
+        hosts' bucket if the host is not known to serve chains.
 
         Raises:
-            X5uFetchFailed: caused by :class:`OverBudget`, the host has no token left.
+            X5uFetchFailed: caused by :class:`OverBudget`, the host (or the unknown hosts
+                together) has no token left.
         """
         host = url.host
-        if not self._rate or not host:
+        if not host:
             return
-        bucket = self._bucket(host, _directory(url))
-        self._refill(bucket)
-        if bucket.tokens >= 1.0:
+        bucket = self._bucket(host, _directory(url)) if self._rate else None
+        if bucket is not None:
+            self._refill(bucket, self._rate, self._burst)
+            if bucket.tokens < 1.0:
+                self._refuse(host, f"its budget of {self._rate:g}")
+        shared = self._unknown if self._unknown_rate and host not in self._known_hosts else None
+        if shared is not None:
+            self._refill(shared, self._unknown_rate, self._unknown_burst)
+            if shared.tokens < 1.0:
+                self._refuse(host, f"the budget of {self._unknown_rate:g} for unknown hosts")
+            shared.tokens -= 1.0
+        if bucket is not None:
             bucket.tokens -= 1.0
-            return
+
+    def _refuse(self, host: str, budget: str) -> NoReturn:
         self.refused[host] += 1
-        detail = (
-            f"x5u host {host} busy: more new x5u than its budget of "
-            f"{self._rate:g} failed fetches per second"
-        )
+        detail = f"x5u host {host} busy: more new x5u than {budget} failed fetches per second"
         raise X5uFetchFailed(detail) from OverBudget(detail)
 
     def served(self, url: URL, *, fetched: bool) -> None:
@@ -138,9 +159,13 @@ class ColdFetchBudget:
         directory = _directory(url)
         if self._rate and fetched:
             bucket = self._bucket(host, directory)
-            self._refill(bucket)
+            self._refill(bucket, self._rate, self._burst)
             bucket.tokens = min(self._burst, bucket.tokens + 1.0)
+        if self._unknown_rate and fetched and host not in self._known_hosts:
+            self._refill(self._unknown, self._unknown_rate, self._unknown_burst)
+            self._unknown.tokens = min(self._unknown_burst, self._unknown.tokens + 1.0)
         self._known[host, directory] = True
+        self._known_hosts[host] = True
 
     # -- 404 and 410 -----------------------------------------------------------------------
 

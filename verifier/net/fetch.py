@@ -123,6 +123,14 @@ class FetchSettings:
     cold_fetch_burst: int = 100
     """New x5u of one host that may be in flight or have failed at once before
     ``cold_fetch_rate`` applies."""
+    cold_fetch_unknown_hosts_rate: float = 20.0
+    """New x5u per second that the hosts which have never served a chain a call's signature
+    verified under may fail to serve, all together, before more of theirs are refused 436
+    "busy" (besides each host's own budget): a forger cannot multiply its budget by
+    its number of hosts. Known hosts never wait on it; 0: no limit."""
+    cold_fetch_unknown_hosts_burst: int = 200
+    """New x5u of unknown hosts that may be in flight or have failed at once, all together,
+    before ``cold_fetch_unknown_hosts_rate`` applies."""
     stale_grace: float = 3600.0
     """How long past its lifetime an entry may be served while a refresh runs."""
     cache_size: int = 10_000
@@ -157,6 +165,7 @@ class FetchSettings:
             "cache_size",
             "not_found_size",
             "cold_fetch_burst",
+            "cold_fetch_unknown_hosts_burst",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -167,6 +176,7 @@ class FetchSettings:
             "not_found_ttl",
             "stale_grace",
             "cold_fetch_rate",
+            "cold_fetch_unknown_hosts_rate",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -315,6 +325,8 @@ class CertificateFetcher(SessionUser):
             not_found_size=settings.not_found_size,
             size=settings.cache_size,
             clock=clock,
+            unknown_hosts_rate=settings.cold_fetch_unknown_hosts_rate,
+            unknown_hosts_burst=settings.cold_fetch_unknown_hosts_burst,
         )
         self._inflight: dict[str, asyncio.Task[CacheEntry | VerificationError]] = {}
         self._preload = PreloadStore(settings.preload_dir) if settings.preload_dir else None
