@@ -41,7 +41,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
@@ -50,7 +49,7 @@ from typing import Any
 
 import aiohttp
 from bench_core import openssl_verify_per_s
-from bench_http import CLIENT_CPU, SERVER_CPU, _bounded, _on_cpu, _Service
+from bench_http import CLIENT_CPU, SERVER_CPU, _bounded, _on_cpu, _Service, check_one_core
 
 from verifier.testing import Signer, TestPKI, pem, write_preload
 from verifier.testing.repository import Repository
@@ -230,10 +229,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.one_core:
-        if shutil.which("taskset") is None:
-            sys.exit("taskset is not installed: apt-get install util-linux")
-        if not {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0):
-            sys.exit(f"--one-core needs CPUs {SERVER_CPU} and {CLIENT_CPU}")
+        check_one_core()
     return args
 
 

@@ -375,11 +375,16 @@ def _arguments() -> argparse.Namespace:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
     if args.one_core:
-        if shutil.which("taskset") is None:
-            sys.exit("taskset is not installed: apt-get install util-linux")
-        if not {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0):
-            sys.exit(f"--one-core needs CPUs {SERVER_CPU} and {CLIENT_CPU}")
+        check_one_core()
     return args
+
+
+def check_one_core() -> None:
+    """Exit saying why when ``--one-core`` cannot pin: no taskset, or not both CPUs here."""
+    if shutil.which("taskset") is None:
+        sys.exit("taskset is not installed: apt-get install util-linux")
+    if not {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0):
+        sys.exit(f"--one-core needs CPUs {SERVER_CPU} and {CLIENT_CPU}")
 
 
 PER_BATCH = 100
